@@ -1,0 +1,99 @@
+"""Backend selection: names, the environment variable, errors, transfers."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp import backend as B
+
+
+def test_default_is_numpy(monkeypatch):
+    monkeypatch.delenv("XPMLP_BACKEND", raising=False)
+    assert B.get_backend().name == "numpy"
+
+
+def test_environment_selects_and_argument_wins(monkeypatch):
+    monkeypatch.setenv("XPMLP_BACKEND", "array_api_strict")
+    assert B.get_backend().name == "array_api_strict"
+    assert B.get_backend("numpy").name == "numpy"
+    model = xpmlp.MLP(
+        2,
+        2,
+        [],
+        [xpmlp.Identity()],
+        xpmlp.random_normal_weight_init,
+        xpmlp.zeros_bias_init,
+        xpmlp.SoftmaxCrossEntropy(),
+        0.1,
+    )
+    assert model.backend.name == "array_api_strict"
+    assert type(model.W[0]).__module__.startswith("array_api_strict")
+
+
+@pytest.mark.parametrize("where", ["argument", "environment"])
+def test_unknown_backend_lists_valid_names_and_install_command(monkeypatch, where):
+    monkeypatch.setenv("XPMLP_BACKEND", "jax" if where == "environment" else "numpy")
+    with pytest.raises(ValueError) as info:
+        B.get_backend("jax" if where == "argument" else None)
+    message = str(info.value)
+    for name in B.BACKENDS:
+        assert repr(name) in message
+    assert "pip install 'xpmlp[cuda12]'" in message
+
+
+def test_missing_cupy_is_an_error_not_a_fallback(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` fail
+    monkeypatch.delitem(B._BACKENDS, "cupy", raising=False)
+    with pytest.raises(B.BackendUnavailableError) as info:
+        B.get_backend("cupy")
+    assert "pip install 'xpmlp[cuda12]'" in str(info.value)
+    assert "'numpy'" in str(info.value)
+    with pytest.raises(B.BackendUnavailableError):
+        xpmlp.MLP(
+            2,
+            2,
+            [],
+            [xpmlp.Identity()],
+            xpmlp.random_normal_weight_init,
+            xpmlp.zeros_bias_init,
+            xpmlp.SoftmaxCrossEntropy(),
+            0.1,
+            backend="cupy",
+        )
+
+
+def test_backend_argument_type_is_checked():
+    with pytest.raises(TypeError, match="backend must be a name"):
+        B.get_backend(3)
+
+
+def test_round_trip_and_namespace(backend, dtype):
+    host = np.arange(6.0).reshape(2, 3)
+    x = backend.asarray(host, dtype)
+    assert B.namespace_of(x) is backend.xp
+    assert x.dtype == backend.dtype(dtype)
+    back = backend.to_host(x)
+    assert isinstance(back, np.ndarray) and back.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back, host)
+    backend.synchronize()
+    assert isinstance(backend.device_name, str) and backend.device_name
+
+
+def test_asarray_refuses_non_numeric(backend):
+    with pytest.raises(TypeError, match="numeric"):
+        backend.asarray(np.array([object()]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", np.float64, np.dtype("float32")])
+def test_float_dtype_names(dtype):
+    assert B.float_dtype_name(dtype) in ("float32", "float64")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int64", np.int32])
+def test_unsupported_dtype(dtype):
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        B.float_dtype_name(dtype)

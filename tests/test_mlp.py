@@ -1,0 +1,305 @@
+"""The MLP: the HW1 contract, finite-difference gradients, momentum, backends agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpmlp import (
+    MLP,
+    Identity,
+    ReLU,
+    Sigmoid,
+    SoftmaxCrossEntropy,
+    Tanh,
+    random_normal_weight_init,
+    zeros_bias_init,
+)
+
+from conftest import TOL, numerical_grad, rel_err
+
+HIDDENS = [4, 3, 5, 3]
+KINDS = [Identity, Sigmoid, Tanh, ReLU]
+
+
+def random_bias_init(d):
+    """Nonzero biases: with zeros, a sample whose ReLUs are all 0 puts the next layer exactly on the kink."""
+    return 0.1 * np.random.randn(1, d)
+
+
+def small_mlp(depth, kind, bn, *, lr=0.05, momentum=0.0, seed=0, backend="numpy", dtype=None, n_in=5, n_out=3):
+    np.random.seed(seed)
+    hiddens = HIDDENS[:depth]
+    return MLP(
+        n_in,
+        n_out,
+        hiddens,
+        [kind() for _ in hiddens] + [Identity()],
+        random_normal_weight_init,
+        random_bias_init,
+        SoftmaxCrossEntropy(),
+        lr,
+        momentum,
+        bn,
+        backend=backend,
+        dtype=dtype,
+    )
+
+
+def batch(n=6, n_in=5, n_out=3, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, n_in)), np.eye(n_out)[rng.integers(0, n_out, n)]
+
+
+def mean_loss(model, x, y) -> float:
+    return float(np.mean(model.criterion(model.forward(x), y)))
+
+
+def check_gradients(model, x, y, rtol=1e-6):
+    """Every analytic gradient against central differences of the mean loss."""
+    model.zero_grads()
+    model.forward(x)
+    model.backward(y)
+    analytic = [np.array(g, copy=True) for _, g in model.parameters()]
+    for (p, _), g in zip(model.parameters(), analytic, strict=True):
+        numeric = numerical_grad(lambda: mean_loss(model, x, y), p)
+        # absolute floor: the bias before a BN layer has gradient exactly 0 (seed 004)
+        assert np.linalg.norm(g - numeric) <= rtol * np.linalg.norm(numeric) + 1e-8, (p.shape, g, numeric)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("depth", range(5))
+@pytest.mark.parametrize("bn", ["none", "first", "all"])
+def test_gradients_match_finite_differences(kind, depth, bn):
+    num_bn = {"none": 0, "first": min(depth, 1), "all": depth}[bn]
+    if bn != "none" and num_bn == 0:
+        pytest.skip("no hidden layer to normalise")
+    x, y = batch()
+    check_gradients(small_mlp(depth, kind, num_bn), x, y)
+
+
+@pytest.mark.parametrize("kind", [Sigmoid, Tanh])
+def test_momentum_steps_follow_the_update_rule(kind):
+    """Three steps against v ← μv − η·g_fd, p ← p + v on host copies, g_fd by finite differences."""
+    lr, mu = 0.1, 0.9
+    model = small_mlp(3, kind, 2, lr=lr, momentum=mu)
+    x, y = batch()
+    expected = [np.array(p, copy=True) for p, _ in model.parameters()]
+    velocity = [np.zeros_like(p) for p in expected]
+    for _ in range(3):
+        grads = [numerical_grad(lambda: mean_loss(model, x, y), p) for p, _ in model.parameters()]
+        model.zero_grads()
+        model.forward(x)
+        model.backward(y)
+        model.step()
+        for k, g in enumerate(grads):
+            velocity[k] = mu * velocity[k] - lr * g
+            expected[k] = expected[k] + velocity[k]
+        for (p, _), e in zip(model.parameters(), expected, strict=True):
+            assert np.linalg.norm(p - e) <= 1e-7 * np.linalg.norm(e) + 1e-9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_eval_mode_after_training(kind):
+    """Gradients in eval mode (running statistics) and the eval forward against a hand formula."""
+    model = small_mlp(2, kind, 2, lr=0.1, momentum=0.5)
+    x, y = batch()
+    for _ in range(4):
+        model.zero_grads()
+        model.forward(x)
+        model.backward(y)
+        model.step()
+    model.eval()
+    assert model.train_mode is False
+    x2, y2 = batch(n=4, seed=7)
+    check_gradients(model, x2, y2)
+    a = x2
+    for i in range(model.nlayers):
+        z = a @ model.W[i] + model.b[i]
+        if i < model.num_bn_layers:
+            bn = model.bn_layers[i]
+            z = bn.gamma * (z - bn.running_mean) / np.sqrt(bn.running_var + 1e-8) + bn.beta
+        a = {Identity: z, Sigmoid: 1 / (1 + np.exp(-z)), Tanh: np.tanh(z), ReLU: np.maximum(z, 0)}[
+            type(model.activations[i])
+        ]
+    assert rel_err(model.forward(x2), a) < 1e-12
+    model.train()
+    assert model.train_mode is True
+
+
+def test_hw1_shapes_and_attributes():
+    np.random.seed(11785)
+    model = MLP(
+        784,
+        10,
+        [64, 64, 32],
+        [Sigmoid(), Sigmoid(), Sigmoid(), Identity()],
+        random_normal_weight_init,
+        zeros_bias_init,
+        SoftmaxCrossEntropy(),
+        0.008,
+        momentum=0.9,
+        num_bn_layers=1,
+    )
+    assert [w.shape for w in model.W] == [(784, 64), (64, 64), (64, 32), (32, 10)]
+    assert [b.shape for b in model.b] == [(1, 64), (1, 64), (1, 32), (1, 10)]
+    assert [w.shape for w in model.dW] == [w.shape for w in model.W]
+    assert [b.shape for b in model.db] == [b.shape for b in model.b]
+    assert len(model.bn_layers) == 1 and model.bn_layers[0].gamma.shape == (1, 64)
+    assert model.train_mode is True and model.W[0].dtype == np.float64
+    x, y = batch(n=20, n_in=784, n_out=10)
+    out = model.forward(x)
+    assert out.shape == (20, 10)
+    loss = model.backward(y)
+    assert loss.shape == (20,)
+    model.zero_grads()
+    assert all(not np.any(g) for _, g in model.parameters())
+
+
+def test_init_arrays_are_copied_not_aliased():
+    w = np.ones((2, 2))
+    model = MLP(2, 2, [], [Identity()], lambda i, o: w, zeros_bias_init, SoftmaxCrossEntropy(), 1.0)
+    model.forward(np.eye(2))
+    model.backward(np.eye(2))
+    model.step()
+    np.testing.assert_array_equal(w, 1.0)
+
+
+def run_trajectory(backend, dtype, kind, num_bn, steps=3):
+    """Host copies along a few momentum steps, then an eval forward, grouped for comparison.
+
+    Gradients (and parameters) are compared as one vector per step: the bias before a
+    BN layer has gradient exactly 0, where a per-array relative error means nothing.
+    """
+    np.random.seed(3)
+    model = MLP(
+        12,
+        5,
+        [16, 8],
+        [kind(), kind(), Identity()],
+        random_normal_weight_init,
+        zeros_bias_init,
+        SoftmaxCrossEntropy(),
+        0.05,
+        0.9,
+        num_bn,
+        backend=backend,
+        dtype=dtype,
+    )
+    rng = np.random.default_rng(4)
+    to = model.backend.to_host
+    groups = {}
+    for step in range(steps):
+        x, y = rng.normal(size=(32, 12)), np.eye(5)[rng.integers(0, 5, 32)]
+        model.zero_grads()
+        groups[f"output {step}"] = [to(model.forward(x))]
+        groups[f"loss {step}"] = [to(model.backward(y))]
+        groups[f"gradients {step}"] = [to(g) for _, g in model.parameters()]
+        model.step()
+        groups[f"parameters {step}"] = [to(p) for p, _ in model.parameters()]
+    for k, bn in enumerate(model.bn_layers):
+        groups[f"running statistics {k}"] = [to(bn.running_mean), to(bn.running_var)]
+    model.eval()
+    groups["eval output"] = [to(model.forward(rng.normal(size=(10, 12))))]
+    return groups
+
+
+@pytest.mark.parametrize(("kind", "num_bn"), [(Sigmoid, 1), (Tanh, 2), (ReLU, 0)])
+def test_backends_agree_with_numpy_float64(backend, dtype, kind, num_bn):
+    reference = run_trajectory("numpy", "float64", kind, num_bn)
+    actual = run_trajectory(backend, dtype, kind, num_bn)
+    assert actual.keys() == reference.keys()
+    for name, arrays in actual.items():
+        assert all(a.dtype == np.dtype(dtype) for a in arrays), name
+        flat = np.concatenate([a.ravel() for a in arrays])
+        expected = np.concatenate([r.ravel() for r in reference[name]])
+        assert rel_err(flat, expected) <= TOL[dtype], name
+
+
+def test_same_seed_same_initial_weights_on_every_backend(backend):
+    reference = small_mlp(3, Sigmoid, 1)
+    model = small_mlp(3, Sigmoid, 1, backend=backend)
+    for (p, _), (q, _) in zip(model.parameters(), reference.parameters(), strict=True):
+        np.testing.assert_array_equal(model.backend.to_host(p), q)
+
+
+def test_forward_accepts_host_arrays_and_casts_to_the_model_dtype(backend):
+    model = small_mlp(2, Sigmoid, 1, backend=backend, dtype="float32")
+    x, y = batch()
+    out = model.forward(x)  # host float64 in, device float32 out: no float64 temporaries
+    assert isinstance(out, model.backend.array_type) and out.dtype == model.backend.dtype("float32")
+    assert model.backward(y).dtype == model.backend.dtype("float32")
+    assert all(g.dtype == model.backend.dtype("float32") for _, g in model.parameters())
+
+
+def test_dtype_none_keeps_the_init_dtype():
+    np.random.seed(0)
+    model = MLP(
+        3,
+        2,
+        [4],
+        [Tanh(), Identity()],
+        lambda i, o: np.random.randn(i, o).astype(np.float32),
+        lambda o: np.zeros((1, o), np.float32),
+        SoftmaxCrossEntropy(),
+        0.1,
+    )
+    assert model.dtype == "float32" and model.W[0].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"activations": [Sigmoid(), Identity()]}, "activations must have"),
+        ({"num_bn_layers": 3}, "num_bn_layers"),
+        ({"num_bn_layers": -1}, "num_bn_layers"),
+        ({"hiddens": [4, 0]}, "hiddens"),
+        ({"lr": -0.1}, "lr"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"weight_init_fn": lambda i, o: np.zeros((o, i))}, "weight_init_fn"),
+        ({"bias_init_fn": lambda o: np.zeros(o)}, "bias_init_fn"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"backend": "tensorflow"}, "unknown backend"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, message):
+    args = {
+        "input_size": 5,
+        "output_size": 3,
+        "hiddens": [4, 3],
+        "activations": [Sigmoid(), Sigmoid(), Identity()],
+        "weight_init_fn": random_normal_weight_init,
+        "bias_init_fn": zeros_bias_init,
+        "criterion": SoftmaxCrossEntropy(),
+        "lr": 0.1,
+        "num_bn_layers": 1,
+    }
+    with pytest.raises(ValueError, match=message):
+        MLP(**{**args, **kwargs})
+
+
+def test_bad_input_leaves_the_model_untouched(backend):
+    model = small_mlp(2, Sigmoid, 1, backend=backend)
+    x, y = batch()
+    model.forward(x)
+    model.backward(y)
+    to = model.backend.to_host
+    before = [to(p).copy() for p, _ in model.parameters()] + [to(g).copy() for _, g in model.parameters()]
+    output = to(model.output).copy()
+    with pytest.raises(ValueError, match=r"forward input must have shape \(N, 5\)"):
+        model.forward(np.zeros((6, 4)))
+    with pytest.raises(ValueError, match=r"labels must have shape \(N, 3\)"):
+        model.backward(np.zeros((6, 4)))
+    with pytest.raises(ValueError, match="labels have 5 rows"):
+        model.backward(y[:5])
+    with pytest.raises(TypeError):
+        model.forward(np.array([["a"] * 5]))
+    after = [to(p) for p, _ in model.parameters()] + [to(g) for _, g in model.parameters()]
+    for b, a in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(to(model.output), output)
+
+
+def test_backward_before_forward():
+    with pytest.raises(RuntimeError, match="before forward"):
+        small_mlp(1, Sigmoid, 0).backward(np.eye(3))

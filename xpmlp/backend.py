@@ -1,0 +1,242 @@
+"""The one module that names array libraries.
+
+Every other module gets its array namespace ``xp`` from here, either from a
+:class:`Backend` (``model.backend.xp``) or from an array (:func:`namespace_of`),
+and never imports NumPy or CuPy itself. Every difference between the supported
+libraries lives in this file, each workaround next to its reason.
+
+Backends, chosen by name (argument, else ``$XPMLP_BACKEND``, else ``numpy``):
+
+========================  =====================================================
+``numpy``                 NumPy >= 2 on the CPU; the reference backend.
+``cupy``                  CuPy >= 14 on an NVIDIA GPU (through array-api-compat).
+``array_api_strict``      The standard's reference namespace: proves that no
+                          NumPy-only behaviour leaked into the layers.
+========================  =====================================================
+
+``host`` is NumPy itself: initial weights, shuffles and returned statistics live
+on the host, then move to the backend's device with :meth:`Backend.asarray`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from functools import cached_property
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendUnavailableError",
+    "get_backend",
+    "host",
+    "namespace_of",
+]
+
+#: The host namespace (NumPy): initial weights, shuffles, statistics, files.
+host = numpy
+
+#: Valid values of ``backend=`` and ``$XPMLP_BACKEND``.
+BACKENDS = ("numpy", "cupy", "array_api_strict")
+
+ENV_VAR = "XPMLP_BACKEND"
+
+_INSTALL = {
+    "numpy": "pip install xpmlp",
+    "cupy": "pip install 'xpmlp[cuda12]'  (or 'xpmlp[cuda13]' for CUDA 13 drivers)",
+    "array_api_strict": "pip install array-api-strict",
+}
+
+FLOAT_DTYPES = ("float32", "float64")
+
+Array = Any  # an array of any supported backend
+
+
+class BackendUnavailableError(RuntimeError):
+    """A known backend that cannot run here (library missing, no device)."""
+
+
+def _choices() -> str:
+    return ", ".join(repr(name) for name in BACKENDS)
+
+
+def _numpy_namespace() -> ModuleType:
+    # NumPy >= 2.1 implements the 2023.12 standard in its main namespace. Its
+    # functions are C ufuncs; array_api_compat.numpy would put a Python wrapper
+    # around several hot ones (sum, mean, astype, ...) for no difference in
+    # result. NumPy 2.0 (2022.12) lacks e.g. ``numpy.astype``: use the wrapper.
+    if getattr(numpy, "__array_api_version__", "0") >= "2023.12":
+        return numpy
+    return array_api_compat.array_namespace(numpy.empty(0))
+
+
+def _import(name: str) -> ModuleType:
+    module = {"numpy": "numpy", "cupy": "cupy", "array_api_strict": "array_api_strict"}[name]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"backend {name!r} is not installed ({exc}). Install it with: "
+            f"{_INSTALL[name]}. Valid backends: {_choices()}."
+        ) from exc
+
+
+class Backend:
+    """An array namespace plus the few operations that differ between libraries.
+
+    Parameters
+    ----------
+    name
+        One of :data:`BACKENDS`.
+    """
+
+    def __init__(self, name: str) -> None:
+        if name not in BACKENDS:
+            raise ValueError(
+                f"unknown backend {name!r}; valid backends: {_choices()} "
+                f"(set with backend=... or ${ENV_VAR}). For a GPU: {_INSTALL['cupy']}."
+            )
+        self.name = name
+        module = _import(name)
+        if name == "numpy":
+            self.xp = _numpy_namespace()
+        elif name == "cupy":
+            _require_cuda_device(module)
+            # CuPy's own namespace still differs from the standard in places;
+            # array-api-compat's cupy namespace is the standard one.
+            self.xp = array_api_compat.array_namespace(module.empty(0))
+        else:
+            self.xp = module
+        self._module = module
+        self.array_type = type(self.xp.asarray(0.0))
+        _NAMESPACES[self.array_type] = self.xp
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Backend) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def dtype(self, name: str) -> Any:
+        """The namespace's floating dtype called ``name`` (``float32``/``float64``)."""
+        return getattr(self.xp, name)
+
+    def asarray(self, x: Any, dtype: str | None = None, *, copy: bool | None = None) -> Array:
+        """``x`` (host NumPy, nested lists or this backend's array) on this backend.
+
+        Host data is copied to the device; ``dtype`` names a float dtype.
+        Raises TypeError for arrays of another device-backed library.
+        """
+        target = None if dtype is None else self.dtype(dtype)
+        if not isinstance(x, self.array_type):
+            try:
+                x = host.asarray(x)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"expected a NumPy array or a {self.name} array, got {type(x).__name__}: {exc}"
+                ) from exc
+        if isinstance(x, host.ndarray):
+            if x.dtype.kind not in "biuf":
+                raise TypeError(f"expected real numeric data, got an array of dtype {x.dtype}")
+            if self.name == "cupy":
+                return self._module.asarray(x, dtype=target)  # a host -> device copy
+        return self.xp.asarray(x, dtype=target, copy=copy)
+
+    def to_host(self, x: Array) -> numpy.ndarray:
+        """A NumPy copy (or view, for NumPy) of ``x``: one device->host read."""
+        if self.name == "cupy":
+            return x.get()
+        if self.name == "array_api_strict":
+            return host.from_dlpack(x)
+        return host.asarray(x)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+        if self.name == "cupy":
+            self._module.cuda.get_current_stream().synchronize()
+
+    @cached_property
+    def device_name(self) -> str:
+        """A human-readable name of the device the arrays live on."""
+        if self.name == "cupy":
+            props = self._module.cuda.runtime.getDeviceProperties(self._module.cuda.Device().id)
+            return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        return cpu_name()
+
+
+def _require_cuda_device(cupy: ModuleType) -> None:
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError without a driver; its type lives in cupy
+        raise BackendUnavailableError(
+            f"backend 'cupy' cannot run: no usable CUDA device ({exc}). "
+            f"Install a matching build with: {_INSTALL['cupy']}. Valid backends: {_choices()}."
+        ) from exc
+    if count < 1:
+        raise BackendUnavailableError(f"backend 'cupy' cannot run: no CUDA device found. Valid backends: {_choices()}.")
+
+
+_BACKENDS: dict[str, Backend] = {}
+_NAMESPACES: dict[type, ModuleType] = {numpy.ndarray: _numpy_namespace()}
+
+
+def get_backend(backend: str | Backend | None = None) -> Backend:
+    """The backend named by ``backend``, else ``$XPMLP_BACKEND``, else NumPy.
+
+    Never falls back silently: an unknown name raises ValueError, a backend that
+    cannot run here raises :class:`BackendUnavailableError`; both list the valid
+    names and the install command.
+    """
+    if isinstance(backend, Backend):
+        return backend
+    if backend is None:
+        backend = os.environ.get(ENV_VAR, "").strip() or "numpy"
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a name ({_choices()}), got {type(backend).__name__}")
+    name = backend.strip().lower().replace("-", "_")
+    if name not in _BACKENDS:
+        _BACKENDS[name] = Backend(name)
+    return _BACKENDS[name]
+
+
+def namespace_of(x: Array) -> ModuleType:
+    """The array namespace of ``x`` (a dictionary lookup for known array types)."""
+    try:
+        return _NAMESPACES[type(x)]
+    except KeyError:
+        xp = array_api_compat.array_namespace(x)
+        _NAMESPACES[type(x)] = xp
+        return xp
+
+
+def float_dtype_name(dtype: Any) -> str:
+    """``"float32"`` or ``"float64"`` for a dtype given by name or object of any backend."""
+    if isinstance(dtype, str):
+        text = dtype
+    else:  # numpy.float32, numpy.dtype("float32"), array_api_strict.float32, ...
+        text = getattr(dtype, "__name__", None) or getattr(dtype, "name", None) or str(dtype)
+    name = text.rsplit(".", 1)[-1]
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; supported: {', '.join(FLOAT_DTYPES)}")
+    return name
+
+
+def cpu_name() -> str:
+    """The CPU model, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,119 @@
+"""Batch normalization (Ioffe & Szegedy 2015) with its hand-derived backward pass.
+
+Forward over a batch B = {x₁ … x_m}, per feature (seed 003, appendix B):
+
+    μ_B  = 1/m Σᵢ xᵢ
+    σ²_B = 1/m Σᵢ (xᵢ − μ_B)²            (biased)
+    x̂ᵢ   = (xᵢ − μ_B) / √(σ²_B + ε)
+    yᵢ   = γ·x̂ᵢ + β
+
+Backward, with gᵢ = ∂L/∂x̂ᵢ = γ·∂L/∂yᵢ (seeds 002 and 004):
+
+    ∂L/∂γ  = Σᵢ ∂L/∂yᵢ · x̂ᵢ
+    ∂L/∂β  = Σᵢ ∂L/∂yᵢ
+    ∂L/∂xᵢ = 1/(m·√(σ²_B + ε)) · (m·gᵢ − Σⱼ gⱼ − x̂ᵢ·Σⱼ gⱼ·x̂ⱼ)
+
+Since Σⱼ gⱼ = γ·∂L/∂β and Σⱼ gⱼ·x̂ⱼ = γ·∂L/∂γ, the last line is computed as
+γ/(m·√(σ²_B + ε)) · (m·∂L/∂yᵢ − ∂L/∂β − x̂ᵢ·∂L/∂γ).
+"""
+
+from __future__ import annotations
+
+from .backend import Array, Backend, get_backend, host
+
+__all__ = ["BatchNorm"]
+
+
+class BatchNorm:
+    """Batch normalization over the features of an (N, fan_in) batch.
+
+    Parameters
+    ----------
+    fan_in
+        Number of features.
+    alpha
+        Momentum of the running statistics:
+        running = alpha·running + (1 − alpha)·batch.
+    backend, dtype
+        Where the parameters live (default: ``$XPMLP_BACKEND`` or NumPy, float64).
+
+    Attributes ``gamma, beta, dgamma, dbeta, mean, var, running_mean,
+    running_var`` are all (1, fan_in).
+    """
+
+    eps = 1e-8
+
+    def __init__(
+        self,
+        fan_in: int,
+        alpha: float = 0.9,
+        *,
+        backend: str | Backend | None = None,
+        dtype: str = "float64",
+    ) -> None:
+        if not isinstance(fan_in, int) or isinstance(fan_in, bool) or fan_in < 1:
+            raise ValueError(f"BatchNorm fan_in must be a positive int, got {fan_in!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"BatchNorm alpha must be in [0, 1], got {alpha!r}")
+        self.backend = get_backend(backend)
+        self.fan_in, self.alpha = fan_in, alpha
+        ones = host.ones((1, fan_in))
+        zeros = host.zeros((1, fan_in))
+        to = self.backend.asarray
+        self.gamma, self.beta = to(ones, dtype), to(zeros, dtype)
+        self.dgamma, self.dbeta = to(zeros, dtype), to(zeros, dtype)
+        self.mean, self.var = to(zeros, dtype), to(ones, dtype)
+        self.running_mean, self.running_var = to(zeros, dtype), to(ones, dtype)
+        self.x: Array | None = None
+        self.norm: Array | None = None
+        self.out: Array | None = None
+        self._eval = False
+
+    def __call__(self, x: Array, eval: bool = False) -> Array:
+        return self.forward(x, eval)
+
+    def __repr__(self) -> str:
+        return f"BatchNorm({self.fan_in}, alpha={self.alpha})"
+
+    def forward(self, x: Array, eval: bool = False) -> Array:
+        """Normalise ``x`` with batch statistics (training) or running ones (``eval``)."""
+        if x.ndim != 2 or x.shape[1] != self.fan_in:
+            raise ValueError(f"BatchNorm({self.fan_in}) expects (N, {self.fan_in}) input, got {tuple(x.shape)}")
+        xp = self.backend.xp
+        if eval:
+            mean, var = self.running_mean, self.running_var
+        else:
+            mean = xp.mean(x, axis=0, keepdims=True)
+            centered = x - mean
+            var = xp.mean(centered * centered, axis=0, keepdims=True)
+            self.mean, self.var = mean, var
+            a = self.alpha
+            self.running_mean = a * self.running_mean + (1.0 - a) * mean
+            self.running_var = a * self.running_var + (1.0 - a) * var
+        self._inv_std = 1.0 / xp.sqrt(var + self.eps)
+        self._eval = eval
+        self.x = x
+        self.norm = (x - mean) * self._inv_std
+        self.out = self.gamma * self.norm + self.beta
+        return self.out
+
+    def backward(self, delta: Array) -> Array:
+        """∂L/∂x from ``delta`` = ∂L/∂y; sets ``dgamma`` and ``dbeta``.
+
+        After an eval-mode forward the statistics are constants, so
+        ∂L/∂xᵢ = γ·∂L/∂yᵢ / √(running_var + ε).
+        """
+        if self.norm is None:
+            raise RuntimeError("BatchNorm.backward() called before forward()")
+        if tuple(delta.shape) != tuple(self.norm.shape):
+            raise ValueError(
+                f"BatchNorm.backward expects delta of shape {tuple(self.norm.shape)}, got {tuple(delta.shape)}"
+            )
+        xp = self.backend.xp
+        self.dbeta = xp.sum(delta, axis=0, keepdims=True)
+        self.dgamma = xp.sum(delta * self.norm, axis=0, keepdims=True)
+        scale = self.gamma * self._inv_std
+        if self._eval:
+            return delta * scale
+        m = delta.shape[0]
+        return (scale / m) * (m * delta - self.dbeta - self.norm * self.dgamma)

@@ -1,0 +1,48 @@
+"""Softmax cross-entropy with the log-sum-exp trick (seed 003, appendix A)."""
+
+from __future__ import annotations
+
+from .backend import Array, namespace_of
+
+__all__ = ["SoftmaxCrossEntropy"]
+
+
+class SoftmaxCrossEntropy:
+    """L(x, y) = −Σⱼ yⱼ log σ(x)ⱼ per example, with σ the softmax over classes.
+
+    ``ce(x, y)``: logits x (N, C) and one-hot (or any probability) targets y
+    (N, C) give the per-example loss (N,). With m = maxⱼ xⱼ,
+    log σ(x)ⱼ = xⱼ − m − log Σₖ e^(xₖ − m), finite for any finite logits.
+    ``ce.derivative()`` is ∂L/∂x = σ(x) − y, shape (N, C).
+    """
+
+    def __init__(self) -> None:
+        self.logits: Array | None = None
+        self.labels: Array | None = None
+        self.sm: Array | None = None
+        self.loss: Array | None = None
+
+    def __call__(self, x: Array, y: Array) -> Array:
+        return self.forward(x, y)
+
+    def __repr__(self) -> str:
+        return "SoftmaxCrossEntropy()"
+
+    def forward(self, x: Array, y: Array) -> Array:
+        if x.ndim != 2 or tuple(y.shape) != tuple(x.shape):
+            raise ValueError(
+                f"SoftmaxCrossEntropy expects logits (N, C) and labels of the same shape; "
+                f"got logits {tuple(x.shape)} and labels {tuple(y.shape)}"
+            )
+        xp = namespace_of(x)
+        shifted = x - xp.max(x, axis=1, keepdims=True)
+        log_sm = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+        self.logits, self.labels = x, y
+        self.sm = xp.exp(log_sm)
+        self.loss = -xp.sum(y * log_sm, axis=1)
+        return self.loss
+
+    def derivative(self) -> Array:
+        if self.sm is None:
+            raise RuntimeError("SoftmaxCrossEntropy.derivative() called before forward()")
+        return self.sm - self.labels

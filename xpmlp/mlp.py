@@ -1,0 +1,210 @@
+"""The multilayer perceptron of 11-785 HW1, trained by momentum SGD.
+
+Layer i computes zᵢ = aᵢ₋₁·Wᵢ + bᵢ (a₀ = x); the first ``num_bn_layers`` layers
+normalise zᵢ with BatchNorm; then aᵢ = fᵢ(zᵢ). The loss is the batch mean of
+``criterion(a_L, y)``. Backward runs the chain rule from δ = ∂L/∂a_L:
+
+    δ ← δ ⊙ fᵢ'(zᵢ);  δ ← BNᵢ.backward(δ) if layer i has BN
+    ∂L/∂Wᵢ = aᵢ₋₁ᵀ·δ,  ∂L/∂bᵢ = Σ_batch δ,  δ ← δ·Wᵢᵀ
+
+``step`` applies momentum to every W, b, γ, β:  v ← μ·v − η·∂L/∂p;  p ← p + v.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from typing import Any
+
+from .activations import Activation
+from .backend import Array, Backend, float_dtype_name, get_backend, host
+from .batchnorm import BatchNorm
+from .loss import SoftmaxCrossEntropy
+
+__all__ = ["MLP"]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class MLP:
+    """A fully connected network with optional BatchNorm and momentum SGD.
+
+    Parameters
+    ----------
+    input_size, output_size
+        Features per example and number of outputs.
+    hiddens
+        Units of each hidden layer (may be empty: a linear model).
+    activations
+        One activation object per layer: ``len(hiddens) + 1``.
+    weight_init_fn, bias_init_fn
+        ``weight_init_fn(in, out)`` -> (in, out) and ``bias_init_fn(out)`` -> (1, out),
+        host NumPy arrays, moved to the backend's device.
+    criterion
+        The loss, e.g. :class:`~xpmlp.SoftmaxCrossEntropy`.
+    lr, momentum
+        Learning rate η and momentum μ of :meth:`step`.
+    num_bn_layers
+        How many layers, from the input side, apply BatchNorm (at most ``len(hiddens)``).
+    backend
+        ``"numpy"``, ``"cupy"``, ``"array_api_strict"`` or a :class:`~xpmlp.backend.Backend`;
+        default ``$XPMLP_BACKEND`` or NumPy.
+    dtype
+        ``"float32"`` or ``"float64"``; ``None`` keeps the init functions' dtype.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        hiddens: Sequence[int],
+        activations: Sequence[Activation],
+        weight_init_fn: Callable[[int, int], Any],
+        bias_init_fn: Callable[[int], Any],
+        criterion: SoftmaxCrossEntropy,
+        lr: float,
+        momentum: float = 0.0,
+        num_bn_layers: int = 0,
+        *,
+        backend: str | Backend | None = None,
+        dtype: str | None = None,
+    ) -> None:
+        sizes = [_positive_int("input_size", input_size)]
+        sizes += [_positive_int(f"hiddens[{i}]", h) for i, h in enumerate(hiddens)]
+        sizes.append(_positive_int("output_size", output_size))
+        nlayers = len(sizes) - 1
+        if len(activations) != nlayers:
+            raise ValueError(
+                f"activations must have len(hiddens) + 1 = {nlayers} entries (one per layer), got {len(activations)}"
+            )
+        bn_ok = isinstance(num_bn_layers, int) and not isinstance(num_bn_layers, bool)
+        if not (bn_ok and 0 <= num_bn_layers <= len(hiddens)):
+            raise ValueError(
+                f"num_bn_layers must be an int in [0, len(hiddens)] = [0, {len(hiddens)}], got {num_bn_layers!r}"
+            )
+        if not lr >= 0.0:
+            raise ValueError(f"lr must be >= 0, got {lr!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.backend = get_backend(backend)
+
+        weights = [host.asarray(weight_init_fn(i, o)) for i, o in pairwise(sizes)]
+        biases = [host.asarray(bias_init_fn(o)) for o in sizes[1:]]
+        for k, (w, b, (i, o)) in enumerate(zip(weights, biases, pairwise(sizes), strict=True)):
+            if w.shape != (i, o):
+                raise ValueError(
+                    f"weight_init_fn({i}, {o}) returned shape {w.shape} for layer {k}; expected ({i}, {o})"
+                )
+            if b.shape != (1, o):
+                raise ValueError(f"bias_init_fn({o}) returned shape {b.shape} for layer {k}; expected (1, {o})")
+        if dtype is None:
+            found = host.result_type(*weights, *biases)
+            dtype = found.name if found.name in ("float32", "float64") else "float64"
+        self.dtype = float_dtype_name(dtype)
+
+        to = self.backend.asarray
+        self.input_size, self.output_size = input_size, output_size
+        self.hiddens = list(hiddens)
+        self.nlayers = nlayers
+        self.activations = list(activations)
+        self.criterion = criterion
+        self.lr, self.momentum = float(lr), float(momentum)
+        self.num_bn_layers = num_bn_layers
+        self.W = [to(w, self.dtype, copy=True) for w in weights]
+        self.b = [to(b, self.dtype, copy=True) for b in biases]
+        xp = self.backend.xp
+        self.dW = [xp.zeros_like(w) for w in self.W]
+        self.db = [xp.zeros_like(b) for b in self.b]
+        self.bn_layers = [BatchNorm(n, backend=self.backend, dtype=self.dtype) for n in sizes[1 : 1 + num_bn_layers]]
+        self.velocities = [xp.zeros_like(p) for p, _ in self.parameters()]
+        self.train_mode = True
+        self.input: Array | None = None
+        self.output: Array | None = None
+
+    def __repr__(self) -> str:
+        sizes = "-".join(str(n) for n in [self.input_size, *self.hiddens, self.output_size])
+        acts = ", ".join(repr(a) for a in self.activations)
+        return (
+            f"MLP({sizes}, [{acts}], bn={self.num_bn_layers}, lr={self.lr}, momentum={self.momentum}, "
+            f"backend={self.backend.name!r}, dtype={self.dtype!r})"
+        )
+
+    def parameters(self) -> list[tuple[Array, Array]]:
+        """(parameter, gradient) pairs: every W, b, then every BN's γ, β."""
+        pairs = list(zip(self.W, self.dW, strict=True)) + list(zip(self.b, self.db, strict=True))
+        for bn in self.bn_layers:
+            pairs += [(bn.gamma, bn.dgamma), (bn.beta, bn.dbeta)]
+        return pairs
+
+    def _check(self, name: str, x: Any, width: int) -> Array:
+        """``x`` as a (N, width) array of the model's backend and dtype."""
+        x = self.backend.asarray(x, self.dtype)
+        if x.ndim != 2 or x.shape[1] != width or x.shape[0] < 1:
+            raise ValueError(f"{name} must have shape (N, {width}) with N >= 1, got {tuple(x.shape)}")
+        return x
+
+    def forward(self, x: Any) -> Array:
+        """Output activations (N, output_size) for inputs x (N, input_size)."""
+        a = self.input = self._check("forward input", x, self.input_size)
+        for i in range(self.nlayers):
+            z = a @ self.W[i] + self.b[i]
+            if i < self.num_bn_layers:
+                z = self.bn_layers[i](z, eval=not self.train_mode)
+            a = self.activations[i](z)
+        self.output = a
+        return a
+
+    def __call__(self, x: Any) -> Array:
+        return self.forward(x)
+
+    def backward(self, labels: Any) -> Array:
+        """Gradients of the batch-mean loss into dW, db and each BN's dgamma, dbeta.
+
+        ``labels`` are one-hot (N, output_size) for the last :meth:`forward`.
+        Returns the per-example loss (N,) that was differentiated.
+        """
+        if self.output is None:
+            raise RuntimeError("MLP.backward() called before forward()")
+        y = self._check("labels", labels, self.output_size)
+        if y.shape[0] != self.output.shape[0]:
+            raise ValueError(f"labels have {y.shape[0]} rows but the last forward had {self.output.shape[0]}")
+        xp = self.backend.xp
+        loss = self.criterion(self.output, y)
+        delta = self.criterion.derivative() / y.shape[0]
+        for i in reversed(range(self.nlayers)):
+            delta = delta * self.activations[i].derivative()
+            if i < self.num_bn_layers:
+                delta = self.bn_layers[i].backward(delta)
+            a_prev = self.input if i == 0 else self.activations[i - 1].state
+            self.dW[i] = a_prev.T @ delta
+            self.db[i] = xp.sum(delta, axis=0, keepdims=True)
+            if i > 0:
+                delta = delta @ self.W[i].T
+        return loss
+
+    def zero_grads(self) -> None:
+        """Set every gradient to zero."""
+        xp = self.backend.xp
+        self.dW = [xp.zeros_like(g) for g in self.dW]
+        self.db = [xp.zeros_like(g) for g in self.db]
+        for bn in self.bn_layers:
+            bn.dgamma, bn.dbeta = xp.zeros_like(bn.dgamma), xp.zeros_like(bn.dbeta)
+
+    def step(self) -> None:
+        """Momentum SGD, in place:  v ← μ·v − η·grad;  p ← p + v."""
+        for (p, g), v in zip(self.parameters(), self.velocities, strict=True):
+            v *= self.momentum
+            v -= self.lr * g
+            p += v
+
+    def train(self) -> None:
+        """BatchNorm normalises with batch statistics and updates running ones."""
+        self.train_mode = True
+
+    def eval(self) -> None:
+        """BatchNorm normalises with its running statistics."""
+        self.train_mode = False
