@@ -7,9 +7,12 @@ pick one with ``backend=`` or ``$XPMLP_BACKEND``.
 from .activations import Activation, Identity, ReLU, Sigmoid, Tanh
 from .backend import BACKENDS, Backend, BackendUnavailableError, get_backend
 from .batchnorm import BatchNorm
+from .data import load_mnist
 from .init import he_normal_weight_init, random_normal_weight_init, zeros_bias_init
+from .io import load, load_checkpoint, save
 from .loss import SoftmaxCrossEntropy
 from .mlp import MLP
+from .training import History, confusion_matrix, evaluate, fit, get_training_stats, predict
 
 __version__ = "0.1.0"
 
@@ -20,13 +23,23 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BatchNorm",
+    "History",
     "Identity",
     "ReLU",
     "Sigmoid",
     "SoftmaxCrossEntropy",
     "Tanh",
+    "confusion_matrix",
+    "evaluate",
+    "fit",
     "get_backend",
+    "get_training_stats",
     "he_normal_weight_init",
+    "load",
+    "load_checkpoint",
+    "load_mnist",
+    "predict",
     "random_normal_weight_init",
+    "save",
     "zeros_bias_init",
 ]

@@ -140,6 +140,36 @@ class MLP:
             pairs += [(bn.gamma, bn.dgamma), (bn.beta, bn.dbeta)]
         return pairs
 
+    def state_dict(self) -> dict[str, Array]:
+        """Every array that defines the model's future: parameters, momentum buffers, BN running statistics."""
+        state = {f"W.{i}": w for i, w in enumerate(self.W)}
+        state |= {f"b.{i}": b for i, b in enumerate(self.b)}
+        for i, bn in enumerate(self.bn_layers):
+            state |= {f"bn.{i}.{k}": getattr(bn, k) for k in ("gamma", "beta", "running_mean", "running_var")}
+        state |= {f"velocity.{i}": v for i, v in enumerate(self.velocities)}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy arrays (host or device) from :meth:`state_dict`'s names into the model.
+
+        Every name and shape is checked first: on error the model is left untouched.
+        """
+        own = self.state_dict()
+        if set(state) != set(own):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise ValueError(f"state does not fit this model: missing {missing}, unexpected {extra}")
+        arrays = {k: self.backend.asarray(state[k], self.dtype, copy=True) for k in own}
+        for k, a in arrays.items():
+            if tuple(a.shape) != tuple(own[k].shape):
+                raise ValueError(f"state[{k!r}] has shape {tuple(a.shape)}, the model needs {tuple(own[k].shape)}")
+        n = self.nlayers
+        self.W = [arrays[f"W.{i}"] for i in range(n)]
+        self.b = [arrays[f"b.{i}"] for i in range(n)]
+        for i, bn in enumerate(self.bn_layers):
+            for k in ("gamma", "beta", "running_mean", "running_var"):
+                setattr(bn, k, arrays[f"bn.{i}.{k}"])
+        self.velocities = [arrays[f"velocity.{i}"] for i in range(len(self.velocities))]
+
     def _check(self, name: str, x: Any, width: int) -> Array:
         """``x`` as a (N, width) array of the model's backend and dtype."""
         x = self.backend.asarray(x, self.dtype)

@@ -1,0 +1,167 @@
+"""The MNIST loader: three formats, the homework split, every bad-file case, downloads without a network."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpmlp import data
+from xpmlp.data import IDX_FILES, download_mnist, load_mnist
+
+from mnist_files import idx_bytes, synthetic, write_idx
+
+REAL = os.environ.get("XPMLP_DATA")
+
+
+def check_split(result, arrays, validation_size):
+    (tx, ty), (vx, vy), (sx, sy) = result
+    images = arrays["train-images-idx3-ubyte"].reshape(-1, 784) / np.float32(255)
+    cut = len(images) - validation_size
+    for x in (tx, vx, sx):
+        assert x.dtype == np.float32 and x.shape[1] == 784 and x.min() >= 0 and x.max() <= 1
+    for y in (ty, vy, sy):
+        assert y.dtype == np.int64
+    np.testing.assert_allclose(tx, images[:cut], rtol=1e-6)
+    np.testing.assert_allclose(vx, images[cut:], rtol=1e-6)
+    np.testing.assert_array_equal(ty, arrays["train-labels-idx1-ubyte"][:cut])
+    np.testing.assert_array_equal(vy, arrays["train-labels-idx1-ubyte"][cut:])
+    np.testing.assert_array_equal(sy, arrays["t10k-labels-idx1-ubyte"])
+    assert len(sx) == len(arrays["t10k-images-idx3-ubyte"])
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_and_the_homework_split(tmp_path, gz):
+    arrays = write_idx(tmp_path, gz=gz)
+    check_split(load_mnist(tmp_path, download=False, validation_size=15), arrays, 15)
+
+
+def test_path_then_environment(tmp_path, monkeypatch):
+    arrays = write_idx(tmp_path / "env")
+    monkeypatch.setenv("XPMLP_DATA", str(tmp_path / "env"))
+    check_split(load_mnist(download=False, validation_size=10), arrays, 10)
+    with pytest.raises(OSError, match="no MNIST files found in"):
+        load_mnist(tmp_path / "empty", download=False)
+
+
+def test_npy_files(tmp_path):
+    x, y = synthetic(30)
+    parts = {"train": (x[:20], y[:20]), "val": (x[20:25], y[20:25]), "test": (x[25:], y[25:])}
+    for part, (px, py) in parts.items():
+        np.save(tmp_path / f"{part}_data.npy", px.reshape(-1, 784).astype(np.float64) / 255)  # floats in [0, 1]
+        np.save(tmp_path / f"{part}_labels.npy", py.astype(np.int64))
+    result = load_mnist(tmp_path, download=False)
+    for (rx, ry), (px, py) in zip(result, parts.values(), strict=True):
+        np.testing.assert_allclose(rx, px.reshape(-1, 784) / 255, rtol=1e-6)
+        np.testing.assert_array_equal(ry, py)
+
+
+def test_npy_with_pickled_objects_is_refused(tmp_path):
+    for name in data.NPY_FILES:
+        np.save(tmp_path / f"{name}.npy", np.zeros((2, 784)) if "data" in name else np.zeros(2, np.int64))
+    np.save(tmp_path / "train_labels.npy", np.array([1, "x"], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"train_labels\.npy"):
+        load_mnist(tmp_path, download=False)
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_csv_files(tmp_path, header):
+    arrays = {}
+    for name, n, seed in (("mnist_train.csv", 30, 1), ("mnist_test.csv", 8, 2)):
+        x, y = synthetic(n, seed)
+        rows = np.column_stack([y, x.reshape(n, -1)])
+        head = "label," + ",".join(f"{i // 28 + 1}x{i % 28 + 1}" for i in range(784)) + "\n" if header else ""
+        (tmp_path / name).write_text(head + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+        arrays[name] = (x, y)
+    (tx, ty), (vx, vy), (_, sy) = load_mnist(tmp_path, download=False, validation_size=10)
+    x, y = arrays["mnist_train.csv"]
+    np.testing.assert_allclose(np.vstack([tx, vx]), x.reshape(30, -1) / 255, rtol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([ty, vy]), y)
+    assert len(vx) == 10
+    np.testing.assert_array_equal(sy, arrays["mnist_test.csv"][1])
+
+
+def corrupt(directory: Path, name: str, data: bytes, gz: bool = True) -> None:
+    (directory / name).write_bytes(gzip.compress(data) if gz else data)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("magic", "wrong magic number 2049"),
+        ("truncated", r"payload has 46940 bytes, the header \(60, 28, 28\) needs 47040"),
+        ("gzip", "corrupt or truncated gzip"),
+        ("count", "60 images but labels of shape"),
+        ("labels", "labels must be integers 0-9"),
+    ],
+)
+def test_bad_files_name_the_file_and_the_problem(tmp_path, damage, message):
+    arrays = write_idx(tmp_path)
+    images, labels = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
+    target = "train-labels-idx1-ubyte.gz"
+    if damage == "magic":
+        target = "train-images-idx3-ubyte.gz"
+        corrupt(tmp_path, target, idx_bytes(labels))  # a label file where images belong
+    elif damage == "truncated":
+        target = "train-images-idx3-ubyte.gz"
+        corrupt(tmp_path, target, idx_bytes(images)[:-100])
+    elif damage == "gzip":
+        (tmp_path / target).write_bytes((tmp_path / target).read_bytes()[:-20])
+    elif damage == "count":
+        corrupt(tmp_path, target, idx_bytes(labels[:-1]))
+    else:
+        bad = labels.copy()
+        bad[3] = 12
+        corrupt(tmp_path, target, idx_bytes(bad))
+    with pytest.raises(ValueError, match=message) as info:
+        load_mnist(tmp_path, download=False, validation_size=10)
+    if damage != "count":
+        assert "train-" in str(info.value)
+
+
+def test_checksum_mismatch_with_verify(tmp_path):
+    write_idx(tmp_path)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: checksum mismatch"):
+        load_mnist(tmp_path, download=False, verify=True, validation_size=10)
+
+
+@pytest.mark.skipif(not REAL, reason="needs the real MNIST files in $XPMLP_DATA")
+def test_download_verifies_and_leaves_no_partial_file(tmp_path):
+    """Mirrors are file:// URLs: the real files serve as the good mirror, no network is used."""
+    bad = tmp_path / "bad-mirror"
+    bad.mkdir()
+    for name in IDX_FILES:
+        (bad / name).write_bytes(b"not the file")
+    good = Path(REAL).resolve().as_uri() + "/"
+    target = tmp_path / "cache"
+    download_mnist(target, mirrors=[bad.as_uri() + "/", good])
+    assert sorted(p.name for p in target.iterdir()) == sorted(IDX_FILES)
+    (train_x, _), _, (test_x, _) = load_mnist(target, download=False, verify=True)
+    assert train_x.shape == (50000, 784) and test_x.shape == (10000, 784)
+
+
+def test_failed_download_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    bad = tmp_path / "bad-mirror"
+    bad.mkdir()
+    for name in IDX_FILES:
+        (bad / name).write_bytes(b"not the file")
+    monkeypatch.setattr(data, "MIRRORS", (bad.as_uri() + "/", (tmp_path / "missing").as_uri() + "/"))
+    target = tmp_path / "cache"
+    with pytest.raises(OSError) as info:
+        load_mnist(target)
+    message = str(info.value)
+    assert str(target) in message and "checksum mismatch" in message and "XPMLP_DATA" in message
+    assert list(target.iterdir()) == []  # no partial or temporary file
+
+
+@pytest.mark.skipif(not REAL, reason="needs the real MNIST files in $XPMLP_DATA")
+def test_real_mnist_split_and_counts():
+    (tx, ty), (vx, vy), (sx, sy) = load_mnist(REAL, download=False, verify=True)
+    assert tx.shape == (50000, 784) and vx.shape == (10000, 784) and sx.shape == (10000, 784)
+    np.testing.assert_array_equal(
+        np.bincount(np.concatenate([ty, vy])), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    )
+    np.testing.assert_array_equal(np.bincount(sy), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])

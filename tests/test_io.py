@@ -1,0 +1,157 @@
+"""Checkpoints: round trips, across backends, refusal of pickles, atomic writes."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp import MLP, Identity, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh, load, load_checkpoint, save
+from xpmlp import io as xio
+
+
+def trained(backend="numpy", dtype="float64", steps=3):
+    np.random.seed(5)
+    model = MLP(
+        6,
+        4,
+        [5, 3],
+        [Sigmoid(), Tanh(), Identity()],
+        xpmlp.random_normal_weight_init,
+        xpmlp.zeros_bias_init,
+        SoftmaxCrossEntropy(),
+        0.1,
+        0.9,
+        2,
+        backend=backend,
+        dtype=dtype,
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        model.forward(rng.normal(size=(8, 6)))
+        model.backward(np.eye(4)[rng.integers(0, 4, 8)])
+        model.step()
+    return model
+
+
+def host_state(model):
+    return {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
+
+
+def test_round_trip_keeps_everything(tmp_path):
+    model = trained()
+    path = save(model, tmp_path / "m.npz", train_state={"epoch": 3, "note": "x"})
+    loaded, state = load_checkpoint(path)
+    assert state == {"epoch": 3, "note": "x"}
+    assert repr(loaded) == repr(model)
+    for key, value in host_state(model).items():
+        np.testing.assert_array_equal(host_state(loaded)[key], value, err_msg=key)
+    x = np.random.default_rng(1).normal(size=(7, 6))
+    model.eval(), loaded.eval()
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+    # the momentum buffers came along: one more identical step gives identical parameters
+    y = np.eye(4)[[0, 1, 2, 3, 0, 1, 2]]
+    for m in (model, loaded):
+        m.train()
+        m.forward(x)
+        m.backward(y)
+        m.step()
+    for key, value in host_state(model).items():
+        np.testing.assert_array_equal(host_state(loaded)[key], value, err_msg=key)
+
+
+def test_trained_on_one_backend_predicts_identically_on_another(tmp_path, backend):
+    model = trained("array_api_strict")
+    save(model, tmp_path / "m.npz")
+    loaded = load(tmp_path / "m.npz", backend=backend)
+    assert loaded.backend == backend and loaded.dtype == "float64"
+    x = np.random.default_rng(2).normal(size=(9, 6))
+    model.eval(), loaded.eval()
+    np.testing.assert_array_equal(loaded.backend.to_host(loaded.forward(x)), model.backend.to_host(model.forward(x)))
+
+
+def test_float32_model_stays_float32(tmp_path):
+    save(trained(dtype="float32"), tmp_path / "m.npz")
+    assert load(tmp_path / "m.npz").W[0].dtype == np.float32
+
+
+def test_pickled_content_is_refused(tmp_path):
+    model = trained()
+    arrays = {k: v for k, v in host_state(model).items()}
+    arrays["__config__"] = np.array([{"evil": 1}], dtype=object)
+    np.savez(tmp_path / "objects.npz", **arrays)
+    with pytest.raises(ValueError, match="pickled"):
+        load(tmp_path / "objects.npz")
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"W.0": np.zeros(3)}))
+    with pytest.raises(ValueError, match="pickled"):
+        load(tmp_path / "plain.pkl")
+
+
+def test_damaged_and_missing_files(tmp_path):
+    with pytest.raises(OSError):
+        load(tmp_path / "absent.npz")
+    save(trained(), tmp_path / "m.npz")
+    data = (tmp_path / "m.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut\.npz"):
+        load(tmp_path / "cut.npz")
+    arrays = dict(np.load(tmp_path / "m.npz"))
+    arrays["W.0"] = np.zeros((2, 2))
+    np.savez(tmp_path / "shape.npz", **arrays)
+    with pytest.raises(ValueError, match=r"shape\.npz: state\['W.0'\] has shape \(2, 2\)"):
+        load(tmp_path / "shape.npz")
+    del arrays["__config__"]
+    np.savez(tmp_path / "noconfig.npz", **arrays)
+    with pytest.raises(ValueError, match="damaged checkpoint"):
+        load(tmp_path / "noconfig.npz")
+
+
+def test_custom_layers_cannot_be_saved(tmp_path):
+    class Swish(ReLU):
+        pass
+
+    model = MLP(
+        3,
+        2,
+        [4],
+        [Swish(), Identity()],
+        xpmlp.random_normal_weight_init,
+        xpmlp.zeros_bias_init,
+        SoftmaxCrossEntropy(),
+        0.1,
+    )
+    with pytest.raises(ValueError, match="cannot checkpoint Swish"):
+        save(model, tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    first = trained(steps=1)
+    path = save(first, tmp_path / "m.npz")
+    before = path.read_bytes()
+
+    def killed(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # the process dies in the middle of writing
+
+    monkeypatch.setattr(xio.host, "savez", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save(trained(steps=3), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # no temporary file left
+
+
+def test_load_state_dict_checks_before_changing_anything():
+    model = trained()
+    state = host_state(model)
+    before = {k: v.copy() for k, v in state.items()}
+    bad = dict(state)
+    bad["b.1"] = np.zeros((1, 7))
+    with pytest.raises(ValueError, match=r"b\.1"):
+        model.load_state_dict(bad)
+    with pytest.raises(ValueError, match="missing"):
+        model.load_state_dict({k: v for k, v in state.items() if k != "W.0"})
+    for key, value in host_state(model).items():
+        np.testing.assert_array_equal(value, before[key])

@@ -1,0 +1,217 @@
+"""Training loops: HW1's get_training_stats, fit, train.py, resume, and the real MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp import MLP, Identity, ReLU, Sigmoid, SoftmaxCrossEntropy, fit, get_training_stats
+from xpmlp.train import main
+from xpmlp.training import _epoch_order
+
+from mnist_files import synthetic, write_idx
+
+REAL = os.environ.get("XPMLP_DATA")
+
+
+def dataset(n_train=120, n_val=40, n_test=30):
+    splits = []
+    for n, seed in ((n_train, 1), (n_val, 2), (n_test, 3)):
+        x, y = synthetic(n, seed)
+        splits.append((x.reshape(n, -1) / np.float32(255), y.astype(np.int64)))
+    return tuple(splits)
+
+
+def hw1_like(backend="numpy", dtype="float64", seed=0, hiddens=(16, 8), lr=0.05):
+    np.random.seed(seed)
+    acts = [Sigmoid() for _ in hiddens] + [Identity()]
+    return MLP(
+        784,
+        10,
+        list(hiddens),
+        acts,
+        xpmlp.he_normal_weight_init,
+        xpmlp.zeros_bias_init,
+        SoftmaxCrossEntropy(),
+        lr,
+        0.9,
+        1,
+        backend=backend,
+        dtype=dtype,
+    )
+
+
+def test_stats_equal_a_plain_loop_over_the_same_batches(backend):
+    """fit's per-epoch statistics and final weights against a hand loop with the same permutations."""
+    train, val, _ = dataset()
+    model = hw1_like(backend)
+    history = fit(model, train, val, epochs=2, batch_size=32, seed=7, progress=False)
+    reference = hw1_like()
+    for epoch in range(2):
+        order = _epoch_order(7, epoch, len(train[0]))
+        losses, errors = [], []
+        for start in range(0, len(order), 32):
+            idx = order[start : start + 32]
+            out = reference.forward(train[0][idx])
+            losses.append(reference.backward(np.eye(10)[train[1][idx]]))
+            reference.step()
+            errors.append(out.argmax(axis=1) != train[1][idx])
+        np.testing.assert_allclose(history.train_loss[epoch], np.concatenate(losses).mean(), rtol=1e-10)
+        np.testing.assert_allclose(history.train_error[epoch], np.concatenate(errors).mean(), rtol=1e-12)
+        reference.eval()
+        out = reference.forward(val[0])
+        loss = reference.criterion(out, np.eye(10)[val[1]]).mean()
+        np.testing.assert_allclose(history.val_loss[epoch], loss, rtol=1e-10)
+        np.testing.assert_allclose(history.val_error[epoch], np.mean(out.argmax(axis=1) != val[1]), rtol=1e-12)
+        reference.train()
+    for key, value in reference.state_dict().items():
+        np.testing.assert_allclose(model.backend.to_host(model.state_dict()[key]), value, rtol=1e-9, atol=1e-12)
+
+
+def test_one_device_read_per_epoch(monkeypatch):
+    train, val, _ = dataset()
+    model = hw1_like("array_api_strict")
+    reads = []
+    original = type(model.backend).to_host
+    monkeypatch.setattr(type(model.backend), "to_host", lambda self, x: reads.append(1) or original(self, x))
+    fit(model, train, val, epochs=3, batch_size=16, seed=0, progress=False)
+    assert len(reads) == 3
+
+
+def test_get_training_stats_shapes_and_confusion_matrix():
+    dset = dataset()
+    stats = get_training_stats(hw1_like(), dset, 3, 20, seed=1)
+    assert len(stats) == 5 and all(isinstance(s, np.ndarray) for s in stats)
+    assert [s.shape for s in stats[:4]] == [(3,)] * 4
+    confusion = stats[4]
+    assert confusion.shape == (10, 10)
+    np.testing.assert_array_equal(confusion.sum(axis=0), np.bincount(dset[2][1], minlength=10))  # columns: truth
+    assert stats[0][-1] < stats[0][0]  # it learns
+
+
+def test_confusion_rows_are_predictions():
+    model = hw1_like()
+    x = dataset()[2][0]
+    predicted = xpmlp.predict(model, x)
+    truth = np.zeros(len(x), np.int64)  # pretend everything is a 0
+    confusion = xpmlp.confusion_matrix(model, x, truth)
+    np.testing.assert_array_equal(confusion[:, 0], np.bincount(predicted, minlength=10))
+
+
+def test_non_finite_loss_names_the_epoch():
+    train, val, _ = dataset()
+    model = hw1_like()
+    fit(model, train, val, epochs=1, batch_size=40, seed=0, progress=False)
+    model.W[0][0, :] = np.nan
+    with pytest.raises(FloatingPointError, match="epoch 2"):
+        fit(
+            model,
+            train,
+            val,
+            epochs=3,
+            batch_size=40,
+            seed=0,
+            progress=False,
+            history=xpmlp.History(train_loss=[1.0], train_error=[0.5], val_loss=[1.0], val_error=[0.5], seconds=[0]),
+        )
+
+
+def test_early_stopping_restores_the_best_epoch():
+    (tx, ty), (vx, vy), _ = dataset()
+    shuffled = (vx, np.random.default_rng(0).permutation(vy))  # unlearnable: validation loss rises
+    model = hw1_like(lr=0.2)
+    snapshots = {}
+
+    def remember(epoch, history):
+        snapshots[epoch] = {k: np.array(v) for k, v in model.state_dict().items()}
+
+    history = fit(
+        model, (tx, ty), shuffled, epochs=40, batch_size=20, seed=0, patience=2, progress=False, callbacks=[remember]
+    )
+    assert history.stopped_early and history.epochs == history.best_epoch + 2 < 40
+    assert history.val_loss[history.best_epoch - 1] == min(history.val_loss)
+    for key, value in snapshots[history.best_epoch].items():
+        np.testing.assert_array_equal(model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"patience": 2, "val": None}, "validation")],
+)
+def test_bad_fit_arguments(kwargs, message):
+    train, val, _ = dataset()
+    args = {"val": val, "epochs": 1, "batch_size": 10, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        fit(hw1_like(), train, **args)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        fit(hw1_like(), (train[0], train[1] + 10), epochs=1, batch_size=10)
+
+
+def cli(tmp_path, *extra):
+    data = tmp_path / "data"
+    if not data.exists():
+        write_idx(data, n_train=10_060, n_test=50)  # the CLI keeps the homework's 10,000 validation images
+    return main(["--data", str(data), "--hiddens", "16", "--bn-layers", "1", "--batch-size", "100", "--quiet", *extra])
+
+
+def test_train_cli_writes_its_outputs(tmp_path, capsys):
+    metrics = cli(tmp_path, "--epochs", "2", "--out", str(tmp_path / "run"))
+    printed = capsys.readouterr().out
+    assert printed.count("train loss") == 2 and "test accuracy" in printed
+    for name in ("metrics.json", "model.npz", "curves.png", "confusion.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["backend"] == "numpy" and saved["dtype"] == "float32" and saved["device"]
+    assert len(saved["history"]["seconds"]) == 2 and 0 <= saved["test_accuracy"] <= 1
+    assert saved == json.loads(json.dumps(metrics))
+    assert np.array(saved["confusion_matrix"]).sum() == 50
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    whole = cli(tmp_path, "--epochs", "3", "--out", str(tmp_path / "whole"), "--no-plots", "--lr-decay", "0.7")
+    cli(tmp_path, "--epochs", "1", "--out", str(tmp_path / "parts"), "--no-plots", "--lr-decay", "0.7")
+    resumed = cli(tmp_path, "--epochs", "3", "--out", str(tmp_path / "parts"), "--no-plots", "--resume")
+    for key in ("train_loss", "train_error", "val_loss", "val_error"):
+        assert resumed["history"][key] == whole["history"][key]
+    a, b = np.load(tmp_path / "whole" / "model.npz"), np.load(tmp_path / "parts" / "model.npz")
+    assert a.files == b.files
+    for key in a.files:
+        if key != "__train_state__":  # holds the output folder and wall-clock seconds
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_hw1_flag_builds_the_homework_network(tmp_path):
+    write_idx(tmp_path / "data", n_train=10_060, n_test=50)
+    metrics = main(
+        ["--data", str(tmp_path / "data"), "--hw1", "--epochs", "1", "--out", str(tmp_path), "--quiet", "--no-plots"]
+    )
+    config = metrics["config"]
+    assert (config["hiddens"], config["activation"], config["bn_layers"]) == ([64, 64, 32], "sigmoid", 1)
+    assert (config["lr"], config["momentum"], config["batch_size"], config["init"]) == (0.008, 0.9, 100, "normal")
+
+
+@pytest.mark.skipif(not REAL, reason="needs the real MNIST files in $XPMLP_DATA")
+def test_real_mnist_two_epochs():
+    (train, val, test) = xpmlp.load_mnist(REAL, download=False)
+    np.random.seed(0)
+    model = MLP(
+        784,
+        10,
+        [128],
+        [ReLU(), Identity()],
+        xpmlp.he_normal_weight_init,
+        xpmlp.zeros_bias_init,
+        SoftmaxCrossEntropy(),
+        0.05,
+        0.9,
+        1,
+        dtype="float32",
+    )
+    stats = get_training_stats(model, (train, val, test), 2, 100, seed=0)
+    assert [s.shape for s in stats] == [(2,), (2,), (2,), (2,), (10, 10)]
+    assert 1 - stats[3][-1] >= 0.95, stats[3]
+    np.testing.assert_array_equal(stats[4].sum(axis=0), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])

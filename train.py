@@ -1,0 +1,6 @@
+"""Train an MLP on MNIST (see ``python train.py --help``); e.g. ``XPMLP_BACKEND=cupy python train.py``."""
+
+from xpmlp.train import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Training loops: ``get_training_stats`` (HW1 §2.8) and the friendlier ``fit``.
+
+The data move to the model's device once. Each epoch draws a permutation on the
+host from (seed, epoch) — so a resumed run shuffles exactly as an uninterrupted
+one — and gathers every mini-batch on the device. Per-batch loss and error
+counts accumulate in device scalars; an epoch's training and validation
+statistics are read back together, in one device→host copy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .backend import Array, host
+from .mlp import MLP
+
+__all__ = ["History", "confusion_matrix", "evaluate", "fit", "get_training_stats", "predict"]
+
+Split = tuple[Any, Any]  # (x (N, features), integer labels (N,)), host NumPy
+EVAL_CHUNK = 10_000  # rows per forward pass when evaluating (bounds device memory)
+
+
+@dataclass
+class History:
+    """Per-epoch statistics; ``epochs`` counts the epochs trained so far."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_error: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_error: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+    best_epoch: int | None = None
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _DeviceSplit:
+    """One split on the model's device: inputs, integer labels and one-hot targets."""
+
+    def __init__(self, mlp: MLP, split: Split, name: str) -> None:
+        x, labels = host.asarray(split[0]), host.asarray(split[1])
+        classes = mlp.output_size
+        if x.ndim != 2 or x.shape[1] != mlp.input_size:
+            raise ValueError(f"{name} inputs must have shape (N, {mlp.input_size}), got {x.shape}")
+        if labels.shape != (x.shape[0],):
+            raise ValueError(f"{name} labels must have shape ({x.shape[0]},), got {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"{name} labels must be integer class indices, got dtype {labels.dtype}")
+        if labels.size and not (labels.min() >= 0 and labels.max() < classes):
+            raise ValueError(f"{name} labels must lie in [0, {classes}), got [{labels.min()}, {labels.max()}]")
+        to = mlp.backend.asarray
+        self.n = x.shape[0]
+        self.x = to(x, mlp.dtype)
+        self.labels = to(labels.astype(host.int64))
+        self.one_hot = to(host.eye(classes)[labels], mlp.dtype)
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> Any:
+    """The host permutation of epoch ``epoch`` (0-based) for ``seed``."""
+    return host.random.default_rng((seed, epoch)).permutation(n)
+
+
+def _errors(xp: Any, out: Array, labels: Array, dtype: Any) -> Array:
+    """Number of rows whose arg-max output is not the label (a device scalar)."""
+    return xp.sum(xp.astype(xp.argmax(out, axis=1) != labels, dtype))
+
+
+def _train_epoch(mlp: MLP, data: _DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
+    """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
+    xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
+    mlp.train()
+    loss_sum = errors = xp.zeros((), dtype=dtype)
+    for start in range(0, data.n, batch_size):
+        idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
+        labels = xp.take(data.labels, idx, axis=0)
+        out = mlp.forward(xp.take(data.x, idx, axis=0))
+        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
+        mlp.step()
+        loss_sum = loss_sum + xp.sum(loss)
+        errors = errors + _errors(xp, out, labels, dtype)
+        tick()
+    return [loss_sum, errors]
+
+
+def _eval_sums(mlp: MLP, data: _DeviceSplit) -> list[Array]:
+    """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
+    xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
+    was_training = mlp.train_mode
+    mlp.eval()
+    loss_sum = errors = xp.zeros((), dtype=dtype)
+    for start in range(0, data.n, EVAL_CHUNK):
+        stop = min(start + EVAL_CHUNK, data.n)
+        out = mlp.forward(data.x[start:stop, ...])
+        loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[start:stop, ...]))
+        errors = errors + _errors(xp, out, data.labels[start:stop], dtype)
+    if was_training:
+        mlp.train()
+    return [loss_sum, errors]
+
+
+def evaluate(mlp: MLP, x: Any, labels: Any) -> tuple[float, float]:
+    """(mean loss, error rate) of ``mlp`` in eval mode on integer-labelled data."""
+    data = _DeviceSplit(mlp, (x, labels), "evaluation")
+    loss_sum, errors = mlp.backend.to_host(mlp.backend.xp.stack(_eval_sums(mlp, data))).tolist()
+    return loss_sum / data.n, errors / data.n
+
+
+def predict(mlp: MLP, x: Any) -> Any:
+    """Predicted classes (host NumPy ints) in eval mode; restores the mode."""
+    backend = mlp.backend
+    was_training = mlp.train_mode
+    mlp.eval()
+    x = backend.asarray(x, mlp.dtype)
+    parts = [
+        backend.xp.argmax(mlp.forward(x[start : start + EVAL_CHUNK, ...]), axis=1)
+        for start in range(0, x.shape[0], EVAL_CHUNK)
+    ]
+    if was_training:
+        mlp.train()
+    return backend.to_host(backend.xp.concat(parts))
+
+
+def confusion_matrix(mlp: MLP, x: Any, labels: Any) -> Any:
+    """(C, C) counts: rows are predicted classes, columns true classes (HW1 §2.8)."""
+    classes = mlp.output_size
+    predicted = predict(mlp, x)
+    counts = host.zeros((classes, classes), dtype=host.int64)
+    host.add.at(counts, (predicted, host.asarray(labels)), 1)
+    return counts
+
+
+def fit(
+    mlp: MLP,
+    train: Split,
+    val: Split | None = None,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int | None = None,
+    history: History | None = None,
+    patience: int | None = None,
+    progress: bool | None = None,
+    callbacks: Sequence[Callable[[int, History], Any]] = (),
+) -> History:
+    """Train ``mlp`` until ``epochs`` epochs are done (counting those in ``history``).
+
+    Parameters
+    ----------
+    train, val
+        ``(x, labels)`` host arrays: x (N, input_size), integer labels (N,).
+    seed
+        Shuffling seed: epoch k uses the permutation of ``default_rng((seed, k))``.
+        ``None`` draws one from NumPy's global generator (so ``numpy.random.seed`` applies).
+    history
+        A previous run's history: training resumes after its last epoch.
+    patience
+        Early stopping: stop after this many epochs without a lower validation
+        loss, and restore the parameters of the best epoch.
+    progress
+        A tqdm bar per epoch (``None``: only on a terminal).
+    callbacks
+        ``callback(epoch, history)`` after each epoch (1-based epoch).
+
+    Raises
+    ------
+    FloatingPointError
+        When an epoch's training loss is not finite, naming the epoch.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if patience is not None and val is None:
+        raise ValueError("early stopping (patience) needs a validation set")
+    history = History() if history is None else history
+    seed = int(host.random.randint(2**31)) if seed is None else seed
+    train_data = _DeviceSplit(mlp, train, "training")
+    val_data = None if val is None else _DeviceSplit(mlp, val, "validation")
+    backend, xp = mlp.backend, mlp.backend.xp
+    batches = -(-train_data.n // batch_size)
+    best = None
+    for epoch in range(history.epochs, epochs):
+        started = time.perf_counter()
+        order = backend.asarray(_epoch_order(seed, epoch, train_data.n))
+        with tqdm(
+            total=batches,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            disable=None if progress is None else not progress,
+            leave=False,
+        ) as bar:
+            sums = _train_epoch(mlp, train_data, order, batch_size, bar.update)
+            if val_data is not None:
+                sums += _eval_sums(mlp, val_data)
+            stats = backend.to_host(xp.stack(sums)).tolist()  # the epoch's one device->host read
+        if not math.isfinite(stats[0]):
+            raise FloatingPointError(
+                f"training loss is {stats[0] / train_data.n} in epoch {epoch + 1}: training diverged "
+                "(lower the learning rate, or add BatchNorm)"
+            )
+        history.train_loss.append(stats[0] / train_data.n)
+        history.train_error.append(stats[1] / train_data.n)
+        if val_data is not None:
+            history.val_loss.append(stats[2] / val_data.n)
+            history.val_error.append(stats[3] / val_data.n)
+        history.seconds.append(time.perf_counter() - started)
+        for callback in callbacks:
+            callback(epoch + 1, history)
+        if patience is not None:
+            losses = history.val_loss
+            if history.best_epoch is None or losses[-1] < losses[history.best_epoch - 1]:
+                history.best_epoch = epoch + 1
+                best = {k: xp.asarray(v, copy=True) for k, v in mlp.state_dict().items()}
+            elif epoch + 1 - history.best_epoch >= patience:
+                history.stopped_early = True
+                if best is not None:
+                    mlp.load_state_dict(best)
+                break
+    return history
+
+
+def get_training_stats(
+    mlp: MLP, dset: Sequence[Split], nepochs: int, batch_size: int, *, seed: int | None = None
+) -> tuple[Any, Any, Any, Any, Any]:
+    """HW1 §2.8: train, then return host NumPy arrays
+
+    ``(training_losses, training_errors, validation_losses, validation_errors, confusion_matrix)``:
+    per-epoch means of the mini-batch losses and error rates, validation loss and
+    error after each epoch (eval mode), and the test set's confusion matrix
+    (rows predicted, columns true).
+    """
+    train, val, test = dset
+    history = fit(mlp, train, val, epochs=nepochs, batch_size=batch_size, seed=seed, progress=False)
+    stats = (history.train_loss, history.train_error, history.val_loss, history.val_error)
+    return (*(host.asarray(s) for s in stats), confusion_matrix(mlp, *test))
