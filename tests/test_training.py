@@ -169,6 +169,8 @@ def test_train_cli_writes_its_outputs(tmp_path, capsys):
     assert len(saved["history"]["seconds"]) == 2 and 0 <= saved["test_accuracy"] <= 1
     assert saved == json.loads(json.dumps(metrics))
     assert np.array(saved["confusion_matrix"]).sum() == 50
+    # the default schedule decays the rate per epoch: after 2 epochs the model trains at lr·0.8²
+    assert xpmlp.load(tmp_path / "run" / "model.npz").lr == pytest.approx(0.05 * 0.8**2)
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):

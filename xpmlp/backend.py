@@ -23,6 +23,8 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import time
+from collections.abc import Callable
 from functools import cached_property
 from types import ModuleType
 from typing import Any
@@ -163,6 +165,23 @@ class Backend:
         """Wait for queued device work (a no-op on the CPU)."""
         if self.name == "cupy":
             self._module.cuda.get_current_stream().synchronize()
+
+    def timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        """``(fn(), seconds)``, the seconds measured on the device's clock once its work is done.
+
+        CuPy: CUDA events recorded around ``fn`` on the current stream, then synchronised.
+        """
+        if self.name == "cupy":
+            cuda = self._module.cuda
+            start, stop = cuda.Event(), cuda.Event()
+            start.record()
+            result = fn()
+            stop.record()
+            stop.synchronize()
+            return result, cuda.get_elapsed_time(start, stop) / 1e3
+        started = time.perf_counter()
+        result = fn()
+        return result, time.perf_counter() - started
 
     @cached_property
     def device_name(self) -> str:

@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,15 @@ def build(args: argparse.Namespace) -> MLP:
         backend=args.backend,
         dtype=args.dtype,
     )
+
+
+def lr_schedule(mlp: MLP, args: argparse.Namespace) -> Callable[[int, History], None]:
+    """A fit callback: after ``epoch`` epochs, the learning rate is lr·decay^epoch."""
+
+    def schedule(epoch: int, history: History) -> None:
+        mlp.lr = args.lr * args.lr_decay**epoch
+
+    return schedule
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -208,9 +218,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots")}
     print(f"{mlp}\non {backend.name} ({backend.device_name}); {len(train[0])} training images")
 
-    def schedule(epoch: int, h: History) -> None:
-        mlp.lr = args.lr * args.lr_decay**epoch  # the rate of the next (0-based) epoch
-
     def report(epoch: int, h: History) -> None:
         print(
             f"epoch {epoch:3d}/{args.epochs}  train loss {h.train_loss[-1]:.4f} error {h.train_error[-1]:6.2%}  "
@@ -218,6 +225,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             flush=True,
         )
         save(mlp, out / CHECKPOINT, train_state={"args": config, "history": h.as_dict()})
+
+    schedule = lr_schedule(mlp, args)
+    schedule(history.epochs, history)  # the rate of this run's first epoch (resumed runs too)
 
     fit(
         mlp,
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         history=history,
         patience=args.patience,
         progress=False if args.quiet else None,
-        callbacks=[report],
+        callbacks=[schedule, report],
     )
     test_loss, test_error = evaluate(mlp, *test)
     confusion = confusion_matrix(mlp, *test)

@@ -18,7 +18,16 @@ from typing import Any
 from .backend import Array, host
 from .mlp import MLP
 
-__all__ = ["History", "confusion_matrix", "evaluate", "fit", "get_training_stats", "predict"]
+__all__ = [
+    "DeviceSplit",
+    "History",
+    "confusion_matrix",
+    "evaluate",
+    "fit",
+    "get_training_stats",
+    "predict",
+    "train_epoch",
+]
 
 Split = tuple[Any, Any]  # (x (N, features), integer labels (N,)), host NumPy
 EVAL_CHUNK = 10_000  # rows per forward pass when evaluating (bounds device memory)
@@ -44,7 +53,7 @@ class History:
         return asdict(self)
 
 
-class _DeviceSplit:
+class DeviceSplit:
     """One split on the model's device: inputs, integer labels and one-hot targets."""
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
@@ -75,7 +84,7 @@ def _errors(xp: Any, out: Array, labels: Array, dtype: Any) -> Array:
     return xp.sum(xp.astype(xp.argmax(out, axis=1) != labels, dtype))
 
 
-def _train_epoch(mlp: MLP, data: _DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
+def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
     """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
     xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
     mlp.train()
@@ -92,7 +101,7 @@ def _train_epoch(mlp: MLP, data: _DeviceSplit, order: Array, batch_size: int, ti
     return [loss_sum, errors]
 
 
-def _eval_sums(mlp: MLP, data: _DeviceSplit) -> list[Array]:
+def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
     xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
     was_training = mlp.train_mode
@@ -110,7 +119,7 @@ def _eval_sums(mlp: MLP, data: _DeviceSplit) -> list[Array]:
 
 def evaluate(mlp: MLP, x: Any, labels: Any) -> tuple[float, float]:
     """(mean loss, error rate) of ``mlp`` in eval mode on integer-labelled data."""
-    data = _DeviceSplit(mlp, (x, labels), "evaluation")
+    data = DeviceSplit(mlp, (x, labels), "evaluation")
     loss_sum, errors = mlp.backend.to_host(mlp.backend.xp.stack(_eval_sums(mlp, data))).tolist()
     return loss_sum / data.n, errors / data.n
 
@@ -169,7 +178,8 @@ def fit(
     progress
         A tqdm bar per epoch (``None``: only on a terminal).
     callbacks
-        ``callback(epoch, history)`` after each epoch (1-based epoch).
+        ``callback(epoch, history)`` after each epoch (1-based epoch); one that
+        returns True stops training.
 
     Raises
     ------
@@ -186,8 +196,8 @@ def fit(
         raise ValueError("early stopping (patience) needs a validation set")
     history = History() if history is None else history
     seed = int(host.random.randint(2**31)) if seed is None else seed
-    train_data = _DeviceSplit(mlp, train, "training")
-    val_data = None if val is None else _DeviceSplit(mlp, val, "validation")
+    train_data = DeviceSplit(mlp, train, "training")
+    val_data = None if val is None else DeviceSplit(mlp, val, "validation")
     backend, xp = mlp.backend, mlp.backend.xp
     batches = -(-train_data.n // batch_size)
     best = None
@@ -200,7 +210,7 @@ def fit(
             disable=None if progress is None else not progress,
             leave=False,
         ) as bar:
-            sums = _train_epoch(mlp, train_data, order, batch_size, bar.update)
+            sums = train_epoch(mlp, train_data, order, batch_size, bar.update)
             if val_data is not None:
                 sums += _eval_sums(mlp, val_data)
             stats = backend.to_host(xp.stack(sums)).tolist()  # the epoch's one device->host read
@@ -215,8 +225,8 @@ def fit(
             history.val_loss.append(stats[2] / val_data.n)
             history.val_error.append(stats[3] / val_data.n)
         history.seconds.append(time.perf_counter() - started)
-        for callback in callbacks:
-            callback(epoch + 1, history)
+        if any([callback(epoch + 1, history) for callback in callbacks]):  # a list: every callback runs
+            break
         if patience is not None:
             losses = history.val_loss
             if history.best_epoch is None or losses[-1] < losses[history.best_epoch - 1]:

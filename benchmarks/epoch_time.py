@@ -1,0 +1,366 @@
+"""Epoch times on MNIST: xpmlp on every available backend against the references.
+
+Rows: xpmlp (numpy; cupy where a GPU exists), a hand-written NumPy loop of the
+same math (handwritten.py) and PyTorch eager (CPU; CUDA where a GPU exists, when
+torch is importable), for float32/float64, batch 100/1000, the HW1 network
+784-64-64-32-10 sigmoid with and without BN on the first layer. Every row starts
+from the same weights and sees the same batches, so the loss column shows they
+did the same work.
+
+Method: all rows advance one epoch per round, in interleaved order, so drift
+hits all alike; round 0 is a warm-up and is excluded; the epoch time is the
+median of the rest. Times include the epoch's one device->host read of its
+statistics; GPU times come from CUDA events after synchronisation.
+
+    python benchmarks/epoch_time.py            # full table, time-to-accuracy, JSON
+    python benchmarks/epoch_time.py --quick    # float32 subset, under 2 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import xpmlp
+from xpmlp.backend import BackendUnavailableError, cpu_name, get_backend
+from xpmlp.training import DeviceSplit, train_epoch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from handwritten import HandwrittenMLP
+
+SIZES = [784, 64, 64, 32, 10]
+LR, MOMENTUM = 0.008, 0.9
+RESULTS = Path(__file__).parent / "results"
+
+
+def hw1_weights(seed: int = 0) -> tuple[list, list]:
+    np.random.seed(seed)
+    weights = [xpmlp.random_normal_weight_init(i, o) for i, o in pairwise(SIZES)]
+    return weights, [xpmlp.zeros_bias_init(o) for o in SIZES[1:]]
+
+
+class XpmlpRow:
+    impl = "xpmlp"
+
+    def __init__(self, backend: str, dtype: str, batch_size: int, bn: int, data: tuple) -> None:
+        weights, biases = hw1_weights()
+        acts = [xpmlp.Sigmoid(), xpmlp.Sigmoid(), xpmlp.Sigmoid(), xpmlp.Identity()]
+        self.model = xpmlp.MLP(
+            784,
+            10,
+            SIZES[1:-1],
+            acts,
+            _pop(weights),
+            _pop(biases),
+            xpmlp.SoftmaxCrossEntropy(),
+            LR,
+            MOMENTUM,
+            bn,
+            backend=backend,
+            dtype=dtype,
+        )
+        self.backend = self.model.backend.name
+        self.device = self.model.backend.device_name
+        self.data = DeviceSplit(self.model, data, "training")
+        self.batch_size = batch_size
+
+    def epoch(self, order: np.ndarray) -> tuple[float, float]:
+        backend = self.model.backend
+
+        def run() -> list:
+            sums = train_epoch(self.model, self.data, backend.asarray(order), self.batch_size, lambda: None)
+            return backend.to_host(backend.xp.stack(sums)).tolist()
+
+        (loss_sum, _), seconds = backend.timed(run)
+        return seconds, loss_sum / self.data.n
+
+
+def _pop(arrays: list):
+    """An init function handing out the given arrays in order."""
+    queue = list(arrays)
+    return lambda *shape: queue.pop(0)
+
+
+class HandwrittenRow:
+    impl = "handwritten-numpy"
+    backend = "numpy"
+
+    def __init__(self, dtype: str, batch_size: int, bn: int, data: tuple) -> None:
+        weights, biases = hw1_weights()
+        self.model = HandwrittenMLP(weights, biases, bn, LR, MOMENTUM, dtype)
+        self.x, self.labels = data[0].astype(dtype), data[1]
+        self.one_hot = np.eye(10, dtype=dtype)[self.labels]
+        self.batch_size, self.device = batch_size, cpu_name()
+
+    def epoch(self, order: np.ndarray) -> tuple[float, float]:
+        started = time.perf_counter()
+        loss_sum, _ = self.model.epoch(self.x, self.labels, self.one_hot, order, self.batch_size)
+        return time.perf_counter() - started, loss_sum / len(order)
+
+
+class TorchRow:
+    impl = "pytorch-eager"
+
+    def __init__(self, device: str, dtype: str, batch_size: int, bn: int, data: tuple) -> None:
+        import torch
+        from torch_reference import TorchMLP
+
+        weights, biases = hw1_weights()
+        self.torch = torch
+        self.model = TorchMLP(weights, biases, bn, LR, MOMENTUM, dtype, device)
+        self.x = self.model.to_device(data[0].astype(dtype))
+        self.labels = self.model.to_device(data[1].astype(np.int64))
+        self.batch_size, self.backend = batch_size, f"torch-{device}"
+        self.device = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
+
+    def epoch(self, order: np.ndarray) -> tuple[float, float]:
+        self.model.synchronize()
+        started = time.perf_counter()
+        if self.model.device.type == "cuda":
+            start, stop = self.torch.cuda.Event(enable_timing=True), self.torch.cuda.Event(enable_timing=True)
+            start.record()
+        loss_sum, _ = self.model.epoch(self.x, self.labels, self.model.to_device(order), self.batch_size)
+        loss = float(loss_sum)  # the epoch's one device->host read
+        if self.model.device.type == "cuda":
+            stop.record()
+            stop.synchronize()
+            return start.elapsed_time(stop) / 1e3, loss / len(order)
+        return time.perf_counter() - started, loss / len(order)
+
+
+def available_backends() -> list[str]:
+    names = ["numpy"]
+    try:
+        get_backend("cupy")
+        names.append("cupy")
+    except BackendUnavailableError:
+        pass
+    return names
+
+
+def torch_devices() -> list[str]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def make_rows(dtypes, batch_sizes, bns, data) -> list[Any]:
+    rows = []
+    for dtype in dtypes:
+        for batch_size in batch_sizes:
+            for bn in bns:
+                key = {"dtype": dtype, "batch_size": batch_size, "bn": bn}
+                rows += [(key, XpmlpRow(name, dtype, batch_size, bn, data)) for name in available_backends()]
+                rows.append((key, HandwrittenRow(dtype, batch_size, bn, data)))
+                rows += [(key, TorchRow(device, dtype, batch_size, bn, data)) for device in torch_devices()]
+    return rows
+
+
+def measure(rows, epochs: int, n: int) -> list[dict]:
+    times: list[list[float]] = [[] for _ in rows]
+    losses: list[float] = [0.0] * len(rows)
+    for round_ in range(epochs + 1):  # round 0: warm-up
+        order = np.random.default_rng((0, round_)).permutation(n)
+        for k, (_, row) in enumerate(rows):
+            seconds, losses[k] = row.epoch(order)
+            if round_:
+                times[k].append(seconds)
+        print(f"  round {round_}/{epochs} done", file=sys.stderr, flush=True)
+    results = []
+    for (key, row), t, loss in zip(rows, times, losses, strict=True):
+        results.append(
+            {
+                "impl": row.impl,
+                "backend": row.backend,
+                "device": row.device,
+                **key,
+                "epoch_s": statistics.median(t),
+                "min_s": min(t),
+                "max_s": max(t),
+                "epochs_timed": len(t),
+                "last_epoch_mean_loss": loss,
+            }
+        )
+    return results
+
+
+def add_ratios(results: list[dict]) -> None:
+    """epoch_s of the matching (dtype, batch, bn) reference row divided by this row's: > 1 means faster."""
+    refs = {
+        "vs_xpmlp_numpy": ("xpmlp", "numpy"),
+        "vs_handwritten": ("handwritten-numpy", "numpy"),
+        "vs_torch_cpu": ("pytorch-eager", "torch-cpu"),
+        "vs_torch_cuda": ("pytorch-eager", "torch-cuda"),
+    }
+    for row in results:
+        for name, (impl, backend) in refs.items():
+            match = [
+                r
+                for r in results
+                if (r["impl"], r["backend"]) == (impl, backend)
+                and all(r[k] == row[k] for k in ("dtype", "batch_size", "bn"))
+            ]
+            row[name] = match[0]["epoch_s"] / row["epoch_s"] if match else None
+
+
+def table(results: list[dict]) -> str:
+    def ratio(value):
+        return "" if value is None else f"{value:.2f}×"
+
+    has_cuda = any(r["backend"] == "torch-cuda" for r in results)
+    head = [
+        "impl",
+        "backend",
+        "dtype",
+        "batch",
+        "BN",
+        "epoch (s)",
+        "min–max",
+        "loss",
+        "vs xpmlp numpy",
+        "vs hand-written",
+        "vs torch CPU",
+    ] + (["vs torch CUDA"] if has_cuda else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in results:
+        cells = [
+            r["impl"],
+            r["backend"],
+            r["dtype"],
+            str(r["batch_size"]),
+            "yes" if r["bn"] else "no",
+            f"{r['epoch_s']:.4f}",
+            f"{r['min_s']:.4f}–{r['max_s']:.4f}",
+            f"{r['last_epoch_mean_loss']:.4f}",
+            ratio(r["vs_xpmlp_numpy"]),
+            ratio(r["vs_handwritten"]),
+            ratio(r["vs_torch_cpu"]),
+        ]
+        if has_cuda:
+            cells.append(ratio(r["vs_torch_cuda"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def time_to_accuracy(data_dir: str | None, backend: str, target: float = 0.98, max_epochs: int = 15) -> dict:
+    """Seconds of training (validation included) until train.py's default reaches ``target`` val accuracy."""
+    from xpmlp.train import build, lr_schedule, parse_args
+
+    args = parse_args(["--backend", backend, "--epochs", str(max_epochs)])
+    model = build(args)
+    train, val, _ = xpmlp.load_mnist(data_dir, download=False)
+    reached: dict[str, Any] = {}
+
+    def check(epoch: int, history: xpmlp.History) -> bool:
+        if 1 - history.val_error[-1] >= target:
+            reached.update(epoch=epoch, seconds=sum(history.seconds), val_accuracy=1 - history.val_error[-1])
+        return bool(reached)
+
+    xpmlp.fit(
+        model,
+        train,
+        val,
+        epochs=max_epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=False,
+        callbacks=[lr_schedule(model, args), check],
+    )
+    config = {k: getattr(args, k) for k in ("hiddens", "activation", "bn_layers", "lr", "lr_decay", "dtype")}
+    return {"backend": backend, "target_val_accuracy": target, "config": config, **(reached or {"reached": False})}
+
+
+def machine() -> dict:
+    cpu = cpu_name()
+    gpu = get_backend("cupy").device_name if "cupy" in available_backends() else None
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "xpmlp": xpmlp.__version__}
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+    except ImportError:
+        pass
+    if gpu:
+        import cupy
+
+        versions["cupy"] = cupy.__version__
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def slug(info: dict) -> str:
+    name = f"{info['gpu'] or 'cpu'}-{info['cpu']}-{info['cores']}cores"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="MNIST folder (default $XPMLP_DATA)")
+    p.add_argument("--epochs", type=int, default=5, help="timed epochs per row, after one warm-up (default 5)")
+    p.add_argument("--quick", action="store_true", help="float32, BN, batch 100 and 1000, 3 timed epochs, no TTA")
+    p.add_argument("--samples", type=int, help="train on the first N images only (smoke tests)")
+    p.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy run")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/<machine>.json; '-' for none)")
+    args = p.parse_args(argv)
+
+    (train_x, train_y), _, _ = xpmlp.load_mnist(args.data, download=False)
+    if args.samples:
+        train_x, train_y = train_x[: args.samples], train_y[: args.samples]
+    data = (train_x, train_y)
+    info = machine()
+    dtypes, batches, bns, epochs = ("float32", "float64"), (100, 1000), (0, 1), args.epochs
+    if args.quick:
+        dtypes, bns, epochs = ("float32",), (1,), min(args.epochs, 3)
+    rows = make_rows(dtypes, batches, bns, data)
+    print(
+        f"{len(rows)} rows × {epochs} timed epochs (+1 warm-up) on {len(train_x)} images; {info['cpu']}, "
+        f"GPU: {info['gpu']}",
+        file=sys.stderr,
+    )
+    results = measure(rows, epochs, len(train_x))
+    add_ratios(results)
+    report = {
+        "machine": info,
+        "method": "median of timed epochs after 1 warm-up, rows interleaved per epoch",
+        "samples": len(train_x),
+        "rows": results,
+    }
+    if not (args.quick or args.no_tta or args.samples):
+        report["time_to_accuracy"] = [time_to_accuracy(args.data, b) for b in available_backends()]
+    print(f"\n{info['cpu']} ({info['cores']} cores), GPU: {info['gpu']}, {info['date']}\n")
+    print(table(results))
+    for tta in report.get("time_to_accuracy", []):
+        print(
+            f"\ntime to {tta['target_val_accuracy']:.0%} validation accuracy ({tta['backend']}, train.py default): "
+            + (f"{tta['seconds']:.1f} s, epoch {tta['epoch']}" if "seconds" in tta else "not reached")
+        )
+    if args.out != "-":
+        out = Path(args.out) if args.out else RESULTS / f"{slug(info)}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {out}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()
