@@ -114,11 +114,26 @@ def test_bad_shapes_and_order():
     bn(np.ones((4, 3)))
     with pytest.raises(ValueError, match="delta of shape"):
         bn.backward(np.zeros((4, 2)))
-    for bad in (0, -1, 2.5, True):
+    for bad in (0, -1):
         with pytest.raises(ValueError, match="fan_in"):
             BatchNorm(bad)
-    with pytest.raises(ValueError, match="alpha"):
-        BatchNorm(3, alpha=1.5)
+    for bad in (2.5, True, "3"):
+        with pytest.raises(TypeError, match="fan_in"):
+            BatchNorm(bad)
+    assert BatchNorm(np.int64(3)).fan_in == 3
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            BatchNorm(3, alpha=bad)
+
+
+def test_training_on_a_batch_of_one_is_refused(backend):
+    """σ²_B of one example is 0: x̂ = 0 and every layer below would get a zero gradient."""
+    bn = BatchNorm(3, backend=backend)
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        bn(backend.asarray(np.ones((1, 3))))
+    assert bn.backend.to_host(bn.running_var).tolist() == [[1.0, 1.0, 1.0]]  # untouched
+    out = bn(backend.asarray(np.ones((1, 3))), eval=True)  # eval mode uses the running statistics
+    assert out.shape == (1, 3)
 
 
 @settings(max_examples=40, deadline=None)

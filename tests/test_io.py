@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import re
+import stat
 
 import numpy as np
 import pytest
@@ -104,7 +108,7 @@ def test_damaged_and_missing_files(tmp_path):
         load(tmp_path / "shape.npz")
     del arrays["__config__"]
     np.savez(tmp_path / "noconfig.npz", **arrays)
-    with pytest.raises(ValueError, match="damaged checkpoint"):
+    with pytest.raises(ValueError, match=r"noconfig\.npz: not an xpmlp checkpoint"):
         load(tmp_path / "noconfig.npz")
 
 
@@ -155,3 +159,70 @@ def test_load_state_dict_checks_before_changing_anything():
         model.load_state_dict({k: v for k, v in state.items() if k != "W.0"})
     for key, value in host_state(model).items():
         np.testing.assert_array_equal(value, before[key])
+
+
+def test_batchnorm_alpha_comes_back(tmp_path):
+    model = trained()
+    model.bn_layers[0].alpha, model.bn_layers[1].alpha = 0.5, 0.25
+    loaded = load(save(model, tmp_path / "m.npz"))
+    assert [bn.alpha for bn in loaded.bn_layers] == [0.5, 0.25]
+
+
+def test_best_state_round_trip(tmp_path):
+    model, best = trained(steps=3), host_state(trained(steps=1))
+    _, state = load_checkpoint(save(model, tmp_path / "m.npz", train_state={"epoch": 3}, best_state=best))
+    assert set(state) == {"epoch", "best_state"}
+    for key, value in best.items():
+        np.testing.assert_array_equal(state["best_state"][key], value, err_msg=key)
+
+
+CONFIG = {"format": "xpmlp-checkpoint", "version": 1, "input_size": 2, "output_size": 2, "hiddens": [2],
+          "activations": ["Identity", "Identity"], "criterion": "SoftmaxCrossEntropy", "lr": 0.1, "momentum": 0,
+          "num_bn_layers": 1, "bn_alpha": [0.9], "dtype": "float64"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("text.npz", b"hello\n"),
+        ("empty.npz", b""),
+        ("array.npy", "npy"),
+        ("other.zip", "zip"),
+        ("list.npz", []),
+        ("number.npz", 3),
+        ("version.npz", {**CONFIG, "version": 7}),
+        ("keys.npz", {"format": "xpmlp-checkpoint", "version": 1}),
+        ("hiddens.npz", {**CONFIG, "hiddens": "ab"}),
+        ("activations.npz", {**CONFIG, "activations": "Identity"}),
+        ("alpha.npz", {**CONFIG, "bn_alpha": ["x"]}),
+        ("alpha2.npz", {**CONFIG, "bn_alpha": [1.5]}),
+        ("lr.npz", {**CONFIG, "lr": None}),
+        ("state.npz", "state"),
+    ],
+)
+def test_any_file_that_is_not_a_checkpoint_gives_a_value_error_naming_it(tmp_path, name, content):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "npy":
+        np.save(path, np.zeros(3))
+    elif content == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("a.txt", "hi")
+    elif content == "state":
+        np.savez(path, __config__=np.asarray(json.dumps(CONFIG)), __train_state__=np.asarray("[1, 2]"))
+    else:
+        np.savez(path, __config__=np.asarray(json.dumps(content)))
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_checkpoint(path)
+
+
+def test_files_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = save(trained(steps=1), tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640

@@ -255,7 +255,10 @@ def test_dtype_none_keeps_the_init_dtype():
         ({"num_bn_layers": -1}, "num_bn_layers"),
         ({"hiddens": [4, 0]}, "hiddens"),
         ({"lr": -0.1}, "lr"),
+        ({"lr": float("nan")}, "lr"),
+        ({"lr": float("inf")}, "lr"),
         ({"momentum": 1.0}, "momentum"),
+        ({"momentum": float("nan")}, "momentum"),
         ({"weight_init_fn": lambda i, o: np.zeros((o, i))}, "weight_init_fn"),
         ({"bias_init_fn": lambda o: np.zeros(o)}, "bias_init_fn"),
         ({"dtype": "float16"}, "dtype"),
@@ -276,6 +279,60 @@ def test_bad_constructor_arguments(kwargs, message):
     }
     with pytest.raises(ValueError, match=message):
         MLP(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"activations": [Sigmoid, Sigmoid, Identity]}, r"activations\[0\] is the class Sigmoid; pass an instance"),
+        ({"activations": [Sigmoid(), "relu", Identity()]}, r"activations\[1\] must be an activation instance"),
+        ({"activations": Sigmoid()}, "activations must be a list"),
+        ({"criterion": SoftmaxCrossEntropy}, "criterion is the class SoftmaxCrossEntropy"),
+        ({"criterion": None}, "criterion must be a loss instance"),
+        ({"hiddens": [4, 3.0]}, r"hiddens\[1\] must be an int"),
+        ({"hiddens": "43"}, "hiddens must be a list"),
+        ({"num_bn_layers": True}, "num_bn_layers must be an int"),
+        ({"input_size": 5.0}, "input_size must be an int"),
+        ({"lr": "0.1"}, "lr must be a real number"),
+    ],
+)
+def test_wrong_types_are_refused_at_construction(kwargs, message):
+    args = {
+        "input_size": 5,
+        "output_size": 3,
+        "hiddens": [4, 3],
+        "activations": [Sigmoid(), Sigmoid(), Identity()],
+        "weight_init_fn": random_normal_weight_init,
+        "bias_init_fn": zeros_bias_init,
+        "criterion": SoftmaxCrossEntropy(),
+        "lr": 0.1,
+    }
+    with pytest.raises(TypeError, match=message):
+        MLP(**{**args, **kwargs})
+
+
+def test_one_activation_object_for_two_layers_is_refused():
+    """``[Sigmoid()] * 3`` would let each layer overwrite the other's stored output: gradients 100% off."""
+    with pytest.raises(ValueError, match=r"activations\[0\] and activations\[1\] are the same object"):
+        MLP(5, 3, [4, 4], [Sigmoid()] * 3, random_normal_weight_init, zeros_bias_init, SoftmaxCrossEntropy(), 0.1)
+
+
+def test_numpy_integers_are_accepted_where_ints_are_asked_for():
+    model = MLP(
+        np.int64(5),
+        np.int32(3),
+        np.array([4, 2]),
+        [Tanh(), Tanh(), Identity()],
+        random_normal_weight_init,
+        zeros_bias_init,
+        SoftmaxCrossEntropy(),
+        np.float32(0.1),
+        np.float64(0.5),
+        np.int16(1),
+    )
+    assert (model.hiddens, model.num_bn_layers) == ([4, 2], 1)
+    assert all(type(n) is int for n in [model.input_size, model.output_size, *model.hiddens, model.num_bn_layers])
+    check_gradients(model, *batch())
 
 
 def test_bad_input_leaves_the_model_untouched(backend):

@@ -20,6 +20,7 @@ Since Σⱼ gⱼ = γ·∂L/∂β and Σⱼ gⱼ·x̂ⱼ = γ·∂L/∂γ, the l
 from __future__ import annotations
 
 from .backend import Array, Backend, get_backend, host
+from .checks import as_float, as_int
 
 __all__ = ["BatchNorm"]
 
@@ -51,10 +52,8 @@ class BatchNorm:
         backend: str | Backend | None = None,
         dtype: str = "float64",
     ) -> None:
-        if not isinstance(fan_in, int) or isinstance(fan_in, bool) or fan_in < 1:
-            raise ValueError(f"BatchNorm fan_in must be a positive int, got {fan_in!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"BatchNorm alpha must be in [0, 1], got {alpha!r}")
+        fan_in = as_int("BatchNorm fan_in", fan_in, minimum=1)
+        alpha = as_float("BatchNorm alpha", alpha, minimum=0.0, maximum=1.0)
         self.backend = get_backend(backend)
         self.fan_in, self.alpha = fan_in, alpha
         ones = host.ones((1, fan_in))
@@ -76,9 +75,17 @@ class BatchNorm:
         return f"BatchNorm({self.fan_in}, alpha={self.alpha})"
 
     def forward(self, x: Array, eval: bool = False) -> Array:
-        """Normalise ``x`` with batch statistics (training) or running ones (``eval``)."""
+        """Normalise ``x`` with batch statistics (training) or running ones (``eval``).
+
+        Training needs N ≥ 2: a batch of one has σ²_B = 0, x̂ = 0 and no gradient (as in PyTorch, refused).
+        """
         if x.ndim != 2 or x.shape[1] != self.fan_in:
             raise ValueError(f"BatchNorm({self.fan_in}) expects (N, {self.fan_in}) input, got {tuple(x.shape)}")
+        if not eval and x.shape[0] < 2:
+            raise ValueError(
+                f"BatchNorm in training mode needs at least 2 examples per batch, got {x.shape[0]} "
+                "(the variance of one example is 0); call eval() to run single examples"
+            )
         xp = self.backend.xp
         if eval:
             mean, var = self.running_mean, self.running_var

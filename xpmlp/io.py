@@ -13,20 +13,46 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .activations import Identity, ReLU, Sigmoid, Tanh
 from .backend import Backend, host
+from .checks import as_float
 from .loss import SoftmaxCrossEntropy
 from .mlp import MLP
 
-__all__ = ["load", "load_checkpoint", "save"]
+__all__ = ["atomic_write", "load", "load_checkpoint", "save"]
 
 FORMAT, VERSION = "xpmlp-checkpoint", 1
 ACTIVATIONS = {cls.__name__: cls for cls in (Identity, Sigmoid, Tanh, ReLU)}
 CRITERIA = {cls.__name__: cls for cls in (SoftmaxCrossEntropy,)}
-CONFIG_KEY, STATE_KEY = "__config__", "__train_state__"
+CONFIG_KEY, STATE_KEY, BEST_PREFIX = "__config__", "__train_state__", "best."
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, rename it over ``path``.
+
+    A process killed midway leaves the previous file (and no temporary one). The
+    file gets the permissions any other program's would (0o666 less the umask).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def _config(model: MLP) -> dict[str, Any]:
@@ -50,48 +76,66 @@ def _config(model: MLP) -> dict[str, Any]:
     }
 
 
-def save(model: MLP, path: str | os.PathLike, *, train_state: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (and a JSON-serialisable ``train_state``) to ``path`` atomically."""
+def save(
+    model: MLP,
+    path: str | os.PathLike,
+    *,
+    train_state: dict[str, Any] | None = None,
+    best_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically (see :func:`atomic_write`).
+
+    ``train_state`` is any JSON-serialisable dict (``train.py`` keeps its flags and
+    history there); ``best_state`` a :meth:`MLP.state_dict` kept beside the model
+    (early stopping's best epoch). :func:`load_checkpoint` returns both.
+    """
     path = Path(path)
     arrays = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
+    if best_state is not None:
+        arrays |= {BEST_PREFIX + k: model.backend.to_host(model.backend.asarray(v)) for k, v in best_state.items()}
     arrays[CONFIG_KEY] = host.asarray(json.dumps(_config(model)))
     if train_state is not None:
         arrays[STATE_KEY] = host.asarray(json.dumps(train_state))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            host.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda f: host.savez(f, **arrays))
 
 
 def _read(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic.startswith(ZIP_MAGIC):
+        kind = "pickled objects" if magic.startswith(PICKLE_MAGIC) else "no .npz archive"
+        raise ValueError(f"{path}: not an xpmlp checkpoint; refused, it holds {kind}")
     try:
         with host.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except ValueError as exc:  # NumPy's refusal of object arrays or pickle files
+    except ValueError as exc:  # NumPy's refusal of object arrays
         raise ValueError(f"{path}: refused, it holds pickled objects or is not an .npz checkpoint ({exc})") from exc
-    except (zipfile.BadZipFile, EOFError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise ValueError(f"{path}: not a readable .npz checkpoint ({exc})") from exc
-    except AttributeError as exc:  # a plain .npy array has no .files
-        raise ValueError(f"{path}: a single .npy array, not an .npz checkpoint") from exc
 
 
 def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = None) -> tuple[MLP, dict | None]:
-    """The model saved at ``path`` (on ``backend``, default ``$XPMLP_BACKEND``/NumPy) and its training state."""
+    """The model saved at ``path`` (on ``backend``, default ``$XPMLP_BACKEND``/NumPy) and its training state.
+
+    The state is the ``train_state`` given to :func:`save` (or None); a saved
+    ``best_state`` comes back in it as ``state["best_state"]`` (host arrays).
+    Any file that is not an xpmlp checkpoint raises a ValueError naming it.
+    """
     path = Path(path)
     arrays = _read(path)
     try:
+        if CONFIG_KEY not in arrays:
+            raise ValueError("not an xpmlp checkpoint (it has no configuration)")
         config = json.loads(str(arrays.pop(CONFIG_KEY)))
         state = json.loads(str(arrays.pop(STATE_KEY))) if STATE_KEY in arrays else None
-        if config.get("format") != FORMAT or config.get("version") != VERSION:
-            raise ValueError(f"unknown format {config.get('format')!r} version {config.get('version')!r}")
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise ValueError("not an xpmlp checkpoint (its configuration is not one)")
+        if config.get("version") != VERSION:
+            raise ValueError(f"checkpoint version {config.get('version')!r}; this xpmlp reads version {VERSION}")
+        if state is not None and not isinstance(state, dict):
+            raise ValueError(f"the training state must be a JSON object, got {type(state).__name__}")
+        best = {k.removeprefix(BEST_PREFIX): arrays.pop(k) for k in list(arrays) if k.startswith(BEST_PREFIX)}
         sizes = [config["input_size"], *config["hiddens"], config["output_size"]]
 
         def zeros_weights(i: int, o: int) -> Any:
@@ -114,9 +158,12 @@ def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = Non
             backend=backend,
             dtype=config["dtype"],
         )
-        for bn, alpha in zip(model.bn_layers, config["bn_alpha"], strict=True):
-            bn.alpha = alpha
+        for i, (bn, alpha) in enumerate(zip(model.bn_layers, config["bn_alpha"], strict=True)):
+            bn.alpha = as_float(f"bn_alpha[{i}]", alpha, minimum=0.0, maximum=1.0)
         model.load_state_dict(arrays)
+        if best:
+            model.checked_state(best)  # names and shapes, as load_state_dict checks them
+            state = {**(state or {}), "best_state": best}
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from exc
     except ValueError as exc:

@@ -12,22 +12,44 @@ normalise zᵢ with BatchNorm; then aᵢ = fᵢ(zᵢ). The loss is the batch mea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
 from .activations import Activation
 from .backend import Array, Backend, float_dtype_name, get_backend, host
 from .batchnorm import BatchNorm
+from .checks import as_float, as_int
 from .loss import SoftmaxCrossEntropy
 
 __all__ = ["MLP"]
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+def _check_layers(activations: Iterable[Any], criterion: Any, nlayers: int) -> list[Activation]:
+    """One distinct activation instance per layer, and a criterion instance."""
+    if isinstance(activations, Activation) or not isinstance(activations, Iterable):
+        raise TypeError(f"activations must be a list of {nlayers} activation instances, got {activations!r}")
+    activations = list(activations)
+    if len(activations) != nlayers:
+        raise ValueError(
+            f"activations must have len(hiddens) + 1 = {nlayers} entries (one per layer), got {len(activations)}"
+        )
+    for i, act in enumerate(activations):
+        if isinstance(act, type):
+            raise TypeError(f"activations[{i}] is the class {act.__name__}; pass an instance: {act.__name__}()")
+        if not (callable(act) and callable(getattr(act, "derivative", None))):
+            raise TypeError(f"activations[{i}] must be an activation instance (e.g. Sigmoid()), got {act!r}")
+        for j in range(i):
+            if activations[j] is act:
+                raise ValueError(
+                    f"activations[{j}] and activations[{i}] are the same object; each layer keeps its own output "
+                    f"in its activation, so give each layer a new one: [{type(act).__name__}() for _ in ...]"
+                )
+    if isinstance(criterion, type):
+        raise TypeError(f"criterion is the class {criterion.__name__}; pass an instance: {criterion.__name__}()")
+    if not (callable(criterion) and callable(getattr(criterion, "derivative", None))):
+        raise TypeError(f"criterion must be a loss instance (e.g. SoftmaxCrossEntropy()), got {criterion!r}")
+    return activations
 
 
 class MLP:
@@ -73,23 +95,17 @@ class MLP:
         backend: str | Backend | None = None,
         dtype: str | None = None,
     ) -> None:
-        sizes = [_positive_int("input_size", input_size)]
-        sizes += [_positive_int(f"hiddens[{i}]", h) for i, h in enumerate(hiddens)]
-        sizes.append(_positive_int("output_size", output_size))
+        if isinstance(hiddens, (str, bytes)) or not isinstance(hiddens, Iterable):
+            raise TypeError(f"hiddens must be a list of ints, got {hiddens!r}")
+        input_size = as_int("input_size", input_size, minimum=1)
+        output_size = as_int("output_size", output_size, minimum=1)
+        hiddens = [as_int(f"hiddens[{i}]", h, minimum=1) for i, h in enumerate(hiddens)]
+        sizes = [input_size, *hiddens, output_size]
         nlayers = len(sizes) - 1
-        if len(activations) != nlayers:
-            raise ValueError(
-                f"activations must have len(hiddens) + 1 = {nlayers} entries (one per layer), got {len(activations)}"
-            )
-        bn_ok = isinstance(num_bn_layers, int) and not isinstance(num_bn_layers, bool)
-        if not (bn_ok and 0 <= num_bn_layers <= len(hiddens)):
-            raise ValueError(
-                f"num_bn_layers must be an int in [0, len(hiddens)] = [0, {len(hiddens)}], got {num_bn_layers!r}"
-            )
-        if not lr >= 0.0:
-            raise ValueError(f"lr must be >= 0, got {lr!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        activations = _check_layers(activations, criterion, nlayers)
+        num_bn_layers = as_int("num_bn_layers", num_bn_layers, minimum=0, maximum=len(hiddens))
+        lr = as_float("lr", lr, minimum=0.0)
+        momentum = as_float("momentum", momentum, minimum=0.0, below=1.0)
         self.backend = get_backend(backend)
 
         weights = [host.asarray(weight_init_fn(i, o)) for i, o in pairwise(sizes)]
@@ -108,11 +124,11 @@ class MLP:
 
         to = self.backend.asarray
         self.input_size, self.output_size = input_size, output_size
-        self.hiddens = list(hiddens)
+        self.hiddens = hiddens
         self.nlayers = nlayers
-        self.activations = list(activations)
+        self.activations = activations
         self.criterion = criterion
-        self.lr, self.momentum = float(lr), float(momentum)
+        self.lr, self.momentum = lr, momentum
         self.num_bn_layers = num_bn_layers
         self.W = [to(w, self.dtype, copy=True) for w in weights]
         self.b = [to(b, self.dtype, copy=True) for b in biases]
@@ -149,11 +165,10 @@ class MLP:
         state |= {f"velocity.{i}": v for i, v in enumerate(self.velocities)}
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy arrays (host or device) from :meth:`state_dict`'s names into the model.
-
-        Every name and shape is checked first: on error the model is left untouched.
-        """
+    def checked_state(self, state: dict[str, Any]) -> dict[str, Array]:
+        """Copies of ``state``'s arrays on this model's backend and dtype, once every name and shape fits."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of arrays, got {type(state).__name__}")
         own = self.state_dict()
         if set(state) != set(own):
             missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -162,6 +177,14 @@ class MLP:
         for k, a in arrays.items():
             if tuple(a.shape) != tuple(own[k].shape):
                 raise ValueError(f"state[{k!r}] has shape {tuple(a.shape)}, the model needs {tuple(own[k].shape)}")
+        return arrays
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy arrays (host or device) from :meth:`state_dict`'s names into the model.
+
+        Every name and shape is checked first: on error the model is left untouched.
+        """
+        arrays = self.checked_state(state)
         n = self.nlayers
         self.W = [arrays[f"W.{i}"] for i in range(n)]
         self.b = [arrays[f"b.{i}"] for i in range(n)]

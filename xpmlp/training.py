@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .backend import Array, host
+from .checks import as_int
 from .mlp import MLP
 
 __all__ = [
@@ -35,7 +36,12 @@ EVAL_CHUNK = 10_000  # rows per forward pass when evaluating (bounds device memo
 
 @dataclass
 class History:
-    """Per-epoch statistics; ``epochs`` counts the epochs trained so far."""
+    """Per-epoch statistics; ``epochs`` counts the epochs trained so far.
+
+    With early stopping, ``best_epoch`` (1-based) is the epoch of the lowest
+    validation loss and ``best_state`` that epoch's :meth:`MLP.state_dict`, so a
+    resumed run can stop and restore exactly as an uninterrupted one.
+    """
 
     train_loss: list[float] = field(default_factory=list)
     train_error: list[float] = field(default_factory=list)
@@ -44,29 +50,60 @@ class History:
     seconds: list[float] = field(default_factory=list)
     stopped_early: bool = False
     best_epoch: int | None = None
+    best_state: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def epochs(self) -> int:
         return len(self.train_loss)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON-serialisable statistics (everything but ``best_state``)."""
+        return {k: v for k, v in asdict(self).items() if k != "best_state"}
+
+
+def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
+    """``labels`` as host integer class indices (n,) in [0, classes); ValueError naming ``name`` otherwise."""
+    labels = host.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"{name} labels must have shape ({n},), got {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{name} labels must be integer class indices, got dtype {labels.dtype}")
+    if n and not (labels.min() >= 0 and labels.max() < classes):
+        raise ValueError(f"{name} labels must lie in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
+    return labels
+
+
+def check_inputs(x: Any, width: int, name: str) -> Any:
+    """``x`` as a host array (N ≥ 1, width) of finite real numbers; ValueError/TypeError naming ``name``."""
+    try:
+        x = host.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} inputs must be a numeric array: {exc}") from exc
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} inputs must be real numbers, got dtype {x.dtype}")
+    if x.ndim != 2 or x.shape[1] != width:
+        raise ValueError(f"{name} inputs must have shape (N, {width}), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} split is empty: it needs at least one example")
+    if x.dtype.kind == "f" and not host.isfinite(x).all():
+        bad = int(host.count_nonzero(~host.isfinite(x).all(axis=1)))
+        raise ValueError(f"{name} inputs hold NaN or infinite values (in {bad} of {x.shape[0]} rows)")
+    return x
 
 
 class DeviceSplit:
-    """One split on the model's device: inputs, integer labels and one-hot targets."""
+    """One split on the model's device: inputs, integer labels and one-hot targets.
+
+    Checked once on the host, before anything moves: (N ≥ 1, input_size) finite
+    inputs and integer labels in [0, output_size).
+    """
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
-        x, labels = host.asarray(split[0]), host.asarray(split[1])
+        if not isinstance(split, (tuple, list)) or len(split) != 2:
+            raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
+        x = check_inputs(split[0], mlp.input_size, name)
+        labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
         classes = mlp.output_size
-        if x.ndim != 2 or x.shape[1] != mlp.input_size:
-            raise ValueError(f"{name} inputs must have shape (N, {mlp.input_size}), got {x.shape}")
-        if labels.shape != (x.shape[0],):
-            raise ValueError(f"{name} labels must have shape ({x.shape[0]},), got {labels.shape}")
-        if labels.dtype.kind not in "iu":
-            raise ValueError(f"{name} labels must be integer class indices, got dtype {labels.dtype}")
-        if labels.size and not (labels.min() >= 0 and labels.max() < classes):
-            raise ValueError(f"{name} labels must lie in [0, {classes}), got [{labels.min()}, {labels.max()}]")
         to = mlp.backend.asarray
         self.n = x.shape[0]
         self.x = to(x, mlp.dtype)
@@ -127,9 +164,16 @@ def evaluate(mlp: MLP, x: Any, labels: Any) -> tuple[float, float]:
 def predict(mlp: MLP, x: Any) -> Any:
     """Predicted classes (host NumPy ints) in eval mode; restores the mode."""
     backend = mlp.backend
+    if isinstance(x, backend.array_type):  # already on the device: check it there (one read)
+        if x.ndim != 2 or x.shape[1] != mlp.input_size or x.shape[0] == 0:
+            raise ValueError(f"predict inputs must have shape (N, {mlp.input_size}) with N >= 1, got {tuple(x.shape)}")
+        if not bool(backend.to_host(backend.xp.all(backend.xp.isfinite(x)))):
+            raise ValueError("predict inputs hold NaN or infinite values")
+    else:
+        x = check_inputs(x, mlp.input_size, "predict")
+    x = backend.asarray(x, mlp.dtype)
     was_training = mlp.train_mode
     mlp.eval()
-    x = backend.asarray(x, mlp.dtype)
     parts = [
         backend.xp.argmax(mlp.forward(x[start : start + EVAL_CHUNK, ...]), axis=1)
         for start in range(0, x.shape[0], EVAL_CHUNK)
@@ -143,8 +187,9 @@ def confusion_matrix(mlp: MLP, x: Any, labels: Any) -> Any:
     """(C, C) counts: rows are predicted classes, columns true classes (HW1 §2.8)."""
     classes = mlp.output_size
     predicted = predict(mlp, x)
+    labels = check_labels(labels, predicted.shape[0], classes, "confusion_matrix")
     counts = host.zeros((classes, classes), dtype=host.int64)
-    host.add.at(counts, (predicted, host.asarray(labels)), 1)
+    host.add.at(counts, (predicted, labels), 1)
     return counts
 
 
@@ -188,20 +233,28 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if patience is not None and val is None:
-        raise ValueError("early stopping (patience) needs a validation set")
+    epochs = as_int("epochs", epochs, minimum=0)
+    batch_size = as_int("batch_size", batch_size, minimum=1)
+    if patience is not None:
+        patience = as_int("patience", patience, minimum=0)
+        if val is None:
+            raise ValueError("early stopping (patience) needs a validation set")
+    seed = int(host.random.randint(2**31)) if seed is None else as_int("seed", seed, minimum=0)
     history = History() if history is None else history
-    seed = int(host.random.randint(2**31)) if seed is None else seed
+    if not isinstance(history, History):
+        raise TypeError(f"history must be a History, got {type(history).__name__}")
+    if patience is not None and history.best_epoch is not None and history.best_state is None:
+        raise ValueError("history has a best_epoch but no best_state: early stopping cannot resume from it")
+    for callback in callbacks:
+        if not callable(callback):
+            raise TypeError(f"callbacks must be callables callback(epoch, history), got {callback!r}")
     train_data = DeviceSplit(mlp, train, "training")
     val_data = None if val is None else DeviceSplit(mlp, val, "validation")
+    _check_batchnorm_batches(mlp, train_data.n, batch_size)
     backend, xp = mlp.backend, mlp.backend.xp
     batches = -(-train_data.n // batch_size)
-    best = None
-    for epoch in range(history.epochs, epochs):
+    first = epochs if history.stopped_early else history.epochs  # a run that stopped early is finished
+    for epoch in range(first, epochs):
         started = time.perf_counter()
         order = backend.asarray(_epoch_order(seed, epoch, train_data.n))
         with tqdm(
@@ -225,19 +278,27 @@ def fit(
             history.val_loss.append(stats[2] / val_data.n)
             history.val_error.append(stats[3] / val_data.n)
         history.seconds.append(time.perf_counter() - started)
-        if any([callback(epoch + 1, history) for callback in callbacks]):  # a list: every callback runs
-            break
         if patience is not None:
             losses = history.val_loss
             if history.best_epoch is None or losses[-1] < losses[history.best_epoch - 1]:
                 history.best_epoch = epoch + 1
-                best = {k: xp.asarray(v, copy=True) for k, v in mlp.state_dict().items()}
+                history.best_state = {k: xp.asarray(v, copy=True) for k, v in mlp.state_dict().items()}
             elif epoch + 1 - history.best_epoch >= patience:
                 history.stopped_early = True
-                if best is not None:
-                    mlp.load_state_dict(best)
-                break
+                mlp.load_state_dict(history.best_state)
+        stop = [callback(epoch + 1, history) for callback in callbacks]  # a list: every callback runs
+        if history.stopped_early or any(stop):
+            break
     return history
+
+
+def _check_batchnorm_batches(mlp: MLP, n: int, batch_size: int) -> None:
+    """Refuse a split whose mini-batches would give BatchNorm a batch of one (σ²_B = 0)."""
+    if mlp.num_bn_layers and (min(n, batch_size) == 1 or n % batch_size == 1):
+        raise ValueError(
+            f"batch_size {batch_size} splits {n} training examples into batches of which one has a single "
+            "example, and BatchNorm cannot train on one (its variance is 0); choose another batch_size"
+        )
 
 
 def get_training_stats(
@@ -251,6 +312,8 @@ def get_training_stats(
     (rows predicted, columns true).
     """
     train, val, test = dset
+    test_x = check_inputs(test[0], mlp.input_size, "test")  # checked before training, as fit checks the others
+    test = (test_x, check_labels(test[1], test_x.shape[0], mlp.output_size, "test"))
     history = fit(mlp, train, val, epochs=nepochs, batch_size=batch_size, seed=seed, progress=False)
     stats = (history.train_loss, history.train_error, history.val_loss, history.val_error)
     return (*(host.asarray(s) for s in stats), confusion_matrix(mlp, *test))

@@ -1,0 +1,239 @@
+"""Input that would compute garbage is refused before the model is touched; the training plumbing keeps its word."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp import MLP, Identity, Sigmoid, SoftmaxCrossEntropy, fit
+
+from test_training import dataset, hw1_like
+
+
+def snapshot(model):
+    return {k: np.array(model.backend.to_host(v), copy=True) for k, v in model.state_dict().items()}
+
+
+def assert_untouched(model, before):
+    for key, value in snapshot(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def with_value(split, row, value):
+    x = np.array(split[0], copy=True)
+    x[row, 3] = value
+    return x, split[1]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("which", ["training", "validation"])
+def test_non_finite_inputs_are_refused_before_training(backend, which, value):
+    train, val, _ = dataset()
+    model = hw1_like(backend)
+    before = snapshot(model)
+    if which == "training":
+        train = with_value(train, 5, value)
+    else:
+        val = with_value(val, 0, value)
+    with pytest.raises(ValueError, match=f"{which} inputs hold NaN or infinite values \\(in 1 of"):
+        fit(model, train, val, epochs=2, batch_size=20, seed=0, progress=False)
+    assert_untouched(model, before)
+
+
+def test_non_finite_inputs_are_refused_by_evaluate_predict_and_the_test_split():
+    train, val, test = dataset()
+    model = hw1_like()
+    before = snapshot(model)
+    bad = with_value(test, 2, np.nan)
+    with pytest.raises(ValueError, match="evaluation inputs hold NaN"):
+        xpmlp.evaluate(model, *bad)
+    with pytest.raises(ValueError, match="predict inputs hold NaN"):
+        xpmlp.predict(model, bad[0])
+    with pytest.raises(ValueError, match="predict inputs hold NaN"):
+        xpmlp.predict(model, model.backend.asarray(bad[0]))  # already on the device
+    with pytest.raises(ValueError, match="test inputs hold NaN"):
+        xpmlp.get_training_stats(model, (train, val, bad), 2, 20, seed=0)
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("label", [-1, 10, 11])
+def test_labels_outside_the_classes_are_refused_in_every_split(label):
+    train, val, test = dataset()
+    model = hw1_like()
+    before = snapshot(model)
+
+    def bad(split):
+        labels = np.array(split[1], copy=True)
+        labels[3] = label
+        return split[0], labels
+
+    message = r"labels must lie in \[0, 10\)"
+    with pytest.raises(ValueError, match="training " + message):
+        fit(model, bad(train), val, epochs=1, batch_size=20, progress=False)
+    with pytest.raises(ValueError, match="validation " + message):
+        fit(model, train, bad(val), epochs=1, batch_size=20, progress=False)
+    with pytest.raises(ValueError, match="test " + message):
+        xpmlp.get_training_stats(model, (train, val, bad(test)), 1, 20)
+    with pytest.raises(ValueError, match="confusion_matrix " + message):
+        xpmlp.confusion_matrix(model, *bad(test))
+    with pytest.raises(ValueError, match="evaluation " + message):
+        xpmlp.evaluate(model, *bad(test))
+    assert_untouched(model, before)
+
+
+def test_the_highest_class_is_a_valid_label():
+    """The upper edge: label C − 1 is accepted everywhere, C is not (above)."""
+    train, val, test = dataset()
+    labels = np.full(len(test[1]), 9)
+    model = hw1_like()
+    fit(model, train, (val[0], np.full(len(val[1]), 9)), epochs=1, batch_size=20, progress=False)
+    assert xpmlp.confusion_matrix(model, test[0], labels)[:, 9].sum() == len(labels)
+
+
+@pytest.mark.parametrize("which", ["training", "validation"])
+def test_empty_splits_are_refused(which):
+    train, val, _ = dataset()
+    empty = (np.zeros((0, 784)), np.zeros(0, np.int64))
+    splits = {"training": (empty, val), "validation": (train, empty)}[which]
+    with pytest.raises(ValueError, match=f"{which} split is empty"):
+        fit(hw1_like(), *splits, epochs=1, batch_size=20, progress=False)
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(121, 20), (120, 1), (1, 20)])
+def test_batchnorm_never_trains_on_a_batch_of_one(n, batch_size):
+    """A last partial batch of one is refused up front, naming batch_size; without BN it trains."""
+    (x, y), val, _ = dataset(n_train=max(n, 1))
+    train = (np.tile(x, (2, 1))[:n], np.tile(y, 2)[:n])
+    model = hw1_like()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=f"batch_size {batch_size} .* BatchNorm cannot train on one"):
+        fit(model, train, val, epochs=1, batch_size=batch_size, progress=False)
+    assert_untouched(model, before)
+    np.random.seed(0)
+    plain = MLP(784, 10, [8], [Sigmoid(), Identity()], xpmlp.he_normal_weight_init, xpmlp.zeros_bias_init,
+                SoftmaxCrossEntropy(), 0.05)  # fmt: skip
+    fit(plain, train, val, epochs=1, batch_size=batch_size, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"epochs": 2.0}, TypeError, "epochs must be an int"),
+        ({"epochs": "3"}, TypeError, "epochs must be an int"),
+        ({"batch_size": 20.5}, TypeError, "batch_size must be an int"),
+        ({"batch_size": True}, TypeError, "batch_size must be an int"),
+        ({"seed": -1}, ValueError, "seed must be an int"),
+        ({"seed": 1.5}, TypeError, "seed must be an int"),
+        ({"patience": -1}, ValueError, "patience must be an int"),
+        ({"callbacks": [print, 3]}, TypeError, "callbacks must be callables"),
+        ({"history": {"train_loss": []}}, TypeError, "history must be a History"),
+    ],
+)
+def test_bad_fit_arguments_name_the_argument(kwargs, error, message):
+    train, val, _ = dataset()
+    model = hw1_like()
+    before = snapshot(model)
+    with pytest.raises(error, match=message):
+        fit(model, train, val, **{"epochs": 1, "batch_size": 20, "progress": False, **kwargs})
+    assert_untouched(model, before)
+
+
+def test_numpy_integers_are_accepted_by_fit():
+    train, val, _ = dataset()
+    history = fit(hw1_like(), train, val, epochs=np.int64(2), batch_size=np.int32(20), seed=np.uint8(3),
+                  patience=np.int64(5), progress=False)  # fmt: skip
+    assert history.epochs == 2
+
+
+# The training plumbing: each test below fails on one realistic bug that the suite once let through.
+
+
+@pytest.mark.parametrize("start_in_eval", [False, True])
+def test_fit_and_evaluate_restore_the_mode(start_in_eval):
+    train, val, test = dataset()
+    model = hw1_like()
+    if start_in_eval:
+        model.eval()
+    xpmlp.evaluate(model, *test)
+    assert model.train_mode is not start_in_eval
+    xpmlp.predict(model, test[0])
+    assert model.train_mode is not start_in_eval
+    model.train()
+    fit(model, train, val, epochs=1, batch_size=20, progress=False)
+    assert model.train_mode  # fit trains, so it leaves the model in training mode
+
+
+def test_predict_uses_the_running_statistics_and_changes_nothing():
+    train, val, test = dataset()
+    model = hw1_like()
+    fit(model, train, val, epochs=1, batch_size=20, progress=False)
+    before = snapshot(model)
+    predicted = xpmlp.predict(model, test[0])
+    assert_untouched(model, before)  # a train-mode forward would move the running statistics
+    model.eval()
+    np.testing.assert_array_equal(predicted, np.argmax(model.forward(test[0]), axis=1))
+
+
+def test_an_equal_validation_loss_is_not_an_improvement():
+    """With lr = 0 and no BatchNorm nothing changes: every epoch ties the first, which stays the best."""
+    train, val, _ = dataset()
+    np.random.seed(0)
+    model = MLP(784, 10, [8], [Sigmoid(), Identity()], xpmlp.he_normal_weight_init, xpmlp.zeros_bias_init,
+                SoftmaxCrossEntropy(), 0.0)  # fmt: skip
+    history = fit(model, train, val, epochs=10, batch_size=20, patience=2, progress=False)
+    assert len(set(history.val_loss)) == 1
+    assert (history.best_epoch, history.epochs, history.stopped_early) == (1, 3, True)
+
+
+def test_every_callback_runs_even_after_one_asks_to_stop():
+    train, val, _ = dataset()
+    calls = []
+    callbacks = [lambda e, h: calls.append(("stop", e)) or True, lambda e, h: calls.append(("log", e))]
+    history = fit(hw1_like(), train, val, epochs=5, batch_size=20, progress=False, callbacks=callbacks)
+    assert history.epochs == 1 and calls == [("stop", 1), ("log", 1)]
+
+
+def test_callbacks_see_the_restored_model_when_training_stops_early():
+    (tx, ty), (vx, vy), _ = dataset()
+    unlearnable = (vx, np.random.default_rng(0).permutation(vy))
+    model = hw1_like(lr=0.2)
+    seen = {}
+
+    def last(epoch, history):
+        seen.update(epoch=epoch, stopped=history.stopped_early, state=snapshot(model))
+
+    history = fit(model, (tx, ty), unlearnable, epochs=40, batch_size=20, patience=2, progress=False, callbacks=[last])
+    assert seen["stopped"] and seen["epoch"] == history.epochs == history.best_epoch + 2
+    for key, value in history.best_state.items():
+        np.testing.assert_array_equal(seen["state"][key], value)
+
+
+def test_a_run_that_stopped_early_does_not_train_again():
+    (tx, ty), (vx, vy), _ = dataset()
+    unlearnable = (vx, np.random.default_rng(0).permutation(vy))
+    model = hw1_like(lr=0.2)
+    history = fit(model, (tx, ty), unlearnable, epochs=40, batch_size=20, patience=2, progress=False)
+    before = snapshot(model)
+    assert fit(model, (tx, ty), unlearnable, epochs=40, batch_size=20, patience=2, history=history).epochs < 40
+    assert_untouched(model, before)
+
+
+def test_resumed_early_stopping_equals_an_uninterrupted_run():
+    (tx, ty), (vx, vy), _ = dataset()
+    unlearnable = (vx, np.random.default_rng(0).permutation(vy))
+    args = {"epochs": 40, "batch_size": 20, "patience": 3, "seed": 4, "progress": False}
+    whole = hw1_like(lr=0.2)
+    expected = fit(whole, (tx, ty), unlearnable, **args)
+    assert expected.stopped_early
+    parts = hw1_like(lr=0.2)
+    history = fit(parts, (tx, ty), unlearnable, **{**args, "epochs": expected.best_epoch + 1})
+    # a fresh model and History, as a process that loads a checkpoint has
+    state = {k: np.array(v) for k, v in parts.state_dict().items()}
+    resumed = hw1_like(lr=0.2)
+    resumed.load_state_dict(state)
+    copy = xpmlp.History(**history.as_dict())
+    copy.best_state = {k: np.array(v) for k, v in history.best_state.items()}
+    got = fit(resumed, (tx, ty), unlearnable, history=copy, **args)
+    assert got.as_dict() | {"seconds": []} == expected.as_dict() | {"seconds": []}
+    assert_untouched(resumed, snapshot(whole))
