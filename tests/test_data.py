@@ -149,12 +149,13 @@ def test_failed_download_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypat
     for name in IDX_FILES:
         (bad / name).write_bytes(b"not the file")
     monkeypatch.setattr(data, "MIRRORS", (bad.as_uri() + "/", (tmp_path / "missing").as_uri() + "/"))
-    target = tmp_path / "cache"
+    target = tmp_path / "cache" / "xpmlp" / "mnist"
     with pytest.raises(OSError) as info:
         load_mnist(target)
     message = str(info.value)
     assert str(target) in message and "checksum mismatch" in message and "XPMLP_DATA" in message
-    assert list(target.iterdir()) == []  # no partial or temporary file
+    assert "\n" not in message
+    assert list(tmp_path.iterdir()) == [bad]  # no partial or temporary file, no folder it created
 
 
 @pytest.mark.skipif(not REAL, reason="needs the real MNIST files in $XPMLP_DATA")

@@ -6,6 +6,7 @@ training images train, the last 10,000 validate, the 10,000 t10k images test.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -169,10 +170,23 @@ def download_mnist(directory: str | os.PathLike, mirrors: Sequence[str] = MIRROR
     """Fetch the four original IDX files into ``directory``, verifying each sha256.
 
     Each file is written to a temporary name in ``directory`` and renamed only
-    once complete and verified: no partial file is ever left behind.
+    once complete and verified: no partial file is ever left behind, and folders
+    created for a download that fails are removed again.
     """
     directory = Path(directory).expanduser()
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
+    try:
+        _download(directory, mirrors, timeout)
+    except BaseException:
+        for folder in created:  # innermost first; only the ones left empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return directory
+
+
+def _download(directory: Path, mirrors: Sequence[str], timeout: float) -> None:
     for name, sha256 in IDX_FILES.items():
         target = directory / name
         if target.is_file() and _sha256(target) == sha256:
@@ -193,8 +207,7 @@ def download_mnist(directory: str | os.PathLike, mirrors: Sequence[str] = MIRROR
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         else:
-            raise OSError(f"could not download {name} into {directory}:\n  " + "\n  ".join(failures))
-    return directory
+            raise OSError(f"could not download {name} into {directory}: " + "; ".join(failures))
 
 
 def load_mnist(
