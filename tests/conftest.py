@@ -1,7 +1,8 @@
 """Shared fixtures: one ``backend`` fixture parametrizes every backend.
 
-NumPy and array-api-strict always run; CuPy runs where a CUDA device exists
-and is skipped (with the reason) elsewhere. NumPy float64 is the reference.
+NumPy and array-api-strict always run; JAX runs where it is installed (CI
+installs it); CuPy runs where a CUDA device exists. The others are skipped with
+the reason. NumPy float64 is the reference.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from xpmlp.backend import Backend, BackendUnavailableError, get_backend
 ALWAYS = ("numpy", "array_api_strict")
 
 
-@pytest.fixture(params=[*ALWAYS, "cupy"])
+@pytest.fixture(params=[*ALWAYS, "jax", "cupy"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     try:
         return get_backend(request.param)

@@ -36,9 +36,9 @@ def test_environment_selects_and_argument_wins(monkeypatch):
 
 @pytest.mark.parametrize("where", ["argument", "environment"])
 def test_unknown_backend_lists_valid_names_and_install_command(monkeypatch, where):
-    monkeypatch.setenv("XPMLP_BACKEND", "jax" if where == "environment" else "numpy")
+    monkeypatch.setenv("XPMLP_BACKEND", "mxnet" if where == "environment" else "numpy")
     with pytest.raises(ValueError) as info:
-        B.get_backend("jax" if where == "argument" else None)
+        B.get_backend("mxnet" if where == "argument" else None)
     message = str(info.value)
     for name in B.BACKENDS:
         assert repr(name) in message

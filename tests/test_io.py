@@ -15,6 +15,8 @@ import xpmlp
 from xpmlp import MLP, Identity, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh, load, load_checkpoint, save
 from xpmlp import io as xio
 
+from conftest import TOL, rel_err
+
 
 def trained(backend="numpy", dtype="float64", steps=3):
     np.random.seed(5)
@@ -71,9 +73,16 @@ def test_trained_on_one_backend_predicts_identically_on_another(tmp_path, backen
     save(model, tmp_path / "m.npz")
     loaded = load(tmp_path / "m.npz", backend=backend)
     assert loaded.backend == backend and loaded.dtype == "float64"
+    for key, value in host_state(model).items():
+        np.testing.assert_array_equal(host_state(loaded)[key], value, err_msg=key)  # the checkpoint is exact
     x = np.random.default_rng(2).normal(size=(9, 6))
     model.eval(), loaded.eval()
-    np.testing.assert_array_equal(loaded.backend.to_host(loaded.forward(x)), model.backend.to_host(model.forward(x)))
+    got, expected = loaded.backend.to_host(loaded.forward(x)), model.backend.to_host(model.forward(x))
+    if backend.name in ("numpy", "array_api_strict"):  # the same arithmetic (NumPy's BLAS) underneath
+        np.testing.assert_array_equal(got, expected)
+    else:  # another library's matrix products round differently in the last bits
+        assert rel_err(got, expected) <= TOL["float64"]
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
 
 
 def test_float32_model_stays_float32(tmp_path):

@@ -10,12 +10,18 @@ Backends, chosen by name (argument, else ``$XPMLP_BACKEND``, else ``numpy``):
 ========================  =====================================================
 ``numpy``                 NumPy >= 2 on the CPU; the reference backend.
 ``cupy``                  CuPy >= 14 on an NVIDIA GPU (through array-api-compat).
+``jax``                   jax.numpy on JAX's default device; 64-bit floats are
+                          switched on (``jax_enable_x64``) so float64 means it.
 ``array_api_strict``      The standard's reference namespace: proves that no
                           NumPy-only behaviour leaked into the layers.
 ========================  =====================================================
 
 ``host`` is NumPy itself: initial weights, shuffles and returned statistics live
 on the host, then move to the backend's device with :meth:`Backend.asarray`.
+
+Each backend runs the training loop its own way (:meth:`Backend.compile` and
+:meth:`Backend.fori_loop`): JAX traces a whole epoch into one XLA program; NumPy,
+array-api-strict and (until its CUDA-graph capture lands) CuPy run it eagerly.
 """
 
 from __future__ import annotations
@@ -45,13 +51,14 @@ __all__ = [
 host = numpy
 
 #: Valid values of ``backend=`` and ``$XPMLP_BACKEND``.
-BACKENDS = ("numpy", "cupy", "array_api_strict")
+BACKENDS = ("numpy", "cupy", "jax", "array_api_strict")
 
 ENV_VAR = "XPMLP_BACKEND"
 
 _INSTALL = {
     "numpy": "pip install xpmlp",
     "cupy": "pip install 'xpmlp[cuda12]'  (or 'xpmlp[cuda13]' for CUDA 13 drivers)",
+    "jax": "pip install 'xpmlp[jax]'",
     "array_api_strict": "pip install array-api-strict",
 }
 
@@ -109,7 +116,7 @@ def _lean_numpy() -> ModuleType:
 
 
 def _import(name: str) -> ModuleType:
-    module = {"numpy": "numpy", "cupy": "cupy", "array_api_strict": "array_api_strict"}[name]
+    module = {"numpy": "numpy", "cupy": "cupy", "jax": "jax", "array_api_strict": "array_api_strict"}[name]
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -143,6 +150,10 @@ class Backend:
             # CuPy's own namespace still differs from the standard in places;
             # array-api-compat's cupy namespace is the standard one.
             self.xp = array_api_compat.array_namespace(module.empty(0))
+        elif name == "jax":
+            # Without x64 JAX silently stores float64 as float32. Process-wide, as JAX's flag is.
+            module.config.update("jax_enable_x64", True)
+            self.xp = module.numpy  # an array-API namespace since JAX 0.4.32
         else:
             self.xp = module
         self._module = module
@@ -195,6 +206,31 @@ class Backend:
         """Wait for queued device work (a no-op on the CPU)."""
         if self.name == "cupy":
             self._module.cuda.get_current_stream().synchronize()
+
+    @property
+    def compiles(self) -> bool:
+        """Whether :meth:`compile` builds a program (JAX) rather than returning the function."""
+        return self.name == "jax"
+
+    def compile(self, fn: Callable[..., Any], *example_args: Any) -> Callable[..., Any]:
+        """``fn``, compiled for arguments shaped like ``example_args`` (pytrees of arrays).
+
+        JAX: ``jax.jit`` lowered and compiled ahead of time, so the caller can time
+        compilation apart from running. Eager backends: ``fn`` itself. (CuPy: the
+        hook where a CUDA-graph capture of ``fn`` belongs.) No argument is donated:
+        an interrupted call leaves the caller's arrays valid.
+        """
+        if self.name == "jax":
+            return self._module.jit(fn).lower(*example_args).compile()
+        return fn
+
+    def fori_loop(self, count: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
+        """``carry = body(i, carry)`` for i = 0 … count − 1: ``lax.fori_loop`` on JAX, a Python loop elsewhere."""
+        if self.name == "jax":
+            return self._module.lax.fori_loop(0, count, body, carry)
+        for i in range(count):
+            carry = body(i, carry)
+        return carry
 
     def timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
         """``(fn(), seconds)``, the seconds measured on the device's clock once its work is done.

@@ -184,14 +184,40 @@ class MLP:
 
         Every name and shape is checked first: on error the model is left untouched.
         """
-        arrays = self.checked_state(state)
+        self.assign_state(self.checked_state(state))
+
+    def assign_state(self, state: dict[str, Array]) -> None:
+        """Make ``state``'s arrays (this backend's, :meth:`state_dict`'s names) the model's own, unchecked."""
         n = self.nlayers
-        self.W = [arrays[f"W.{i}"] for i in range(n)]
-        self.b = [arrays[f"b.{i}"] for i in range(n)]
+        self.W = [state[f"W.{i}"] for i in range(n)]
+        self.b = [state[f"b.{i}"] for i in range(n)]
         for i, bn in enumerate(self.bn_layers):
             for k in ("gamma", "beta", "running_mean", "running_var"):
-                setattr(bn, k, arrays[f"bn.{i}.{k}"])
-        self.velocities = [arrays[f"velocity.{i}"] for i in range(len(self.velocities))]
+                setattr(bn, k, state[f"bn.{i}.{k}"])
+        self.velocities = [state[f"velocity.{i}"] for i in range(len(self.velocities))]
+
+    def stateless_step(self, state: dict[str, Array], x: Array, y: Array, lr: Any) -> tuple[dict, Array, Array]:
+        """One training step as a pure function: ``(new state, per-example loss (N,), output (N, C))``.
+
+        ``state`` is a :meth:`state_dict`; ``x``, ``y`` a batch of this backend's arrays
+        (one-hot ``y``); ``lr`` a number or 0-d array. It runs the very code of
+        :meth:`forward`, :meth:`backward` and :meth:`step` (in training mode) on
+        ``state`` and leaves the model as it was, so a compiler (``jax.jit``) can
+        trace it: nothing is read back to the host and no array is mutated.
+        """
+        objects = [self, *self.activations, *self.bn_layers, self.criterion]
+        saved = [dict(vars(obj)) for obj in objects]
+        try:
+            self.assign_state(state)
+            self.lr, self.train_mode = lr, True
+            out = self._forward(x)
+            loss = self._backward(y)
+            self.step()
+            return self.state_dict(), loss, out
+        finally:
+            for obj, attributes in zip(objects, saved, strict=True):
+                vars(obj).clear()
+                vars(obj).update(attributes)
 
     def _check(self, name: str, x: Any, width: int) -> Array:
         """``x`` as a (N, width) array of the model's backend and dtype."""
@@ -202,7 +228,10 @@ class MLP:
 
     def forward(self, x: Any) -> Array:
         """Output activations (N, output_size) for inputs x (N, input_size)."""
-        a = self.input = self._check("forward input", x, self.input_size)
+        return self._forward(self._check("forward input", x, self.input_size))
+
+    def _forward(self, x: Array) -> Array:
+        a = self.input = x
         for i in range(self.nlayers):
             z = a @ self.W[i] + self.b[i]
             if i < self.num_bn_layers:
@@ -225,6 +254,9 @@ class MLP:
         y = self._check("labels", labels, self.output_size)
         if y.shape[0] != self.output.shape[0]:
             raise ValueError(f"labels have {y.shape[0]} rows but the last forward had {self.output.shape[0]}")
+        return self._backward(y)
+
+    def _backward(self, y: Array) -> Array:
         xp = self.backend.xp
         loss = self.criterion(self.output, y)
         delta = self.criterion.derivative() / y.shape[0]
@@ -248,11 +280,18 @@ class MLP:
             bn.dgamma, bn.dbeta = xp.zeros_like(bn.dgamma), xp.zeros_like(bn.dbeta)
 
     def step(self) -> None:
-        """Momentum SGD, in place:  v ← μ·v − η·grad;  p ← p + v."""
-        for (p, g), v in zip(self.parameters(), self.velocities, strict=True):
-            v *= self.momentum
-            v -= self.lr * g
-            p += v
+        """Momentum SGD:  v ← μ·v − η·grad;  p ← p + v.
+
+        New arrays replace the old (no in-place update: JAX arrays are immutable).
+        """
+        mu, lr = self.momentum, self.lr
+        pairs = self.parameters()
+        self.velocities = [mu * v - lr * g for (_, g), v in zip(pairs, self.velocities, strict=True)]
+        new = [p + v for (p, _), v in zip(pairs, self.velocities, strict=True)]
+        n = self.nlayers
+        self.W, self.b = new[:n], new[n : 2 * n]
+        for i, bn in enumerate(self.bn_layers):
+            bn.gamma, bn.beta = new[2 * n + 2 * i], new[2 * n + 2 * i + 1]
 
     def train(self) -> None:
         """BatchNorm normalises with batch statistics and updates running ones."""
