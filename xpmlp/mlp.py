@@ -196,11 +196,13 @@ class MLP:
                 setattr(bn, k, state[f"bn.{i}.{k}"])
         self.velocities = [state[f"velocity.{i}"] for i in range(len(self.velocities))]
 
-    def stateless_step(self, state: dict[str, Array], x: Array, y: Array, lr: Any) -> tuple[dict, Array, Array]:
+    def stateless_step(
+        self, state: dict[str, Array], x: Array, y: Array, lr: Any, momentum: Any
+    ) -> tuple[dict[str, Array], Array, Array]:
         """One training step as a pure function: ``(new state, per-example loss (N,), output (N, C))``.
 
         ``state`` is a :meth:`state_dict`; ``x``, ``y`` a batch of this backend's arrays
-        (one-hot ``y``); ``lr`` a number or 0-d array. It runs the very code of
+        (one-hot ``y``); ``lr``, ``momentum`` numbers or 0-d arrays. It runs the very code of
         :meth:`forward`, :meth:`backward` and :meth:`step` (in training mode) on
         ``state`` and leaves the model as it was, so a compiler (``jax.jit``) can
         trace it: nothing is read back to the host and no array is mutated.
@@ -209,7 +211,7 @@ class MLP:
         saved = [dict(vars(obj)) for obj in objects]
         try:
             self.assign_state(state)
-            self.lr, self.train_mode = lr, True
+            self.lr, self.momentum, self.train_mode = lr, momentum, True
             out = self._forward(x)
             loss = self._backward(y)
             self.step()

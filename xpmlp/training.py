@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .backend import Array, host
 from .checks import as_int
@@ -21,11 +21,14 @@ from .mlp import MLP
 
 __all__ = [
     "DeviceSplit",
+    "EpochData",
     "History",
     "confusion_matrix",
+    "epoch_data",
     "evaluate",
     "fit",
     "get_training_stats",
+    "make_epoch",
     "predict",
     "train_epoch",
 ]
@@ -50,6 +53,7 @@ class History:
     seconds: list[float] = field(default_factory=list)
     stopped_early: bool = False
     best_epoch: int | None = None
+    compile_seconds: float = 0.0
     best_state: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -138,6 +142,56 @@ def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick
     return [loss_sum, errors]
 
 
+class EpochData(NamedTuple):
+    """What a compiled epoch reads: the split, this epoch's batches of row indices, the hyperparameters."""
+
+    x: Array
+    one_hot: Array
+    labels: Array
+    batches: Array  # (full batches, batch_size) row indices
+    rest: Array  # (n mod batch_size,) row indices of the last, partial batch
+    lr: Array  # 0-d
+    momentum: Array  # 0-d
+
+
+def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> EpochData:
+    """The epoch's inputs on the device: the host permutation ``order`` cut into batches, lr and momentum."""
+    backend, cut = mlp.backend, data.n - data.n % batch_size
+    return EpochData(
+        data.x,
+        data.one_hot,
+        data.labels,
+        backend.asarray(order[:cut].reshape(-1, batch_size)),
+        backend.asarray(order[cut:]),
+        backend.asarray(host.asarray(mlp.lr), mlp.dtype),
+        backend.asarray(host.asarray(mlp.momentum), mlp.dtype),
+    )
+
+
+def make_epoch(mlp: MLP, n: int, batch_size: int) -> Callable[[tuple, EpochData], tuple]:
+    """One epoch of :meth:`MLP.stateless_step` as a pure function, ready for :meth:`Backend.compile`.
+
+    ``epoch((state, loss_sum, errors), data) -> (state, loss_sum, errors)``: the full
+    batches run in :meth:`Backend.fori_loop`, then the partial one, each gathering
+    its own rows from the device-resident split. No host reads.
+    """
+    xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
+    full, rest = divmod(n, batch_size)
+
+    def batch(idx: Array, carry: tuple, d: EpochData) -> tuple:
+        state, loss_sum, errors = carry
+        state, loss, out = mlp.stateless_step(
+            state, xp.take(d.x, idx, axis=0), xp.take(d.one_hot, idx, axis=0), d.lr, d.momentum
+        )
+        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0), dtype)
+
+    def epoch(carry: tuple, d: EpochData) -> tuple:
+        carry = mlp.backend.fori_loop(full, lambda i, c: batch(d.batches[i, :], c, d), carry)
+        return batch(d.rest, carry, d) if rest else carry
+
+    return epoch
+
+
 def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
     xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
@@ -205,6 +259,7 @@ def fit(
     patience: int | None = None,
     progress: bool | None = None,
     callbacks: Sequence[Callable[[int, History], Any]] = (),
+    compiled: bool = True,
 ) -> History:
     """Train ``mlp`` until ``epochs`` epochs are done (counting those in ``history``).
 
@@ -224,7 +279,13 @@ def fit(
         A tqdm bar per epoch (``None``: only on a terminal).
     callbacks
         ``callback(epoch, history)`` after each epoch (1-based epoch); one that
-        returns True stops training.
+        returns True stops training. A callback may change ``mlp.lr`` and
+        ``mlp.momentum`` for the next epoch.
+    compiled
+        Train through :func:`make_epoch`, compiled by the backend (one XLA program
+        per epoch on JAX; eager elsewhere); its compilation time goes to
+        ``history.compile_seconds``, not to an epoch. False: the HW1 loop of
+        ``forward``, ``backward``, ``step`` per batch. Both compute the same.
 
     Raises
     ------
@@ -254,16 +315,30 @@ def fit(
     backend, xp = mlp.backend, mlp.backend.xp
     batches = -(-train_data.n // batch_size)
     first = epochs if history.stopped_early else history.epochs  # a run that stopped early is finished
+    run_epoch = None
     for epoch in range(first, epochs):
+        order = _epoch_order(seed, epoch, train_data.n)
+        if compiled and run_epoch is None:
+            zero = xp.zeros((), dtype=backend.dtype(mlp.dtype))
+            example = ((mlp.state_dict(), zero, zero), epoch_data(mlp, train_data, order, batch_size))
+            started = time.perf_counter()
+            run_epoch = backend.compile(make_epoch(mlp, train_data.n, batch_size), *example)
+            if backend.compiles:
+                history.compile_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        order = backend.asarray(_epoch_order(seed, epoch, train_data.n))
         with tqdm(
             total=batches,
             desc=f"epoch {epoch + 1}/{epochs}",
             disable=None if progress is None else not progress,
             leave=False,
         ) as bar:
-            sums = train_epoch(mlp, train_data, order, batch_size, bar.update)
+            if run_epoch is None:
+                sums = train_epoch(mlp, train_data, backend.asarray(order), batch_size, bar.update)
+            else:
+                zero = xp.zeros((), dtype=backend.dtype(mlp.dtype))
+                state, *sums = run_epoch((mlp.state_dict(), zero, zero), epoch_data(mlp, train_data, order, batch_size))
+                mlp.assign_state(state)
+                bar.update(batches)
             if val_data is not None:
                 sums += _eval_sums(mlp, val_data)
             stats = backend.to_host(xp.stack(sums)).tolist()  # the epoch's one device->host read

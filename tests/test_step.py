@@ -1,0 +1,95 @@
+"""The stateless training step and the compiled epoch: the same numbers as the HW1 loop, on every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp import fit
+from xpmlp.training import DeviceSplit, _epoch_order, epoch_data, make_epoch
+
+from conftest import TOL, rel_err
+from test_training import dataset, hw1_like
+
+
+def host_state(model, state=None):
+    state = model.state_dict() if state is None else state
+    return {k: np.array(model.backend.to_host(v), copy=True) for k, v in state.items()}
+
+
+def assert_states_close(got: dict, expected: dict, tol: float) -> None:
+    """Each array within ``tol`` relative, with an absolute floor for the biases before a BN layer.
+
+    Those biases have gradient exactly 0 (seed 004), so they hold rounding noise (~1e-18) alone.
+    """
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert np.linalg.norm(got[key] - expected[key]) <= tol * np.linalg.norm(expected[key]) + 1e-15, key
+
+
+def test_stateless_step_equals_the_hw1_step_and_leaves_the_model_alone(backend):
+    (x, labels), _, _ = dataset(n_train=24)
+    y = np.eye(10)[labels]
+    reference = hw1_like()
+    model = hw1_like(backend)
+    before = host_state(model)
+    state = model.state_dict()
+    for lr in (0.05, 0.02, 0.1):  # the rate is an argument: a compiled step takes a new one without retracing
+        reference.lr = lr
+        out = reference.forward(x)
+        loss = reference.backward(y)
+        reference.step()
+        state, got_loss, got_out = model.stateless_step(state, backend.asarray(x), backend.asarray(y), lr, 0.9)
+        assert rel_err(backend.to_host(got_loss), loss) <= TOL["float64"]
+        assert rel_err(backend.to_host(got_out), out) <= TOL["float64"]
+    assert_states_close(host_state(model, state), host_state(reference), TOL["float64"])
+    assert_states_close(host_state(model), before, 0.0)  # untouched, momentum buffers and running statistics too
+    assert model.lr == 0.05 and model.train_mode and model.output is None
+
+
+@pytest.mark.parametrize("batch_size", [16, 40])  # 120 examples: a partial last batch, and none
+def test_compiled_and_eager_fit_agree(backend, batch_size):
+    train, val, _ = dataset()
+    histories, states = [], []
+    for compiled in (True, False):
+        model = hw1_like(backend)
+        decay = [lambda epoch, h, m=model: setattr(m, "lr", 0.05 * 0.5**epoch)]  # a new rate each epoch
+        histories.append(fit(model, train, val, epochs=3, batch_size=batch_size, seed=3, progress=False,
+                             callbacks=decay, compiled=compiled))  # fmt: skip
+        states.append(host_state(model))
+    compiled, eager = histories
+    for key in ("train_loss", "train_error", "val_loss", "val_error"):
+        assert rel_err(getattr(compiled, key), getattr(eager, key)) <= TOL["float64"], key
+    assert_states_close(states[0], states[1], TOL["float64"])  # BN running statistics and velocities included
+
+
+def test_an_epoch_is_a_pure_function():
+    """make_epoch's result from the same inputs twice is the same, and the model is not touched."""
+    train, _, _ = dataset()
+    model = hw1_like()
+    data = DeviceSplit(model, train, "training")
+    epoch = make_epoch(model, data.n, 32)
+    d = epoch_data(model, data, _epoch_order(0, 0, data.n), 32)
+    zero = np.zeros(())
+    before = host_state(model)
+    first, second = epoch((model.state_dict(), zero, zero), d), epoch((model.state_dict(), zero, zero), d)
+    assert_states_close(host_state(model, first[0]), host_state(model, second[0]), 0.0)
+    assert first[1] == second[1] and first[2] == second[2]
+    assert_states_close(host_state(model), before, 0.0)
+
+
+def test_jax_compiles_the_epoch_once_and_reports_the_time(monkeypatch):
+    backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")
+    compiles = []
+    original = type(backend).compile
+    monkeypatch.setattr(type(backend), "compile", lambda self, *a: compiles.append(1) or original(self, *a))
+    train, val, _ = dataset()
+    model = hw1_like("jax", dtype="float32")
+    history = fit(model, train, val, epochs=3, batch_size=16, seed=0, progress=False,
+                  callbacks=[lambda e, h: setattr(model, "lr", model.lr / 2)])  # fmt: skip
+    assert len(compiles) == 1 and history.compile_seconds > 0
+    assert history.train_loss[-1] < history.train_loss[0]
+    # nothing traced is left behind on the model's objects
+    leftovers = [vars(obj) for obj in (model, *model.activations, *model.bn_layers, model.criterion)]
+    assert not any("Tracer" in type(v).__name__ for attrs in leftovers for v in attrs.values())
