@@ -1,8 +1,12 @@
 """Epoch times on MNIST: xpmlp on every available backend against the references.
 
-Rows: xpmlp (numpy; cupy where a GPU exists), a hand-written NumPy loop of the
-same math (handwritten.py) and PyTorch eager (CPU; CUDA where a GPU exists, when
-torch is importable), for float32/float64, batch 100/1000, the HW1 network
+Rows: xpmlp's compiled epoch, as ``fit`` trains (numpy; jax where installed;
+cupy where a GPU exists); the public HW1 loop (``zero_grads``, ``forward``,
+``backward``, ``step`` per batch) on numpy; a hand-written NumPy loop of the same
+math (handwritten.py); hand-written JAX with autograd, one jitted step per batch
+and the whole epoch in ``lax.scan`` (jax_reference.py); PyTorch eager (CPU; CUDA
+where a GPU exists, when torch is importable); for float32/float64, batch
+100/1000, the HW1 network
 784-64-64-32-10 sigmoid with and without BN on the first layer. Every row starts
 from the same weights and sees the same batches, so the loss column shows they
 did the same work.
@@ -19,6 +23,7 @@ statistics; GPU times come from CUDA events after synchronisation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -35,7 +40,7 @@ import numpy as np
 
 import xpmlp
 from xpmlp.backend import BackendUnavailableError, cpu_name, get_backend
-from xpmlp.training import DeviceSplit, train_epoch
+from xpmlp.training import DeviceSplit, epoch_data, make_epoch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from handwritten import HandwrittenMLP
@@ -52,9 +57,9 @@ def hw1_weights(seed: int = 0) -> tuple[list, list]:
 
 
 class XpmlpRow:
-    impl = "xpmlp"
+    """``hw1_loop=False``: the compiled epoch that ``fit`` runs; True: the HW1 loop a student writes."""
 
-    def __init__(self, backend: str, dtype: str, batch_size: int, bn: int, data: tuple) -> None:
+    def __init__(self, backend: str, dtype: str, batch_size: int, bn: int, data: tuple, hw1_loop: bool = False) -> None:
         weights, biases = hw1_weights()
         acts = [xpmlp.Sigmoid(), xpmlp.Sigmoid(), xpmlp.Sigmoid(), xpmlp.Identity()]
         self.model = xpmlp.MLP(
@@ -74,16 +79,37 @@ class XpmlpRow:
         self.backend = self.model.backend.name
         self.device = self.model.backend.device_name
         self.data = DeviceSplit(self.model, data, "training")
-        self.batch_size = batch_size
+        self.batch_size, self.hw1_loop = batch_size, hw1_loop
+        self.impl = "xpmlp-hw1-loop" if hw1_loop else "xpmlp"
+        self.run_epoch = None
 
     def epoch(self, order: np.ndarray) -> tuple[float, float]:
-        backend = self.model.backend
+        backend, model = self.model.backend, self.model
+        xp = backend.xp
+        zero = xp.zeros((), dtype=backend.dtype(model.dtype))
+        if not self.hw1_loop and self.run_epoch is None:  # compiled once, outside the timed epochs
+            example = epoch_data(model, self.data, order, self.batch_size)
+            self.run_epoch = backend.compile(
+                make_epoch(model, self.data.n, self.batch_size), (model.state_dict(), zero, zero), example
+            )
 
-        def run() -> list:
-            sums = train_epoch(self.model, self.data, backend.asarray(order), self.batch_size, lambda: None)
-            return backend.to_host(backend.xp.stack(sums)).tolist()
+        def compiled() -> list:
+            d = epoch_data(model, self.data, order, self.batch_size)
+            state, *sums = self.run_epoch((model.state_dict(), zero, zero), d)
+            model.assign_state(state)
+            return backend.to_host(xp.stack(sums)).tolist()
 
-        (loss_sum, _), seconds = backend.timed(run)
+        def hw1_loop() -> list:
+            loss_sum = zero
+            for start in range(0, len(order), self.batch_size):
+                idx = backend.asarray(order[start : start + self.batch_size])
+                model.zero_grads()
+                model.forward(xp.take(self.data.x, idx, axis=0))
+                loss_sum = loss_sum + xp.sum(model.backward(xp.take(self.data.one_hot, idx, axis=0)))
+                model.step()
+            return [float(backend.to_host(loss_sum))]
+
+        (loss_sum, *_), seconds = backend.timed(hw1_loop if self.hw1_loop else compiled)
         return seconds, loss_sum / self.data.n
 
 
@@ -107,6 +133,28 @@ class HandwrittenRow:
     def epoch(self, order: np.ndarray) -> tuple[float, float]:
         started = time.perf_counter()
         loss_sum, _ = self.model.epoch(self.x, self.labels, self.one_hot, order, self.batch_size)
+        return time.perf_counter() - started, loss_sum / len(order)
+
+
+class JaxRow:
+    def __init__(self, dtype: str, batch_size: int, bn: int, data: tuple, scan: bool) -> None:
+        import jax
+        from jax_reference import JaxMLP
+
+        get_backend("jax")  # switches on float64, as xpmlp's jax backend does
+        weights, biases = hw1_weights()
+        self.jax, self.impl, self.backend = jax, "jax-scan-epoch" if scan else "jax-jit-step", "jax"
+        self.model = JaxMLP(weights, biases, bn, LR, MOMENTUM, dtype, scan)
+        self.x = jax.numpy.asarray(data[0], dtype)
+        self.labels = jax.numpy.asarray(data[1])
+        self.one_hot = jax.numpy.asarray(np.eye(10)[data[1]], dtype)
+        self.batch_size, self.device = batch_size, cpu_name()
+
+    def epoch(self, order: np.ndarray) -> tuple[float, float]:
+        started = time.perf_counter()
+        loss_sum, _ = self.model.epoch(
+            self.x, self.one_hot, self.labels, self.jax.numpy.asarray(order), self.batch_size
+        )
         return time.perf_counter() - started, loss_sum / len(order)
 
 
@@ -142,11 +190,12 @@ class TorchRow:
 
 def available_backends() -> list[str]:
     names = ["numpy"]
-    try:
-        get_backend("cupy")
-        names.append("cupy")
-    except BackendUnavailableError:
-        pass
+    for name in ("jax", "cupy"):
+        try:
+            get_backend(name)
+            names.append(name)
+        except BackendUnavailableError:
+            pass
     return names
 
 
@@ -165,7 +214,10 @@ def make_rows(dtypes, batch_sizes, bns, data) -> list[Any]:
             for bn in bns:
                 key = {"dtype": dtype, "batch_size": batch_size, "bn": bn}
                 rows += [(key, XpmlpRow(name, dtype, batch_size, bn, data)) for name in available_backends()]
+                rows.append((key, XpmlpRow("numpy", dtype, batch_size, bn, data, hw1_loop=True)))
                 rows.append((key, HandwrittenRow(dtype, batch_size, bn, data)))
+                if "jax" in available_backends():
+                    rows += [(key, JaxRow(dtype, batch_size, bn, data, scan)) for scan in (False, True)]
                 rows += [(key, TorchRow(device, dtype, batch_size, bn, data)) for device in torch_devices()]
     return rows
 
@@ -203,6 +255,8 @@ def add_ratios(results: list[dict]) -> None:
     refs = {
         "vs_xpmlp_numpy": ("xpmlp", "numpy"),
         "vs_handwritten": ("handwritten-numpy", "numpy"),
+        "vs_jax_jit_step": ("jax-jit-step", "jax"),
+        "vs_jax_scan": ("jax-scan-epoch", "jax"),
         "vs_torch_cpu": ("pytorch-eager", "torch-cpu"),
         "vs_torch_cuda": ("pytorch-eager", "torch-cuda"),
     }
@@ -233,6 +287,8 @@ def table(results: list[dict]) -> str:
         "loss",
         "vs xpmlp numpy",
         "vs hand-written",
+        "vs jax jit step",
+        "vs jax scan",
         "vs torch CPU",
     ] + (["vs torch CUDA"] if has_cuda else [])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -248,6 +304,8 @@ def table(results: list[dict]) -> str:
             f"{r['last_epoch_mean_loss']:.4f}",
             ratio(r["vs_xpmlp_numpy"]),
             ratio(r["vs_handwritten"]),
+            ratio(r["vs_jax_jit_step"]),
+            ratio(r["vs_jax_scan"]),
             ratio(r["vs_torch_cpu"]),
         ]
         if has_cuda:
@@ -288,12 +346,9 @@ def machine() -> dict:
     cpu = cpu_name()
     gpu = get_backend("cupy").device_name if "cupy" in available_backends() else None
     versions = {"python": platform.python_version(), "numpy": np.__version__, "xpmlp": xpmlp.__version__}
-    try:
-        import torch
-
-        versions["torch"] = torch.__version__
-    except ImportError:
-        pass
+    for name in ("jax", "torch"):
+        with contextlib.suppress(ImportError):
+            versions[name] = __import__(name).__version__
     if gpu:
         import cupy
 

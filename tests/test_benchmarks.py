@@ -41,7 +41,7 @@ def test_handwritten_loop_equals_the_library(bn):
     data = DeviceSplit(model, (x, y), "training")
     for epoch in range(2):
         order = np.random.default_rng(epoch).permutation(300)
-        loss_sum, errors = train_epoch(model, data, order, 64, lambda: None)
+        loss_sum, errors = train_epoch(model, data, np.asarray(order), 64, lambda: None)
         hand_loss, hand_errors = hand.epoch(x, y, np.eye(10)[y], order, 64)
         assert float(loss_sum) == pytest.approx(hand_loss, rel=1e-12) and int(errors) == hand_errors
     for mine, theirs in zip([p for p, _ in model.parameters()], hand.params, strict=True):
@@ -49,6 +49,27 @@ def test_handwritten_loop_equals_the_library(bn):
     for bn_layer, mean, var in zip(model.bn_layers, hand.running_mean, hand.running_var, strict=True):
         np.testing.assert_allclose(bn_layer.running_mean, mean, rtol=1e-12)
         np.testing.assert_allclose(bn_layer.running_var, var, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_jax_reference_equals_the_library(scan):
+    pytest.importorskip("jax")
+
+    x, y = synthetic(300)
+    x = x.reshape(300, -1) / 255.0
+    weights, biases = epoch_time.hw1_weights()  # the weights every benchmark row starts from
+    hand = HandwrittenMLP(weights, biases, 1, epoch_time.LR, epoch_time.MOMENTUM, "float64")
+    row = epoch_time.JaxRow("float64", 64, 1, (x, y), scan)  # 300 = 4 × 64 + a partial batch of 44
+    for epoch in range(2):
+        order = np.random.default_rng(epoch).permutation(300)
+        _, loss = row.epoch(order)
+        hand_loss, _ = hand.epoch(x, y, np.eye(10)[y], order, 64)
+        assert loss * 300 == pytest.approx(hand_loss, rel=1e-10)
+    params = row.model.carry[0]
+    for mine, theirs in zip(
+        [*params["W"], *params["b"], params["gamma"][0], params["beta"][0]], hand.params, strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(mine), theirs, rtol=1e-9, atol=1e-12)
 
 
 def test_harness_smoke_run_writes_the_json(tmp_path, capsys):

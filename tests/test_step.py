@@ -48,7 +48,7 @@ def test_stateless_step_equals_the_hw1_step_and_leaves_the_model_alone(backend):
     assert model.lr == 0.05 and model.train_mode and model.output is None
 
 
-@pytest.mark.parametrize("batch_size", [16, 40])  # 120 examples: a partial last batch, and none
+@pytest.mark.parametrize("batch_size", [16, 40, 200])  # 120 examples: a partial last batch, none, only one
 def test_compiled_and_eager_fit_agree(backend, batch_size):
     train, val, _ = dataset()
     histories, states = [], []

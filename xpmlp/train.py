@@ -130,7 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", help="MNIST folder (default $XPMLP_DATA, else ~/.cache/xpmlp/mnist, downloaded if absent)")
     p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
     p.add_argument("--resume", action="store_true", help=f"continue the run whose {CHECKPOINT} is in --out")
-    p.add_argument("--backend", help="numpy | cupy | array_api_strict (default $XPMLP_BACKEND, else numpy)")
+    p.add_argument("--backend", help="numpy | cupy | jax | array_api_strict (default $XPMLP_BACKEND, else numpy)")
+    p.add_argument(
+        "--no-compile", action="store_true", help="train with the eager HW1 loop instead of the compiled epoch"
+    )
     p.add_argument(
         "--hw1",
         action="store_true",
@@ -331,7 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
-    config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots", "given")}
+    config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots", "given", "no_compile")}
     print(f"{mlp}\non {backend.name} ({backend.device_name}); {len(train[0])} training images")
     saved = {"epoch": history.epochs if args.resume else None}
 
@@ -339,7 +342,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save(mlp, out / CHECKPOINT, train_state={"args": config, "history": h.as_dict()}, best_state=h.best_state)
         saved["epoch"] = h.epochs
 
+    compiled_before = history.compile_seconds
+
     def report(epoch: int, h: History) -> None:
+        nonlocal compiled_before
+        if h.compile_seconds > compiled_before:
+            print(
+                f"compiled the training epoch in {h.compile_seconds - compiled_before:.2f} s (not in the epoch times)"
+            )
+            compiled_before = h.compile_seconds
         print(
             f"epoch {epoch:3d}/{args.epochs}  train loss {h.train_loss[-1]:.4f} error {h.train_error[-1]:6.2%}  "
             f"val loss {h.val_loss[-1]:.4f} error {h.val_error[-1]:6.2%}  {h.seconds[-1]:6.2f} s"
@@ -364,6 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 patience=args.patience,
                 progress=False if args.quiet else None,
                 callbacks=[schedule, report],
+                compiled=not args.no_compile,
             )
         checkpoint(history)  # also when no epoch ran (--epochs 0) or a finished run was resumed
     except KeyboardInterrupt:

@@ -186,7 +186,8 @@ def make_epoch(mlp: MLP, n: int, batch_size: int) -> Callable[[tuple, EpochData]
         return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0), dtype)
 
     def epoch(carry: tuple, d: EpochData) -> tuple:
-        carry = mlp.backend.fori_loop(full, lambda i, c: batch(d.batches[i, :], c, d), carry)
+        if full:
+            carry = mlp.backend.fori_loop(full, lambda i, c: batch(d.batches[i, :], c, d), carry)
         return batch(d.rest, carry, d) if rest else carry
 
     return epoch
