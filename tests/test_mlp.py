@@ -247,6 +247,22 @@ def test_dtype_none_keeps_the_init_dtype():
     assert model.dtype == "float32" and model.W[0].dtype == np.float32
 
 
+def constructor_args(**changes):
+    """Valid MLP arguments (fresh layer objects), with ``changes`` applied."""
+    args = {
+        "input_size": 5,
+        "output_size": 3,
+        "hiddens": [4, 3],
+        "activations": [Sigmoid(), Sigmoid(), Identity()],
+        "weight_init_fn": random_normal_weight_init,
+        "bias_init_fn": zeros_bias_init,
+        "criterion": SoftmaxCrossEntropy(),
+        "lr": 0.1,
+        "num_bn_layers": 1,
+    }
+    return {**args, **changes}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -266,19 +282,8 @@ def test_dtype_none_keeps_the_init_dtype():
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):
-    args = {
-        "input_size": 5,
-        "output_size": 3,
-        "hiddens": [4, 3],
-        "activations": [Sigmoid(), Sigmoid(), Identity()],
-        "weight_init_fn": random_normal_weight_init,
-        "bias_init_fn": zeros_bias_init,
-        "criterion": SoftmaxCrossEntropy(),
-        "lr": 0.1,
-        "num_bn_layers": 1,
-    }
     with pytest.raises(ValueError, match=message):
-        MLP(**{**args, **kwargs})
+        MLP(**constructor_args(**kwargs))
 
 
 @pytest.mark.parametrize(
@@ -297,18 +302,8 @@ def test_bad_constructor_arguments(kwargs, message):
     ],
 )
 def test_wrong_types_are_refused_at_construction(kwargs, message):
-    args = {
-        "input_size": 5,
-        "output_size": 3,
-        "hiddens": [4, 3],
-        "activations": [Sigmoid(), Sigmoid(), Identity()],
-        "weight_init_fn": random_normal_weight_init,
-        "bias_init_fn": zeros_bias_init,
-        "criterion": SoftmaxCrossEntropy(),
-        "lr": 0.1,
-    }
     with pytest.raises(TypeError, match=message):
-        MLP(**{**args, **kwargs})
+        MLP(**constructor_args(**kwargs))
 
 
 def test_one_activation_object_for_two_layers_is_refused():
