@@ -40,7 +40,7 @@ import numpy as np
 
 import xpmlp
 from xpmlp.backend import BackendUnavailableError, cpu_name, get_backend
-from xpmlp.training import DeviceSplit, epoch_data, make_epoch
+from xpmlp.training import CompiledEpoch, DeviceSplit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from handwritten import HandwrittenMLP
@@ -81,28 +81,22 @@ class XpmlpRow:
         self.data = DeviceSplit(self.model, data, "training")
         self.batch_size, self.hw1_loop = batch_size, hw1_loop
         self.impl = "xpmlp-hw1-loop" if hw1_loop else "xpmlp"
-        self.run_epoch = None
+        self.compiled_epoch = CompiledEpoch(self.model, self.data, batch_size)
 
     def epoch(self, order: np.ndarray) -> tuple[float, float]:
         backend, model = self.model.backend, self.model
         xp = backend.xp
-        zero = xp.zeros((), dtype=backend.dtype(model.dtype))
-        if not self.hw1_loop and self.run_epoch is None:  # compiled once, outside the timed epochs
-            example = epoch_data(model, self.data, order, self.batch_size)
-            self.run_epoch = backend.compile(
-                make_epoch(model, self.data.n, self.batch_size), (model.state_dict(), zero, zero), example
-            )
+        if not self.hw1_loop:
+            self.compiled_epoch.compile(order)  # once, outside the timed epochs
 
         def compiled() -> list:
-            d = epoch_data(model, self.data, order, self.batch_size)
-            state, *sums = self.run_epoch((model.state_dict(), zero, zero), d)
-            model.assign_state(state)
-            return backend.to_host(xp.stack(sums)).tolist()
+            return backend.to_host(xp.stack(self.compiled_epoch(order))).tolist()
 
         def hw1_loop() -> list:
-            loss_sum = zero
+            loss_sum = xp.zeros((), dtype=backend.dtype(model.dtype))
+            device_order = backend.asarray(order)  # one copy per epoch, none per batch
             for start in range(0, len(order), self.batch_size):
-                idx = backend.asarray(order[start : start + self.batch_size])
+                idx = device_order[start : start + self.batch_size]
                 model.zero_grads()
                 model.forward(xp.take(self.data.x, idx, axis=0))
                 loss_sum = loss_sum + xp.sum(model.backward(xp.take(self.data.one_hot, idx, axis=0)))

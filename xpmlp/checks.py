@@ -36,9 +36,8 @@ def as_float(
     minimum: float | None = None,
     maximum: float | None = None,
     below: float | None = None,
-    positive: bool = False,
 ) -> float:
-    """``value`` as a finite Python float with minimum ≤ value ≤ maximum, value < below, value > 0 if ``positive``."""
+    """``value`` as a finite Python float with minimum ≤ value ≤ maximum and value < below."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     number = float(value)
@@ -50,6 +49,4 @@ def as_float(
         raise ValueError(f"{name} must be <= {maximum}, got {number}")
     if below is not None and number >= below:
         raise ValueError(f"{name} must be < {below}, got {number}")
-    if positive and number <= 0:
-        raise ValueError(f"{name} must be > 0, got {number}")
     return number

@@ -119,7 +119,7 @@ def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = Non
     """The model saved at ``path`` (on ``backend``, default ``$XPMLP_BACKEND``/NumPy) and its training state.
 
     The state is the ``train_state`` given to :func:`save` (or None); a saved
-    ``best_state`` comes back in it as ``state["best_state"]`` (host arrays).
+    ``best_state`` comes back in it as ``state["best_state"]``, arrays on the model's backend.
     Any file that is not an xpmlp checkpoint raises a ValueError naming it.
     """
     path = Path(path)
@@ -161,9 +161,8 @@ def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = Non
         for i, (bn, alpha) in enumerate(zip(model.bn_layers, config["bn_alpha"], strict=True)):
             bn.alpha = as_float(f"bn_alpha[{i}]", alpha, minimum=0.0, maximum=1.0)
         model.load_state_dict(arrays)
-        if best:
-            model.checked_state(best)  # names and shapes, as load_state_dict checks them
-            state = {**(state or {}), "best_state": best}
+        if best:  # checked as load_state_dict checks, and moved to the model's device once
+            state = {**(state or {}), "best_state": model.checked_state(best)}
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from exc
     except ValueError as exc:

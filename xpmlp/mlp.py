@@ -35,21 +35,23 @@ def _check_layers(activations: Iterable[Any], criterion: Any, nlayers: int) -> l
             f"activations must have len(hiddens) + 1 = {nlayers} entries (one per layer), got {len(activations)}"
         )
     for i, act in enumerate(activations):
-        if isinstance(act, type):
-            raise TypeError(f"activations[{i}] is the class {act.__name__}; pass an instance: {act.__name__}()")
-        if not (callable(act) and callable(getattr(act, "derivative", None))):
-            raise TypeError(f"activations[{i}] must be an activation instance (e.g. Sigmoid()), got {act!r}")
+        _require_layer(f"activations[{i}]", act, "an activation instance (e.g. Sigmoid())")
         for j in range(i):
             if activations[j] is act:
                 raise ValueError(
                     f"activations[{j}] and activations[{i}] are the same object; each layer keeps its own output "
                     f"in its activation, so give each layer a new one: [{type(act).__name__}() for _ in ...]"
                 )
-    if isinstance(criterion, type):
-        raise TypeError(f"criterion is the class {criterion.__name__}; pass an instance: {criterion.__name__}()")
-    if not (callable(criterion) and callable(getattr(criterion, "derivative", None))):
-        raise TypeError(f"criterion must be a loss instance (e.g. SoftmaxCrossEntropy()), got {criterion!r}")
+    _require_layer("criterion", criterion, "a loss instance (e.g. SoftmaxCrossEntropy())")
     return activations
+
+
+def _require_layer(name: str, obj: Any, what: str) -> None:
+    """TypeError naming ``name`` unless ``obj`` is a layer instance: callable, with a ``derivative`` method."""
+    if isinstance(obj, type):
+        raise TypeError(f"{name} is the class {obj.__name__}; pass an instance: {obj.__name__}()")
+    if not (callable(obj) and callable(getattr(obj, "derivative", None))):
+        raise TypeError(f"{name} must be {what}, got {obj!r}")
 
 
 class MLP:
