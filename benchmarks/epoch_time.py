@@ -1,13 +1,14 @@
 """Epoch times on MNIST: xpmlp on every available backend against the references.
 
-Rows: xpmlp's compiled epoch, as ``fit`` trains (numpy; jax where installed;
-cupy where a GPU exists); the public HW1 loop (``zero_grads``, ``forward``,
-``backward``, ``step`` per batch) on numpy; a hand-written NumPy loop of the same
-math (handwritten.py); hand-written JAX with autograd, one jitted step per batch
-and the whole epoch in ``lax.scan`` (jax_reference.py); PyTorch eager (CPU; CUDA
-where a GPU exists, when torch is importable); for float32/float64, batch
-100/1000, the HW1 network
-784-64-64-32-10 sigmoid with and without BN on the first layer. Every row starts
+Rows: xpmlp's compiled epoch, as ``fit`` trains (numpy; jax and torch where
+installed; cupy and torch-cuda where a GPU exists); the public HW1 loop
+(``zero_grads``, ``forward``, ``backward``, ``step`` per batch) on numpy; a
+hand-written NumPy loop of the same math (handwritten.py); hand-written JAX with
+autograd, one jitted step per batch and the whole epoch in ``lax.scan``
+(jax_reference.py); PyTorch's own ``nn``, eager and torch.compile
+(torch_reference.py; CPU, and CUDA where a GPU exists); for float32/float64,
+batch 100/1000, the HW1 network 784-64-64-32-10 sigmoid with and without BN on
+the first layer. Every row starts
 from the same weights and sees the same batches, so the loss column shows they
 did the same work.
 
@@ -59,7 +60,9 @@ def hw1_weights(seed: int = 0) -> tuple[list, list]:
 class XpmlpRow:
     """``hw1_loop=False``: the compiled epoch that ``fit`` runs; True: the HW1 loop a student writes."""
 
-    def __init__(self, backend: str, dtype: str, batch_size: int, bn: int, data: tuple, hw1_loop: bool = False) -> None:
+    def __init__(
+        self, backend: str, dtype: str, batch_size: int, bn: int, data: tuple, hw1_loop: bool = False, device=None
+    ) -> None:
         weights, biases = hw1_weights()
         acts = [xpmlp.Sigmoid(), xpmlp.Sigmoid(), xpmlp.Sigmoid(), xpmlp.Identity()]
         self.model = xpmlp.MLP(
@@ -75,8 +78,10 @@ class XpmlpRow:
             bn,
             backend=backend,
             dtype=dtype,
+            device=device,
         )
-        self.backend = self.model.backend.name
+        name, device = self.model.backend.name, self.model.backend.device
+        self.backend = f"torch-{device.split(':')[0]}" if name == "torch" else name  # as the PyTorch rows
         self.device = self.model.backend.device_name
         self.data = DeviceSplit(self.model, data, "training")
         self.batch_size, self.hw1_loop = batch_size, hw1_loop
@@ -153,15 +158,13 @@ class JaxRow:
 
 
 class TorchRow:
-    impl = "pytorch-eager"
-
-    def __init__(self, device: str, dtype: str, batch_size: int, bn: int, data: tuple) -> None:
+    def __init__(self, device: str, dtype: str, batch_size: int, bn: int, data: tuple, compiled: bool = False) -> None:
         import torch
         from torch_reference import TorchMLP
 
         weights, biases = hw1_weights()
-        self.torch = torch
-        self.model = TorchMLP(weights, biases, bn, LR, MOMENTUM, dtype, device)
+        self.torch, self.impl = torch, "pytorch-compile" if compiled else "pytorch-eager"
+        self.model = TorchMLP(weights, biases, bn, LR, MOMENTUM, dtype, device, compiled)
         self.x = self.model.to_device(data[0].astype(dtype))
         self.labels = self.model.to_device(data[1].astype(np.int64))
         self.batch_size, self.backend = batch_size, f"torch-{device}"
@@ -184,7 +187,7 @@ class TorchRow:
 
 def available_backends() -> list[str]:
     names = ["numpy"]
-    for name in ("jax", "cupy"):
+    for name in ("jax", "torch", "cupy"):
         try:
             get_backend(name)
             names.append(name)
@@ -201,19 +204,26 @@ def torch_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def make_rows(dtypes, batch_sizes, bns, data) -> list[Any]:
+def make_rows(dtypes, batch_sizes, bns, data, skip: frozenset[str] = frozenset()) -> list[Any]:
+    """Every row for each (dtype, batch size, BN) key, less the implementations named in ``skip``."""
     rows = []
     for dtype in dtypes:
         for batch_size in batch_sizes:
             for bn in bns:
                 key = {"dtype": dtype, "batch_size": batch_size, "bn": bn}
                 rows += [(key, XpmlpRow(name, dtype, batch_size, bn, data)) for name in available_backends()]
+                if "cuda" in torch_devices():
+                    rows.append((key, XpmlpRow("torch", dtype, batch_size, bn, data, device="cuda")))
                 rows.append((key, XpmlpRow("numpy", dtype, batch_size, bn, data, hw1_loop=True)))
                 rows.append((key, HandwrittenRow(dtype, batch_size, bn, data)))
                 if "jax" in available_backends():
                     rows += [(key, JaxRow(dtype, batch_size, bn, data, scan)) for scan in (False, True)]
-                rows += [(key, TorchRow(device, dtype, batch_size, bn, data)) for device in torch_devices()]
-    return rows
+                rows += [
+                    (key, TorchRow(device, dtype, batch_size, bn, data, compiled))
+                    for device in torch_devices()
+                    for compiled in (False, True)
+                ]
+    return [(key, row) for key, row in rows if row.impl not in skip]
 
 
 def measure(rows, epochs: int, n: int) -> list[dict]:
@@ -252,6 +262,7 @@ def add_ratios(results: list[dict]) -> None:
         "vs_jax_jit_step": ("jax-jit-step", "jax"),
         "vs_jax_scan": ("jax-scan-epoch", "jax"),
         "vs_torch_cpu": ("pytorch-eager", "torch-cpu"),
+        "vs_torch_compile": ("pytorch-compile", "torch-cpu"),
         "vs_torch_cuda": ("pytorch-eager", "torch-cuda"),
     }
     for row in results:
@@ -284,6 +295,7 @@ def table(results: list[dict]) -> str:
         "vs jax jit step",
         "vs jax scan",
         "vs torch CPU",
+        "vs torch.compile",
     ] + (["vs torch CUDA"] if has_cuda else [])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in results:
@@ -301,6 +313,7 @@ def table(results: list[dict]) -> str:
             ratio(r["vs_jax_jit_step"]),
             ratio(r["vs_jax_scan"]),
             ratio(r["vs_torch_cpu"]),
+            ratio(r["vs_torch_compile"]),
         ]
         if has_cuda:
             cells.append(ratio(r["vs_torch_cuda"]))
@@ -369,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="float32, BN, batch 100 and 1000, 3 timed epochs, no TTA")
     p.add_argument("--samples", type=int, help="train on the first N images only (smoke tests)")
     p.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy run")
+    p.add_argument("--skip", default="", help="comma-separated implementations to leave out, e.g. pytorch-compile")
     p.add_argument("--out", help="JSON path (default benchmarks/results/<machine>.json; '-' for none)")
     args = p.parse_args(argv)
 
@@ -380,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtypes, batches, bns, epochs = ("float32", "float64"), (100, 1000), (0, 1), args.epochs
     if args.quick:
         dtypes, bns, epochs = ("float32",), (1,), min(args.epochs, 3)
-    rows = make_rows(dtypes, batches, bns, data)
+    rows = make_rows(dtypes, batches, bns, data, frozenset(args.skip.split(",")))
     print(
         f"{len(rows)} rows × {epochs} timed epochs (+1 warm-up) on {len(train_x)} images; {info['cpu']}, "
         f"GPU: {info['gpu']}",

@@ -1,7 +1,9 @@
-"""The reference a PyTorch user would write: eager nn.Sequential, autograd, SGD with momentum.
+"""The reference a PyTorch user would write: nn.Sequential, autograd, SGD with momentum.
 
-Same network, loss and batches as xpmlp. torch.optim.SGD's momentum form
-(v ← μv + g; p ← p − ηv) is xpmlp's update up to the scaling of v.
+Eager, or with ``compiled=True`` as the torch.compile tutorial does it: the model
+compiled (forward, and the backward through AOTAutograd) and the optimizer step
+compiled on its own. Same network, loss and batches as xpmlp. torch.optim.SGD's
+momentum form (v ← μv + g; p ← p − ηv) is xpmlp's update up to the scaling of v.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import torch
 
 
 class TorchMLP:
-    def __init__(self, weights, biases, num_bn, lr, momentum, dtype, device):
+    def __init__(self, weights, biases, num_bn, lr, momentum, dtype, device, compiled=False):
+        self.torch_dtype = getattr(torch, dtype)
         layers = []
         for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-            linear = torch.nn.Linear(*w.shape)
+            linear = torch.nn.Linear(*w.shape, dtype=self.torch_dtype)  # float32 here would round the weights
             with torch.no_grad():
                 linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
                 linear.bias.copy_(torch.from_numpy(b.ravel()))
@@ -23,11 +26,13 @@ class TorchMLP:
                 layers.append(torch.nn.BatchNorm1d(w.shape[1], eps=1e-8, momentum=0.1))
             if i < len(weights) - 1:
                 layers.append(torch.nn.Sigmoid())
-        self.torch_dtype = getattr(torch, dtype)
         self.device = torch.device(device)
         self.model = torch.nn.Sequential(*layers).to(self.device, self.torch_dtype)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
         self.loss = torch.nn.CrossEntropyLoss(reduction="sum")
+        self.forward, self.optimizer_step = self.model, self.optimizer.step
+        if compiled:
+            self.forward, self.optimizer_step = torch.compile(self.model), torch.compile(self.optimizer.step)
 
     def to_device(self, array):
         return torch.from_numpy(array).to(self.device)
@@ -39,11 +44,11 @@ class TorchMLP:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             xb, yb = x[idx], labels[idx]
-            out = self.model(xb)
+            out = self.forward(xb)
             loss = self.loss(out, yb)
             self.optimizer.zero_grad(set_to_none=True)
             (loss / len(idx)).backward()
-            self.optimizer.step()
+            self.optimizer_step()
             loss_sum += loss.detach()
             errors += (out.detach().argmax(dim=1) != yb).sum()
         return loss_sum, errors

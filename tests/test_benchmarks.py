@@ -72,10 +72,33 @@ def test_jax_reference_equals_the_library(scan):
         np.testing.assert_allclose(np.asarray(mine), theirs, rtol=1e-9, atol=1e-12)
 
 
+def test_torch_reference_equals_the_library():
+    """The PyTorch eager row (autograd, torch.optim.SGD) does the same work as the hand-written loop."""
+    pytest.importorskip("torch")
+
+    x, y = synthetic(300)
+    x = x.reshape(300, -1) / 255.0
+    weights, biases = epoch_time.hw1_weights()
+    hand = HandwrittenMLP(weights, biases, 1, epoch_time.LR, epoch_time.MOMENTUM, "float64")
+    row = epoch_time.TorchRow("cpu", "float64", 64, 1, (x, y))
+    for epoch in range(2):
+        order = np.random.default_rng(epoch).permutation(300)
+        _, loss = row.epoch(order)
+        hand_loss, _ = hand.epoch(x, y, np.eye(10)[y], order, 64)
+        assert loss * 300 == pytest.approx(hand_loss, rel=1e-10)
+    linears = [m for m in row.model.model if hasattr(m, "weight") and m.weight.ndim == 2]
+    bn = next(m for m in row.model.model if m.weight.ndim == 1)
+    torch_params = [*(m.weight.detach().numpy().T for m in linears), *(m.bias.detach().numpy() for m in linears)]
+    torch_params += [bn.weight.detach().numpy(), bn.bias.detach().numpy()]
+    for mine, theirs in zip(torch_params, hand.params, strict=True):
+        np.testing.assert_allclose(mine, np.reshape(theirs, mine.shape), rtol=1e-9, atol=1e-12)
+
+
 def test_harness_smoke_run_writes_the_json(tmp_path, capsys):
     write_idx(tmp_path / "data", n_train=10_240, n_test=10)  # 240 training images after the validation split
     out = tmp_path / "result.json"
-    report = epoch_time.main(["--data", str(tmp_path / "data"), "--quick", "--epochs", "1", "--out", str(out)])
+    argv = ["--data", str(tmp_path / "data"), "--quick", "--epochs", "1", "--out", str(out)]
+    report = epoch_time.main([*argv, "--skip", "pytorch-compile"])  # no torch.compile compile time in a smoke run
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     machine = report["machine"]
     assert machine["cpu"] and "gpu" in machine and machine["date"] and machine["versions"]["numpy"]
