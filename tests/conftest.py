@@ -1,7 +1,7 @@
 """Shared fixtures: one ``backend`` fixture parametrizes every backend.
 
-NumPy and array-api-strict always run; JAX runs where it is installed (CI
-installs it); CuPy runs where a CUDA device exists. The others are skipped with
+NumPy and array-api-strict always run; JAX and PyTorch (on the CPU) run where
+they are installed (CI installs both); CuPy runs where a CUDA device exists. The others are skipped with
 the reason. NumPy float64 is the reference.
 """
 
@@ -17,7 +17,7 @@ from xpmlp.backend import Backend, BackendUnavailableError, get_backend
 ALWAYS = ("numpy", "array_api_strict")
 
 
-@pytest.fixture(params=[*ALWAYS, "jax", "cupy"])
+@pytest.fixture(params=[*ALWAYS, "jax", "torch", "cupy"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     try:
         return get_backend(request.param)

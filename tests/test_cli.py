@@ -178,7 +178,13 @@ def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
     argv = [sys.executable, "-m", "xpmlp.train", "--data", str(data), "--out", str(tmp_path), "--epochs", "100000",
             *FAST]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+
+    def default_sigint() -> None:  # a background shell starts its jobs with SIGINT ignored; a terminal does not
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
+    ) as proc:
         for line in proc.stdout:
             if line.startswith("epoch"):
                 break

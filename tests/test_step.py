@@ -34,18 +34,33 @@ def test_stateless_step_equals_the_hw1_step_and_leaves_the_model_alone(backend):
     reference = hw1_like()
     model = hw1_like(backend)
     before = host_state(model)
+    gradients = [g for _, g in model.parameters()]
     state = model.state_dict()
     for lr in (0.05, 0.02, 0.1):  # the rate is an argument: a compiled step takes a new one without retracing
         reference.lr = lr
         out = reference.forward(x)
         loss = reference.backward(y)
         reference.step()
-        state, got_loss, got_out = model.stateless_step(state, backend.asarray(x), backend.asarray(y), lr, 0.9)
+        batch = backend.asarray(x, "float64"), backend.asarray(y, "float64")
+        state, got_loss, got_out = model.stateless_step(state, *batch, lr, 0.9)
         assert rel_err(backend.to_host(got_loss), loss) <= TOL["float64"]
         assert rel_err(backend.to_host(got_out), out) <= TOL["float64"]
     assert_states_close(host_state(model, state), host_state(reference), TOL["float64"])
     assert_states_close(host_state(model), before, 0.0)  # untouched, momentum buffers and running statistics too
     assert model.lr == 0.05 and model.train_mode and model.output is None
+    assert all(g is before_g for (_, g), before_g in zip(model.parameters(), gradients, strict=True))  # dW[i] too
+
+
+def test_a_compiled_fit_leaves_no_traced_value_in_the_model(backend, tmp_path):
+    """Every attribute holds a concrete array afterwards: the model pickles and predicts as before."""
+    import pickle
+
+    train, val, _ = dataset()
+    model = hw1_like(backend)
+    fit(model, train, val, epochs=1, batch_size=40, seed=0, progress=False)
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.backend is model.backend
+    np.testing.assert_array_equal(xpmlp.predict(copy, val[0]), xpmlp.predict(model, val[0]))
 
 
 @pytest.mark.parametrize("batch_size", [16, 40, 200])  # 120 examples: a partial last batch, none, only one

@@ -1,7 +1,8 @@
 """xpmlp: an exact, readable MLP written once against the Python array API.
 
-The same layer code runs on NumPy (CPU), CuPy (NVIDIA GPU) and array-api-strict;
-pick one with ``backend=`` or ``$XPMLP_BACKEND``.
+The same layer code runs on NumPy (CPU), CuPy (NVIDIA GPU), JAX, PyTorch (CPU or
+CUDA) and array-api-strict; pick one with ``backend=`` or ``$XPMLP_BACKEND``, and
+its device with ``device=`` or ``$XPMLP_DEVICE``.
 """
 
 from .activations import Activation, Identity, ReLU, Sigmoid, Tanh

@@ -12,9 +12,16 @@ Backends, chosen by name (argument, else ``$XPMLP_BACKEND``, else ``numpy``):
 ``cupy``                  CuPy >= 14 on an NVIDIA GPU (through array-api-compat).
 ``jax``                   jax.numpy on JAX's default device; 64-bit floats are
                           switched on (``jax_enable_x64``) so float64 means it.
+``torch``                 PyTorch tensors (through array-api-compat) on ``cpu``,
+                          ``cuda`` or ``cuda:N``; autograd is never used.
 ``array_api_strict``      The standard's reference namespace: proves that no
                           NumPy-only behaviour leaked into the layers.
 ========================  =====================================================
+
+A device is named the same way on every backend (argument ``device=``, else
+``$XPMLP_DEVICE``, else the backend's default): ``cpu``, ``cuda`` (the current
+GPU) or ``cuda:N``. A device the backend cannot reach here is a ValueError that
+names the devices it can; there is no fallback.
 
 ``host`` is NumPy itself: initial weights, shuffles and returned statistics live
 on the host, then move to the backend's device with :meth:`Backend.asarray`.
@@ -51,14 +58,16 @@ __all__ = [
 host = numpy
 
 #: Valid values of ``backend=`` and ``$XPMLP_BACKEND``.
-BACKENDS = ("numpy", "cupy", "jax", "array_api_strict")
+BACKENDS = ("numpy", "cupy", "jax", "torch", "array_api_strict")
 
 ENV_VAR = "XPMLP_BACKEND"
+DEVICE_ENV_VAR = "XPMLP_DEVICE"
 
 _INSTALL = {
     "numpy": "pip install xpmlp",
     "cupy": "pip install 'xpmlp[cuda12]'  (or 'xpmlp[cuda13]' for CUDA 13 drivers)",
     "jax": "pip install 'xpmlp[jax]'",
+    "torch": "pip install 'xpmlp[torch]'  (CPU build: pip install torch==2.13.0)",
     "array_api_strict": "pip install array-api-strict",
 }
 
@@ -116,9 +125,8 @@ def _lean_numpy() -> ModuleType:
 
 
 def _import(name: str) -> ModuleType:
-    module = {"numpy": "numpy", "cupy": "cupy", "jax": "jax", "array_api_strict": "array_api_strict"}[name]
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(name)
     except ImportError as exc:
         raise BackendUnavailableError(
             f"backend {name!r} is not installed ({exc}). Install it with: "
@@ -133,9 +141,12 @@ class Backend:
     ----------
     name
         One of :data:`BACKENDS`.
+    device
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``None`` is the backend's default
+        (the CPU, or the current GPU for CuPy). :attr:`device` holds the resolved name.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, device: str | None = None) -> None:
         if name not in BACKENDS:
             raise ValueError(
                 f"unknown backend {name!r}; valid backends: {_choices()} "
@@ -154,24 +165,76 @@ class Backend:
             # Without x64 JAX silently stores float64 as float32. Process-wide, as JAX's flag is.
             module.config.update("jax_enable_x64", True)
             self.xp = module.numpy  # an array-API namespace since JAX 0.4.32
+        elif name == "torch":
+            self.xp = array_api_compat.array_namespace(module.empty(0))
         else:
             self.xp = module
         self._module = module
+        #: The devices this backend can use here, by their portable names.
+        self.devices = self._devices()
+        self.device = self._resolve(device)
+        # torch needs its device named on every creation; the others create on their one device
+        self._device = module.device(self.device) if name == "torch" else None
         self.array_type = type(self.xp.asarray(0.0))
         _NAMESPACES[self.array_type] = self.xp
 
+    def _devices(self) -> tuple[str, ...]:
+        if self.name == "cupy":  # arrays are created on the current device; one device per process
+            return (f"cuda:{self._module.cuda.Device().id}",)
+        if self.name == "torch":
+            cuda = self._module.cuda
+            return ("cpu", *(f"cuda:{i}" for i in range(cuda.device_count() if cuda.is_available() else 0)))
+        if self.name == "jax":
+            default = self._module.devices()[0]
+            return ("cpu",) if default.platform == "cpu" else (f"cuda:{default.id}",)
+        return ("cpu",)
+
+    def _resolve(self, device: str | None) -> str:
+        """The device's canonical name (``cuda`` means the current GPU: ``cuda:0`` unless set otherwise)."""
+        source = "device"
+        if device is None:
+            device, source = os.environ.get(DEVICE_ENV_VAR, "").strip() or None, f"${DEVICE_ENV_VAR}"
+        if device is None:
+            return self.devices[0]  # the CPU, or CuPy's current GPU
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a name such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+        name = device.strip().lower()
+        if name == "cuda":  # the current GPU
+            gpus = [d for d in self.devices if d.startswith("cuda:")]
+            if self.name == "torch" and gpus:
+                name = f"cuda:{self._module.cuda.current_device()}"
+            elif gpus:
+                name = gpus[0]
+        if name not in self.devices:
+            cpu_only_torch = self.name == "torch" and self._module.version.cuda is None
+            why = " (this torch is a CPU-only build)" if cpu_only_torch else ""
+            raise ValueError(
+                f"{source}={device!r} is not available to backend {self.name!r}; it has: {', '.join(self.devices)}{why}"
+            )
+        return name
+
     def __repr__(self) -> str:
-        return f"Backend({self.name!r})"
+        return f"Backend({self.name!r}, device={self.device!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Backend) and other.name == self.name
+        return isinstance(other, Backend) and (other.name, other.device) == (self.name, self.device)
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return hash((self.name, self.device))
+
+    def __reduce__(self) -> tuple[Callable[..., Backend], tuple[str, str]]:
+        """Pickled by name and device (a model pickles with its backend; modules do not pickle)."""
+        return get_backend, (self.name, self.device)
 
     def dtype(self, name: str) -> Any:
         """The namespace's floating dtype called ``name`` (``float32``/``float64``)."""
         return getattr(self.xp, name)
+
+    def zeros(self, shape: tuple[int, ...], dtype: str) -> Array:
+        """An array of zeros on this backend's device."""
+        if self._device is None:
+            return self.xp.zeros(shape, dtype=self.dtype(dtype))
+        return self.xp.zeros(shape, dtype=self.dtype(dtype), device=self._device)
 
     def asarray(self, x: Any, dtype: str | None = None, *, copy: bool | None = None) -> Array:
         """``x`` (host NumPy, nested lists or this backend's array) on this backend.
@@ -180,6 +243,8 @@ class Backend:
         Raises TypeError for arrays of another device-backed library.
         """
         target = None if dtype is None else self.dtype(dtype)
+        if self.name == "torch" and isinstance(x, self.array_type):
+            x = x.detach()  # xpmlp computes its own gradients; autograd stays off
         if not isinstance(x, self.array_type):
             try:
                 x = host.asarray(x)
@@ -192,6 +257,8 @@ class Backend:
                 raise TypeError(f"expected real numeric data, got an array of dtype {x.dtype}")
             if self.name == "cupy":
                 return self._module.asarray(x, dtype=target)  # a host -> device copy
+        if self._device is not None:
+            return self.xp.asarray(x, dtype=target, copy=copy, device=self._device)
         return self.xp.asarray(x, dtype=target, copy=copy)
 
     def to_host(self, x: Array) -> numpy.ndarray:
@@ -200,12 +267,16 @@ class Backend:
             return x.get()
         if self.name == "array_api_strict":
             return host.from_dlpack(x)
+        if self.name == "torch":
+            return x.detach().cpu().numpy()
         return host.asarray(x)
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
         if self.name == "cupy":
             self._module.cuda.get_current_stream().synchronize()
+        elif self.name == "torch" and self.device != "cpu":
+            self._module.cuda.synchronize(self._device)
 
     @property
     def compiles(self) -> bool:
@@ -236,6 +307,7 @@ class Backend:
         """``(fn(), seconds)``, the seconds measured on the device's clock once its work is done.
 
         CuPy: CUDA events recorded around ``fn`` on the current stream, then synchronised.
+        Torch on CUDA: the host clock around ``fn`` and a synchronisation.
         """
         if self.name == "cupy":
             cuda = self._module.cuda
@@ -245,8 +317,10 @@ class Backend:
             stop.record()
             stop.synchronize()
             return result, cuda.get_elapsed_time(start, stop) / 1e3
+        self.synchronize()
         started = time.perf_counter()
         result = fn()
+        self.synchronize()
         return result, time.perf_counter() - started
 
     @cached_property
@@ -255,6 +329,8 @@ class Backend:
         if self.name == "cupy":
             props = self._module.cuda.runtime.getDeviceProperties(self._module.cuda.Device().id)
             return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        if self.name == "torch" and self.device != "cpu":
+            return self._module.cuda.get_device_name(self._device)
         return cpu_name()
 
 
@@ -271,27 +347,33 @@ def _require_cuda_device(cupy: ModuleType) -> None:
 
 
 _NUMPY = _numpy_namespace()
-_BACKENDS: dict[str, Backend] = {}
+_BACKENDS: dict[tuple[str, str], Backend] = {}
 _NAMESPACES: dict[type, ModuleType] = {numpy.ndarray: _NUMPY}
 
 
-def get_backend(backend: str | Backend | None = None) -> Backend:
-    """The backend named by ``backend``, else ``$XPMLP_BACKEND``, else NumPy.
+def get_backend(backend: str | Backend | None = None, device: str | None = None) -> Backend:
+    """The backend named by ``backend``, else ``$XPMLP_BACKEND``, else NumPy, on ``device``.
 
     Never falls back silently: an unknown name raises ValueError, a backend that
     cannot run here raises :class:`BackendUnavailableError`; both list the valid
-    names and the install command.
+    names and the install command. A device the backend lacks raises ValueError
+    naming those it has.
     """
     if isinstance(backend, Backend):
+        if device is not None and backend._resolve(device) != backend.device:
+            raise ValueError(f"device={device!r} contradicts the given {backend!r}")
         return backend
     if backend is None:
         backend = os.environ.get(ENV_VAR, "").strip() or "numpy"
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a name ({_choices()}), got {type(backend).__name__}")
     name = backend.strip().lower().replace("-", "_")
-    if name not in _BACKENDS:
-        _BACKENDS[name] = Backend(name)
-    return _BACKENDS[name]
+    key = (name, device if device is not None else f"${DEVICE_ENV_VAR}={os.environ.get(DEVICE_ENV_VAR, '')}")
+    if key not in _BACKENDS:
+        made = Backend(name, device)
+        # "cuda" and "cuda:0", or the default and "cpu", may be one device: one Backend object per device
+        _BACKENDS[key] = _BACKENDS.setdefault((name, made.device), made)
+    return _BACKENDS[key]
 
 
 def namespace_of(x: Array) -> ModuleType:

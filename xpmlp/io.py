@@ -115,8 +115,10 @@ def _read(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a readable .npz checkpoint ({exc})") from exc
 
 
-def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = None) -> tuple[MLP, dict | None]:
-    """The model saved at ``path`` (on ``backend``, default ``$XPMLP_BACKEND``/NumPy) and its training state.
+def load_checkpoint(
+    path: str | os.PathLike, backend: str | Backend | None = None, device: str | None = None
+) -> tuple[MLP, dict | None]:
+    """The model saved at ``path`` (on ``backend`` and ``device``, defaults as :class:`MLP`'s) and its training state.
 
     The state is the ``train_state`` given to :func:`save` (or None); a saved
     ``best_state`` comes back in it as ``state["best_state"]``, arrays on the model's backend.
@@ -157,6 +159,7 @@ def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = Non
             config["num_bn_layers"],
             backend=backend,
             dtype=config["dtype"],
+            device=device,
         )
         for i, (bn, alpha) in enumerate(zip(model.bn_layers, config["bn_alpha"], strict=True)):
             bn.alpha = as_float(f"bn_alpha[{i}]", alpha, minimum=0.0, maximum=1.0)
@@ -170,6 +173,6 @@ def load_checkpoint(path: str | os.PathLike, backend: str | Backend | None = Non
     return model, state
 
 
-def load(path: str | os.PathLike, backend: str | Backend | None = None) -> MLP:
-    """The model saved at ``path``, on ``backend`` (default ``$XPMLP_BACKEND`` or NumPy)."""
-    return load_checkpoint(path, backend)[0]
+def load(path: str | os.PathLike, backend: str | Backend | None = None, device: str | None = None) -> MLP:
+    """The model saved at ``path``, on ``backend`` and ``device`` (defaults as :class:`MLP`'s)."""
+    return load_checkpoint(path, backend, device)[0]

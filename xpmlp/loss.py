@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from .backend import Array, namespace_of
 
-__all__ = ["SoftmaxCrossEntropy"]
+__all__ = ["SoftmaxCrossEntropy", "log_softmax"]
+
+
+def log_softmax(x: Array) -> Array:
+    """log σ(x)ⱼ = xⱼ − m − log Σₖ e^(xₖ − m) over each row of x (N, C), m = maxⱼ xⱼ: finite for finite x."""
+    xp = namespace_of(x)
+    shifted = x - xp.max(x, axis=1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
 
 
 class SoftmaxCrossEntropy:
@@ -35,8 +42,7 @@ class SoftmaxCrossEntropy:
                 f"got logits {tuple(x.shape)} and labels {tuple(y.shape)}"
             )
         xp = namespace_of(x)
-        shifted = x - xp.max(x, axis=1, keepdims=True)
-        log_sm = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+        log_sm = log_softmax(x)
         self.logits, self.labels = x, y
         self.sm = xp.exp(log_sm)
         self.loss = -xp.sum(y * log_sm, axis=1)

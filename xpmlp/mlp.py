@@ -75,8 +75,10 @@ class MLP:
     num_bn_layers
         How many layers, from the input side, apply BatchNorm (at most ``len(hiddens)``).
     backend
-        ``"numpy"``, ``"cupy"``, ``"array_api_strict"`` or a :class:`~xpmlp.backend.Backend`;
-        default ``$XPMLP_BACKEND`` or NumPy.
+        ``"numpy"``, ``"cupy"``, ``"jax"``, ``"torch"``, ``"array_api_strict"`` or a
+        :class:`~xpmlp.backend.Backend`; default ``$XPMLP_BACKEND`` or NumPy.
+    device
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; default ``$XPMLP_DEVICE`` or the backend's own.
     dtype
         ``"float32"`` or ``"float64"``; ``None`` keeps the init functions' dtype.
     """
@@ -96,6 +98,7 @@ class MLP:
         *,
         backend: str | Backend | None = None,
         dtype: str | None = None,
+        device: str | None = None,
     ) -> None:
         if isinstance(hiddens, (str, bytes)) or not isinstance(hiddens, Iterable):
             raise TypeError(f"hiddens must be a list of ints, got {hiddens!r}")
@@ -108,7 +111,7 @@ class MLP:
         num_bn_layers = as_int("num_bn_layers", num_bn_layers, minimum=0, maximum=len(hiddens))
         lr = as_float("lr", lr, minimum=0.0)
         momentum = as_float("momentum", momentum, minimum=0.0, below=1.0)
-        self.backend = get_backend(backend)
+        self.backend = get_backend(backend, device)
 
         weights = [host.asarray(weight_init_fn(i, o)) for i, o in pairwise(sizes)]
         biases = [host.asarray(bias_init_fn(o)) for o in sizes[1:]]
@@ -148,7 +151,7 @@ class MLP:
         acts = ", ".join(repr(a) for a in self.activations)
         return (
             f"MLP({sizes}, [{acts}], bn={self.num_bn_layers}, lr={self.lr}, momentum={self.momentum}, "
-            f"backend={self.backend.name!r}, dtype={self.dtype!r})"
+            f"backend={self.backend.name!r}, device={self.backend.device!r}, dtype={self.dtype!r})"
         )
 
     def parameters(self) -> list[tuple[Array, Array]]:
@@ -204,13 +207,15 @@ class MLP:
         """One training step as a pure function: ``(new state, per-example loss (N,), output (N, C))``.
 
         ``state`` is a :meth:`state_dict`; ``x``, ``y`` a batch of this backend's arrays
-        (one-hot ``y``); ``lr``, ``momentum`` numbers or 0-d arrays. It runs the very code of
+        in the model's dtype (one-hot ``y``; torch does not promote float32 @ float64);
+        ``lr``, ``momentum`` numbers or 0-d arrays. It runs the very code of
         :meth:`forward`, :meth:`backward` and :meth:`step` (in training mode) on
         ``state`` and leaves the model as it was, so a compiler (``jax.jit``) can
         trace it: nothing is read back to the host and no array is mutated.
         """
         objects = [self, *self.activations, *self.bn_layers, self.criterion]
-        saved = [dict(vars(obj)) for obj in objects]
+        # lists too (dW[i] = ... replaces an element): a traced value must not stay behind
+        saved = [{k: list(v) if isinstance(v, list) else v for k, v in vars(obj).items()} for obj in objects]
         try:
             self.assign_state(state)
             self.lr, self.momentum, self.train_mode = lr, momentum, True

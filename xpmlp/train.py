@@ -32,13 +32,13 @@ from .training import History, confusion_matrix, evaluate, fit
 ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "identity": Identity}
 INITS = {"normal": random_normal_weight_init, "he": he_normal_weight_init}
 DEFAULTS = {
-    "epochs": 15,
+    "epochs": 10,
     "batch_size": 100,
-    "hiddens": "512,256",
+    "hiddens": "256,128",
     "activation": "relu",
     "bn_layers": 2,
-    "lr": 0.05,
-    "lr_decay": 0.8,
+    "lr": 0.2,
+    "lr_decay": 0.6,
     "momentum": 0.9,
     "init": "he",
     "dtype": "float32",
@@ -121,7 +121,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--bn-layers", type=COUNT, help=f"layers with BatchNorm, from the input (default {DEFAULTS['bn_layers']})"
     )
     p.add_argument("--lr", type=RATE, help=f"learning rate (default {DEFAULTS['lr']})")
-    p.add_argument("--lr-decay", type=DECAY, help="learning rate of epoch k (0-based): lr·decay^k (default 0.8)")
+    p.add_argument(
+        "--lr-decay",
+        type=DECAY,
+        help=f"learning rate of epoch k (0-based): lr·decay^k (default {DEFAULTS['lr_decay']})",
+    )
     p.add_argument("--momentum", type=MOMENTUM, help=f"momentum (default {DEFAULTS['momentum']})")
     p.add_argument("--init", choices=INITS, help="weight init: N(0,1) as in HW1, or He N(0, 2/fan_in) (default he)")
     p.add_argument("--dtype", choices=("float32", "float64"), help=f"(default {DEFAULTS['dtype']})")
@@ -130,7 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", help="MNIST folder (default $XPMLP_DATA, else ~/.cache/xpmlp/mnist, downloaded if absent)")
     p.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
     p.add_argument("--resume", action="store_true", help=f"continue the run whose {CHECKPOINT} is in --out")
-    p.add_argument("--backend", help="numpy | cupy | jax | array_api_strict (default $XPMLP_BACKEND, else numpy)")
+    p.add_argument(
+        "--backend", help="numpy | cupy | jax | torch | array_api_strict (default $XPMLP_BACKEND, else numpy)"
+    )
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default $XPMLP_DEVICE, else the backend's own)")
     p.add_argument(
         "--no-compile", action="store_true", help="train with the eager HW1 loop instead of the compiled epoch"
     )
@@ -155,9 +162,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"has {len(args.hiddens)}: pass --bn-layers {len(args.hiddens)} (or fewer), or more --hiddens"
         )
     try:
-        args.backend = get_backend(args.backend).name
+        backend = get_backend(args.backend, args.device)
     except (ValueError, TypeError, BackendUnavailableError) as exc:
         p.error(str(exc))
+    args.backend, args.device = backend.name, backend.device
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         p.error(f"--out {out} is a file, not a folder; name a folder (it is created if absent)")
@@ -180,6 +188,7 @@ def build(args: argparse.Namespace) -> MLP:
         args.bn_layers,
         backend=args.backend,
         dtype=args.dtype,
+        device=args.device,
     )
 
 
@@ -281,7 +290,7 @@ def resume(args: argparse.Namespace, out: Path) -> tuple[MLP, History]:
             f"--resume: there is no checkpoint {checkpoint}; start without --resume or point --out at the run"
         )
     try:
-        mlp, state = load_checkpoint(checkpoint, backend=args.backend)
+        mlp, state = load_checkpoint(checkpoint, backend=args.backend, device=args.device)
         saved = state["args"]
         history = History(**state["history"])
         settings = {key: saved[key] for key in RESUMED}
@@ -335,7 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots", "given", "no_compile")}
-    print(f"{mlp}\non {backend.name} ({backend.device_name}); {len(train[0])} training images")
+    print(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train[0])} training images")
     saved = {"epoch": history.epochs if args.resume else None}
 
     def checkpoint(h: History) -> None:

@@ -130,7 +130,7 @@ def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick
     """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
     xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
     mlp.train()
-    loss_sum = errors = xp.zeros((), dtype=dtype)
+    loss_sum = errors = mlp.backend.zeros((), mlp.dtype)
     for start in range(0, data.n, batch_size):
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
         labels = xp.take(data.labels, idx, axis=0)
@@ -207,7 +207,7 @@ class CompiledEpoch:
 
     def _inputs(self, order: Any) -> tuple[tuple, EpochData]:
         mlp = self.mlp
-        zero = mlp.backend.xp.zeros((), dtype=mlp.backend.dtype(mlp.dtype))
+        zero = mlp.backend.zeros((), mlp.dtype)
         return (mlp.state_dict(), zero, zero), epoch_data(mlp, self.data, order, self.batch_size)
 
     def compile(self, order: Any) -> float:
@@ -231,7 +231,7 @@ def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
     was_training = mlp.train_mode
     mlp.eval()
-    loss_sum = errors = xp.zeros((), dtype=dtype)
+    loss_sum = errors = mlp.backend.zeros((), mlp.dtype)
     for start in range(0, data.n, EVAL_CHUNK):
         stop = min(start + EVAL_CHUNK, data.n)
         out = mlp.forward(data.x[start:stop, ...])
@@ -263,7 +263,7 @@ def predict(mlp: MLP, x: Any) -> Any:
     was_training = mlp.train_mode
     mlp.eval()
     parts = [
-        backend.xp.argmax(mlp.forward(x[start : start + EVAL_CHUNK, ...]), axis=1)
+        backend.xp.argmax(mlp.forward(x[start : min(start + EVAL_CHUNK, x.shape[0]), ...]), axis=1)
         for start in range(0, x.shape[0], EVAL_CHUNK)
     ]
     if was_training:
