@@ -19,7 +19,7 @@ from typing import Any
 
 from .backend import host
 
-__all__ = ["DEFAULT_CACHE", "IDX_FILES", "MIRRORS", "download_mnist", "load_mnist", "read_idx"]
+__all__ = ["DEFAULT_CACHE", "IDX_FILES", "MIRRORS", "download_mnist", "load_mnist", "mnist_location", "read_idx"]
 
 #: The original files and the sha256 of each (gzipped) file.
 IDX_FILES = {
@@ -210,6 +210,18 @@ def _download(directory: Path, mirrors: Sequence[str], timeout: float) -> None:
             raise OSError(f"could not download {name} into {directory}: " + "; ".join(failures))
 
 
+def mnist_location(path: str | os.PathLike | None = None) -> tuple[Path, str | None]:
+    """The folder :func:`load_mnist` reads and the format complete there: ``"idx"``, ``"npy"``, ``"csv"`` or None."""
+    directory = Path(path or os.environ.get("XPMLP_DATA") or DEFAULT_CACHE).expanduser()
+    if all(_idx_name(directory, name) for name in IDX_FILES):
+        return directory, "idx"
+    if all((directory / f"{name}.npy").is_file() for name in NPY_FILES):
+        return directory, "npy"
+    if all((directory / name).is_file() for name in CSV_FILES):
+        return directory, "csv"
+    return directory, None
+
+
 def load_mnist(
     path: str | os.PathLike | None = None,
     *,
@@ -227,12 +239,12 @@ def load_mnist(
     verified. ``verify`` checks the sha256 of local original .gz files too. The
     last ``validation_size`` training images (IDX, CSV) form the validation set.
     """
-    directory = Path(path or os.environ.get("XPMLP_DATA") or DEFAULT_CACHE).expanduser()
-    if all(_idx_name(directory, name) for name in IDX_FILES):
+    directory, found = mnist_location(path)
+    if found == "idx":
         return _load_idx(directory, validation_size, verify)
-    if all((directory / f"{name}.npy").is_file() for name in NPY_FILES):
+    if found == "npy":
         return _load_npy(directory)
-    if all((directory / name).is_file() for name in CSV_FILES):
+    if found == "csv":
         return _load_csv(directory, validation_size)
     how = (
         f"Put the four files {', '.join(IDX_FILES)} (from any MNIST mirror), or the homework's "

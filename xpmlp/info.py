@@ -1,0 +1,113 @@
+"""``python -m xpmlp info``: what to paste into a bug report (versions, backends, devices, data).
+
+Fast (nothing trains) and always exit status 0: a missing GPU or library is a line
+of the report, not an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from . import __version__
+from .backend import BACKENDS, BackendUnavailableError, cpu_name, get_backend, host
+from .data import mnist_location
+
+#: Distributions whose versions the report lists (those installed).
+PACKAGES = ("numpy", "array-api-compat", "array-api-strict", "cupy-cuda12x", "cupy-cuda13x", "jax", "jaxlib",
+            "torch", "scikit-learn", "matplotlib", "tqdm")  # fmt: skip
+
+
+def versions() -> dict[str, str]:
+    """xpmlp, Python and each installed package of :data:`PACKAGES`."""
+    found = {"xpmlp": __version__, "python": f"{platform.python_version()} ({sys.executable})"}
+    for name in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
+
+
+def backends() -> dict[str, str]:
+    """Each backend: its devices here, or why it cannot run and its install line."""
+    report = {}
+    for name in BACKENDS:
+        try:
+            backend = get_backend(name)
+        except (BackendUnavailableError, ValueError) as exc:  # ValueError: $XPMLP_DEVICE names a missing device
+            report[name] = f"cannot run: {exc}"
+        else:
+            report[name] = f"available; devices: {', '.join(backend.devices)}"
+    return report
+
+
+def blas() -> list[str]:
+    """The BLAS libraries NumPy calls and their thread counts (threadpoolctl where installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        config = host.show_config(mode="dicts") or {}
+        lib = config.get("Build Dependencies", {}).get("blas", {})
+        return [f"{lib.get('name', 'unknown')} {lib.get('version', '')} (pip install threadpoolctl for threads)"]
+    return [
+        f"{pool.get('internal_api')} {pool.get('version') or ''} ({pool.get('threading_layer', 'threads')}): "
+        f"{pool['num_threads']} threads, {pool.get('filepath')}"
+        for pool in threadpool_info()
+        if pool.get("user_api") == "blas"
+    ]
+
+
+def gpus() -> list[str]:
+    """Each NVIDIA GPU (name, memory, driver, the CUDA version the driver supports), from ``nvidia-smi``."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return ["none found (no nvidia-smi on PATH)"]
+    try:
+        query = [smi, "--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"]
+        rows = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout
+        header = subprocess.run([smi], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [f"none usable (nvidia-smi failed: {exc})"]
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", header)
+    suffix = f", CUDA {cuda.group(1)}" if cuda else ""
+    lines = []
+    for row in filter(None, (r.strip() for r in rows.splitlines())):
+        index, name, memory, driver = (part.strip() for part in row.split(",", 3))
+        lines.append(f"cuda:{index} {name}, {memory}, driver {driver}{suffix}")
+    return lines or ["none found (nvidia-smi lists no GPU)"]
+
+
+def report() -> dict[str, Any]:
+    directory, found = mnist_location()
+    data = f"{directory} ({found} files)" if found else f"{directory} (no MNIST files there; train.py would download)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "versions": versions(),
+        "platform": platform.platform(),
+        "cpu": f"{cpu_name()}, {cores} cores usable ({os.cpu_count()} in the machine)",
+        "blas": blas(),
+        "gpus": gpus(),
+        "backends": backends(),
+        "environment": {k: os.environ[k] for k in ("XPMLP_BACKEND", "XPMLP_DEVICE", "XPMLP_DATA") if k in os.environ},
+        "mnist": data,
+    }
+
+
+def format_report(info: dict[str, Any]) -> str:
+    lines = []
+    for section, value in info.items():
+        if isinstance(value, dict):
+            lines.append(f"{section}:")
+            lines += [f"  {k:<17} {v}" for k, v in value.items()] or ["  (none set)"]
+        elif isinstance(value, list):
+            lines.append(f"{section}:")
+            lines += [f"  {v}" for v in value] or ["  (none found)"]
+        else:
+            lines.append(f"{section}: {value}")
+    return "\n".join(lines)
