@@ -12,8 +12,8 @@ the first layer. Every row starts
 from the same weights and sees the same batches, so the loss column shows they
 did the same work.
 
-Method: all rows advance one epoch per round, in interleaved order, so drift
-hits all alike; round 0 is a warm-up and is excluded; the epoch time is the
+Method: the rows of one configuration (dtype, batch, BN) advance one epoch per
+round, in interleaved order, so drift hits all alike; round 0 is a warm-up and is excluded; the epoch time is the
 median of the rest. Times include the epoch's one device->host read of its
 statistics; GPU times come from CUDA events after synchronisation.
 
@@ -204,26 +204,22 @@ def torch_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def make_rows(dtypes, batch_sizes, bns, data, skip: frozenset[str] = frozenset()) -> list[Any]:
-    """Every row for each (dtype, batch size, BN) key, less the implementations named in ``skip``."""
-    rows = []
-    for dtype in dtypes:
-        for batch_size in batch_sizes:
-            for bn in bns:
-                key = {"dtype": dtype, "batch_size": batch_size, "bn": bn}
-                rows += [(key, XpmlpRow(name, dtype, batch_size, bn, data)) for name in available_backends()]
-                if "cuda" in torch_devices():
-                    rows.append((key, XpmlpRow("torch", dtype, batch_size, bn, data, device="cuda")))
-                rows.append((key, XpmlpRow("numpy", dtype, batch_size, bn, data, hw1_loop=True)))
-                rows.append((key, HandwrittenRow(dtype, batch_size, bn, data)))
-                if "jax" in available_backends():
-                    rows += [(key, JaxRow(dtype, batch_size, bn, data, scan)) for scan in (False, True)]
-                rows += [
-                    (key, TorchRow(device, dtype, batch_size, bn, data, compiled))
-                    for device in torch_devices()
-                    for compiled in (False, True)
-                ]
-    return [(key, row) for key, row in rows if row.impl not in skip]
+def make_rows(key: dict, data: tuple, skip: frozenset[str] = frozenset()) -> list[Any]:
+    """Every row for one (dtype, batch size, BN) key, less the implementations named in ``skip``."""
+    dtype, batch_size, bn = key["dtype"], key["batch_size"], key["bn"]
+    rows = [XpmlpRow(name, dtype, batch_size, bn, data) for name in available_backends()]
+    if "cuda" in torch_devices():
+        rows.append(XpmlpRow("torch", dtype, batch_size, bn, data, device="cuda"))
+    rows.append(XpmlpRow("numpy", dtype, batch_size, bn, data, hw1_loop=True))
+    rows.append(HandwrittenRow(dtype, batch_size, bn, data))
+    if "jax" in available_backends():
+        rows += [JaxRow(dtype, batch_size, bn, data, scan) for scan in (False, True)]
+    rows += [
+        TorchRow(device, dtype, batch_size, bn, data, compiled)
+        for device in torch_devices()
+        for compiled in (False, True)
+    ]
+    return [(key, row) for row in rows if row.impl not in skip]
 
 
 def measure(rows, epochs: int, n: int) -> list[dict]:
@@ -383,8 +379,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, help="train on the first N images only (smoke tests)")
     p.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy run")
     p.add_argument("--skip", default="", help="comma-separated implementations to leave out, e.g. pytorch-compile")
-    p.add_argument("--out", help="JSON path (default benchmarks/results/<machine>.json; '-' for none)")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/<machine>.json; '-' for none); a PNG beside it")
+    p.add_argument("--chart", metavar="JSON", help="only redraw the PNG of a results JSON, beside it")
     args = p.parse_args(argv)
+    if args.chart:
+        chart(json.loads(Path(args.chart).read_text()), Path(args.chart).with_suffix(".png"))
+        return {}
 
     (train_x, train_y), _, _ = xpmlp.load_mnist(args.data, download=False)
     if args.samples:
@@ -394,17 +394,20 @@ def main(argv: list[str] | None = None) -> dict:
     dtypes, batches, bns, epochs = ("float32", "float64"), (100, 1000), (0, 1), args.epochs
     if args.quick:
         dtypes, bns, epochs = ("float32",), (1,), min(args.epochs, 3)
-    rows = make_rows(dtypes, batches, bns, data, frozenset(args.skip.split(",")))
+    keys = [{"dtype": d, "batch_size": b, "bn": bn} for d in dtypes for b in batches for bn in bns]
     print(
-        f"{len(rows)} rows × {epochs} timed epochs (+1 warm-up) on {len(train_x)} images; {info['cpu']}, "
-        f"GPU: {info['gpu']}",
+        f"{len(keys)} configurations × {epochs} timed epochs (+1 warm-up) on {len(train_x)} images; "
+        f"{info['cpu']}, GPU: {info['gpu']}",
         file=sys.stderr,
     )
-    results = measure(rows, epochs, len(train_x))
+    results = []
+    for key in keys:  # one configuration's rows at a time: all of them at once would not fit in memory
+        print(f"  {key}", file=sys.stderr, flush=True)
+        results += measure(make_rows(key, data, frozenset(args.skip.split(","))), epochs, len(train_x))
     add_ratios(results)
     report = {
         "machine": info,
-        "method": "median of timed epochs after 1 warm-up, rows interleaved per epoch",
+        "method": "median of timed epochs after 1 warm-up; a configuration's rows interleaved per epoch",
         "samples": len(train_x),
         "rows": results,
     }
@@ -422,7 +425,62 @@ def main(argv: list[str] | None = None) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {out}", file=sys.stderr)
+        if chart(report, out.with_suffix(".png")):
+            print(f"wrote {out.with_suffix('.png')}", file=sys.stderr)
     return report
+
+
+def chart(report: dict, path: Path) -> bool:
+    """A PNG of the epoch times: a panel per (dtype, batch, BN), a bar per row, log scale; False without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    rows = report["rows"]
+    keys = list(dict.fromkeys((r["dtype"], r["batch_size"], r["bn"]) for r in rows))
+    labels = list(dict.fromkeys(f"{r['impl']} ({r['backend']})" for r in rows))
+    cols, top = min(2, len(keys)), len(labels) - 1  # the first row on top
+    panels = -(-len(keys) // cols)
+    fig, axes = plt.subplots(
+        panels, cols, figsize=(6.5 * cols, 0.3 * len(labels) * panels + 1.5), squeeze=False, sharex=True, sharey=True
+    )
+    for ax, key in zip(axes.flat, keys, strict=False):
+        times = {
+            f"{r['impl']} ({r['backend']})": r["epoch_s"] for r in rows if (r["dtype"], r["batch_size"], r["bn"]) == key
+        }
+        for k, label in enumerate(labels):
+            if label in times:
+                color = "tab:blue" if label.startswith("xpmlp") else "tab:gray"
+                ax.barh(top - k, times[label], color=color)
+                ax.annotate(f"{times[label]:.3g} s", (times[label], top - k), xytext=(3, 0),
+                            textcoords="offset points", va="center", fontsize=7)  # fmt: skip
+        ax.set_title(f"{key[0]}, batch {key[1]}, {'BN' if key[2] else 'no BN'}", fontsize=9)
+        ax.set_yticks([top - k for k in range(len(labels))], labels, fontsize=8)
+    seconds = [r["epoch_s"] for r in rows]
+    for ax in axes[-1]:
+        ax.set_xscale("log")
+        ax.set_xlim(min(seconds) / 2, max(seconds) * 2)  # one scale for every panel: bars compare across panels
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("seconds per epoch (median), log scale")
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    info = report["machine"]
+    fig.suptitle(
+        f"MNIST epoch, HW1 network, {report['samples']} images: {info['cpu']} ({info['cores']} cores)"
+        + (f", {info['gpu']}" if info["gpu"] else "")
+        + f", {info['date'][:10]}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def test_harness_smoke_run_writes_the_json(tmp_path, capsys):
     argv = ["--data", str(tmp_path / "data"), "--quick", "--epochs", "1", "--out", str(out)]
     report = epoch_time.main([*argv, "--skip", "pytorch-compile"])  # no torch.compile compile time in a smoke run
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the chart, beside the JSON
     machine = report["machine"]
     assert machine["cpu"] and "gpu" in machine and machine["date"] and machine["versions"]["numpy"]
     rows = report["rows"]

@@ -17,6 +17,18 @@ from .training import History, confusion_matrix, evaluate, fit, get_training_sta
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``xpmlp.MLPClassifier``, imported on first use: only it needs scikit-learn."""
+    if name == "MLPClassifier":
+        try:
+            from .estimator import MLPClassifier
+        except ImportError as exc:
+            raise ImportError(f"xpmlp.MLPClassifier needs scikit-learn ({exc}): pip install 'xpmlp[sklearn]'") from exc
+        return MLPClassifier
+    raise AttributeError(f"module 'xpmlp' has no attribute {name!r}")
+
+
 __all__ = [
     "BACKENDS",
     "MLP",
