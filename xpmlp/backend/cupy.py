@@ -1,0 +1,61 @@
+"""CuPy on an NVIDIA GPU, through array-api-compat (CuPy's own namespace still differs from the standard)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy
+
+from ._base import Array, Backend, BackendUnavailableError, choices
+
+
+class CupyBackend(Backend):
+    """Eager for now; :meth:`compile` is where the CUDA-graph capture of an epoch belongs (issue 12)."""
+
+    name = library = "cupy"
+    install = "pip install 'xpmlp[cuda12]'  (or 'xpmlp[cuda13]' for CUDA 13 drivers)"
+
+    def _namespace(self) -> ModuleType:
+        try:
+            count = self._module.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # CUDARuntimeError without a driver; its type lives in cupy
+            raise BackendUnavailableError(
+                f"backend 'cupy' cannot run: no usable CUDA device ({exc}). "
+                f"Install a matching build with: {self.install}. Valid backends: {choices()}."
+            ) from exc
+        if count < 1:
+            raise BackendUnavailableError(
+                f"backend 'cupy' cannot run: no CUDA device found. Valid backends: {choices()}."
+            )
+        return array_api_compat.array_namespace(self._module.empty(0))
+
+    def _devices(self) -> tuple[str, ...]:
+        return (f"cuda:{self._module.cuda.Device().id}",)  # arrays are created on the current device
+
+    def _from_host(self, x: numpy.ndarray, dtype: Any, copy: bool | None) -> Array:
+        return self._module.asarray(x, dtype=dtype)  # a host -> device copy
+
+    def to_host(self, x: Array) -> numpy.ndarray:
+        return x.get()
+
+    def synchronize(self) -> None:
+        self._module.cuda.get_current_stream().synchronize()
+
+    def timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        """CUDA events recorded around ``fn`` on the current stream, then synchronised."""
+        cuda = self._module.cuda
+        start, stop = cuda.Event(), cuda.Event()
+        start.record()
+        result = fn()
+        stop.record()
+        stop.synchronize()
+        return result, cuda.get_elapsed_time(start, stop) / 1e3
+
+    @cached_property
+    def device_name(self) -> str:
+        props = self._module.cuda.runtime.getDeviceProperties(self._module.cuda.Device().id)
+        return props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])

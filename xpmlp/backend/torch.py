@@ -1,0 +1,55 @@
+"""PyTorch tensors on the CPU or a CUDA GPU, through array-api-compat; autograd is never used."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy
+
+from ._base import Array, Backend
+
+
+class TorchBackend(Backend):
+    name = library = "torch"
+    install = "pip install 'xpmlp[torch]'  (CPU build: pip install torch==2.13.0)"
+
+    def __init__(self, device: str | None = None) -> None:
+        super().__init__(device)
+        self._device = self._module.device(self.device)  # torch creates on the CPU unless told
+
+    def _namespace(self) -> ModuleType:
+        return array_api_compat.array_namespace(self._module.empty(0))
+
+    def _devices(self) -> tuple[str, ...]:
+        cuda = self._module.cuda
+        return ("cpu", *(f"cuda:{i}" for i in range(cuda.device_count() if cuda.is_available() else 0)))
+
+    def _current_gpu(self) -> str | None:
+        return f"cuda:{self._module.cuda.current_device()}" if len(self.devices) > 1 else None
+
+    def _missing_device_hint(self) -> str:
+        return " (this torch is a CPU-only build)" if self._module.version.cuda is None else ""
+
+    def zeros(self, shape: tuple[int, ...], dtype: str) -> Array:
+        return self.xp.zeros(shape, dtype=self.dtype(dtype), device=self._device)
+
+    def _from_own(self, x: Array, dtype: Any, copy: bool | None) -> Array:
+        # detached: xpmlp computes its own gradients, autograd stays off
+        return self.xp.asarray(x.detach(), dtype=dtype, copy=copy, device=self._device)
+
+    def _from_host(self, x: numpy.ndarray, dtype: Any, copy: bool | None) -> Array:
+        return self.xp.asarray(x, dtype=dtype, copy=copy, device=self._device)
+
+    def to_host(self, x: Array) -> numpy.ndarray:
+        return x.detach().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device != "cpu":
+            self._module.cuda.synchronize(self._device)
+
+    @cached_property
+    def device_name(self) -> str:
+        return super().device_name if self.device == "cpu" else self._module.cuda.get_device_name(self._device)
