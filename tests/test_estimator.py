@@ -24,11 +24,10 @@ from conftest import TOL, rel_err
 SMALL = {"hidden_layer_sizes": (16,), "max_iter": 3, "random_state": 0, "dtype": "float64"}
 
 # scikit-learn's checks on the reference backend, on array-api-strict (nothing NumPy-only
-# leaked into the estimator) and on torch where installed (JAX compiles an epoch per
-# fit: its agreement is tested below instead, at a fraction of the time).
+# leaked into the estimator), and on torch and JAX where installed (JAX compiles an epoch
+# per fit, about a minute in all; its checks found JAX tracers left in a fitted model).
 CHECKED = [MLPClassifier(), MLPClassifier(backend="array_api_strict")]
-if importlib.util.find_spec("torch"):
-    CHECKED.append(MLPClassifier(backend="torch"))
+CHECKED += [MLPClassifier(backend=name) for name in ("torch", "jax") if importlib.util.find_spec(name)]
 
 
 @parametrize_with_checks(CHECKED)
