@@ -159,3 +159,28 @@ def test_train_py_trains_on_torch_as_on_numpy(tmp_path, data):  # noqa: F811
     for key in ("train_loss", "val_loss"):
         assert rel_err(runs["torch"]["history"][key], runs["numpy"]["history"][key]) <= TOL["float64"]
     assert runs["torch"]["test_accuracy"] == runs["numpy"]["test_accuracy"]
+
+
+def test_fit_evaluate_predict_take_tensors_that_require_grad(device):
+    """A user's tensors straight from an autograd graph: detached for the host checks, never a traceback."""
+    model, _ = model_and_twin(device, "relu", 1)
+    rng = np.random.default_rng(3)
+    x = torch.asarray(rng.normal(size=(40, 12)), device=device).requires_grad_()
+    labels = torch.asarray(rng.integers(0, 5, size=40), device=device)
+    history = xpmlp.fit(model, (x, labels), (x, labels), epochs=2, batch_size=8, seed=0, progress=False)
+    reference, _ = model_and_twin(device, "relu", 1)
+    plain = xpmlp.fit(reference, (x.detach().cpu().numpy(), labels.cpu().numpy()), (x.detach().cpu().numpy(),
+                      labels.cpu().numpy()), epochs=2, batch_size=8, seed=0, progress=False)  # fmt: skip
+    assert history.train_loss == plain.train_loss and history.val_loss == plain.val_loss
+    np.testing.assert_array_equal(xpmlp.predict(model, x), xpmlp.predict(reference, x.detach().cpu().numpy()))
+    assert xpmlp.evaluate(model, x, labels) == xpmlp.evaluate(reference, x.detach().cpu().numpy(), labels.cpu())
+    assert x.grad is None  # nothing flowed back into the user's graph
+
+
+def test_a_numpy_model_refuses_a_tensor_that_requires_grad_with_a_type_error():
+    numpy_model = xpmlp.MLP(
+        3, 2, [], [xpmlp.Identity()], xpmlp.random_normal_weight_init, xpmlp.zeros_bias_init,
+        xpmlp.SoftmaxCrossEntropy(), 0.1, backend="numpy",
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="requires grad"):
+        numpy_model.forward(torch.ones(2, 3, requires_grad=True))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from .backend import Array, host
+from .backend import Array, as_host, host
 from .checks import as_int
 from .mlp import MLP
 
@@ -68,7 +68,7 @@ class History:
 
 def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
     """``labels`` as host integer class indices (n,) in [0, classes); ValueError naming ``name`` otherwise."""
-    labels = host.asarray(labels)
+    labels = as_host(labels)
     if labels.shape != (n,):
         raise ValueError(f"{name} labels must have shape ({n},), got {labels.shape}")
     if labels.dtype.kind not in "iu":
@@ -81,7 +81,7 @@ def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
 def check_inputs(x: Any, width: int, name: str) -> Any:
     """``x`` as a host array (N ≥ 1, width) of finite real numbers; ValueError/TypeError naming ``name``."""
     try:
-        x = host.asarray(x)
+        x = as_host(x)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} inputs must be a numeric array: {exc}") from exc
     if x.dtype.kind not in "biuf":

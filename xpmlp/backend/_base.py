@@ -140,7 +140,7 @@ class Backend:
             return self._from_own(x, target, copy)
         try:  # host data (NumPy's own arrays are host data too)
             x = host.asarray(x)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: a torch tensor that requires grad
             raise TypeError(f"expected a NumPy array or a {self.name} array, got {type(x).__name__}: {exc}") from exc
         if x.dtype.kind not in "biuf":
             raise TypeError(f"expected real numeric data, got an array of dtype {x.dtype}")
@@ -198,6 +198,19 @@ def namespace_of(x: Array) -> ModuleType:
         xp = array_api_compat.array_namespace(x)
         NAMESPACES[type(x)] = xp
         return xp
+
+
+def as_host(x: Any) -> numpy.ndarray:
+    """``x`` as a NumPy array whichever library holds it, for checks on the host.
+
+    A torch tensor is detached and copied off its device, a CuPy array copied to
+    the host; anything else goes through ``numpy.asarray``.
+    """
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    return host.asarray(x)
 
 
 def float_dtype_name(dtype: Any) -> str:
