@@ -13,7 +13,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -21,10 +20,12 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .activations import Identity, ReLU, Sigmoid, Tanh
+from .backend import host
+from .checks import as_int
 from .init import zeros_bias_init
 from .loss import SoftmaxCrossEntropy, log_softmax
 from .mlp import MLP
-from .training import History, fit
+from .training import History, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
 
@@ -127,55 +128,50 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> MLPClassifier:
         """Train a new network on ``X`` (n_samples, n_features) and labels ``y``."""
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
+        X, y = validate_data(self, X, y, dtype=(host.float64, host.float32))
         check_classification_targets(y)
-        self.classes_ = np.unique(y)
-        rng = check_random_state(self.random_state)
-        self.model_ = self._build(X.shape[1], X.dtype, rng)
-        self.history_ = History()
-        self._seed = int(rng.randint(2**31))
+        self._start(X, y)
         return self._train(X, y, self.max_iter, self.early_stopping)
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
         """One more epoch on ``X``, ``y``; the first call needs ``classes`` (every label there will be)."""
         first = not hasattr(self, "model_")
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32), reset=first)
+        X, y = validate_data(self, X, y, dtype=(host.float64, host.float32), reset=first)
         check_classification_targets(y)
         if first:
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
-            self.classes_ = np.unique(np.asarray(classes))
-            rng = check_random_state(self.random_state)
-            self.model_ = self._build(X.shape[1], X.dtype, rng)
-            self.history_ = History()
-            self._seed = int(rng.randint(2**31))
-        elif classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+            self._start(X, classes)
+        elif classes is not None and not host.array_equal(host.unique(host.asarray(classes)), self.classes_):
             raise ValueError(f"classes={classes!r} differs from the first call's classes {self.classes_!r}")
-        unseen = np.setdiff1d(y, self.classes_)
+        unseen = host.setdiff1d(y, self.classes_)
         if unseen.size:
             raise ValueError(f"y holds labels {unseen!r} that are not in classes {self.classes_!r}")
         return self._train(X, y, self.history_.epochs + 1, early_stopping=False)
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Any) -> Any:
         """Softmax probabilities (n_samples, n_classes), columns ordered as ``classes_``; eval mode."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
-        model = self.model_
-        backend, xp = model.backend, model.backend.xp
-        was_training = model.train_mode
-        model.eval()
-        logits = model.forward(X)
-        if was_training:
-            model.train()
-        return np.asarray(backend.to_host(xp.exp(log_softmax(logits))), dtype=np.float64)
+        X = validate_data(self, X, dtype=(host.float64, host.float32), reset=False)
+        with eval_mode(self.model_) as model:
+            logits = model.forward(X)
+        return host.asarray(model.backend.to_host(model.backend.xp.exp(log_softmax(logits))), dtype=host.float64)
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: Any) -> Any:
         """The most probable class of each row, as a label from ``classes_``."""
         proba = self.predict_proba(X)
-        return self.classes_[np.argmax(proba, axis=1)]
+        return self.classes_[host.argmax(proba, axis=1)]
 
-    def _build(self, n_features: int, input_dtype: np.dtype, rng: np.random.RandomState) -> MLP:
-        hiddens = [int(h) for h in np.atleast_1d(self.hidden_layer_sizes)]
+    def _start(self, X: Any, classes: Any) -> None:
+        """A new network for ``X``'s features and the labels in ``classes``; an empty history; the shuffle seed."""
+        self.classes_ = host.unique(host.asarray(classes))
+        rng = check_random_state(self.random_state)
+        self.model_ = self._build(X.shape[1], X.dtype, rng)
+        self.history_ = History()
+        self._seed = int(rng.randint(2**31))
+
+    def _build(self, n_features: int, input_dtype: Any, rng: Any) -> MLP:
+        hiddens = [int(h) for h in host.atleast_1d(self.hidden_layer_sizes)]
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {self.activation!r}")
         if self.init not in WEIGHT_SCALES:
@@ -183,7 +179,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"MLPClassifier needs at least 2 classes; y has 1 class ({self.classes_[0]!r})")
         scale = WEIGHT_SCALES[self.init]
-        dtype = self.dtype or ("float32" if input_dtype == np.float32 else "float64")
+        dtype = self.dtype or ("float32" if input_dtype == host.float32 else "float64")
         return MLP(
             n_features,
             len(self.classes_),
@@ -200,8 +196,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             dtype=dtype,
         )
 
-    def _train(self, X: np.ndarray, y: np.ndarray, epochs: int, early_stopping: bool) -> MLPClassifier:
-        labels = np.searchsorted(self.classes_, y)
+    def _train(self, X: host.ndarray, y: host.ndarray, epochs: int, early_stopping: bool) -> MLPClassifier:
+        labels = host.searchsorted(self.classes_, y)
         val = None
         if early_stopping:
             X, X_val, labels, val_labels = train_test_split(
@@ -236,11 +232,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _batch_size(self, n: int) -> int:
         """``batch_size`` capped at n, grown while it would leave BatchNorm a last batch of one."""
-        if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool):
-            raise TypeError(f"batch_size must be an int, got {self.batch_size!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        size = min(int(self.batch_size), n)
+        size = min(as_int("batch_size", self.batch_size, minimum=1), n)
         while self.model_.num_bn_layers and size < n and n % size == 1:
             size += 1
         return size

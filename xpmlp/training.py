@@ -9,9 +9,10 @@ statistics are read back together, in one device→host copy.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -226,19 +227,32 @@ class CompiledEpoch:
         return sums
 
 
+@contextlib.contextmanager
+def eval_mode(mlp: MLP) -> Iterator[MLP]:
+    """``mlp`` in eval mode (BatchNorm's running statistics) inside the block; its mode is restored after."""
+    was_training = mlp.train_mode
+    mlp.eval()
+    try:
+        yield mlp
+    finally:
+        if was_training:
+            mlp.train()
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    """Row slices of at most EVAL_CHUNK covering n rows (stops within bounds, as the standard asks)."""
+    return (slice(start, min(start + EVAL_CHUNK, n)) for start in range(0, n, EVAL_CHUNK))
+
+
 def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
     xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
-    was_training = mlp.train_mode
-    mlp.eval()
     loss_sum = errors = mlp.backend.zeros((), mlp.dtype)
-    for start in range(0, data.n, EVAL_CHUNK):
-        stop = min(start + EVAL_CHUNK, data.n)
-        out = mlp.forward(data.x[start:stop, ...])
-        loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[start:stop, ...]))
-        errors = errors + _errors(xp, out, data.labels[start:stop], dtype)
-    if was_training:
-        mlp.train()
+    with eval_mode(mlp):
+        for rows in _chunks(data.n):
+            out = mlp.forward(data.x[rows, ...])
+            loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[rows, ...]))
+            errors = errors + _errors(xp, out, data.labels[rows], dtype)
     return [loss_sum, errors]
 
 
@@ -260,14 +274,8 @@ def predict(mlp: MLP, x: Any) -> Any:
     else:
         x = check_inputs(x, mlp.input_size, "predict")
     x = backend.asarray(x, mlp.dtype)
-    was_training = mlp.train_mode
-    mlp.eval()
-    parts = [
-        backend.xp.argmax(mlp.forward(x[start : min(start + EVAL_CHUNK, x.shape[0]), ...]), axis=1)
-        for start in range(0, x.shape[0], EVAL_CHUNK)
-    ]
-    if was_training:
-        mlp.train()
+    with eval_mode(mlp):
+        parts = [backend.xp.argmax(mlp.forward(x[rows, ...]), axis=1) for rows in _chunks(x.shape[0])]
     return backend.to_host(backend.xp.concat(parts))
 
 
