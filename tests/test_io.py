@@ -235,3 +235,10 @@ def test_files_get_the_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_l2_is_saved_and_loaded(tmp_path):
+    np.random.seed(0)
+    model = xpmlp.MLP(4, 3, [5], [xpmlp.Tanh(), xpmlp.Identity()], xpmlp.random_normal_weight_init,
+                      xpmlp.zeros_bias_init, xpmlp.SoftmaxCrossEntropy(), 0.1, l2=0.25)  # fmt: skip
+    assert xpmlp.load(xpmlp.save(model, tmp_path / "m.npz")).l2 == 0.25

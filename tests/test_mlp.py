@@ -355,3 +355,64 @@ def test_bad_input_leaves_the_model_untouched(backend):
 def test_backward_before_forward():
     with pytest.raises(RuntimeError, match="before forward"):
         small_mlp(1, Sigmoid, 0).backward(np.eye(3))
+
+
+@pytest.mark.parametrize("num_bn", [0, 2])
+def test_l2_penalty_gradients_match_finite_differences(num_bn):
+    """dW gains λ·W: the gradient of mean loss + λ/2·Σ‖W‖² (biases and BN parameters unpenalised)."""
+    l2 = 0.3
+    model = MLP(**constructor_args(num_bn_layers=min(num_bn, 2), l2=l2))
+    x, y = batch()
+    model.forward(x)
+    model.backward(y)
+    analytic = [np.array(g, copy=True) for _, g in model.parameters()]
+
+    def objective() -> float:
+        return mean_loss(model, x, y) + l2 / 2 * sum(float(np.sum(w * w)) for w in model.W)
+
+    for (p, _), g in zip(model.parameters(), analytic, strict=True):
+        numeric = numerical_grad(objective, p)
+        assert np.linalg.norm(g - numeric) <= 1e-6 * np.linalg.norm(numeric) + 1e-8
+
+
+def test_l2_is_checked_and_shown():
+    with pytest.raises(ValueError, match="l2"):
+        MLP(**constructor_args(l2=-1.0))
+    assert "l2=0.5" in repr(MLP(**constructor_args(l2=0.5)))
+
+
+def test_targets_that_are_not_probability_rows_get_the_gradient_of_the_loss_returned():
+    """Any non-negative targets: backward's gradients are those of the mean of the loss it returns."""
+    model = small_mlp(2, Tanh, 1)
+    x = batch()[0]
+    y = np.random.default_rng(5).uniform(0, 2, size=(6, 3))  # rows sum to anything
+    check_gradients(model, x, y)
+
+
+def test_a_replaced_parameter_is_what_step_updates():
+    """``mlp.W[0] = ...`` (the HW1 API's lists) is honoured by the flat momentum update."""
+    model = small_mlp(2, Sigmoid, 1, momentum=0.5)
+    x, y = batch()
+    model.W[0] = np.full_like(model.W[0], 0.25)
+    reference = small_mlp(2, Sigmoid, 1, momentum=0.5)
+    reference.load_state_dict({**reference.state_dict(), "W.0": np.full_like(reference.W[0], 0.25)})
+    for m in (model, reference):
+        for _ in range(2):
+            m.forward(x)
+            m.backward(y)
+            m.step()
+    for key, value in reference.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value, err_msg=key)
+
+
+def test_parameters_and_velocities_are_views_of_one_buffer_each():
+    model = small_mlp(2, Sigmoid, 1, momentum=0.9)
+    x, y = batch()
+    model.forward(x)
+    model.backward(y)
+    model.step()
+    flat = model.training_state()
+    params = np.concatenate([p.ravel() for p, _ in model.parameters()])
+    np.testing.assert_array_equal(flat["params"], params)
+    np.testing.assert_array_equal(flat["velocity"], np.concatenate([v.ravel() for v in model.velocities]))
+    assert all(np.shares_memory(p, flat["params"]) for p, _ in model.parameters())

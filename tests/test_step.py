@@ -35,7 +35,7 @@ def test_stateless_step_equals_the_hw1_step_and_leaves_the_model_alone(backend):
     model = hw1_like(backend)
     before = host_state(model)
     gradients = [g for _, g in model.parameters()]
-    state = model.state_dict()
+    state = model.training_state()
     for lr in (0.05, 0.02, 0.1):  # the rate is an argument: a compiled step takes a new one without retracing
         reference.lr = lr
         out = reference.forward(x)
@@ -45,7 +45,7 @@ def test_stateless_step_equals_the_hw1_step_and_leaves_the_model_alone(backend):
         state, got_loss, got_out = model.stateless_step(state, *batch, lr, 0.9)
         assert rel_err(backend.to_host(got_loss), loss) <= TOL["float64"]
         assert rel_err(backend.to_host(got_out), out) <= TOL["float64"]
-    assert_states_close(host_state(model, state), host_state(reference), TOL["float64"])
+    assert_states_close(host_state(model, state), host_state(reference, reference.training_state()), TOL["float64"])
     assert_states_close(host_state(model), before, 0.0)  # untouched, momentum buffers and running statistics too
     assert model.lr == 0.05 and model.train_mode and model.output is None
     assert all(g is before_g for (_, g), before_g in zip(model.parameters(), gradients, strict=True))  # dW[i] too
@@ -86,9 +86,9 @@ def test_an_epoch_is_a_pure_function():
     data = DeviceSplit(model, train, "training")
     epoch = make_epoch(model, data.n, 32)
     d = epoch_data(model, data, _epoch_order(0, 0, data.n), 32)
-    zero = np.zeros(())
+    zeros = np.zeros(()), np.zeros((), np.int64)
     before = host_state(model)
-    first, second = epoch((model.state_dict(), zero, zero), d), epoch((model.state_dict(), zero, zero), d)
+    first, second = epoch((model.training_state(), *zeros), d), epoch((model.training_state(), *zeros), d)
     assert_states_close(host_state(model, first[0]), host_state(model, second[0]), 0.0)
     assert first[1] == second[1] and first[2] == second[2]
     assert_states_close(host_state(model), before, 0.0)

@@ -14,7 +14,8 @@ Backward, with gᵢ = ∂L/∂x̂ᵢ = γ·∂L/∂yᵢ (seeds 002 and 004):
     ∂L/∂xᵢ = 1/(m·√(σ²_B + ε)) · (m·gᵢ − Σⱼ gⱼ − x̂ᵢ·Σⱼ gⱼ·x̂ⱼ)
 
 Since Σⱼ gⱼ = γ·∂L/∂β and Σⱼ gⱼ·x̂ⱼ = γ·∂L/∂γ, the last line is computed as
-γ/(m·√(σ²_B + ε)) · (m·∂L/∂yᵢ − ∂L/∂β − x̂ᵢ·∂L/∂γ).
+γ/√(σ²_B + ε) · (∂L/∂yᵢ − (∂L/∂β + x̂ᵢ·∂L/∂γ)/m), reusing x̂ and 1/√(σ²_B + ε)
+from the forward pass (which itself computes xᵢ − μ_B once).
 """
 
 from __future__ import annotations
@@ -62,11 +63,30 @@ class BatchNorm:
         self.gamma, self.beta = to(ones, dtype), to(zeros, dtype)
         self.dgamma, self.dbeta = to(zeros, dtype), to(zeros, dtype)
         self.mean, self.var = to(zeros, dtype), to(ones, dtype)
-        self.running_mean, self.running_var = to(zeros, dtype), to(ones, dtype)
+        #: running_mean over running_var, (2, fan_in): both are updated by one expression
+        self.running = to(host.concatenate([zeros, ones]), dtype)
         self.x: Array | None = None
         self.norm: Array | None = None
         self.out: Array | None = None
         self._eval = False
+
+    @property
+    def running_mean(self) -> Array:
+        """The running mean (1, fan_in) used in eval mode (row 0 of ``running``)."""
+        return self.running[0:1, :]
+
+    @running_mean.setter
+    def running_mean(self, value: Array) -> None:
+        self.running = self.backend.xp.concat([value, self.running_var])
+
+    @property
+    def running_var(self) -> Array:
+        """The running variance (1, fan_in) used in eval mode (row 1 of ``running``)."""
+        return self.running[1:2, :]
+
+    @running_var.setter
+    def running_var(self, value: Array) -> None:
+        self.running = self.backend.xp.concat([self.running_mean, value])
 
     def __call__(self, x: Array, eval: bool = False) -> Array:
         return self.forward(x, eval)
@@ -88,19 +108,19 @@ class BatchNorm:
             )
         xp = self.backend.xp
         if eval:
-            mean, var = self.running_mean, self.running_var
+            centered = x - self.running_mean
+            var = self.running_var
         else:
             mean = xp.mean(x, axis=0, keepdims=True)
             centered = x - mean
             var = xp.mean(centered * centered, axis=0, keepdims=True)
             self.mean, self.var = mean, var
-            a = self.alpha
-            self.running_mean = a * self.running_mean + (1.0 - a) * mean
-            self.running_var = a * self.running_var + (1.0 - a) * var
-        self._inv_std = 1.0 / xp.sqrt(var + self.eps)
+            # running ← α·running + (1 − α)·batch, for the mean and the variance at once
+            self.running = self.alpha * self.running + (1.0 - self.alpha) * xp.concat([mean, var])
+        self._inv_std = (var + self.eps) ** -0.5
         self._eval = eval
         self.x = x
-        self.norm = (x - mean) * self._inv_std
+        self.norm = centered * self._inv_std
         self.out = self.gamma * self.norm + self.beta
         return self.out
 
@@ -122,5 +142,4 @@ class BatchNorm:
         scale = self.gamma * self._inv_std
         if self._eval:
             return delta * scale
-        m = delta.shape[0]
-        return (scale / m) * (m * delta - self.dbeta - self.norm * self.dgamma)
+        return scale * (delta - (self.dbeta + self.norm * self.dgamma) / delta.shape[0])

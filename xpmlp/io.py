@@ -69,6 +69,7 @@ def _config(model: MLP) -> dict[str, Any]:
         "criterion": type(model.criterion).__name__,
         "lr": model.lr,
         "momentum": model.momentum,
+        "l2": model.l2,
         "num_bn_layers": model.num_bn_layers,
         "bn_alpha": [bn.alpha for bn in model.bn_layers],
         "dtype": model.dtype,
@@ -157,6 +158,7 @@ def load_checkpoint(
             config["lr"],
             config["momentum"],
             config["num_bn_layers"],
+            l2=config.get("l2", 0.0),  # absent from files written before l2 existed
             backend=backend,
             dtype=config["dtype"],
             device=device,

@@ -17,10 +17,15 @@ def log_softmax(x: Array) -> Array:
 class SoftmaxCrossEntropy:
     """L(x, y) = −Σⱼ yⱼ log σ(x)ⱼ per example, with σ the softmax over classes.
 
-    ``ce(x, y)``: logits x (N, C) and one-hot (or any probability) targets y
-    (N, C) give the per-example loss (N,). With m = maxⱼ xⱼ,
-    log σ(x)ⱼ = xⱼ − m − log Σₖ e^(xₖ − m), finite for any finite logits.
-    ``ce.derivative()`` is ∂L/∂x = σ(x) − y, shape (N, C).
+    ``ce(x, y)``: logits x (N, C) and one-hot (or any non-negative) targets y (N, C)
+    give the per-example loss (N,). With m = maxⱼ xⱼ and s = Σₖ e^(xₖ − m),
+    log σ(x)ⱼ = xⱼ − m − log s, so
+
+        L = (Σⱼ yⱼ)·log s − Σⱼ yⱼ·(xⱼ − m),
+
+    finite for any finite logits. ``ce.derivative()`` is ∂L/∂x = (Σⱼ yⱼ)·σ(x) − y,
+    shape (N, C): σ(x) − y for one-hot or probability rows, and the exact gradient of
+    the loss returned for any other targets.
     """
 
     def __init__(self) -> None:
@@ -28,6 +33,7 @@ class SoftmaxCrossEntropy:
         self.labels: Array | None = None
         self.sm: Array | None = None
         self.loss: Array | None = None
+        self._total: Array | None = None
 
     def __call__(self, x: Array, y: Array) -> Array:
         return self.forward(x, y)
@@ -42,13 +48,17 @@ class SoftmaxCrossEntropy:
                 f"got logits {tuple(x.shape)} and labels {tuple(y.shape)}"
             )
         xp = namespace_of(x)
-        log_sm = log_softmax(x)
-        self.logits, self.labels = x, y
-        self.sm = xp.exp(log_sm)
-        self.loss = -xp.sum(y * log_sm, axis=1)
+        shifted = x - xp.max(x, axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = xp.sum(e, axis=1, keepdims=True)
+        total = xp.sum(y, axis=1, keepdims=True)  # Σⱼ yⱼ: 1 for one-hot rows
+        loss = total * xp.log(s) - xp.sum(y * shifted, axis=1, keepdims=True)
+        self.logits, self.labels, self._total = x, y, total
+        self.sm = e / s
+        self.loss = xp.reshape(loss, (-1,))
         return self.loss
 
     def derivative(self) -> Array:
         if self.sm is None:
             raise RuntimeError("SoftmaxCrossEntropy.derivative() called before forward()")
-        return self.sm - self.labels
+        return self.sm * self._total - self.labels

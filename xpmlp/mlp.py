@@ -7,16 +7,22 @@ normalise zᵢ with BatchNorm; then aᵢ = fᵢ(zᵢ). The loss is the batch mea
     δ ← δ ⊙ fᵢ'(zᵢ);  δ ← BNᵢ.backward(δ) if layer i has BN
     ∂L/∂Wᵢ = aᵢ₋₁ᵀ·δ,  ∂L/∂bᵢ = Σ_batch δ,  δ ← δ·Wᵢᵀ
 
+With ``l2`` = λ > 0 the objective gains λ/2·Σᵢ‖Wᵢ‖², so ∂L/∂Wᵢ gains λ·Wᵢ.
+
 ``step`` applies momentum to every W, b, γ, β:  v ← μ·v − η·∂L/∂p;  p ← p + v.
+All parameters live in one flat array and all velocities in another (W, b, γ, β
+are views into it), so the update is four operations for the whole network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from itertools import pairwise
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import accumulate, pairwise
 from typing import Any
 
-from .activations import Activation
+from .activations import Activation, Identity
 from .backend import Array, Backend, float_dtype_name, get_backend, host
 from .batchnorm import BatchNorm
 from .checks import as_float, as_int
@@ -46,6 +52,11 @@ def _check_layers(activations: Iterable[Any], criterion: Any, nlayers: int) -> l
     return activations
 
 
+def _through_activation(act: Activation, delta: Array) -> Array:
+    """δ ⊙ f′(z): the gradient through an activation (Identity's f′ = 1 costs nothing)."""
+    return delta if type(act) is Identity else delta * act.derivative()
+
+
 def _require_layer(name: str, obj: Any, what: str) -> None:
     """TypeError naming ``name`` unless ``obj`` is a layer instance: callable, with a ``derivative`` method."""
     if isinstance(obj, type):
@@ -72,6 +83,10 @@ class MLP:
         The loss, e.g. :class:`~xpmlp.SoftmaxCrossEntropy`.
     lr, momentum
         Learning rate η and momentum μ of :meth:`step`.
+    l2
+        Weight decay λ ≥ 0: the objective is the batch-mean loss + λ/2·Σᵢ‖Wᵢ‖² (biases
+        and BN parameters are not penalised), so ∂L/∂Wᵢ gains λ·Wᵢ. :meth:`backward`
+        still returns the per-example loss of the data.
     num_bn_layers
         How many layers, from the input side, apply BatchNorm (at most ``len(hiddens)``).
     backend
@@ -96,6 +111,7 @@ class MLP:
         momentum: float = 0.0,
         num_bn_layers: int = 0,
         *,
+        l2: float = 0.0,
         backend: str | Backend | None = None,
         dtype: str | None = None,
         device: str | None = None,
@@ -111,6 +127,7 @@ class MLP:
         num_bn_layers = as_int("num_bn_layers", num_bn_layers, minimum=0, maximum=len(hiddens))
         lr = as_float("lr", lr, minimum=0.0)
         momentum = as_float("momentum", momentum, minimum=0.0, below=1.0)
+        l2 = as_float("l2", l2, minimum=0.0)
         self.backend = get_backend(backend, device)
 
         weights = [host.asarray(weight_init_fn(i, o)) for i, o in pairwise(sizes)]
@@ -127,21 +144,27 @@ class MLP:
             dtype = found.name if found.name in ("float32", "float64") else "float64"
         self.dtype = float_dtype_name(dtype)
 
-        to = self.backend.asarray
         self.input_size, self.output_size = input_size, output_size
         self.hiddens = hiddens
         self.nlayers = nlayers
         self.activations = activations
         self.criterion = criterion
-        self.lr, self.momentum = lr, momentum
+        self.lr, self.momentum, self.l2 = lr, momentum, l2
         self.num_bn_layers = num_bn_layers
-        self.W = [to(w, self.dtype, copy=True) for w in weights]
-        self.b = [to(b, self.dtype, copy=True) for b in biases]
+        self.bn_layers = [BatchNorm(n, backend=self.backend, dtype=self.dtype) for n in sizes[1 : 1 + num_bn_layers]]
+        bn_params = [(1, n) for n in sizes[1 : 1 + num_bn_layers] for _ in ("gamma", "beta")]
+        shapes = [w.shape for w in weights] + [b.shape for b in biases] + bn_params
+        ends = list(accumulate(math.prod(shape) for shape in shapes))
+        #: (start, stop, shape) of every parameter in the flat buffer, in :meth:`parameters` order.
+        self.layout = [(stop - math.prod(shape), stop, shape) for stop, shape in zip(ends, shapes, strict=True)]
+        self._params: Array | None = None
+        gammas_betas = [host.full(shape, 1.0 if k % 2 == 0 else 0.0) for k, shape in enumerate(bn_params)]
+        flat = host.concatenate([host.reshape(p, (-1,)) for p in [*weights, *biases, *gammas_betas]])
+        self._set_parameters(self.backend.asarray(flat, self.dtype, copy=True))
+        self._velocity = self.backend.zeros((ends[-1],), self.dtype)
         xp = self.backend.xp
         self.dW = [xp.zeros_like(w) for w in self.W]
         self.db = [xp.zeros_like(b) for b in self.b]
-        self.bn_layers = [BatchNorm(n, backend=self.backend, dtype=self.dtype) for n in sizes[1 : 1 + num_bn_layers]]
-        self.velocities = [xp.zeros_like(p) for p, _ in self.parameters()]
         self.train_mode = True
         self.input: Array | None = None
         self.output: Array | None = None
@@ -149,8 +172,9 @@ class MLP:
     def __repr__(self) -> str:
         sizes = "-".join(str(n) for n in [self.input_size, *self.hiddens, self.output_size])
         acts = ", ".join(repr(a) for a in self.activations)
+        l2 = f", l2={self.l2}" if self.l2 else ""
         return (
-            f"MLP({sizes}, [{acts}], bn={self.num_bn_layers}, lr={self.lr}, momentum={self.momentum}, "
+            f"MLP({sizes}, [{acts}], bn={self.num_bn_layers}, lr={self.lr}, momentum={self.momentum}{l2}, "
             f"backend={self.backend.name!r}, device={self.backend.device!r}, dtype={self.dtype!r})"
         )
 
@@ -160,6 +184,39 @@ class MLP:
         for bn in self.bn_layers:
             pairs += [(bn.gamma, bn.dgamma), (bn.beta, bn.dbeta)]
         return pairs
+
+    @property
+    def velocities(self) -> list[Array]:
+        """The momentum buffer v of each parameter (views into one flat array), in :meth:`parameters` order."""
+        return self._views(self._velocity)
+
+    def _views(self, flat: Array) -> list[Array]:
+        """``flat`` cut into arrays shaped like the parameters (views where the library has them)."""
+        xp = self.backend.xp
+        return [xp.reshape(flat[start:stop], shape) for start, stop, shape in self.layout]
+
+    def _flatten(self, arrays: Sequence[Array]) -> Array:
+        """One flat array of ``arrays`` (shaped like the parameters), in :meth:`parameters` order."""
+        xp = self.backend.xp
+        return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+
+    def _set_parameters(self, flat: Array) -> None:
+        """Make ``flat`` the parameter buffer: W, b and each BN's γ, β become views into it."""
+        if flat is self._params and self._flat_parameters() is flat:
+            return  # the next step of an epoch: the views are already these
+        views = self._views(flat)
+        n = self.nlayers
+        self.W, self.b = views[:n], views[n : 2 * n]
+        for i, bn in enumerate(self.bn_layers):
+            bn.gamma, bn.beta = views[2 * n + 2 * i], views[2 * n + 2 * i + 1]
+        self._params, self._param_views = flat, views
+
+    def _flat_parameters(self) -> Array:
+        """The flat parameter buffer; rebuilt if a parameter was replaced (``mlp.W[0] = ...``) since it was set."""
+        current = [p for p, _ in self.parameters()]
+        if all(p is view for p, view in zip(current, self._param_views, strict=True)):
+            return self._params
+        return self._flatten(current)
 
     def state_dict(self) -> dict[str, Array]:
         """Every array that defines the model's future: parameters, momentum buffers, BN running statistics."""
@@ -194,35 +251,61 @@ class MLP:
     def assign_state(self, state: dict[str, Array]) -> None:
         """Make ``state``'s arrays (this backend's, :meth:`state_dict`'s names) the model's own, unchecked."""
         n = self.nlayers
-        self.W = [state[f"W.{i}"] for i in range(n)]
-        self.b = [state[f"b.{i}"] for i in range(n)]
+        params = [state[f"W.{i}"] for i in range(n)] + [state[f"b.{i}"] for i in range(n)]
         for i, bn in enumerate(self.bn_layers):
-            for k in ("gamma", "beta", "running_mean", "running_var"):
-                setattr(bn, k, state[f"bn.{i}.{k}"])
-        self.velocities = [state[f"velocity.{i}"] for i in range(len(self.velocities))]
+            params += [state[f"bn.{i}.gamma"], state[f"bn.{i}.beta"]]
+            bn.running_mean, bn.running_var = state[f"bn.{i}.running_mean"], state[f"bn.{i}.running_var"]
+        self._set_parameters(self._flatten(params))
+        self._velocity = self._flatten([state[f"velocity.{i}"] for i in range(len(self.layout))])
+
+    def training_state(self) -> dict[str, Array]:
+        """What a training step reads and replaces: ``params`` and ``velocity`` (flat), each BN's ``running``."""
+        state = {"params": self._flat_parameters(), "velocity": self._velocity}
+        return state | {f"bn.{i}.running": bn.running for i, bn in enumerate(self.bn_layers)}
+
+    def assign_training_state(self, state: dict[str, Array]) -> None:
+        """Make a :meth:`training_state` the model's own (unchecked)."""
+        self._set_parameters(state["params"])
+        self._velocity = state["velocity"]
+        for i, bn in enumerate(self.bn_layers):
+            bn.running = state[f"bn.{i}.running"]
 
     def stateless_step(
         self, state: dict[str, Array], x: Array, y: Array, lr: Any, momentum: Any
     ) -> tuple[dict[str, Array], Array, Array]:
         """One training step as a pure function: ``(new state, per-example loss (N,), output (N, C))``.
 
-        ``state`` is a :meth:`state_dict`; ``x``, ``y`` a batch of this backend's arrays
-        in the model's dtype (one-hot ``y``; torch does not promote float32 @ float64);
-        ``lr``, ``momentum`` numbers or 0-d arrays. It runs the very code of
+        ``state`` is a :meth:`training_state`; ``x``, ``y`` a batch of this backend's
+        arrays in the model's dtype (one-hot ``y``; torch does not promote float32 @
+        float64); ``lr``, ``momentum`` numbers or 0-d arrays. It runs the very code of
         :meth:`forward`, :meth:`backward` and :meth:`step` (in training mode) on
         ``state`` and leaves the model as it was, so a compiler (``jax.jit``) can
         trace it: nothing is read back to the host and no array is mutated.
         """
+        with self.unchanged():
+            return self.train_step(state, x, y, lr, momentum)
+
+    def train_step(
+        self, state: dict[str, Array], x: Array, y: Array, lr: Any, momentum: Any
+    ) -> tuple[dict[str, Array], Array, Array]:
+        """:meth:`stateless_step` without restoring the model: call it inside :meth:`unchanged`."""
+        self.assign_training_state(state)
+        self.lr, self.momentum, self.train_mode = lr, momentum, True
+        out = self._forward(x)
+        loss = self._backward(y)
+        self.step()
+        return self.training_state(), loss, out
+
+    @contextlib.contextmanager
+    def unchanged(self) -> Iterator[MLP]:
+        """Inside the block the model and its layers may change; afterwards every attribute is as it was.
+
+        Lists are copied too (``dW[i] = ...`` replaces an element): a traced value must not stay behind.
+        """
         objects = [self, *self.activations, *self.bn_layers, self.criterion]
-        # lists too (dW[i] = ... replaces an element): a traced value must not stay behind
         saved = [{k: list(v) if isinstance(v, list) else v for k, v in vars(obj).items()} for obj in objects]
         try:
-            self.assign_state(state)
-            self.lr, self.momentum, self.train_mode = lr, momentum, True
-            out = self._forward(x)
-            loss = self._backward(y)
-            self.step()
-            return self.state_dict(), loss, out
+            yield self
         finally:
             for obj, attributes in zip(objects, saved, strict=True):
                 vars(obj).clear()
@@ -270,11 +353,13 @@ class MLP:
         loss = self.criterion(self.output, y)
         delta = self.criterion.derivative() / y.shape[0]
         for i in reversed(range(self.nlayers)):
-            delta = delta * self.activations[i].derivative()
+            delta = _through_activation(self.activations[i], delta)
             if i < self.num_bn_layers:
                 delta = self.bn_layers[i].backward(delta)
             a_prev = self.input if i == 0 else self.activations[i - 1].state
             self.dW[i] = a_prev.T @ delta
+            if self.l2:
+                self.dW[i] = self.dW[i] + self.l2 * self.W[i]
             self.db[i] = xp.sum(delta, axis=0, keepdims=True)
             if i > 0:
                 delta = delta @ self.W[i].T
@@ -289,18 +374,14 @@ class MLP:
             bn.dgamma, bn.dbeta = xp.zeros_like(bn.dgamma), xp.zeros_like(bn.dbeta)
 
     def step(self) -> None:
-        """Momentum SGD:  v ← μ·v − η·grad;  p ← p + v.
+        """Momentum SGD on the flat buffers:  v ← μ·v − η·grad;  p ← p + v.
 
-        New arrays replace the old (no in-place update: JAX arrays are immutable).
+        New arrays replace the old (no in-place update: JAX arrays are immutable);
+        W, b, γ and β become views into the new parameter buffer.
         """
-        mu, lr = self.momentum, self.lr
-        pairs = self.parameters()
-        self.velocities = [mu * v - lr * g for (_, g), v in zip(pairs, self.velocities, strict=True)]
-        new = [p + v for (p, _), v in zip(pairs, self.velocities, strict=True)]
-        n = self.nlayers
-        self.W, self.b = new[:n], new[n : 2 * n]
-        for i, bn in enumerate(self.bn_layers):
-            bn.gamma, bn.beta = new[2 * n + 2 * i], new[2 * n + 2 * i + 1]
+        grads = self._flatten([g for _, g in self.parameters()])
+        self._velocity = self.momentum * self._velocity - self.lr * grads
+        self._set_parameters(self._flat_parameters() + self._velocity)
 
     def train(self) -> None:
         """BatchNorm normalises with batch statistics and updates running ones."""

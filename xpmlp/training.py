@@ -101,7 +101,9 @@ class DeviceSplit:
     """One split on the model's device: inputs, integer labels and one-hot targets.
 
     Checked once on the host, before anything moves: (N ≥ 1, input_size) finite
-    inputs and integer labels in [0, output_size).
+    inputs and integer labels in [0, output_size). Inputs and one-hot targets share
+    one array ``rows`` (N, input_size + output_size), so a batch is one gather;
+    ``x`` and ``one_hot`` are its column blocks.
     """
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
@@ -109,12 +111,13 @@ class DeviceSplit:
             raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
         x = check_inputs(split[0], mlp.input_size, name)
         labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
-        classes = mlp.output_size
+        rows = host.empty((x.shape[0], mlp.input_size + mlp.output_size), dtype=mlp.dtype)
+        rows[:, : mlp.input_size], rows[:, mlp.input_size :] = x, host.eye(mlp.output_size)[labels]
         to = mlp.backend.asarray
-        self.n = x.shape[0]
-        self.x = to(x, mlp.dtype)
+        self.n, self.width = x.shape[0], mlp.input_size
+        self.rows = to(rows, mlp.dtype)
+        self.x, self.one_hot = self.rows[:, : self.width], self.rows[:, self.width :]
         self.labels = to(labels.astype(host.int64))
-        self.one_hot = to(host.eye(classes)[labels], mlp.dtype)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Any:
@@ -122,24 +125,35 @@ def _epoch_order(seed: int, epoch: int, n: int) -> Any:
     return host.random.default_rng((seed, epoch)).permutation(n)
 
 
-def _errors(xp: Any, out: Array, labels: Array, dtype: Any) -> Array:
-    """Number of rows whose arg-max output is not the label (a device scalar)."""
-    return xp.sum(xp.astype(xp.argmax(out, axis=1) != labels, dtype))
+def _errors(xp: Any, out: Array, labels: Array) -> Array:
+    """Number of rows whose arg-max output is not the label (an integer device scalar)."""
+    return xp.count_nonzero(xp.argmax(out, axis=1) != labels)
+
+
+def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
+    """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
+    return mlp.backend.zeros((), mlp.dtype), mlp.backend.xp.zeros_like(data.labels[0])
+
+
+def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
+    """Device sums as Python floats, in one device->host read."""
+    xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
+    return mlp.backend.to_host(xp.stack([xp.astype(s, dtype) for s in sums])).tolist()
 
 
 def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
     """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
-    xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
+    xp = mlp.backend.xp
     mlp.train()
-    loss_sum = errors = mlp.backend.zeros((), mlp.dtype)
+    loss_sum, errors = _zero_sums(mlp, data)
     for start in range(0, data.n, batch_size):
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
-        labels = xp.take(data.labels, idx, axis=0)
-        out = mlp.forward(xp.take(data.x, idx, axis=0))
-        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
+        labels, rows = xp.take(data.labels, idx, axis=0), xp.take(data.rows, idx, axis=0)
+        out = mlp.forward(rows[:, : data.width])
+        loss = mlp.backward(rows[:, data.width :])  # backward overwrites every gradient
         mlp.step()
         loss_sum = loss_sum + xp.sum(loss)
-        errors = errors + _errors(xp, out, labels, dtype)
+        errors = errors + _errors(xp, out, labels)
         tick()
     return [loss_sum, errors]
 
@@ -147,8 +161,7 @@ def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick
 class EpochData(NamedTuple):
     """What a compiled epoch reads: the split, this epoch's batches of row indices, the hyperparameters."""
 
-    x: Array
-    one_hot: Array
+    rows: Array  # DeviceSplit.rows: inputs, then one-hot targets
     labels: Array
     batches: Array  # (full batches, batch_size) row indices
     rest: Array  # (n mod batch_size,) row indices of the last, partial batch
@@ -160,8 +173,7 @@ def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> Epoc
     """The epoch's inputs on the device: the host permutation ``order`` cut into batches, lr and momentum."""
     backend, cut = mlp.backend, data.n - data.n % batch_size
     return EpochData(
-        data.x,
-        data.one_hot,
+        data.rows,
         data.labels,
         backend.asarray(order[:cut].reshape(-1, batch_size)),
         backend.asarray(order[cut:]),
@@ -173,24 +185,25 @@ def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> Epoc
 def make_epoch(mlp: MLP, n: int, batch_size: int) -> Callable[[tuple, EpochData], tuple]:
     """One epoch of :meth:`MLP.stateless_step` as a pure function, ready for :meth:`Backend.compile`.
 
-    ``epoch((state, loss_sum, errors), data) -> (state, loss_sum, errors)``: the full
-    batches run in :meth:`Backend.fori_loop`, then the partial one, each gathering
-    its own rows from the device-resident split. No host reads.
+    ``epoch((state, loss_sum, errors), data) -> (state, loss_sum, errors)``, where
+    ``state`` is a :meth:`MLP.training_state`: the full batches run in
+    :meth:`Backend.fori_loop`, then the partial one, each gathering its own rows from
+    the device-resident split. No host reads; the model is left as it was.
     """
-    xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
+    xp, width = mlp.backend.xp, mlp.input_size
     full, rest = divmod(n, batch_size)
 
     def batch(idx: Array, carry: tuple, d: EpochData) -> tuple:
         state, loss_sum, errors = carry
-        state, loss, out = mlp.stateless_step(
-            state, xp.take(d.x, idx, axis=0), xp.take(d.one_hot, idx, axis=0), d.lr, d.momentum
-        )
-        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0), dtype)
+        rows = xp.take(d.rows, idx, axis=0)
+        state, loss, out = mlp.train_step(state, rows[:, :width], rows[:, width:], d.lr, d.momentum)
+        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0))
 
     def epoch(carry: tuple, d: EpochData) -> tuple:
-        if full:
-            carry = mlp.backend.fori_loop(full, lambda i, c: batch(d.batches[i, :], c, d), carry)
-        return batch(d.rest, carry, d) if rest else carry
+        with mlp.unchanged():  # once per epoch, not per step
+            if full:
+                carry = mlp.backend.fori_loop(full, lambda i, c: batch(d.batches[i, :], c, d), carry)
+            return batch(d.rest, carry, d) if rest else carry
 
     return epoch
 
@@ -208,8 +221,8 @@ class CompiledEpoch:
 
     def _inputs(self, order: Any) -> tuple[tuple, EpochData]:
         mlp = self.mlp
-        zero = mlp.backend.zeros((), mlp.dtype)
-        return (mlp.state_dict(), zero, zero), epoch_data(mlp, self.data, order, self.batch_size)
+        carry = (mlp.training_state(), *_zero_sums(mlp, self.data))
+        return carry, epoch_data(mlp, self.data, order, self.batch_size)
 
     def compile(self, order: Any) -> float:
         """Compile for epochs shaped like ``order`` (once); the seconds a compiling backend spent, else 0."""
@@ -223,7 +236,7 @@ class CompiledEpoch:
     def __call__(self, order: Any) -> list[Array]:
         self.compile(order)
         state, *sums = self.run(*self._inputs(order))
-        self.mlp.assign_state(state)
+        self.mlp.assign_training_state(state)
         return sums
 
 
@@ -246,20 +259,20 @@ def _chunks(n: int) -> Iterator[slice]:
 
 def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
-    xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
-    loss_sum = errors = mlp.backend.zeros((), mlp.dtype)
+    xp = mlp.backend.xp
+    loss_sum, errors = _zero_sums(mlp, data)
     with eval_mode(mlp):
         for rows in _chunks(data.n):
             out = mlp.forward(data.x[rows, ...])
             loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[rows, ...]))
-            errors = errors + _errors(xp, out, data.labels[rows], dtype)
+            errors = errors + _errors(xp, out, data.labels[rows])
     return [loss_sum, errors]
 
 
 def evaluate(mlp: MLP, x: Any, labels: Any) -> tuple[float, float]:
     """(mean loss, error rate) of ``mlp`` in eval mode on integer-labelled data."""
     data = DeviceSplit(mlp, (x, labels), "evaluation")
-    loss_sum, errors = mlp.backend.to_host(mlp.backend.xp.stack(_eval_sums(mlp, data))).tolist()
+    loss_sum, errors = _read_sums(mlp, _eval_sums(mlp, data))
     return loss_sum / data.n, errors / data.n
 
 
@@ -376,7 +389,7 @@ def fit(
                 bar.update(batches)
             if val_data is not None:
                 sums += _eval_sums(mlp, val_data)
-            stats = backend.to_host(xp.stack(sums)).tolist()  # the epoch's one device->host read
+            stats = _read_sums(mlp, sums)  # the epoch's one device->host read
         if not math.isfinite(stats[0]):
             raise FloatingPointError(
                 f"training loss is {stats[0] / train_data.n} in epoch {epoch + 1}: training diverged "

@@ -21,7 +21,7 @@ class TorchBackend(Backend):
         self._device = self._module.device(self.device)  # torch creates on the CPU unless told
 
     def _namespace(self) -> ModuleType:
-        return array_api_compat.array_namespace(self._module.empty(0))
+        return _lean_namespace(self._module)
 
     def _devices(self) -> tuple[str, ...]:
         cuda = self._module.cuda
@@ -53,3 +53,23 @@ class TorchBackend(Backend):
     @cached_property
     def device_name(self) -> str:
         return super().device_name if self.device == "cpu" else self._module.cuda.get_device_name(self._device)
+
+
+def _lean_namespace(torch: ModuleType) -> ModuleType:
+    """array-api-compat's torch namespace with ``take`` as one ``index_select``.
+
+    array-api-compat's ``take`` first maps negative indices (``where(i < 0, i + n, i)``:
+    three more operations per gather); xpmlp gathers with permutations, never negative.
+    """
+    compat = array_api_compat.array_namespace(torch.empty(0))
+    lean = ModuleType("xpmlp.backend.torch.lean", "array-api-compat's torch, with a direct take")
+    lean.__dict__.update({k: v for k, v in vars(compat).items() if not k.startswith("__")})
+
+    def take(x, indices, /, *, axis=None):
+        if axis is None:
+            x, axis = torch.reshape(x, (-1,)), 0
+        return torch.index_select(x, axis, indices)
+
+    lean.take = take
+    lean.__array_api_version__ = compat.__array_api_version__
+    return lean
