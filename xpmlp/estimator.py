@@ -349,7 +349,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 X, labels, test_size=self.validation_fraction, random_state=self._seed, stratify=labels
             )
             val = (X_val, val_labels)
-        model.momentum = as_float("momentum", self.momentum, minimum=0.0, below=1.0)
+        model.momentum = float(self.momentum)  # checked in _check_parameters
         if not incremental:  # scikit-learn starts a new optimizer each fit: the initial rate, no velocity
             model.lr = float(self.learning_rate_init)
             state = model.state_dict()
