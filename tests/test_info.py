@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import xpmlp
 from xpmlp import BACKENDS
 from xpmlp.__main__ import main
+from xpmlp.train import main as train
 
 from mnist_files import write_idx
 
@@ -77,7 +79,7 @@ def test_a_failing_nvidia_smi_is_a_line_not_an_error(capsys, monkeypatch, tmp_pa
 
 def test_json_and_the_module_entry_point(capsys):
     report = json.loads(info(capsys, "--json"))
-    assert set(report) >= {"versions", "cpu", "blas", "gpus", "backends", "mnist"}
+    assert set(report) >= {"versions", "cpu", "blas", "threads", "gpus", "backends", "default backend", "mnist"}
     assert set(report["backends"]) == set(BACKENDS)
     done = subprocess.run([sys.executable, "-m", "xpmlp", "info"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "backends:" in done.stdout and not done.stderr.strip()
@@ -92,3 +94,72 @@ def test_a_mistyped_command_is_a_usage_error():
 def test_mnist_location_says_when_nothing_is_there(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("XPMLP_DATA", str(tmp_path / "empty"))
     assert f"mnist: {Path(tmp_path / 'empty')} (no MNIST files there" in info(capsys)
+
+
+def test_an_invalid_xpmlp_backend_is_flagged(capsys, monkeypatch):
+    monkeypatch.setenv("XPMLP_BACKEND", "nump")
+    out = info(capsys)
+    assert "default backend: INVALID ($XPMLP_BACKEND='nump'): unknown backend 'nump'" in out
+    assert "train.py without --backend, stops with this error" in out
+    assert "  XPMLP_BACKEND     nump" in out
+    monkeypatch.delenv("XPMLP_BACKEND")
+    monkeypatch.delenv("XPMLP_DEVICE", raising=False)
+    assert "default backend: numpy on cpu ($XPMLP_BACKEND unset)" in info(capsys)
+
+
+def test_a_missing_xpmlp_device_is_flagged(capsys, monkeypatch):
+    monkeypatch.setenv("XPMLP_BACKEND", "numpy")
+    monkeypatch.setenv("XPMLP_DEVICE", "cuda:7")
+    assert "default backend: INVALID ($XPMLP_BACKEND='numpy'): " in info(capsys)
+
+
+def test_thread_counts_of_blas_torch_and_jax(capsys, monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    report = json.loads(info(capsys, "--json"))
+    threads = report["threads"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+    assert threads["numpy"].startswith(f"{blas[0]['num_threads']} threads (")
+    if importlib.util.find_spec("torch"):
+        import torch
+
+        assert threads["torch"].startswith(f"{torch.get_num_threads()} threads within an operation")
+    if importlib.util.find_spec("jax"):
+        assert threads["jax"].startswith(f"{cores} threads, one per usable core")
+        monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+        limited = json.loads(info(capsys, "--json"))["threads"]["jax"]
+        assert limited.startswith("as XLA_FLAGS='--xla_cpu_multi_thread_eigen=false")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc (Linux)")
+def test_xla_runs_one_cpu_thread_per_usable_core_as_the_report_says():
+    """The claim behind the report's jax line, checked in a fresh process: XLA's Eigen pool threads."""
+    pytest.importorskip("jax")
+    count = (
+        "import os, jax.numpy as jnp; (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready(); "
+        "print(sum('XLAEigen' in open(f'/proc/self/task/{t}/comm').read() for t in os.listdir('/proc/self/task')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", count], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == len(os.sched_getaffinity(0))
+
+
+def test_what_train_py_does_without_data_is_what_the_report_says(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XPMLP_DATA", raising=False)
+    default = Path("~/.cache/xpmlp/mnist").expanduser()
+    assert f"mnist: {default} (no MNIST files there; train.py would download them into it)" in info(capsys)
+
+    monkeypatch.setenv("XPMLP_DATA", str(tmp_path / "empty"))
+    out = info(capsys)
+    assert "$XPMLP_DATA names it, so train.py stops with an error and downloads nothing" in out
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("train.py downloaded into a folder named by $XPMLP_DATA")
+
+    monkeypatch.setattr(xpmlp.data, "download_mnist", no_download)
+    with pytest.raises(SystemExit) as exit_info:
+        train(["--epochs", "1", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and "train.py: error:" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``python -m xpmlp info``: what to paste into a bug report (versions, backends, devices, data).
+"""``python -m xpmlp info``: what to paste into a bug report (versions, backends, threads, devices, data).
 
 Fast (nothing trains) and always exit status 0: a missing GPU or library is a line
 of the report, not an error.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import re
@@ -18,7 +19,11 @@ from typing import Any
 
 from . import __version__
 from .backend import BACKENDS, BackendUnavailableError, cpu_name, get_backend, host
-from .data import mnist_location
+from .data import DEFAULT_CACHE, mnist_location
+
+#: Environment variables the report shows when set: xpmlp's own, and those that set thread counts.
+ENVIRONMENT = ("XPMLP_BACKEND", "XPMLP_DEVICE", "XPMLP_DATA", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "MKL_NUM_THREADS", "XLA_FLAGS")  # fmt: skip
 
 #: Distributions whose versions the report lists (those installed).
 PACKAGES = ("numpy", "array-api-compat", "array-api-strict", "cupy-cuda12x", "cupy-cuda13x", "jax", "jaxlib",
@@ -47,20 +52,80 @@ def backends() -> dict[str, str]:
     return report
 
 
-def blas() -> list[str]:
-    """The BLAS libraries NumPy calls and their thread counts (threadpoolctl where installed)."""
+def blas_pools() -> list[dict[str, Any]] | None:
+    """threadpoolctl's description of each BLAS library NumPy calls; None without threadpoolctl."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
+        return None
+    return [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+
+
+def blas() -> list[str]:
+    """The BLAS libraries NumPy calls and their thread counts (threadpoolctl where installed)."""
+    pools = blas_pools()
+    if pools is None:
         config = host.show_config(mode="dicts") or {}
         lib = config.get("Build Dependencies", {}).get("blas", {})
         return [f"{lib.get('name', 'unknown')} {lib.get('version', '')} (pip install threadpoolctl for threads)"]
     return [
         f"{pool.get('internal_api')} {pool.get('version') or ''} ({pool.get('threading_layer', 'threads')}): "
         f"{pool['num_threads']} threads, {pool.get('filepath')}"
-        for pool in threadpool_info()
-        if pool.get("user_api") == "blas"
+        for pool in pools
     ]
+
+
+def threads(cores: int) -> dict[str, str]:
+    """How many threads each installed array library computes with on the CPU."""
+    pools = blas_pools()
+    found = {
+        "numpy": "; ".join(f"{pool['num_threads']} threads ({pool.get('internal_api')} BLAS)" for pool in pools or [])
+        or "unknown (pip install threadpoolctl)"
+    }
+    if importlib.util.find_spec("torch"):
+        try:
+            import torch
+        except ImportError as exc:
+            found["torch"] = f"cannot import torch: {exc}"
+        else:
+            found["torch"] = (
+                f"{torch.get_num_threads()} threads within an operation, {torch.get_num_interop_threads()} "
+                "across operations (torch.set_num_threads)"
+            )
+    if importlib.util.find_spec("jax"):
+        flags = os.environ.get("XLA_FLAGS", "")
+        limited = "intra_op_parallelism_threads" in flags or "xla_cpu_multi_thread_eigen" in flags
+        count = f"as XLA_FLAGS={flags!r} sets them" if limited else f"{cores} threads, one per usable core"
+        found["jax"] = f"{count} (XLA's CPU thread pool; JAX has no setting of its own)"
+    return found
+
+
+def default_backend() -> str:
+    """The backend a model gets without ``backend=`` ($XPMLP_BACKEND, $XPMLP_DEVICE), or why it cannot."""
+    name = os.environ.get("XPMLP_BACKEND", "").strip()
+    source = f"$XPMLP_BACKEND={name!r}" if name else "$XPMLP_BACKEND unset"
+    try:
+        backend = get_backend()
+    except (BackendUnavailableError, ValueError) as exc:
+        return (
+            f"INVALID ({source}): {exc} Every model made without backend=, and train.py without --backend, "
+            "stops with this error until the variable is fixed or unset."
+        )
+    return f"{backend.name} on {backend.device} ({source})"
+
+
+def mnist() -> str:
+    """Where MNIST would be read from, and what train.py does when it is not there."""
+    directory, found = mnist_location()
+    if found:
+        return f"{directory} ({found} files)"
+    if os.environ.get("XPMLP_DATA"):
+        return (
+            f"{directory} (no MNIST files there; $XPMLP_DATA names it, so train.py stops with an error and "
+            f"downloads nothing: it downloads only into {DEFAULT_CACHE}, when neither --data nor $XPMLP_DATA "
+            "is given. xpmlp.load_mnist() would download into it unless download=False)"
+        )
+    return f"{directory} (no MNIST files there; train.py would download them into it)"
 
 
 def gpus() -> list[str]:
@@ -84,18 +149,18 @@ def gpus() -> list[str]:
 
 
 def report() -> dict[str, Any]:
-    directory, found = mnist_location()
-    data = f"{directory} ({found} files)" if found else f"{directory} (no MNIST files there; train.py would download)"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "versions": versions(),
         "platform": platform.platform(),
         "cpu": f"{cpu_name()}, {cores} cores usable ({os.cpu_count()} in the machine)",
         "blas": blas(),
+        "threads": threads(cores),
         "gpus": gpus(),
         "backends": backends(),
-        "environment": {k: os.environ[k] for k in ("XPMLP_BACKEND", "XPMLP_DEVICE", "XPMLP_DATA") if k in os.environ},
-        "mnist": data,
+        "default backend": default_backend(),
+        "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
+        "mnist": mnist(),
     }
 
 

@@ -315,6 +315,7 @@ def fit(
     progress: bool | None = None,
     callbacks: Sequence[Callable[[int, History], Any]] = (),
     compiled: bool = True,
+    shuffle: bool = True,
 ) -> History:
     """Train ``mlp`` until ``epochs`` epochs are done (counting those in ``history``).
 
@@ -341,6 +342,8 @@ def fit(
         per epoch on JAX; eager elsewhere); its compilation time goes to
         ``history.compile_seconds``, not to an epoch. False: the HW1 loop of
         ``forward``, ``backward``, ``step`` per batch. Both compute the same.
+    shuffle
+        False: every epoch takes the training rows in their given order (``seed`` is not used).
 
     Raises
     ------
@@ -372,21 +375,15 @@ def fit(
     first = epochs if history.stopped_early else history.epochs  # a run that stopped early is finished
     run_epoch = CompiledEpoch(mlp, train_data, batch_size) if compiled else None
     for epoch in range(first, epochs):
-        order = _epoch_order(seed, epoch, train_data.n)
+        order = _epoch_order(seed, epoch, train_data.n) if shuffle else host.arange(train_data.n)
         if run_epoch is not None:
             history.compile_seconds += run_epoch.compile(order)  # before the epoch's clock starts
         started = time.perf_counter()
-        with tqdm(
-            total=batches,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            disable=None if progress is None else not progress,
-            leave=False,
-        ) as bar:
+        with _progress(tqdm, progress, epoch, epochs, batches if run_epoch is None else None, history) as tick:
             if run_epoch is None:
-                sums = train_epoch(mlp, train_data, backend.asarray(order), batch_size, bar.update)
+                sums = train_epoch(mlp, train_data, backend.asarray(order), batch_size, tick)
             else:
                 sums = run_epoch(order)
-                bar.update(batches)
             if val_data is not None:
                 sums += _eval_sums(mlp, val_data)
             stats = _read_sums(mlp, sums)  # the epoch's one device->host read
@@ -413,6 +410,31 @@ def fit(
         if history.stopped_early or any(stop):
             break
     return history
+
+
+@contextlib.contextmanager
+def _progress(
+    tqdm: Any, show: bool | None, epoch: int, epochs: int, batches: int | None, history: History
+) -> Iterator[Callable[[], Any]]:
+    """:func:`fit`'s tqdm bar while epoch ``epoch`` (0-based) trains; yields the per-batch tick.
+
+    ``batches`` given: fit's own loop runs them (``compiled=False``), and a bar over the
+    epoch's batches moves after each. None: the epoch is one call (one XLA program on
+    JAX), which reports nothing until it returns; the bar is over the epochs instead,
+    at ``epoch`` of ``epochs``, with the mean seconds of the epochs trained so far.
+    """
+    disable = None if show is None else not show
+    if batches is not None:
+        with tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", disable=disable, leave=False) as bar:
+            yield bar.update
+        return
+    seconds = history.seconds
+    rate = f"{sum(seconds) / len(seconds):.2f} s/epoch" if seconds else "first epoch"
+    layout = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} epochs done{postfix}"
+    with tqdm(
+        total=epochs, initial=epoch, desc="training", postfix=rate, bar_format=layout, disable=disable, leave=False
+    ):
+        yield lambda: None
 
 
 def _check_batchnorm_batches(mlp: MLP, n: int, batch_size: int) -> None:
