@@ -99,17 +99,21 @@ def test_unsupported_dtype(dtype):
         B.float_dtype_name(dtype)
 
 
-@pytest.mark.parametrize("axis", [None, 0, 1])
+@pytest.mark.parametrize("axis", [None, 0, 1, (0, 1)])
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_lean_numpy_functions_keep_numpys_semantics(axis, keepdims):
     xp = B.get_backend("numpy").xp
     x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
-    for lean, reference in ((xp.sum, np.sum), (xp.max, np.max), (xp.argmax, np.argmax)):
+    reductions = [(xp.sum, np.sum), (xp.max, np.max), (xp.mean, np.mean)]
+    for lean, reference in reductions + ([(xp.argmax, np.argmax)] if not isinstance(axis, tuple) else []):
         got, expected = lean(x, axis=axis, keepdims=keepdims), reference(x, axis=axis, keepdims=keepdims)
         assert np.asarray(got).dtype == np.asarray(expected).dtype
         np.testing.assert_array_equal(got, expected)
-    if axis is not None:
+    if isinstance(axis, int):
         idx = np.array([2, 0, 0])
         np.testing.assert_array_equal(xp.take(x, idx, axis=axis), np.take(x, idx, axis=axis))
     assert xp.sum(x, dtype=np.float64).dtype == np.float64
+    view = xp.reshape(x, (-1,))
+    assert view.shape == (12,) and np.shares_memory(view, x)
+    assert not np.shares_memory(xp.reshape(x, (3, 4), copy=True), x)
     assert xp.matmul is np.matmul  # everything else is NumPy's own

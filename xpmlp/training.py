@@ -182,13 +182,16 @@ def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> Epoc
     )
 
 
-def make_epoch(mlp: MLP, n: int, batch_size: int) -> Callable[[tuple, EpochData], tuple]:
+def make_epoch(
+    mlp: MLP, n: int, batch_size: int, tick: Callable[[], Any] | None = None
+) -> Callable[[tuple, EpochData], tuple]:
     """One epoch of :meth:`MLP.stateless_step` as a pure function, ready for :meth:`Backend.compile`.
 
     ``epoch((state, loss_sum, errors), data) -> (state, loss_sum, errors)``, where
     ``state`` is a :meth:`MLP.training_state`: the full batches run in
     :meth:`Backend.fori_loop`, then the partial one, each gathering its own rows from
     the device-resident split. No host reads; the model is left as it was.
+    ``tick()`` runs after each batch (for a backend that runs the epoch eagerly).
     """
     xp, width = mlp.backend.xp, mlp.input_size
     full, rest = divmod(n, batch_size)
@@ -197,6 +200,8 @@ def make_epoch(mlp: MLP, n: int, batch_size: int) -> Callable[[tuple, EpochData]
         state, loss_sum, errors = carry
         rows = xp.take(d.rows, idx, axis=0)
         state, loss, out = mlp.train_step(state, rows[:, :width], rows[:, width:], d.lr, d.momentum)
+        if tick is not None:
+            tick()
         return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0))
 
     def epoch(carry: tuple, d: EpochData) -> tuple:
@@ -208,16 +213,24 @@ def make_epoch(mlp: MLP, n: int, batch_size: int) -> Callable[[tuple, EpochData]
     return epoch
 
 
+def _no_tick() -> None:
+    pass
+
+
 class CompiledEpoch:
     """:func:`make_epoch` for one model, split and batch size, compiled by the backend once.
 
-    ``epoch(order)`` trains one epoch over the host permutation ``order`` and makes
-    the resulting state the model's; it returns the device sums [loss, errors].
+    ``epoch(order, tick)`` trains one epoch over the host permutation ``order`` and
+    makes the resulting state the model's; it returns the device sums [loss, errors].
+    Where the backend runs the epoch eagerly, ``tick()`` runs after each batch.
     """
 
     def __init__(self, mlp: MLP, data: DeviceSplit, batch_size: int) -> None:
         self.mlp, self.data, self.batch_size = mlp, data, batch_size
         self.run: Callable[[tuple, EpochData], tuple] | None = None
+        self.tick: Callable[[], Any] = _no_tick
+        #: whether ``tick`` runs per batch (the backend runs the epoch eagerly)
+        self.ticks = not mlp.backend.compiles
 
     def _inputs(self, order: Any) -> tuple[tuple, EpochData]:
         mlp = self.mlp
@@ -230,11 +243,13 @@ class CompiledEpoch:
             return 0.0
         backend = self.mlp.backend
         started = time.perf_counter()
-        self.run = backend.compile(make_epoch(self.mlp, self.data.n, self.batch_size), *self._inputs(order))
+        tick = (lambda: self.tick()) if self.ticks else None
+        self.run = backend.compile(make_epoch(self.mlp, self.data.n, self.batch_size, tick), *self._inputs(order))
         return time.perf_counter() - started if backend.compiles else 0.0
 
-    def __call__(self, order: Any) -> list[Array]:
+    def __call__(self, order: Any, tick: Callable[[], Any] | None = None) -> list[Array]:
         self.compile(order)
+        self.tick = tick or _no_tick
         state, *sums = self.run(*self._inputs(order))
         self.mlp.assign_training_state(state)
         return sums
@@ -379,11 +394,12 @@ def fit(
         if run_epoch is not None:
             history.compile_seconds += run_epoch.compile(order)  # before the epoch's clock starts
         started = time.perf_counter()
-        with _progress(tqdm, progress, epoch, epochs, batches if run_epoch is None else None, history) as tick:
+        per_batch = run_epoch is None or run_epoch.ticks
+        with _progress(tqdm, progress, epoch, epochs, batches if per_batch else None, history) as tick:
             if run_epoch is None:
                 sums = train_epoch(mlp, train_data, backend.asarray(order), batch_size, tick)
             else:
-                sums = run_epoch(order)
+                sums = run_epoch(order, tick)
             if val_data is not None:
                 sums += _eval_sums(mlp, val_data)
             stats = _read_sums(mlp, sums)  # the epoch's one device->host read
@@ -418,9 +434,10 @@ def _progress(
 ) -> Iterator[Callable[[], Any]]:
     """:func:`fit`'s tqdm bar while epoch ``epoch`` (0-based) trains; yields the per-batch tick.
 
-    ``batches`` given: fit's own loop runs them (``compiled=False``), and a bar over the
-    epoch's batches moves after each. None: the epoch is one call (one XLA program on
-    JAX), which reports nothing until it returns; the bar is over the epochs instead,
+    ``batches`` given: the batches run one by one from Python (``compiled=False``, or a
+    backend that runs the compiled epoch eagerly), and a bar over the epoch's batches
+    moves after each. None: the epoch is one program (XLA on JAX, a CUDA graph on
+    CuPy), which reports nothing until it returns; the bar is over the epochs instead,
     at ``epoch`` of ``epochs``, with the mean seconds of the epochs trained so far.
     """
     disable = None if show is None else not show
