@@ -1,12 +1,45 @@
-"""jax.numpy on JAX's default device: an epoch is traced into one XLA program."""
+"""jax.numpy on JAX's default device: an epoch is traced into one XLA program.
+
+Two of JAX's settings are process-wide flags; the backend touches them only where xpmlp needs them:
+
+- **64-bit mode** (``jax_enable_x64``) is switched on the first time the backend is asked for a float64
+  dtype (a float64 model, or ``backend.dtype("float64")``). Without it JAX would store float64 as float32
+  without a word; with it on, JAX's own defaults become 64-bit for the whole process, so a float32 model
+  leaves it off.
+- **Matrix-product precision**: JAX runs float32 products on a GPU in TF32 by default (about 3e-4 relative
+  error). xpmlp asks for ``$XPMLP_JAX_MATMUL_PRECISION`` (default ``highest``: true float32) while it traces
+  a compiled epoch, so the precision is part of that program and nobody else's. Eager operations read
+  JAX's process-wide default at the moment they run, and xpmlp's layers multiply with ``@``, so on a GPU
+  the backend also sets that default (``jax_default_matmul_precision``), unless the user has set one.
+  On the CPU every precision computes float32 exactly, and the process-wide default stays untouched.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from functools import cached_property
 from types import ModuleType
 from typing import Any
 
-from ._base import Backend
+from ._base import Backend, cpu_name
+
+#: Overrides the matrix-product precision of xpmlp's JAX computations.
+PRECISION_ENV_VAR = "XPMLP_JAX_MATMUL_PRECISION"
+#: JAX's names, most exact first: ``highest``/``float32`` is true float32; ``high``/``tensorfloat32`` and
+#: ``default``/``bfloat16`` let a GPU use TF32 (a TPU bfloat16 passes).
+PRECISIONS = ("highest", "float32", "high", "tensorfloat32", "default", "bfloat16")
+
+
+def matmul_precision() -> str:
+    """The precision named by ``$XPMLP_JAX_MATMUL_PRECISION`` (default ``highest``); ValueError if unknown."""
+    value = os.environ.get(PRECISION_ENV_VAR, "").strip().lower() or "highest"
+    if value not in PRECISIONS:
+        raise ValueError(
+            f"${PRECISION_ENV_VAR}={os.environ[PRECISION_ENV_VAR]!r} is not a JAX matmul precision; "
+            f"use one of: {', '.join(PRECISIONS)}"
+        )
+    return value
 
 
 class JaxBackend(Backend):
@@ -14,19 +47,49 @@ class JaxBackend(Backend):
     install = "pip install 'xpmlp[jax]'"
     compiles = True
 
+    def __init__(self, device: str | None = None) -> None:
+        #: The precision of xpmlp's matrix products on this backend (``$XPMLP_JAX_MATMUL_PRECISION``).
+        self.matmul_precision = matmul_precision()
+        self._x64 = False
+        super().__init__(device)
+        config = self._module.config
+        if self._platform != "cpu" and getattr(config, "jax_default_matmul_precision", None) is None:
+            config.update("jax_default_matmul_precision", self.matmul_precision)  # eager work: see the docstring
+
     def _namespace(self) -> ModuleType:
-        # Without x64 JAX silently stores float64 as float32. Process-wide, as JAX's flag is.
-        self._module.config.update("jax_enable_x64", True)
         return self._module.numpy  # an array-API namespace since JAX 0.4.32
+
+    @property
+    def _platform(self) -> str:
+        """The platform of JAX's default device: ``cpu``, ``gpu`` or ``tpu``."""
+        return self._module.devices()[0].platform
 
     def _devices(self) -> tuple[str, ...]:
         default = self._module.devices()[0]
         return ("cpu",) if default.platform == "cpu" else (f"cuda:{default.id}",)
 
+    def dtype(self, name: str) -> Any:
+        """As :meth:`Backend.dtype`; the first ``float64`` switches JAX's 64-bit mode on (process-wide)."""
+        if name == "float64" and not self._x64:
+            self._module.config.update("jax_enable_x64", True)
+            self._x64 = True
+        return super().dtype(name)
+
     def compile(self, fn: Callable[..., Any], *example_args: Any) -> Callable[..., Any]:
-        """``jax.jit`` lowered and compiled ahead of time, so the caller can time compilation apart from running."""
-        return self._module.jit(fn).lower(*example_args).compile()
+        """``jax.jit`` traced at :attr:`matmul_precision` and compiled ahead of time.
+
+        The precision is written into the program's dot operations, whatever JAX's default is when it
+        runs. Compiled ahead of time so the caller can time compilation apart from running.
+        """
+        with self._module.default_matmul_precision(self.matmul_precision):
+            lowered = self._module.jit(fn).lower(*example_args)
+        return lowered.compile()
 
     def fori_loop(self, count: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
         """``lax.fori_loop``: the loop is part of the traced program, not unrolled."""
         return self._module.lax.fori_loop(0, count, body, carry)
+
+    @cached_property
+    def device_name(self) -> str:
+        """The GPU's name (e.g. ``NVIDIA H100 80GB HBM3``) where JAX runs on one, else the CPU's."""
+        return cpu_name() if self._platform == "cpu" else self._module.devices()[0].device_kind
