@@ -4,7 +4,8 @@ Sigmoid hidden layers, BatchNorm (batch statistics, running averages with
 α = 0.9, ε = 1e-8) on the first ``num_bn`` layers, softmax cross-entropy,
 momentum SGD (v ← μ·v − η·g; p ← p + v). Gradients come from autograd, not
 from xpmlp's hand-derived backward pass. A last partial batch runs as its own
-jitted step (a second program, for its shape).
+jitted step (a second program, for its shape). Matrix products run at ``precision``
+(xpmlp's JAX backend default, 'highest', unless told otherwise), so both sides compute the same float32.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _step(carry, idx, *, x_all, y_all, labels_all, num_bn, lr, momentum):
 class JaxMLP:
     """``epoch`` runs one epoch either as one jitted step per batch (``scan=False``) or as one ``lax.scan``."""
 
-    def __init__(self, weights, biases, num_bn, lr, momentum, dtype, scan):
+    def __init__(self, weights, biases, num_bn, lr, momentum, dtype, scan, precision="highest"):
         b = [jnp.asarray(v, dtype) for v in biases]
         params = {
             "W": [jnp.asarray(w, dtype) for w in weights],
@@ -64,7 +65,7 @@ class JaxMLP:
         zero = jnp.zeros((), dtype)
         self.carry = (params, jax.tree.map(jnp.zeros_like, params), stats, zero, jnp.zeros((), jnp.int32))
         self.settings = {"num_bn": num_bn, "lr": lr, "momentum": momentum}
-        self.scan = scan
+        self.scan, self.precision = scan, precision
         self._scan_epoch = jax.jit(self._run_scan, static_argnums=(5,))
         self._jit_step = jax.jit(self._run_step, static_argnums=(6,))
         self._jit_rest = jax.jit(self._run_rest)
@@ -80,19 +81,33 @@ class JaxMLP:
     def _run_rest(self, carry, x_all, y_all, labels_all, idx):
         return _step(carry, idx, x_all=x_all, y_all=y_all, labels_all=labels_all, **self.settings)[0]
 
+    def _start(self):
+        params, velocity, stats, _, _ = self.carry
+        return params, velocity, stats, jnp.zeros((), self.carry[3].dtype), jnp.zeros((), jnp.int32)
+
     def epoch(self, x, one_hot, labels, order, batch_size):
         """Returns (sum of losses, errors) of the epoch, read once at its end."""
-        params, velocity, stats, _, _ = self.carry
-        zero = jnp.zeros((), self.carry[3].dtype)
-        carry = (params, velocity, stats, zero, jnp.zeros((), jnp.int32))
+        carry = self._start()
         cut = len(order) - len(order) % batch_size
         full, rest = order[:cut], order[cut:]
-        if self.scan:
-            carry = self._scan_epoch(carry, x, one_hot, labels, full, batch_size)
-        else:
-            for i in range(cut // batch_size):
-                carry = self._jit_step(carry, x, one_hot, labels, full, np.int32(i), batch_size)
-        if len(rest):
-            carry = self._jit_rest(carry, x, one_hot, labels, rest)
+        with jax.default_matmul_precision(self.precision):  # read when a jitted function traces
+            if self.scan:
+                carry = self._scan_epoch(carry, x, one_hot, labels, full, batch_size)
+            else:
+                for i in range(cut // batch_size):
+                    carry = self._jit_step(carry, x, one_hot, labels, full, np.int32(i), batch_size)
+            if len(rest):
+                carry = self._jit_rest(carry, x, one_hot, labels, rest)
         self.carry = carry
         return float(carry[3]), int(carry[4])
+
+    def compiled_text(self, x, one_hot, labels, order, batch_size):
+        """The optimised HLO of the program a full batch runs in: the scan epoch, or one jitted step."""
+        cut = len(order) - len(order) % batch_size
+        args = (self._start(), x, one_hot, labels, order[:cut])
+        with jax.default_matmul_precision(self.precision):
+            if self.scan:
+                lowered = self._scan_epoch.lower(*args, batch_size)
+            else:
+                lowered = self._jit_step.lower(*args, np.int32(0), batch_size)
+        return lowered.compile().as_text()
