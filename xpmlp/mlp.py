@@ -323,9 +323,10 @@ class MLP:
         return self._forward(self._check("forward input", x, self.input_size))
 
     def _forward(self, x: Array) -> Array:
+        matmul = self.backend.xp.matmul  # not `@`: a backend may set the product's precision (JAX on a GPU)
         a = self.input = x
         for i in range(self.nlayers):
-            z = a @ self.W[i] + self.b[i]
+            z = matmul(a, self.W[i]) + self.b[i]
             if i < self.num_bn_layers:
                 z = self.bn_layers[i](z, eval=not self.train_mode)
             a = self.activations[i](z)
@@ -357,12 +358,12 @@ class MLP:
             if i < self.num_bn_layers:
                 delta = self.bn_layers[i].backward(delta)
             a_prev = self.input if i == 0 else self.activations[i - 1].state
-            self.dW[i] = a_prev.T @ delta
+            self.dW[i] = xp.matmul(a_prev.T, delta)
             if self.l2:
                 self.dW[i] = self.dW[i] + self.l2 * self.W[i]
             self.db[i] = xp.sum(delta, axis=0, keepdims=True)
             if i > 0:
-                delta = delta @ self.W[i].T
+                delta = xp.matmul(delta, self.W[i].T)
         return loss
 
     def zero_grads(self) -> None:

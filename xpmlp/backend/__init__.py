@@ -12,7 +12,8 @@ Backends, chosen by name (argument, else ``$XPMLP_BACKEND``, else ``numpy``):
 ``numpy``                 NumPy >= 2 on the CPU; the reference backend.
 ``cupy``                  CuPy >= 14 on an NVIDIA GPU (through array-api-compat).
 ``jax``                   jax.numpy on JAX's default device; 64-bit floats are
-                          switched on (``jax_enable_x64``) so float64 means it.
+                          switched on (``jax_enable_x64``) when a float64 model
+                          first needs them; products at 'highest' precision.
 ``torch``                 PyTorch tensors (through array-api-compat) on ``cpu``,
                           ``cuda`` or ``cuda:N``; autograd is never used.
 ``array_api_strict``      The standard's reference namespace: proves that no

@@ -7,15 +7,15 @@ Two of JAX's settings are process-wide flags; the backend touches them only wher
   without a word; with it on, JAX's own defaults become 64-bit for the whole process, so a float32 model
   leaves it off.
 - **Matrix-product precision**: JAX runs float32 products on a GPU in TF32 by default (about 3e-4 relative
-  error). xpmlp asks for ``$XPMLP_JAX_MATMUL_PRECISION`` (default ``highest``: true float32) while it traces
-  a compiled epoch, so the precision is part of that program and nobody else's. Eager operations read
-  JAX's process-wide default at the moment they run, and xpmlp's layers multiply with ``@``, so on a GPU
-  the backend also sets that default (``jax_default_matmul_precision``), unless the user has set one.
-  On the CPU every precision computes float32 exactly, and the process-wide default stays untouched.
+  error). xpmlp's layers multiply with ``xp.matmul``, and this backend's ``matmul`` passes
+  ``precision=$XPMLP_JAX_MATMUL_PRECISION`` (default ``highest``: true float32) to every product, eager or
+  traced into the compiled epoch. JAX's process-wide default (``jax_default_matmul_precision``) is left
+  alone, so the user's own JAX code keeps whatever precision it had.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from functools import cached_property
@@ -52,12 +52,15 @@ class JaxBackend(Backend):
         self.matmul_precision = matmul_precision()
         self._x64 = False
         super().__init__(device)
-        config = self._module.config
-        if self._platform != "cpu" and getattr(config, "jax_default_matmul_precision", None) is None:
-            config.update("jax_default_matmul_precision", self.matmul_precision)  # eager work: see the docstring
 
     def _namespace(self) -> ModuleType:
-        return self._module.numpy  # an array-API namespace since JAX 0.4.32
+        """jax.numpy (an array-API namespace since JAX 0.4.32) with ``matmul`` at :attr:`matmul_precision`."""
+        jnp = self._module.numpy
+        namespace = ModuleType("xpmlp.backend.jax.numpy", "jax.numpy, its products at xpmlp's precision")
+        namespace.__dict__.update({k: v for k, v in vars(jnp).items() if not k.startswith("__")})
+        namespace.matmul = functools.partial(jnp.matmul, precision=self.matmul_precision)
+        namespace.__array_api_version__ = jnp.__array_api_version__
+        return namespace
 
     @property
     def _platform(self) -> str:
@@ -76,14 +79,11 @@ class JaxBackend(Backend):
         return super().dtype(name)
 
     def compile(self, fn: Callable[..., Any], *example_args: Any) -> Callable[..., Any]:
-        """``jax.jit`` traced at :attr:`matmul_precision` and compiled ahead of time.
+        """``jax.jit`` lowered and compiled ahead of time, so the caller can time compilation apart from running.
 
-        The precision is written into the program's dot operations, whatever JAX's default is when it
-        runs. Compiled ahead of time so the caller can time compilation apart from running.
+        The products' precision is written into the program's dot operations (see ``matmul``).
         """
-        with self._module.default_matmul_precision(self.matmul_precision):
-            lowered = self._module.jit(fn).lower(*example_args)
-        return lowered.compile()
+        return self._module.jit(fn).lower(*example_args).compile()
 
     def fori_loop(self, count: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
         """``lax.fori_loop``: the loop is part of the traced program, not unrolled."""
