@@ -374,6 +374,8 @@ class TraceNamespace:
             dtype = numpy.dtype(numpy.int64)
         elif op == "mean" and x.dtype.kind != "f":
             raise TypeError("mean needs a floating array")
+        elif op == "sum" and x.dtype.kind in "biu":  # as NumPy: booleans and integers sum in 64 bits
+            dtype = numpy.dtype(numpy.uint64 if x.dtype.kind == "u" else numpy.int64)
         else:
             dtype = x.dtype
         return Tracer(op, (x,), shape, dtype, {"axes": list(axes), "keepdims": bool(keepdims)})

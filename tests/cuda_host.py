@@ -1,0 +1,141 @@
+"""Generated CUDA kernels run on the CPU: the very source, compiled by g++ against an emulation of CUDA's built-ins.
+
+Blocks run one after another; a block's threads run as OS threads meeting at ``std::barrier``s
+(``__syncthreads``; a warp's barrier for ``__shfl_down_sync``), so a missing barrier or a wrong
+shuffle shows up as a wrong number. With one thread per block (and a warp of one) everything is
+sequential and fast. This checks what nvcc cannot: that the generated index arithmetic computes
+the right values. It is not a GPU: memory ordering between blocks is sequential here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from xpmlp.backend.cuda import CTYPES, module_source
+from xpmlp.backend.fuse import KernelSpec, LoopPlan, Plan
+from xpmlp.backend.trace import flatten, unflatten
+
+COMPILER = shutil.which("g++")
+
+HEADER = r"""
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <vector>
+struct xpmlp_dim3 { unsigned x = 0, y = 0, z = 0; };
+thread_local xpmlp_dim3 threadIdx;
+static xpmlp_dim3 blockIdx, blockDim, gridDim;
+#define __global__
+#define __launch_bounds__(n)
+#define __shared__ static
+static std::barrier<>* xpmlp_block = nullptr;
+static std::vector<std::barrier<>*> xpmlp_warps;
+static unsigned char xpmlp_lanes[1024][8];
+inline void __syncthreads() { if (xpmlp_block) xpmlp_block->arrive_and_wait(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+template <class T> inline T __ldcg(const T* p) { return *(const volatile T*)p; }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 8); return f; }
+template <class T> T __shfl_down_sync(unsigned, T v, int d) {
+  const unsigned t = threadIdx.x, lane = t % XPMLP_WARP;
+  if (XPMLP_WARP == 1) return v;
+  std::barrier<>* warp = xpmlp_warps[t / XPMLP_WARP];
+  std::memcpy(xpmlp_lanes[t], &v, sizeof(T));
+  warp->arrive_and_wait();
+  T out = v;
+  if (lane + d < XPMLP_WARP) std::memcpy(&out, xpmlp_lanes[t + d], sizeof(T));
+  warp->arrive_and_wait();
+  return out;
+}
+template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) {
+  gridDim.x = grid;
+  blockDim.x = threads;
+  std::barrier<> block(threads);
+  xpmlp_block = threads > 1 ? &block : nullptr;
+  xpmlp_warps.clear();
+  for (unsigned w = 0; w < threads / XPMLP_WARP; ++w) xpmlp_warps.push_back(new std::barrier<>(XPMLP_WARP));
+  for (unsigned b = 0; b < grid; ++b) {
+    blockIdx.x = b;
+    if (threads == 1) { threadIdx.x = 0; kernel(); continue; }
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t) pool.emplace_back([&kernel, t] { threadIdx.x = t; kernel(); });
+    for (auto& thread : pool) thread.join();
+  }
+  for (auto* w : xpmlp_warps) delete w;
+  xpmlp_warps.clear();
+}
+"""
+
+
+def _launcher(spec: KernelSpec) -> str:
+    """``launch_<name>(args, grid, threads)``: args are the params' data pointers, then a pointer to ``it``."""
+    casts = [f"({CTYPES[p.dtype]}*)args[{k}]" for k, p in enumerate(spec.params)]
+    call = ", ".join([*casts, f"*(long long*)args[{len(spec.params)}]"])
+    return (
+        f'extern "C" void launch_{spec.name}(void** args, unsigned grid, unsigned threads) {{\n'
+        f"  xpmlp_launch(grid, threads, [&] {{ {spec.name}({call}); }});\n}}\n"
+    )
+
+
+class HostModule:
+    """The kernels of ``specs`` compiled for the CPU with ``threads`` per block and warps of ``warp``."""
+
+    def __init__(self, specs: Sequence[KernelSpec], threads: int = 1, warp: int = 1) -> None:
+        self.specs, self.threads = {s.name: s for s in specs}, threads
+        source = HEADER + module_source(specs) + "\n".join(_launcher(s) for s in specs)
+        flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-DXPMLP_THREADS={threads}"]
+        flags.append(f"-DXPMLP_WARP={warp}")
+        key = hashlib.sha256((source + " ".join(flags)).encode()).hexdigest()[:16]
+        folder = os.path.join(tempfile.gettempdir(), "xpmlp-cuda-host")
+        os.makedirs(folder, exist_ok=True)
+        library = os.path.join(folder, f"{key}.so")
+        if not os.path.exists(library):
+            path = os.path.join(folder, f"{key}.cpp")
+            with open(path, "w") as f:
+                f.write(source)
+            partial = f"{library}.{os.getpid()}"
+            subprocess.run([COMPILER, *flags, path, "-o", partial], check=True, capture_output=True, text=True)
+            os.replace(partial, library)
+        self.library = ctypes.CDLL(library)
+
+    def launch(self, name: str, arrays: Sequence[np.ndarray], it: int = 0) -> None:
+        spec = self.specs[name]
+        assert len(arrays) == len(spec.params)
+        for array, param in zip(arrays, spec.params, strict=True):
+            assert array.dtype == np.dtype(param.dtype) and array.flags.c_contiguous, (name, param)
+        counter = ctypes.c_longlong(it)
+        args = (ctypes.c_void_p * (len(arrays) + 1))(*[a.ctypes.data for a in arrays], ctypes.addressof(counter))
+        getattr(self.library, f"launch_{name}")(args, spec.grid(self.threads), self.threads)
+
+
+def run_plan_on_host(plan: Plan, args: Any, threads: int = 1, warp: int = 1) -> Any:
+    """``plan`` executed by its compiled CUDA kernels on the CPU: the outputs' pytree (as fuse.run_plan)."""
+    module = HostModule(plan.kernels(), threads, warp)
+    arrays = []
+    for buffer in plan.buffers:
+        array = np.zeros(buffer.shape, buffer.dtype)
+        if buffer.value is not None:
+            array[...] = buffer.value
+        arrays.append(array)
+    leaves, _ = flatten(tuple(args))
+    for buffer, leaf in zip(plan.inputs, leaves, strict=True):
+        if buffer is not None:
+            arrays[buffer][...] = leaf
+    for segment in plan.segments:
+        loop = segment if isinstance(segment, LoopPlan) else None
+        for it in range(loop.count if loop else 1):
+            for spec in loop.kernels if loop else segment:
+                module.launch(spec.name, [arrays[plan.resolve(p.slot, it)] for p in spec.params], it)
+    return unflatten(plan.out_tree, [arrays[plan.resolve(slot)].copy() for slot in plan.outputs])
