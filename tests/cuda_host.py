@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from xpmlp.backend.cuda import CTYPES, module_source
-from xpmlp.backend.fuse import KernelSpec, LoopPlan, Plan
+from xpmlp.backend.cuda import CTYPES, descriptions, module_source
+from xpmlp.backend.fuse import LoopPlan, Plan
 from xpmlp.backend.trace import flatten, unflatten
 
 COMPILER = shutil.which("g++")
@@ -79,22 +79,23 @@ template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) 
 """
 
 
-def _launcher(spec: KernelSpec) -> str:
+def _launcher(description: dict) -> str:
     """``launch_<name>(args, grid, threads)``: args are the params' data pointers, then a pointer to ``it``."""
-    casts = [f"({CTYPES[p.dtype]}*)args[{k}]" for k, p in enumerate(spec.params)]
-    call = ", ".join([*casts, f"*(long long*)args[{len(spec.params)}]"])
+    params, name = description["params"], description["name"]
+    casts = [f"({CTYPES[p['dtype']]}*)args[{k}]" for k, p in enumerate(params)]
+    call = ", ".join([*casts, f"*(long long*)args[{len(params)}]"])
     return (
-        f'extern "C" void launch_{spec.name}(void** args, unsigned grid, unsigned threads) {{\n'
-        f"  xpmlp_launch(grid, threads, [&] {{ {spec.name}({call}); }});\n}}\n"
+        f'extern "C" void launch_{name}(void** args, unsigned grid, unsigned threads) {{\n'
+        f"  xpmlp_launch(grid, threads, [&] {{ {name}({call}); }});\n}}\n"
     )
 
 
 class HostModule:
-    """The kernels of ``specs`` compiled for the CPU with ``threads`` per block and warps of ``warp``."""
+    """The kernels of a generated CUDA ``source`` compiled for the CPU, ``threads`` per block, warps of ``warp``."""
 
-    def __init__(self, specs: Sequence[KernelSpec], threads: int = 1, warp: int = 1) -> None:
-        self.specs, self.threads = {s.name: s for s in specs}, threads
-        source = HEADER + module_source(specs) + "\n".join(_launcher(s) for s in specs)
+    def __init__(self, source: str, threads: int = 1, warp: int = 1) -> None:
+        self.descriptions, self.threads = descriptions(source), threads
+        source = HEADER + source + "\n".join(_launcher(d) for d in self.descriptions.values())
         flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-DXPMLP_THREADS={threads}"]
         flags.append(f"-DXPMLP_WARP={warp}")
         key = hashlib.sha256((source + " ".join(flags)).encode()).hexdigest()[:16]
@@ -102,27 +103,30 @@ class HostModule:
         os.makedirs(folder, exist_ok=True)
         library = os.path.join(folder, f"{key}.so")
         if not os.path.exists(library):
-            path = os.path.join(folder, f"{key}.cpp")
+            path = os.path.join(folder, f"{key}.{os.getpid()}.cpp")
             with open(path, "w") as f:
                 f.write(source)
             partial = f"{library}.{os.getpid()}"
             subprocess.run([COMPILER, *flags, path, "-o", partial], check=True, capture_output=True, text=True)
             os.replace(partial, library)
+            os.remove(path)
         self.library = ctypes.CDLL(library)
 
-    def launch(self, name: str, arrays: Sequence[np.ndarray], it: int = 0) -> None:
-        spec = self.specs[name]
-        assert len(arrays) == len(spec.params)
-        for array, param in zip(arrays, spec.params, strict=True):
-            assert array.dtype == np.dtype(param.dtype) and array.flags.c_contiguous, (name, param)
+    def launch(self, name: str, grid: int, arrays: Sequence[np.ndarray], it: int = 0) -> None:
+        """Kernel ``name`` over ``grid`` blocks on ``arrays`` (one per param, C-contiguous, of the param's dtype)."""
+        params = self.descriptions[name]["params"]
+        assert len(arrays) == len(params), name
+        for array, param in zip(arrays, params, strict=True):
+            assert array.dtype == np.dtype(param["dtype"]) and array.flags.c_contiguous, (name, param)
+            assert array.size == np.prod(param["shape"], dtype=int), (name, param, array.shape)
         counter = ctypes.c_longlong(it)
         args = (ctypes.c_void_p * (len(arrays) + 1))(*[a.ctypes.data for a in arrays], ctypes.addressof(counter))
-        getattr(self.library, f"launch_{name}")(args, spec.grid(self.threads), self.threads)
+        getattr(self.library, f"launch_{name}")(args, grid, self.threads)
 
 
 def run_plan_on_host(plan: Plan, args: Any, threads: int = 1, warp: int = 1) -> Any:
     """``plan`` executed by its compiled CUDA kernels on the CPU: the outputs' pytree (as fuse.run_plan)."""
-    module = HostModule(plan.kernels(), threads, warp)
+    module = HostModule(module_source(plan.kernels()), threads, warp)
     arrays = []
     for buffer in plan.buffers:
         array = np.zeros(buffer.shape, buffer.dtype)
@@ -137,5 +141,6 @@ def run_plan_on_host(plan: Plan, args: Any, threads: int = 1, warp: int = 1) -> 
         loop = segment if isinstance(segment, LoopPlan) else None
         for it in range(loop.count if loop else 1):
             for spec in loop.kernels if loop else segment:
-                module.launch(spec.name, [arrays[plan.resolve(p.slot, it)] for p in spec.params], it)
+                bound = [arrays[plan.resolve(p.slot, it)] for p in spec.params]
+                module.launch(spec.name, spec.grid(threads), bound, it)
     return unflatten(plan.out_tree, [arrays[plan.resolve(slot)].copy() for slot in plan.outputs])

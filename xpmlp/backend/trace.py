@@ -392,6 +392,10 @@ class TraceNamespace:
     def min(self, x: Tracer, /, *, axis: Any = None, keepdims: bool = False) -> Tracer:
         return self._reduce("min", x, axis, keepdims)
 
+    def count_nonzero(self, x: Tracer, /, *, axis: Any = None, keepdims: bool = False) -> Tracer:
+        nonzero = x if x.dtype == numpy.bool_ else x != 0
+        return self.sum(self.astype(nonzero, self.int64), axis=axis, keepdims=keepdims)
+
     def argmax(self, x: Tracer, /, *, axis: int | None = None, keepdims: bool = False) -> Tracer:
         return self._reduce("argmax", x, axis, keepdims)
 
