@@ -55,6 +55,7 @@ class CapturedFunction:
         self.kernels_per_step = plan.kernels_per_step
         self.shapes = [(tuple(leaf.shape), numpy.dtype(leaf.dtype)) for leaf in example]
         specs = plan.kernels()
+        cupy.cuda.get_current_stream().synchronize()  # the example arguments are written on the caller's stream
         self.pool = cupy.cuda.MemoryPool()
         self.stream = cupy.cuda.Stream(non_blocking=True)
         with cupy.cuda.using_allocator(self.pool.malloc), self.stream:
@@ -62,8 +63,8 @@ class CapturedFunction:
                 cupy.empty(b.shape, b.dtype) if b.value is None else cupy.asarray(numpy.asarray(b.value, b.dtype))
                 for b in plan.buffers
             ]
-            module = cupy.RawModule(code=module_source(specs))
-            functions = {spec.name: module.get_function(spec.name) for spec in specs}
+            self.module = cupy.RawModule(code=module_source(specs))
+            functions = {spec.name: self.module.get_function(spec.name) for spec in specs}
             self.launches = list(self._launches(functions))
             self._copy_in(example)
             first: dict[str, _Launch] = {}
