@@ -12,6 +12,8 @@ It has what ``xpmlp.backend.cupy`` and ``capture.py`` use, with a GPU's rules en
   ``launch`` replays the recorded launches, with the arguments they were recorded with. A
   kernel's first launch may not happen inside a capture; nothing may be allocated, copied or
   read during one.
+- An array made on one stream may not be read from another before that stream is
+  synchronized (streams run concurrently on a GPU).
 - A kernel runs from its generated source: by default the NumPy interpretation of the
   description embedded in it (``fuse.run_kernel``); with ``kernels="host"`` the generated CUDA
   itself, compiled for the CPU (``cuda_host.HostModule``).
@@ -36,6 +38,10 @@ class DeviceRead(AssertionError):
 
 class NotCapturable(AssertionError):
     """An operation a CUDA stream capture does not allow."""
+
+
+class Unordered(AssertionError):
+    """A read on one stream of what another stream may not have written yet."""
 
 
 class DeviceBuffer:
@@ -139,6 +145,7 @@ class FakeStream:
 
     def synchronize(self) -> None:
         self.gpu.outside_capture("synchronize")
+        self.gpu.pending = {k: v for k, v in self.gpu.pending.items() if v[1] is not self}
 
     def begin_capture(self, mode: int | None = None) -> None:
         if self.null:
@@ -165,6 +172,7 @@ class FakeCupy(types.ModuleType):
         self.capturing: list | None = None
         self.loaded: set[str] = set()
         self.pool_depth = 0
+        self.pending: dict[int, tuple[Any, FakeStream]] = {}  # arrays written on a stream not synchronized since
         self.launches = self.graphs = 0
         self.default_stream = FakeStream(self, null=True)
         self.streams: list[FakeStream] = [self.default_stream]
@@ -192,7 +200,9 @@ class FakeCupy(types.ModuleType):
 
     def _new(self, data: np.ndarray) -> Any:
         self.outside_capture("allocate")
-        return DeviceBuffer(self, data) if self.pool_depth else data
+        array = DeviceBuffer(self, data) if self.pool_depth else data
+        self.pending[id(array)] = (array, self.streams[-1])
+        return array
 
     def empty(self, shape: Sequence[int], dtype: Any = np.float64) -> Any:
         return self._new(_garbage(shape, dtype))
@@ -204,6 +214,9 @@ class FakeCupy(types.ModuleType):
 
     def copyto(self, dst: Any, src: Any) -> None:
         self.outside_capture("copy")
+        written = self.pending.get(id(src))
+        if written is not None and written[0] is src and written[1] is not self.streams[-1]:
+            raise Unordered("a copy reads an array that another stream may still be writing")
         data = src._data if isinstance(src, DeviceBuffer) else src
         assert isinstance(dst, DeviceBuffer) and dst.shape == np.shape(data), "copy into a graph buffer of its shape"
         dst._data[...] = data

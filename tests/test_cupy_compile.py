@@ -21,7 +21,7 @@ from xpmlp.backend.trace import TRACE_NAMESPACE
 from xpmlp.training import CompiledEpoch, DeviceSplit, _epoch_order
 
 from cuda_host import COMPILER
-from fake_cupy import DeviceRead, FakeCupy, NotCapturable
+from fake_cupy import DeviceRead, FakeCupy, NotCapturable, Unordered
 from test_fuse import hw1
 from test_trace import assert_close, epoch_inputs, network
 from test_training import dataset
@@ -112,6 +112,12 @@ def test_the_stand_in_catches_a_dishonest_driver(fake_gpu):
     stream.end_capture()
     with pytest.raises(NotCapturable, match="default stream"):
         gpu.default_stream.begin_capture(mode=gpu.cuda.runtime.streamCaptureModeRelaxed)
+    made_on_the_default_stream = gpu.asarray(np.zeros(3, np.float32))
+    with stream, pytest.raises(Unordered):
+        gpu.copyto(buffer, made_on_the_default_stream)
+    gpu.default_stream.synchronize()
+    with stream:
+        gpu.copyto(buffer, made_on_the_default_stream)
 
 
 # ---------------------------------------------------------------- on a GPU
