@@ -183,9 +183,9 @@ class _Planner:
 
     def plan(self) -> Plan:
         program = self.program
-        segments = self.structure()
-        live = self.liveness(segments)
         uses = _use_counts(program)
+        segments = self.structure(uses)
+        live = self.liveness(segments)
         inputs: list[int | None] = []
         for node in program.inputs:
             inputs.append(self.buffer(node.shape, node.dtype, "input") if node in uses else None)
@@ -208,10 +208,9 @@ class _Planner:
         return Plan(self.buffers, inputs, plans, outputs, program.out_tree, max(steps), self.loops)
 
     # -- structure: segments with their stores, loops with their carry buffers
-    def structure(self) -> list[tuple[str, list[Tracer], dict[Tracer, Slot], LoopPlan | None]]:
+    def structure(self, uses: dict[Tracer, int]) -> list[tuple[str, list[Tracer], dict[Tracer, Slot], Any]]:
         """(kind, nodes, stores, loop) per segment; adds the copies that outputs and carries need."""
         program, out = self.program, []
-        uses = _use_counts(program)
         for segment in program.segments:
             if isinstance(segment, Straight):
                 out.append(("straight", list(segment.nodes), {}, None))
@@ -231,9 +230,9 @@ class _Planner:
             self.loops.append(loop_plan)
             if copies:
                 out.append(("straight", copies, stores, None))
-            body, stores, seen = list(segment.body), {}, set()
+            body, stores, seen, inside = list(segment.body), {}, set(), set(segment.body)
             for j, value in enumerate(segment.outputs):
-                if not _is_compute(value) or value in seen or value not in set(segment.body):
+                if not _is_compute(value) or value in seen or value not in inside:
                     value = _copy(value)
                     body.append(value)
                 seen.add(value)
@@ -299,15 +298,15 @@ class _Planner:
         for value in self.final_outputs:
             if _is_compute(value) and value not in stores:
                 stores[value] = ("buffer", self.buffer(value.shape, value.dtype, "scratch"))
-        needed: set[Tracer] = set(stores)
+        needed = dict.fromkeys(stores)  # (a dict for a reproducible order)
         for group in kernels:
             for kernel in group:
                 for node in kernel.nodes:
                     if node.op in REDUCTIONS or node.op == "matmul":
-                        needed.add(node)
+                        needed[node] = None
                     for base in _bases(node.inputs):
                         if _is_compute(base) and self.kernel_of[base] is not kernel:
-                            needed.add(base)
+                            needed[base] = None
         for node in needed:
             self.location[node] = stores.get(node) or ("buffer", self.buffer(node.shape, node.dtype, "scratch"))
         for loop_plan, inits in self.loop_inits:

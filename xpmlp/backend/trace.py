@@ -230,8 +230,8 @@ def _operand(x: Any) -> Tracer | bool | int | float:
         return x
     if isinstance(x, (bool, int, float)):
         return x
-    if isinstance(x, (numpy.ndarray, numpy.generic)):
-        return _constant(numpy.asarray(x))
+    if isinstance(x, (numpy.ndarray, numpy.generic)):  # a host value: a literal if 0-d, else a constant buffer
+        return TRACE_NAMESPACE.asarray(x)
     raise TraceError(
         f"a {type(x).__name__} met a traced array: pass every array the compiled function reads as an argument"
     )
@@ -722,11 +722,10 @@ def numpy_op(op: str, attrs: dict, inputs: Sequence[Any], shape: Sequence[int], 
         return numpy.astype(numpy.asarray(inputs[0]), numpy.dtype(attrs["dtype"]))
     if op in REDUCTIONS:
         x, axes, keepdims = inputs[0], tuple(attrs["axes"]), attrs["keepdims"]
-        if op in {"argmax", "argmin"}:
-            axis = axes[0] if len(axes) == 1 and numpy.ndim(x) > 1 else None
-            if axis is None and numpy.ndim(x) != 1:
-                return getattr(numpy, op)(numpy.reshape(x, (-1,)), keepdims=False).reshape(shape)
-            return getattr(numpy, op)(x, axis=axis, keepdims=keepdims)
+        if op in {"argmax", "argmin"}:  # one axis, or the flat index over all of them
+            if len(axes) == 1:
+                return getattr(numpy, op)(x, axis=axes[0], keepdims=keepdims)
+            return getattr(numpy, op)(numpy.reshape(x, (-1,))).reshape(shape)
         return getattr(numpy, op)(x, axis=axes, keepdims=keepdims)
     if op == "matmul":
         return inputs[0] @ inputs[1]
