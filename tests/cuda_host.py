@@ -1,10 +1,10 @@
 """Generated CUDA kernels run on the CPU: the very source, compiled by g++ against an emulation of CUDA's built-ins.
 
-Blocks run one after another; a block's threads run as OS threads meeting at ``std::barrier``s
-(``__syncthreads``; a warp's barrier for ``__shfl_down_sync``), so a missing barrier or a wrong
-shuffle shows up as a wrong number. With one thread per block (and a warp of one) everything is
-sequential and fast. This checks what nvcc cannot: that the generated index arithmetic computes
-the right values. It is not a GPU: memory ordering between blocks is sequential here.
+Blocks run one after another; a block's threads run as OS threads meeting at a ``std::barrier``
+(``__syncthreads``), so a missing barrier shows up as a wrong number (or a hang). With one
+thread per block everything is sequential and fast. This checks what nvcc cannot: that the
+generated index arithmetic computes the right values. It is not a GPU: memory ordering between
+blocks is sequential here.
 """
 
 from __future__ import annotations
@@ -37,35 +37,22 @@ struct xpmlp_dim3 { unsigned x = 0, y = 0, z = 0; };
 thread_local xpmlp_dim3 threadIdx;
 static xpmlp_dim3 blockIdx, blockDim, gridDim;
 #define __global__
+#define __host__
+#define __device__
 #define __launch_bounds__(n)
 #define __shared__ static
 static std::barrier<>* xpmlp_block = nullptr;
-static std::vector<std::barrier<>*> xpmlp_warps;
-static unsigned char xpmlp_lanes[1024][8];
 inline void __syncthreads() { if (xpmlp_block) xpmlp_block->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 template <class T> inline T __ldcg(const T* p) { return *(const volatile T*)p; }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 8); return f; }
-template <class T> T __shfl_down_sync(unsigned, T v, int d) {
-  const unsigned t = threadIdx.x, lane = t % XPMLP_WARP;
-  if (XPMLP_WARP == 1) return v;
-  std::barrier<>* warp = xpmlp_warps[t / XPMLP_WARP];
-  std::memcpy(xpmlp_lanes[t], &v, sizeof(T));
-  warp->arrive_and_wait();
-  T out = v;
-  if (lane + d < XPMLP_WARP) std::memcpy(&out, xpmlp_lanes[t + d], sizeof(T));
-  warp->arrive_and_wait();
-  return out;
-}
 template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) {
   gridDim.x = grid;
   blockDim.x = threads;
   std::barrier<> block(threads);
   xpmlp_block = threads > 1 ? &block : nullptr;
-  xpmlp_warps.clear();
-  for (unsigned w = 0; w < threads / XPMLP_WARP; ++w) xpmlp_warps.push_back(new std::barrier<>(XPMLP_WARP));
   for (unsigned b = 0; b < grid; ++b) {
     blockIdx.x = b;
     if (threads == 1) { threadIdx.x = 0; kernel(); continue; }
@@ -73,8 +60,6 @@ template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) 
     for (unsigned t = 0; t < threads; ++t) pool.emplace_back([&kernel, t] { threadIdx.x = t; kernel(); });
     for (auto& thread : pool) thread.join();
   }
-  for (auto* w : xpmlp_warps) delete w;
-  xpmlp_warps.clear();
 }
 """
 
@@ -91,13 +76,12 @@ def _launcher(description: dict) -> str:
 
 
 class HostModule:
-    """The kernels of a generated CUDA ``source`` compiled for the CPU, ``threads`` per block, warps of ``warp``."""
+    """The kernels of a generated CUDA ``source`` compiled for the CPU, with ``threads`` per block."""
 
-    def __init__(self, source: str, threads: int = 1, warp: int = 1) -> None:
+    def __init__(self, source: str, threads: int = 1) -> None:
         self.descriptions, self.threads = descriptions(source), threads
         source = HEADER + source + "\n".join(_launcher(d) for d in self.descriptions.values())
         flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-DXPMLP_THREADS={threads}"]
-        flags.append(f"-DXPMLP_WARP={warp}")
         key = hashlib.sha256((source + " ".join(flags)).encode()).hexdigest()[:16]
         folder = os.path.join(tempfile.gettempdir(), "xpmlp-cuda-host")
         os.makedirs(folder, exist_ok=True)
@@ -124,9 +108,9 @@ class HostModule:
         getattr(self.library, f"launch_{name}")(args, grid, self.threads)
 
 
-def run_plan_on_host(plan: Plan, args: Any, threads: int = 1, warp: int = 1) -> Any:
+def run_plan_on_host(plan: Plan, args: Any, threads: int = 1) -> Any:
     """``plan`` executed by its compiled CUDA kernels on the CPU: the outputs' pytree (as fuse.run_plan)."""
-    module = HostModule(module_source(plan.kernels()), threads, warp)
+    module = HostModule(module_source(plan.kernels()), threads)
     arrays = []
     for buffer in plan.buffers:
         array = np.zeros(buffer.shape, buffer.dtype)

@@ -2,7 +2,7 @@
 
 nvcc proves the source is valid CUDA; running the very same source on the CPU
 (tests/cuda_host.py: blocks in turn, a block's threads as OS threads meeting at barriers)
-proves its index arithmetic, split-K sums, phases and warp shuffles compute what NumPy does.
+proves its index arithmetic, split-K sums, phases and reduction trees compute what NumPy does.
 What only a GPU can show (timing, memory ordering between blocks) runs in
 tests/test_cupy_compile.py where CuPy finds a GPU.
 """
@@ -99,16 +99,14 @@ def test_small_outputs_split_the_sum_over_k():
 
 
 @needs_gxx
-def test_split_sums_phases_and_shuffles_with_many_threads():
-    """64 threads a block (two warps): barriers, the last-block hand-over and the shuffle trees at work."""
+def test_split_sums_phases_and_reductions_with_many_threads():
+    """64 threads a block: the barriers, the last-block hand-over and the reduction trees at work."""
     train, _, _ = dataset(n_train=250)
     program, args, expected = traced_epoch(hw1(), train, 100)
-    assert_close(run_plan_on_host(make_plan(program), args, threads=64, warp=32), expected, 1e-12)
+    assert_close(run_plan_on_host(make_plan(program), args, threads=64), expected, 1e-12)
     plan, arrays = gemm_plan(GEMMS[0][1], GEMMS[0][2], "float64")
     expected = GEMMS[0][1](np, *arrays)
-    assert np.linalg.norm(run_plan_on_host(plan, arrays, threads=64, warp=32) - expected) <= 1e-12 * np.linalg.norm(
-        expected
-    )
+    assert np.linalg.norm(run_plan_on_host(plan, arrays, threads=64) - expected) <= 1e-12 * np.linalg.norm(expected)
 
 
 @needs_gxx

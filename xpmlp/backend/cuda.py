@@ -3,15 +3,16 @@
 Every value a kernel computes is an expression of its index, built from the traced nodes: a
 load from a buffer (through index operations that only change the address: transposes, slices,
 row gathers), a literal, or an elementwise operation of other values. A phase stores the values
-other kernels read and computes its reductions, one warp per output element (lanes stride the
-reduced elements, then a shuffle tree); a barrier separates phases. A GEMM kernel's blocks each
+other kernels read and computes its reductions (consecutive threads on consecutive outputs,
+groups of threads over the reduced elements, then a fixed-order tree in shared memory); a
+barrier separates phases. A GEMM kernel's blocks each
 compute a TILE_M × TILE_N tile over one chunk of K from shared-memory tiles (operands loaded by
 the same index expressions, so ``a.T @ delta`` and a row gather need no copy); with K split, the
 last block of a tile to arrive sums the chunks in a fixed order, and the last tile to finish runs
 the kernel's tail. Nothing is atomic but the arrival counters, so every result is reproducible.
 
-The source compiles with NVRTC (``cupy.RawModule``) and ``nvcc -arch=sm_90``; ``XPMLP_THREADS``
-and ``XPMLP_WARP`` may be redefined (the CPU test harness runs kernels with other values). Each
+The source compiles with NVRTC (``cupy.RawModule``) and ``nvcc -arch=sm_90``; ``XPMLP_THREADS`` may be
+redefined (the CPU test harness runs kernels with other values). Each
 kernel carries its JSON description in a comment, from which :func:`~xpmlp.backend.fuse.run_kernel`
 runs it with NumPy.
 """
@@ -42,10 +43,7 @@ PRELUDE = f"""\
 #ifndef XPMLP_THREADS
 #define XPMLP_THREADS {THREADS}
 #endif
-#ifndef XPMLP_WARP
-#define XPMLP_WARP 32
-#endif
-#define XPMLP_WARPS (XPMLP_THREADS / XPMLP_WARP)
+__host__ __device__ constexpr int xpmlp_floor2(int n) {{ return n < 2 ? 1 : 2 * xpmlp_floor2(n / 2); }}
 """
 
 _MARK = "/* xpmlp-kernel "
@@ -258,12 +256,14 @@ class _Kernel:
             index = _unravel("e", shape)
             for i in members:
                 scope.lines.append(f"p{self.nodes[i]['store']}[e] = {self.value(i, index, scope)};")
-            lines += [f"for (long long e = {first}; e < {math.prod(shape)}; e += {step}) {{"]
+            lines += ["#pragma unroll 4", f"for (long long e = {first}; e < {math.prod(shape)}; e += {step}) {{"]
             lines += ["  " + line for line in scope.lines] + ["}"]
         return lines
 
     def reductions(self, phase: int) -> list[str]:
-        """Each reduction of ``phase``: a warp per output element, a shuffle tree across its lanes."""
+        """Each reduction of ``phase``: consecutive threads take consecutive outputs (coalesced reads along
+        them), thread groups stride the reduced elements, then a tree in shared memory adds the groups in a
+        fixed order."""
         lines = []
         for node in self.nodes:
             if node["op"] not in _REDUCTIONS or node.get("phase") != phase:
@@ -274,46 +274,56 @@ class _Kernel:
             reduced = [n for d, n in enumerate(shape) if d in axes]
             outer, inner = _unravel("o", kept), _unravel("t", reduced)
             index = [inner.pop(0) if d in axes else outer.pop(0) for d in range(len(shape))]
-            op, ctype = node["op"], CTYPES[source["dtype"] if node["op"] in _ARG else node["dtype"]]
+            op, outputs, count = node["op"], math.prod(kept), math.prod(reduced)
+            arg = op in _ARG
+            ctype = CTYPES[source["dtype"] if arg else node["dtype"]]
             scope = _Scope()
             x = self.operand(node["in"][0], index, shape, ctype, scope)
-            count = math.prod(reduced)
-            body = ["  " * 2 + line for line in scope.lines]
-            store = f"p{node['store']}[o]"
-            lines += [f"for (long long o = warp; o < {math.prod(kept)}; o += XPMLP_WARPS) {{"]
-            if op in _ARG:
-                better = _ARG[op]
-                lines += [
-                    f"  {ctype} best = {_extreme(op == 'argmin', source['dtype'])};",
-                    "  long long arg = 0x7fffffffffffffffLL;",
-                    f"  for (long long t = lane; t < {count}; t += XPMLP_WARP) {{",
-                    *body,
-                    f"    if ({better.format(x='(' + x + ')', i='t')}) {{ best = {x}; arg = t; }}",
-                    "  }",
-                    "  for (int d = XPMLP_WARP / 2; d > 0; d /= 2) {",
-                    f"    const {ctype} x = __shfl_down_sync(0xffffffffu, best, d);",
-                    "    const long long i = __shfl_down_sync(0xffffffffu, arg, d);",
-                    f"    if ({better.format(x='x', i='i')}) {{ best = x; arg = i; }}",
-                    "  }",
-                    f"  if (lane == 0) {store} = arg;",
+            if arg:
+                start = _extreme(op == "argmin", source["dtype"])
+                accumulate = [f"if ({_ARG[op].format(x=x, i='t', best='best', arg='arg')}) {{ best = {x}; arg = t; }}"]
+                other = "red[threadIdx.x + s * chunk]", "args[threadIdx.x + s * chunk]"
+                merge = [
+                    f"if ({_ARG[op].format(x=other[0], i=other[1], best='best', arg='arg')}) "
+                    f"{{ best = {other[0]}; arg = {other[1]}; }}"
                 ]
+                result = "args[c]"
             else:
                 start = _literal(0, node["dtype"]) if op in {"sum", "mean"} else _extreme(op == "min", node["dtype"])
-                combine = _COMBINE[op]
-                final = f"acc / {_literal(count, node['dtype'])}" if op == "mean" else "acc"
-                lines += [
-                    f"  {ctype} acc = {start};",
-                    f"  for (long long t = lane; t < {count}; t += XPMLP_WARP) {{",
-                    *body,
-                    f"    acc = {combine.format(a='acc', b=x)};",
-                    "  }",
-                    "  for (int d = XPMLP_WARP / 2; d > 0; d /= 2) {",
-                    f"    const {ctype} other = __shfl_down_sync(0xffffffffu, acc, d);",
-                    f"    acc = {combine.format(a='acc', b='other')};",
-                    "  }",
-                    f"  if (lane == 0) {store} = {final};",
-                ]
-            lines.append("}")
+                accumulate = [f"best = {_COMBINE[op].format(a='best', b=x)};"]
+                merge = [f"best = {_COMBINE[op].format(a='best', b='red[threadIdx.x + s * chunk]')};"]
+                result = f"red[c] / {_literal(count, node['dtype'])}" if op == "mean" else "red[c]"
+            store = f"p{node['store']}[o]"
+            keep = ["red[threadIdx.x] = best;", *(["args[threadIdx.x] = arg;"] if arg else [])]
+            lines += [
+                "{",
+                f"  {ctype}* red = reinterpret_cast<{ctype}*>(xpmlp_red);",
+                *(["  long long* args = xpmlp_args;"] if arg else []),
+                f"  constexpr int chunk = {outputs} < XPMLP_THREADS ? {outputs} : XPMLP_THREADS;",
+                "  constexpr int groups = xpmlp_floor2(XPMLP_THREADS / chunk);",
+                "  const int c = threadIdx.x % chunk, g = threadIdx.x / chunk;",
+                f"  for (long long o0 = 0; o0 < {outputs}; o0 += chunk) {{",
+                "    const long long o = o0 + c;",
+                f"    {ctype} best = {start};",
+                *(["    long long arg = 0x7fffffffffffffffLL;"] if arg else []),
+                f"    if (g < groups && o < {outputs}) {{",
+                f"      for (long long t = g; t < {count}; t += groups) {{",
+                *("        " + line for line in scope.lines + accumulate),
+                "      }",
+                "    }",
+                *("    " + line for line in keep),
+                "    __syncthreads();",
+                "    for (int s = groups / 2; s > 0; s /= 2) {",
+                "      if (g < s) {",
+                *("        " + line for line in merge + keep),
+                "      }",
+                "      __syncthreads();",
+                "    }",
+                f"    if (g == 0 && o < {outputs}) {store} = {result};",
+                "    __syncthreads();",
+                "  }",
+                "}",
+            ]
         return lines
 
     def phases(self) -> list[str]:
@@ -338,9 +348,13 @@ class _Kernel:
         head = [
             _MARK + json.dumps(spec.description()) + " */",
             f'extern "C" __global__ void __launch_bounds__(XPMLP_THREADS) {spec.name}({self.signature()}) {{',
-            "const int lane = threadIdx.x % XPMLP_WARP, warp = threadIdx.x / XPMLP_WARP;",
-            "(void)lane; (void)warp; (void)it;",
+            "(void)it;",
         ]
+        if any(n["op"] in _REDUCTIONS and "phase" in n for n in self.nodes):
+            head += [
+                "__shared__ unsigned long long xpmlp_red[XPMLP_THREADS];",
+                "__shared__ long long xpmlp_args[XPMLP_THREADS];",
+            ]
         if spec.kind == "map":
             first = "blockIdx.x * (long long)XPMLP_THREADS + threadIdx.x"
             body = self.stores(0, first, "gridDim.x * (long long)XPMLP_THREADS")
@@ -497,8 +511,8 @@ _COMBINE = {
     "min": "(({b} < {a} || {b} != {b}) ? {b} : {a})",
 }
 # (x at index i) replaces (best at arg): larger, or NaN over a number, or as good and earlier (NumPy's first).
-_TIE = "({x} != {x} && best == best) || (({x} == best || ({x} != {x} && best != best)) && {i} < arg)"
-_ARG = {"argmax": "{x} > best || " + _TIE, "argmin": "{x} < best || " + _TIE}
+_TIE = "({x} != {x} && {best} == {best}) || (({x} == {best} || ({x} != {x} && {best} != {best})) && {i} < {arg})"
+_ARG = {"argmax": "{x} > {best} || " + _TIE, "argmin": "{x} < {best} || " + _TIE}
 _REDUCTIONS = {*_COMBINE, *_ARG}
 
 

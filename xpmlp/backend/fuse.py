@@ -14,8 +14,9 @@ run (:func:`run_kernel`) are made:
 ``map``
     Elementwise work too large for one block, over many blocks, without reductions.
 
-The rules: every product starts a kernel; the elementwise operations and reductions that
-follow it in program order join it while they fit one block (``tail_max`` elements). Index
+The rules: every product starts a kernel; an elementwise operation or reduction joins the
+latest kernel that comes after its inputs and suits it: a tail if it fits one block
+(``tail_max`` elements), else, if elementwise, a ``map``; else it starts one. Index
 operations (reshape, transpose, slicing, gathers, concatenation) are never computed on their
 own: a reader evaluates them in its index arithmetic. A value is written to memory only when
 another kernel (or a later step) reads it, or it is a reduction; everything else is recomputed
@@ -36,13 +37,14 @@ from .trace import ELEMENTWISE, INDEX_OPS, REDUCTIONS, Program, Straight, Tracer
 __all__ = ["THREADS", "KernelSpec", "Plan", "make_plan", "run_kernel", "run_plan"]
 
 #: Threads per block of every kernel.
-THREADS = 256
+THREADS = 512
 #: Output tile of the GEMM kernels (rows, columns, depth per step).
 TILE_M, TILE_N, TILE_K = 32, 32, 32
 #: Blocks a GEMM aims for: an H100 has 132 multiprocessors.
 GEMM_BLOCKS = 132
-#: The most elements an operation of a one-block tail may have.
-TAIL_MAX = 1 << 16
+#: The most elements an operation of a one-block tail may have: one multiprocessor moves about 100–200 GB/s,
+#: so a tail that touches much more than 100 kB is better spread over many blocks as a kernel of its own.
+TAIL_MAX = 1 << 14
 
 Slot = tuple  # ("buffer", id) | ("carry_in" | "carry_out" | "result", loop, j)
 
@@ -274,23 +276,28 @@ class _Planner:
     # -- grouping
     def group(self, nodes: list[Tracer], live: set[Tracer], segment: int) -> list[_Kernel]:
         kernels: list[_Kernel] = []
-        current: _Kernel | None = None
         for node in nodes:
             if node not in live or not _is_compute(node):
                 continue
             if node.op == "matmul":
-                current = _Kernel("gemm", segment)
-                kernels.append(current)
-            elif node.op in REDUCTIONS:
-                if current is None or current.kind == "map" or node.inputs[0].size > self.tail_max:
-                    current = _Kernel("block", segment)
-                    kernels.append(current)
-            elif current is None or (current.kind != "map" and node.size > self.tail_max):
-                current = _Kernel("map" if node.size > self.tail_max else "block", segment)
-                kernels.append(current)
-            current.nodes.append(node)
-            self.kernel_of[node] = current
+                kernels.append(_Kernel("gemm", segment))
+                kernel = kernels[-1]
+            else:
+                places = [self.kernel_of[b] for b in _bases(node.inputs) if b in self.kernel_of]
+                inputs_ready = max((kernels.index(k) for k in places if k in kernels), default=-1)
+                kernel = next((k for k in reversed(kernels[max(inputs_ready, 0) :]) if self.fits(k, node)), None)
+                if kernel is None:
+                    big = node.op not in REDUCTIONS and node.size > self.tail_max
+                    kernels.append(_Kernel("map" if big else "block", segment))
+                    kernel = kernels[-1]
+            kernel.nodes.append(node)
+            self.kernel_of[node] = kernel
         return kernels
+
+    def fits(self, kernel: _Kernel, node: Tracer) -> bool:
+        """Whether ``node`` belongs in ``kernel``: what fits one block in a tail, larger elementwise work in a map."""
+        small = (node.inputs[0] if node.op in REDUCTIONS else node).size <= self.tail_max
+        return (node.op in ELEMENTWISE and not small) if kernel.kind == "map" else small
 
     def materialize(self, segments: list, kernels: list[list[_Kernel]], live: set[Tracer]) -> None:
         """Give a buffer to every value read outside its kernel, every reduction and product, every store."""
