@@ -56,6 +56,25 @@ def test_the_hw1_step_is_one_kernel_per_matrix_product_and_the_update(bn):
     assert_close(run_plan(plan, args), expected, 1e-12)
 
 
+@pytest.mark.parametrize("bn, kernels", [(1, 16), (0, 12)])
+def test_at_batch_1000_the_step_stays_under_20_kernels(bn, kernels):
+    """Bias and activation of 1000×64 outputs run tile by tile in the product's blocks, not in one block."""
+    train, _, _ = dataset(n_train=2000)
+    program, args, expected = traced_epoch(hw1(bn=bn), train, 1000)
+    plan = make_plan(program)
+    assert plan.kernels_per_step == kernels <= 20
+    assert_close(run_plan(plan, args), expected, 1e-12)
+
+
+def test_a_hidden_layer_without_batchnorm_needs_no_last_block():
+    """x·W + b and the sigmoid read the product element by element: every tile finishes its own part."""
+    train, _, _ = dataset(n_train=300)
+    program, _, _ = traced_epoch(hw1(), train, 100)
+    second_layer = make_plan(program).segments[0].kernels[1]
+    assert not second_layer.gemm["tail"]
+    assert any(node.get("tile") and "store" in node for node in second_layer.nodes)
+
+
 def test_index_operations_cost_nothing():
     """Transposes, slices of the flat parameters, the row gather and concatenations are read in place, never stored."""
     train, _, _ = dataset()

@@ -248,7 +248,8 @@ class _Kernel:
         """Loops storing the elementwise values of ``phase`` (a loop per shape), elements first, first+step, …"""
         by_shape: dict[tuple, list[int]] = {}
         for i, node in enumerate(self.nodes):
-            if node.get("store") is not None and node.get("phase") == phase and node["op"] in _ELEMENTWISE:
+            stored = node.get("store") is not None and node["op"] in _ELEMENTWISE and not node.get("tile")
+            if stored and node.get("phase") == phase:
                 by_shape.setdefault(tuple(node["shape"]), []).append(i)
         lines = []
         for shape, members in by_shape.items():
@@ -430,12 +431,11 @@ class _Kernel:
             f"  if (el < {bm * bn} && r < {m} && c < {n}) {destination} = acc[j];",
             "}",
         ]
-        if splits == 1 and not g["tail"]:
-            return lines
-        counters = f"p{g['counters']}"
-        lines += ["__threadfence();", "__syncthreads();"]
-        if splits > 1:
+        counters = f"p{g.get('counters')}"
+        if splits > 1:  # the last block of a tile to arrive sums its chunks, in order
             lines += [
+                "__threadfence();",
+                "__syncthreads();",
                 f"if (threadIdx.x == 0) last_block = atomicAdd({counters} + tile, 1u) == {splits - 1};",
                 "__syncthreads();",
                 "if (!last_block) return;",
@@ -449,11 +449,26 @@ class _Kernel:
                 f"  p{out}[r * {n} + c] = sum;",
                 "}",
                 f"if (threadIdx.x == 0) {counters}[tile] = 0;",
+            ]
+        tile_stores = [i for i, node in enumerate(self.nodes) if node.get("tile") and node.get("store") is not None]
+        if tile_stores:  # elementwise work on the product, this tile's elements
+            scope = _Scope()
+            for i in tile_stores:
+                value = self.value(i, ["r", "c"], scope)
+                scope.lines.append(f"p{self.nodes[i]['store']}[{_flat(['r', 'c'], [m, n])}] = {value};")
+            lines += [
+                "__syncthreads();",
+                "#pragma unroll 2",
+                f"for (int el = threadIdx.x; el < {bm * bn}; el += XPMLP_THREADS) {{",
+                f"  const long long r = row0 + el / {bn}, c = col0 + el % {bn};",
+                f"  if (r >= {m} || c >= {n}) continue;",
+                *("  " + line for line in scope.lines),
+                "}",
+            ]
+        if g["tail"]:  # the last tile to finish runs the tail
+            lines += [
                 "__threadfence();",
                 "__syncthreads();",
-            ]
-        if g["tail"]:
-            lines += [
                 f"if (threadIdx.x == 0) last_block = atomicAdd({counters} + {tiles}, 1u) == {tiles - 1};",
                 "__syncthreads();",
                 "if (!last_block) return;",

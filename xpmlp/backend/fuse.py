@@ -6,17 +6,19 @@ run (:func:`run_kernel`) are made:
 
 ``gemm``
     A matrix product ``A @ B`` (split over K across thread blocks when the output is small),
-    whose operands are any index expression (a transpose, a row gather) of buffers; the block
-    that finishes last then runs the kernel's *tail*: the elementwise work and reductions that
-    follow the product, in phases separated by barriers.
+    whose operands are any index expression (a transpose, a row gather) of buffers. Elementwise
+    work on the product that reads it only at its own element (bias, activation, derivative)
+    runs tile by tile as soon as a tile is summed; the block that finishes last then runs the
+    kernel's *tail*: the reductions and what depends on them, in phases separated by barriers.
 ``block``
     A tail without a product: one thread block, phases separated by barriers.
 ``map``
     Elementwise work too large for one block, over many blocks, without reductions.
 
 The rules: every product starts a kernel; an elementwise operation or reduction joins the
-latest kernel that comes after its inputs and suits it: a tail if it fits one block
-(``tail_max`` elements), else, if elementwise, a ``map``; else it starts one. Index
+latest kernel that comes after its inputs and suits it: a reduction any tail (a reduction runs
+in one block wherever it is), elementwise work a tail if it fits one block (``tail_max``
+elements), else a ``map`` or a GEMM's tiles; else it starts one. Index
 operations (reshape, transpose, slicing, gathers, concatenation) are never computed on their
 own: a reader evaluates them in its index arithmetic. A value is written to memory only when
 another kernel (or a later step) reads it, or it is a reduction; everything else is recomputed
@@ -167,6 +169,7 @@ class _Kernel:
     def __init__(self, kind: str, segment: int) -> None:
         self.kind, self.segment = kind, segment
         self.nodes: list[Tracer] = []
+        self.tile: set[Tracer] = set()  # a GEMM's elementwise work on its product, element by element
 
 
 class _Planner:
@@ -292,12 +295,27 @@ class _Planner:
                     kernel = kernels[-1]
             kernel.nodes.append(node)
             self.kernel_of[node] = kernel
+            if self.tile_local(kernel, node):
+                kernel.tile.add(node)
         return kernels
 
+    def tile_local(self, kernel: _Kernel, node: Tracer) -> bool:
+        """Whether ``node`` can run tile by tile: elementwise, shaped like the product, reading it (and other tile
+        work) only at its own element; anything else it reads comes from earlier kernels."""
+        if kernel.kind != "gemm" or node.op not in ELEMENTWISE or node.shape != kernel.nodes[0].shape:
+            return False
+        own = set(kernel.nodes)
+        return all(i is kernel.nodes[0] or i in kernel.tile or not own & set(_bases([i])) for i in node.inputs)
+
     def fits(self, kernel: _Kernel, node: Tracer) -> bool:
-        """Whether ``node`` belongs in ``kernel``: what fits one block in a tail, larger elementwise work in a map."""
-        small = (node.inputs[0] if node.op in REDUCTIONS else node).size <= self.tail_max
-        return (node.op in ELEMENTWISE and not small) if kernel.kind == "map" else small
+        """Whether ``node`` belongs in ``kernel``: reductions (one block's work anywhere) and small elementwise work
+        in a tail, larger elementwise work in a map, or tile by tile in a GEMM."""
+        if node.op in REDUCTIONS:
+            return kernel.kind != "map"
+        small = node.size <= self.tail_max
+        if kernel.kind == "map":
+            return not small
+        return small or self.tile_local(kernel, node)
 
     def materialize(self, segments: list, kernels: list[list[_Kernel]], live: set[Tracer]) -> None:
         """Give a buffer to every value read outside its kernel, every reduction and product, every store."""
@@ -373,6 +391,8 @@ class _Planner:
                     if base in own:
                         p = max(p, phase[local[base]] + (base.op in REDUCTIONS))
             phase[local[node]] = entry["phase"] = p
+            if node in kernel.tile:
+                entry["tile"] = True
             if node in self.location:
                 mode = "c" if node.op == "matmul" else "w"
                 entry["store"] = param(self.location[node], node.shape, node.dtype, mode)
@@ -380,7 +400,7 @@ class _Planner:
         if gemm is not None:
             product = kernel.nodes[0]
             gemm["node"] = local[product]
-            tail = len(kernel.nodes) > 1
+            tail = any(n.op in REDUCTIONS or (n in self.location and n not in kernel.tile) for n in kernel.nodes[1:])
             if gemm["splits"] > 1:
                 partials = self.buffer((gemm["splits"] * gemm["m"] * gemm["n"],), product.dtype, "partials")
                 gemm["partials"] = param(("buffer", partials), self.buffers[partials].shape, product.dtype, "p")
