@@ -108,9 +108,11 @@ class HostModule:
         getattr(self.library, f"launch_{name}")(args, grid, self.threads)
 
 
-def run_plan_on_host(plan: Plan, args: Any, threads: int = 1) -> Any:
-    """``plan`` executed by its compiled CUDA kernels on the CPU: the outputs' pytree (as fuse.run_plan)."""
-    module = HostModule(module_source(plan.kernels()), threads)
+def run_plan_on_host(plan: Plan, args: Any, threads: int = 1, module: HostModule | None = None) -> Any:
+    """``plan`` executed by its compiled CUDA kernels on the CPU (those of ``module`` if given): the outputs' pytree,
+    as fuse.run_plan gives them."""
+    module = module or HostModule(module_source(plan.kernels()), threads)
+    threads = module.threads
     arrays = []
     for buffer in plan.buffers:
         array = np.zeros(buffer.shape, buffer.dtype)

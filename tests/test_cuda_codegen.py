@@ -21,9 +21,9 @@ from xpmlp.backend.cuda import PRELUDE, descriptions, module_source
 from xpmlp.backend.fuse import make_plan
 from xpmlp.backend.trace import TRACE_NAMESPACE, trace
 
-from cuda_host import COMPILER, run_plan_on_host
+from cuda_host import COMPILER, HostModule, run_plan_on_host
 from test_fuse import hw1
-from test_trace import assert_close, traced_epoch
+from test_trace import OPS, assert_close, traced_epoch
 from test_training import dataset
 
 NVCC = shutil.which("nvcc")
@@ -89,6 +89,21 @@ def test_the_gemm_kernels_compute_the_product(function, arrays, dtype, tol):
     got = run_plan_on_host(plan, arrays)
     assert got.dtype == np.dtype(dtype)
     assert np.linalg.norm(got - expected) <= tol * np.linalg.norm(expected)
+
+
+@needs_gxx
+def test_every_traced_operation_computes_as_numpy_in_cuda():
+    """The tracer's operation table (tests/test_trace.py), each case a plan whose generated CUDA runs on the CPU."""
+    plans = []
+    for j, (_, function, arrays) in enumerate(OPS):
+        plan = make_plan(trace(lambda *a, f=function: f(TRACE_NAMESPACE, *a), arrays))
+        renamed(plan, f"op{j}_")
+        plans.append(plan)
+    module = HostModule(module_source([k for plan in plans for k in plan.kernels()]))
+    for (name, function, arrays), plan in zip(OPS, plans, strict=True):
+        expected, got = function(np, *arrays), run_plan_on_host(plan, arrays, module=module)
+        assert got.dtype == expected.dtype, name
+        np.testing.assert_allclose(got, expected, rtol=1e-15 if got.dtype == np.float64 else 1e-6, err_msg=name)
 
 
 def test_small_outputs_split_the_sum_over_k():

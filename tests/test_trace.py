@@ -19,6 +19,7 @@ C = rng.normal(size=(4, 5))
 P = rng.uniform(0.5, 2.0, size=(3, 4))
 IDX = np.array([2, 0, 2, 1])
 ROWS = np.arange(12).reshape(3, 4)
+SPECIAL = np.array([[1.0, np.nan, np.inf, -2.0], [-np.inf, 3.0, np.nan, 0.5], [0.0, -1.0, 2.0, np.inf]])
 
 # (name, function of (xp, *arrays), arrays): the traced function must give NumPy's value and dtype exactly
 OPS = [
@@ -53,6 +54,13 @@ OPS = [
     ("concat along an axis", lambda xp, a, c: xp.concat([a.T, c], axis=1), [A, C]),
     ("broadcast_to", lambda xp, b: xp.broadcast_to(b, (3, 4)) * 1.0, [B]),
     ("creation", lambda xp, a: xp.zeros_like(a) + xp.ones((3, 4)) + xp.full((4,), 2.5) + xp.asarray(1.5), [A]),
+    (
+        "NaN and infinities",
+        lambda xp, s: xp.astype(xp.isnan(s), xp.float64) + xp.isfinite(s) + xp.maximum(s, 0.0),
+        [SPECIAL],
+    ),
+    ("NaN propagates", lambda xp, s: xp.max(s, axis=1) + xp.min(s, axis=0)[:3] + xp.minimum(s, 1.0)[0, :3], [SPECIAL]),
+    ("argmax meets NaN", lambda xp, s: xp.argmax(s, axis=1) + xp.argmax(s, axis=0)[:3] + xp.argmin(s), [SPECIAL]),
     ("a traced index", lambda xp, rows, i: rows[i, :] + rows[i + 1, 1], [ROWS, np.asarray(1)]),
 ]
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy
 
 from .fuse import THREADS, KernelSpec
+from .trace import ELEMENTWISE, INDEX_OPS, REDUCTIONS
 
 __all__ = ["CTYPES", "PRELUDE", "descriptions", "kernel_source", "module_source"]
 
@@ -138,12 +139,12 @@ class _Kernel:
             return _literal(node["attrs"]["value"], dtype)
         if op == "loop_index":
             return "it"
-        if op == "load" or ("store" in node and (op == "matmul" or op in _REDUCTIONS)):
+        if op == "load" or ("store" in node and (op == "matmul" or op in REDUCTIONS)):
             param, flat = (node["param"] if op == "load" else node["store"]), _flat(index, shape)
             text = f"__ldcg(p{param} + {flat})" if self.params[param].mode == "c" else f"p{param}[{flat}]"
-        elif op in _INDEX:
+        elif op in INDEX_OPS:
             return self.index_op(i, index, scope)
-        elif op in _UNARY or op in _BINARY or op in {"where", "astype"}:
+        elif op in ELEMENTWISE:
             text = self.elementwise(node, index, scope)
         else:
             raise ValueError(f"kernel {self.spec.name}: cannot generate {op!r} at this place")
@@ -171,7 +172,8 @@ class _Kernel:
                 self.operand(j, index, shape, t, scope) for j, t in zip(inputs, ["bool", ctype, ctype], strict=True)
             )
             return f"({c} ? {a} : {b})"
-        common = self.common_dtype(inputs) if op in _COMPARE else node["dtype"]
+        # a test (comparison, isnan, isfinite) computes in its inputs' type, the rest in the result's
+        common = self.common_dtype(inputs) if node["dtype"] == "bool" else node["dtype"]
         ctype = CTYPES[common]
         args = [self.operand(j, index, shape, ctype, scope) for j in inputs]
         if op in _FLOAT_FUNCTIONS or (op == "abs" and common.startswith("float")):
@@ -248,7 +250,7 @@ class _Kernel:
         """Loops storing the elementwise values of ``phase`` (a loop per shape), elements first, first+step, …"""
         by_shape: dict[tuple, list[int]] = {}
         for i, node in enumerate(self.nodes):
-            stored = node.get("store") is not None and node["op"] in _ELEMENTWISE and not node.get("tile")
+            stored = node.get("store") is not None and node["op"] in ELEMENTWISE and not node.get("tile")
             if stored and node.get("phase") == phase:
                 by_shape.setdefault(tuple(node["shape"]), []).append(i)
         lines = []
@@ -267,7 +269,7 @@ class _Kernel:
         fixed order."""
         lines = []
         for node in self.nodes:
-            if node["op"] not in _REDUCTIONS or node.get("phase") != phase:
+            if node["op"] not in REDUCTIONS or node.get("phase") != phase:
                 continue
             source = self.nodes[node["in"][0]]
             axes, shape = node["attrs"]["axes"], source["shape"]
@@ -351,7 +353,7 @@ class _Kernel:
             f'extern "C" __global__ void __launch_bounds__(XPMLP_THREADS) {spec.name}({self.signature()}) {{',
             "(void)it;",
         ]
-        if any(n["op"] in _REDUCTIONS and "phase" in n for n in self.nodes):
+        if any(n["op"] in REDUCTIONS and "phase" in n for n in self.nodes):
             head += [
                 "__shared__ unsigned long long xpmlp_red[XPMLP_THREADS];",
                 "__shared__ long long xpmlp_args[XPMLP_THREADS];",
@@ -481,7 +483,7 @@ class _Kernel:
     def transposed(self, i: int) -> bool:
         """Whether consecutive elements along an operand's second index are far apart in memory."""
         flips = 0
-        while self.nodes[i]["op"] in _INDEX:
+        while self.nodes[i]["op"] in INDEX_OPS:
             node = self.nodes[i]
             flips += node["op"] == "permute" and node["attrs"]["axes"] == [1, 0]
             i = node["in"][0]
@@ -497,14 +499,12 @@ _UNARY = {
     "logical_not": "(!{0})",
     "isnan": "({0} != {0})",
     "isfinite": "({0} - {0} == {0} - {0})",
-    **{f: "" for f in _FLOAT_FUNCTIONS},
 }
 _BINARY = {
     "add": "({0} + {1})",
     "subtract": "({0} - {1})",
     "multiply": "({0} * {1})",
     "divide": "({0} / {1})",
-    "pow": "",
     "maximum": "(({0} > {1} || {0} != {0}) ? {0} : {1})",  # NaN propagates, as in NumPy
     "minimum": "(({0} < {1} || {0} != {0}) ? {0} : {1})",
     "logical_and": "({0} && {1})",
@@ -516,9 +516,6 @@ _BINARY = {
     "greater": "({0} > {1})",
     "greater_equal": "({0} >= {1})",
 }
-_COMPARE = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
-_ELEMENTWISE = {*_UNARY, *_BINARY, "where", "astype"}
-_INDEX = {"reshape", "permute", "getitem", "take", "broadcast", "concat"}
 _COMBINE = {
     "sum": "{a} + {b}",
     "mean": "{a} + {b}",
@@ -528,7 +525,6 @@ _COMBINE = {
 # (x at index i) replaces (best at arg): larger, or NaN over a number, or as good and earlier (NumPy's first).
 _TIE = "({x} != {x} && {best} == {best}) || (({x} == {best} || ({x} != {x} && {best} != {best})) && {i} < {arg})"
 _ARG = {"argmax": "{x} > {best} || " + _TIE, "argmin": "{x} < {best} || " + _TIE}
-_REDUCTIONS = {*_COMBINE, *_ARG}
 
 
 def kernel_source(spec: KernelSpec) -> str:
