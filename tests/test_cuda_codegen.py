@@ -63,6 +63,7 @@ def nvcc_compiles(source, tmp_path):
     done = subprocess.run([NVCC, "-arch=sm_90", "-c", str(path), "-o", str(tmp_path / "kernels.o")],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
+    assert "warning" not in done.stderr, done.stderr[-4000:]
 
 
 def renamed(plan, prefix):

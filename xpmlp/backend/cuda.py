@@ -354,10 +354,9 @@ class _Kernel:
             "(void)it;",
         ]
         if any(n["op"] in REDUCTIONS and "phase" in n for n in self.nodes):
-            head += [
-                "__shared__ unsigned long long xpmlp_red[XPMLP_THREADS];",
-                "__shared__ long long xpmlp_args[XPMLP_THREADS];",
-            ]
+            head.append("__shared__ unsigned long long xpmlp_red[XPMLP_THREADS];")
+        if any(n["op"] in _ARG and "phase" in n for n in self.nodes):
+            head.append("__shared__ long long xpmlp_args[XPMLP_THREADS];")
         if spec.kind == "map":
             first = "blockIdx.x * (long long)XPMLP_THREADS + threadIdx.x"
             body = self.stores(0, first, "gridDim.x * (long long)XPMLP_THREADS")
@@ -383,7 +382,6 @@ class _Kernel:
             f"const long long k_end = k_begin + {g['chunk']} < {k} ? k_begin + {g['chunk']} : {k};",
             f"__shared__ {ctype} a_tile[{bk}][{bm + 1}];",
             f"__shared__ {ctype} b_tile[{bk}][{bn + 1}];",
-            "__shared__ int last_block;",
             f"{ctype} acc[({bm * bn} + XPMLP_THREADS - 1) / XPMLP_THREADS];",
             f"for (int j = 0; j < ({bm * bn} + XPMLP_THREADS - 1) / XPMLP_THREADS; ++j) acc[j] = {zero};",
             f"for (long long k0 = k_begin; k0 < k_end; k0 += {bk}) {{",
@@ -434,6 +432,8 @@ class _Kernel:
             "}",
         ]
         counters = f"p{g.get('counters')}"
+        if splits > 1 or g["tail"]:
+            lines.append("__shared__ int last_block;")
         if splits > 1:  # the last block of a tile to arrive sums its chunks, in order
             lines += [
                 "__threadfence();",
