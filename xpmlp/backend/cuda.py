@@ -2,19 +2,20 @@
 
 Every value a kernel computes is an expression of its index, built from the traced nodes: a
 load from a buffer (through index operations that only change the address: transposes, slices,
-row gathers), a literal, or an elementwise operation of other values. A phase stores the values
-other kernels read and computes its reductions (consecutive threads on consecutive outputs,
-groups of threads over the reduced elements, then a fixed-order tree in shared memory); a
-barrier separates phases. A GEMM kernel's blocks each
-compute a TILE_M × TILE_N tile over one chunk of K from shared-memory tiles (operands loaded by
-the same index expressions, so ``a.T @ delta`` and a row gather need no copy); with K split, the
-last block of a tile to arrive sums the chunks in a fixed order, and the last tile to finish runs
-the kernel's tail. Nothing is atomic but the arrival counters, so every result is reproducible.
+row gathers), a literal, or an elementwise operation of other values.
 
-The source compiles with NVRTC (``cupy.RawModule``) and ``nvcc -arch=sm_90``; ``XPMLP_THREADS`` may be
-redefined (the CPU test harness runs kernels with other values). Each
-kernel carries its JSON description in a comment, from which :func:`~xpmlp.backend.fuse.run_kernel`
-runs it with NumPy.
+A GEMM kernel's blocks each compute a TILE_M × TILE_N tile over one chunk of K from
+shared-memory tiles, the operands loaded by the same index expressions (so ``a.T @ delta`` and a
+row gather need no copy). With K split, the last block of a tile to arrive sums the chunks in a
+fixed order; a tile's elementwise epilogue follows, and the last tile to finish runs the
+kernel's tail. A tail (and a ``block`` kernel) runs in phases separated by barriers: a phase
+stores the values other kernels read and computes its reductions (consecutive threads on
+consecutive outputs, groups of threads over the reduced elements, then a fixed-order tree in
+shared memory). Nothing is atomic but the arrival counters, so every result is reproducible.
+
+The source compiles with NVRTC (``cupy.RawModule``) and ``nvcc -arch=sm_90``; ``XPMLP_THREADS``
+may be redefined (the CPU test harness runs kernels with other values). Each kernel carries its
+JSON description in a comment, from which :func:`~xpmlp.backend.fuse.run_kernel` runs it with NumPy.
 """
 
 from __future__ import annotations
@@ -58,13 +59,14 @@ def _literal(value: bool | int | float, dtype: str) -> str:
     ctype = CTYPES[dtype]
     if dtype.startswith("float"):
         value = float(value)
-        if math.isnan(value) or math.isinf(value):
-            special = {"float32": ("__int_as_float(0x7f800000)", "__int_as_float(0x7fffffff)")}.get(
-                dtype, ("__longlong_as_double(0x7ff0000000000000LL)", "__longlong_as_double(0x7fffffffffffffffLL)")
-            )
-            text = special[1] if math.isnan(value) else special[0]
-            return text if math.isnan(value) or value > 0 else f"(-{text})"
-        return f"(({ctype}){value!r})"
+        if math.isfinite(value):
+            return f"(({ctype}){value!r})"
+        cast, inf, nan = {
+            "float32": ("__int_as_float", "0x7f800000", "0x7fffffff"),
+            "float64": ("__longlong_as_double", "0x7ff0000000000000LL", "0x7fffffffffffffffLL"),
+        }[dtype]
+        text = f"{cast}({nan if math.isnan(value) else inf})"
+        return f"(-{text})" if value < 0 else text
     return f"(({ctype}){int(value)}LL)" if dtype in {"int64", "uint64"} else f"(({ctype}){int(value)})"
 
 

@@ -18,11 +18,11 @@ run (:func:`run_kernel`) are made:
 The rules: every product starts a kernel; an elementwise operation or reduction joins the
 latest kernel that comes after its inputs and suits it: a reduction any tail (a reduction runs
 in one block wherever it is), elementwise work a tail if it fits one block (``tail_max``
-elements), else a ``map`` or a GEMM's tiles; else it starts one. Index
-operations (reshape, transpose, slicing, gathers, concatenation) are never computed on their
-own: a reader evaluates them in its index arithmetic. A value is written to memory only when
-another kernel (or a later step) reads it, or it is a reduction; everything else is recomputed
-where it is used.
+elements), else a ``map`` or a GEMM's tiles; else it starts one. Index operations (reshape,
+transpose, slicing, gathers, concatenation) are never computed on their own: a reader
+evaluates them in its index arithmetic. A value is written to memory only when another
+kernel (or a later step) reads it, or it is a reduction; everything else is recomputed where
+it is used.
 """
 
 from __future__ import annotations
