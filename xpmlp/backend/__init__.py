@@ -29,8 +29,10 @@ names the devices it can; there is no fallback.
 on the host, then move to the backend's device with :meth:`Backend.asarray`.
 
 Each backend runs the training loop its own way (:meth:`Backend.compile` and
-:meth:`Backend.fori_loop`): JAX traces a whole epoch into one XLA program; NumPy,
-array-api-strict, torch and (until its CUDA-graph capture lands) CuPy run it eagerly.
+:meth:`Backend.fori_loop`): JAX traces a whole epoch into one XLA program; CuPy traces
+it too (``trace.py``), groups it into kernels (``fuse.py``) generated as CUDA (``cuda.py``)
+and captures it into one CUDA graph (``capture.py``); NumPy, array-api-strict and torch run
+it eagerly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""CuPy on an NVIDIA GPU, through array-api-compat (CuPy's own namespace still differs from the standard)."""
+"""CuPy on an NVIDIA GPU, through array-api-compat (CuPy's own namespace still differs from the standard).
+
+A training epoch is compiled: traced, grouped into generated kernels and captured whole into one
+CUDA graph (``capture.py``); ``fit(compiled=False)`` trains eagerly instead.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ import array_api_compat
 import numpy
 
 from ._base import Array, Backend, BackendUnavailableError, choices
+from .capture import capture
+from .trace import SwitchableNamespace
 
 
 class CupyBackend(Backend):
-    """Eager for now; :meth:`compile` is where the CUDA-graph capture of an epoch belongs (issue 12)."""
+    """Arrays on the current GPU; :meth:`compile` captures a function whole into one CUDA graph."""
 
     name = library = "cupy"
     install = "pip install 'xpmlp[cuda12]'  (or 'xpmlp[cuda13]' for CUDA 13 drivers)"
+    compiles = True
 
     def _namespace(self) -> ModuleType:
         try:
@@ -31,10 +38,19 @@ class CupyBackend(Backend):
             raise BackendUnavailableError(
                 f"backend 'cupy' cannot run: no CUDA device found. Valid backends: {choices()}."
             )
-        return array_api_compat.array_namespace(self._module.empty(0))
+        # switchable: code that took ``backend.xp`` before a compile (make_epoch) records while it traces
+        return SwitchableNamespace(array_api_compat.array_namespace(self._module.empty(0)))
 
     def _devices(self) -> tuple[str, ...]:
         return (f"cuda:{self._module.cuda.Device().id}",)  # arrays are created on the current device
+
+    def compile(self, fn: Callable[..., Any], *example_args: Any) -> Callable[..., Any]:
+        """``fn`` traced on ``example_args``, fused into generated kernels and captured into one CUDA graph.
+
+        The result (a :class:`~xpmlp.backend.capture.CapturedFunction`) replays the graph per call and
+        returns new arrays; its ``kernels_per_step`` counts the kernels of the traced loop's body.
+        """
+        return capture(fn, example_args, [self], self._module)
 
     def _from_host(self, x: numpy.ndarray, dtype: Any, copy: bool | None) -> Array:
         return self._module.asarray(x, dtype=dtype)  # a host -> device copy

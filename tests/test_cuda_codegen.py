@@ -1,0 +1,161 @@
+"""The generated CUDA: it compiles with nvcc for an H100 (sm_90), and, compiled for the CPU, computes the right numbers.
+
+nvcc proves the source is valid CUDA; running the very same source on the CPU
+(tests/cuda_host.py: blocks in turn, a block's threads as OS threads meeting at barriers)
+proves its index arithmetic, split-K sums, phases and reduction trees compute what NumPy does.
+What only a GPU can show (timing, memory ordering between blocks) runs in
+tests/test_cupy_compile.py where CuPy finds a GPU.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from xpmlp import ReLU, Sigmoid, Tanh
+from xpmlp.backend.cuda import PRELUDE, descriptions, module_source
+from xpmlp.backend.fuse import make_plan
+from xpmlp.backend.trace import TRACE_NAMESPACE, trace
+
+from cuda_host import COMPILER, HostModule, run_plan_on_host
+from test_fuse import hw1
+from test_trace import OPS, assert_close, traced_epoch
+from test_training import dataset
+
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (the CUDA toolkit) is not installed")
+needs_gxx = pytest.mark.skipif(COMPILER is None, reason="g++ is not installed")
+
+rng = np.random.default_rng(7)
+X = rng.uniform(0, 1, size=(300, 784))
+ROWS = rng.permutation(300)[:100]
+
+W1, DELTA, W3 = rng.normal(size=(784, 64)), rng.normal(size=(100, 64)), rng.normal(size=(32, 64))
+A, W, BIAS = X[:100, :64], rng.normal(size=(64, 32)) / 8, rng.normal(size=(1, 32))
+
+# The network's products: (name, function of (xp, *arrays), arrays)
+GEMMS = [
+    ("x[rows] @ W1, split over K", lambda xp, x, rows, w: xp.take(x, rows, axis=0) @ w, [X, ROWS, W1]),
+    ("a.T @ delta", lambda xp, a, d: a.T @ d, [X[:100], DELTA]),
+    ("delta @ W.T", lambda xp, d, w: d @ w.T, [DELTA, W3]),
+    ("odd sizes", lambda xp, a, b: a @ b, [rng.normal(size=(37, 51)), rng.normal(size=(51, 29))]),
+    ("bias and tanh epilogue", lambda xp, a, w, b: xp.tanh(a @ w + b), [A, W, BIAS]),
+    (
+        "a view of a flat buffer",
+        lambda xp, a, flat: a @ xp.reshape(flat[10 : 10 + 64 * 32], (64, 32)),
+        [A, W1.reshape(-1)[:3000]],
+    ),
+]
+
+
+def gemm_plan(function, arrays, dtype):
+    arrays = [a.astype(dtype) if a.dtype.kind == "f" else a for a in arrays]
+    return make_plan(trace(lambda *a: function(TRACE_NAMESPACE, *a), arrays)), arrays
+
+
+def nvcc_compiles(source, tmp_path):
+    path = tmp_path / "kernels.cu"
+    path.write_text(source)
+    done = subprocess.run([NVCC, "-arch=sm_90", "-c", str(path), "-o", str(tmp_path / "kernels.o")],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "warning" not in done.stderr, done.stderr[-4000:]
+
+
+def renamed(plan, prefix):
+    for spec in plan.kernels():
+        spec.name = prefix + spec.name
+    return plan.kernels()
+
+
+@needs_nvcc
+def test_the_gemm_kernels_compile_for_sm_90(tmp_path):
+    specs = []
+    for j, (_, function, arrays) in enumerate(GEMMS):
+        for dtype in ("float32", "float64"):
+            specs += renamed(gemm_plan(function, arrays, dtype)[0], f"g{j}_{dtype}_")
+    nvcc_compiles(module_source(specs), tmp_path)
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("function, arrays", [g[1:] for g in GEMMS], ids=[g[0] for g in GEMMS])
+def test_the_gemm_kernels_compute_the_product(function, arrays, dtype, tol):
+    plan, arrays = gemm_plan(function, arrays, dtype)
+    expected = function(np, *[a.astype(np.float64) if a.dtype.kind == "f" else a for a in arrays])
+    got = run_plan_on_host(plan, arrays)
+    assert got.dtype == np.dtype(dtype)
+    assert np.linalg.norm(got - expected) <= tol * np.linalg.norm(expected)
+
+
+@needs_gxx
+def test_every_traced_operation_computes_as_numpy_in_cuda():
+    """The tracer's operation table (tests/test_trace.py), each case a plan whose generated CUDA runs on the CPU."""
+    plans = []
+    for j, (_, function, arrays) in enumerate(OPS):
+        plan = make_plan(trace(lambda *a, f=function: f(TRACE_NAMESPACE, *a), arrays))
+        renamed(plan, f"op{j}_")
+        plans.append(plan)
+    module = HostModule(module_source([k for plan in plans for k in plan.kernels()]))
+    for (name, function, arrays), plan in zip(OPS, plans, strict=True):
+        expected, got = function(np, *arrays), run_plan_on_host(plan, arrays, module=module)
+        assert got.dtype == expected.dtype, name
+        np.testing.assert_allclose(got, expected, rtol=1e-15 if got.dtype == np.float64 else 1e-6, err_msg=name)
+
+
+def test_small_outputs_split_the_sum_over_k():
+    """100×784 @ 784×64 is 8 output tiles: K is split so that about a hundred blocks work."""
+    plan, _ = gemm_plan(GEMMS[0][1], GEMMS[0][2], "float32")
+    (gemm,) = plan.kernels()
+    assert gemm.gemm["splits"] > 1 and gemm.grid() >= 100
+
+
+@needs_gxx
+def test_split_sums_phases_and_reductions_with_many_threads():
+    """64 threads a block: the barriers, the last-block hand-over and the reduction trees at work."""
+    train, _, _ = dataset(n_train=250)
+    program, args, expected = traced_epoch(hw1(), train, 100)
+    assert_close(run_plan_on_host(make_plan(program), args, threads=64), expected, 1e-12)
+    plan, arrays = gemm_plan(GEMMS[0][1], GEMMS[0][2], "float64")
+    expected = GEMMS[0][1](np, *arrays)
+    assert np.linalg.norm(run_plan_on_host(plan, arrays, threads=64) - expected) <= 1e-12 * np.linalg.norm(expected)
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("bn", [1, 0])
+def test_the_generated_kernels_train_the_epoch(dtype, tol, bn):
+    """The HW1 network, 250 examples in batches of 100 (a partial last one): the CUDA source equals the eager epoch."""
+    train, _, _ = dataset(n_train=250)
+    program, args, expected = traced_epoch(hw1(dtype, bn), train, 100)
+    assert_close(run_plan_on_host(make_plan(program), args), expected, tol)
+
+
+@needs_nvcc
+def test_every_kernel_of_the_hw1_step_compiles_for_sm_90(tmp_path):
+    """float32 and float64, with and without BN, sigmoid, ReLU and tanh: each distinct kernel once."""
+    train, _, _ = dataset(n_train=300)
+    kernels: dict[str, str] = {}
+    for dtype in ("float32", "float64"):
+        for bn in (0, 1):
+            for activation in (Sigmoid, ReLU, Tanh):
+                program, _, _ = traced_epoch(hw1(dtype, bn, activation), train, 100)
+                plan = make_plan(program)
+                source = module_source(renamed(plan, f"{dtype}_{bn}_{activation.__name__}_"))
+                for chunk in source.split("/* xpmlp-kernel ")[1:]:
+                    body = chunk[chunk.index(" */\n") + 4 :]
+                    kernels.setdefault(re.sub(r"\) (\w+)\(", ") k(", body, count=1), body)
+    assert len(kernels) >= 30
+    nvcc_compiles(PRELUDE + "\n".join(kernels.values()), tmp_path)
+
+
+def test_each_kernel_carries_its_description():
+    train, _, _ = dataset()
+    program, _, _ = traced_epoch(hw1(), train, 40)
+    plan = make_plan(program)
+    found = descriptions(module_source(plan.kernels()))
+    assert found == {spec.name: spec.description() for spec in plan.kernels()}

@@ -1,0 +1,116 @@
+"""Grouping a traced epoch into kernels: the grouped plan, run kernel by kernel with NumPy, equals the eager epoch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xpmlp import ReLU, Tanh
+from xpmlp.backend.fuse import make_plan, run_plan
+from xpmlp.backend.trace import INDEX_OPS, Loop
+
+from test_trace import NETS, assert_close, network, traced_epoch
+from test_training import dataset
+
+
+def hw1(dtype="float64", bn=1, activation=None, backend="numpy"):
+    """The homework's network: 784-64-64-32-10, sigmoid, BN on layer 1."""
+    kwargs = {} if activation is None else {"activation": activation}
+    return network(hiddens=(64, 64, 32), bn=bn, dtype=dtype, backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("net", list(NETS))
+@pytest.mark.parametrize("batch_size", [16, 40, 200])  # 120 examples: a partial last batch, none, only one
+def test_the_grouped_plan_equals_the_eager_epoch(net, batch_size):
+    train, _, _ = dataset()
+    program, args, expected = traced_epoch(network(**NETS[net]), train, batch_size)
+    assert_close(run_plan(make_plan(program), args), expected, 1e-12)  # BN running statistics are in the state
+
+
+@pytest.mark.parametrize("tail_max", [1, 64, 1 << 16])
+def test_small_tails_split_into_block_and_map_kernels_and_agree(tail_max):
+    """With small one-block tails every kind of kernel appears; the epoch does not change."""
+    train, _, _ = dataset()
+    program, args, expected = traced_epoch(network(activation=Tanh, bn=2), train, 16)
+    plan = make_plan(program, tail_max=tail_max)
+    kinds = {k.kind for k in plan.kernels()}
+    assert kinds == ({"gemm", "block", "map"} if tail_max < 1 << 16 else {"gemm"})
+    assert_close(run_plan(plan, args), expected, 1e-12)
+
+
+def matmuls(program):
+    return sum(node.op == "matmul" for s in program.segments if isinstance(s, Loop) for node in s.body)
+
+
+@pytest.mark.parametrize("bn", [1, 0])
+def test_the_hw1_step_is_one_kernel_per_matrix_product_and_the_update(bn):
+    """784-64-64-32-10 at batch 100: 4 products forward, 7 backward; everything else rides in their tails but
+    the momentum update of the 57,000 parameters, too large for one block: a kernel over many."""
+    train, _, _ = dataset(n_train=300)
+    program, args, expected = traced_epoch(hw1(bn=bn), train, 100)
+    plan = make_plan(program)
+    assert plan.kernels_per_step == matmuls(program) + 1 == 12 <= 20
+    assert [k.kind for k in plan.segments[0].kernels] == ["gemm"] * 11 + ["map"]
+    assert_close(run_plan(plan, args), expected, 1e-12)
+
+
+@pytest.mark.parametrize("bn, kernels", [(1, 16), (0, 12)])
+def test_at_batch_1000_the_step_stays_under_20_kernels(bn, kernels):
+    """Bias and activation of 1000×64 outputs run tile by tile in the product's blocks, not in one block."""
+    train, _, _ = dataset(n_train=2000)
+    program, args, expected = traced_epoch(hw1(bn=bn), train, 1000)
+    plan = make_plan(program)
+    assert plan.kernels_per_step == kernels <= 20
+    assert_close(run_plan(plan, args), expected, 1e-12)
+
+
+def test_a_hidden_layer_without_batchnorm_needs_no_last_block():
+    """x·W + b and the sigmoid read the product element by element: every tile finishes its own part."""
+    train, _, _ = dataset(n_train=300)
+    program, _, _ = traced_epoch(hw1(), train, 100)
+    second_layer = make_plan(program).segments[0].kernels[1]
+    assert not second_layer.gemm["tail"]
+    assert any(node.get("tile") and "store" in node for node in second_layer.nodes)
+
+
+def test_index_operations_cost_nothing():
+    """Transposes, slices of the flat parameters, the row gather and concatenations are read in place, never stored."""
+    train, _, _ = dataset()
+    program, _, _ = traced_epoch(network(), train, 40)
+    for kernel in make_plan(program).kernels():
+        for node in kernel.nodes:
+            assert node["op"] not in INDEX_OPS or "store" not in node, (kernel.name, node["op"])
+
+
+def test_values_are_written_only_when_another_kernel_reads_them():
+    """Of the hundreds of values in a step, only what crosses kernels (and the reductions) goes to memory."""
+    train, _, _ = dataset(n_train=300)
+    program, _, _ = traced_epoch(hw1(), train, 100)
+    plan = make_plan(program)
+    step = plan.segments[0].kernels
+    computed = sum(n["op"] not in {"load", "scalar", "full", "loop_index", *INDEX_OPS} for k in step for n in k.nodes)
+    stored = sum("store" in n for k in step for n in k.nodes)
+    assert stored < computed / 2
+
+
+def test_a_kernel_is_described_in_json_types():
+    train, _, _ = dataset()
+    program, _, _ = traced_epoch(network(activation=ReLU), train, 40)
+    for kernel in make_plan(program).kernels():
+        description = kernel.description()
+        assert json.loads(json.dumps(description)) == description
+
+
+def test_loop_carries_alternate_between_two_buffer_sets():
+    train, _, _ = dataset()
+    program, _, _ = traced_epoch(network(), train, 16)
+    plan = make_plan(program)
+    (loop,) = plan.loops
+    first, second = loop.sets
+    assert not set(first) & set(second)
+    assert [plan.resolve(("carry_in", 0, 0), it) for it in range(3)] == [first[0], second[0], first[0]]
+    assert plan.resolve(("carry_out", 0, 0), 0) == second[0]
+    assert plan.resolve(("result", 0, 0)) == (second if loop.count % 2 else first)[0]
+    assert np.all([b.role in {"input", "carry"} for b in (plan.buffers[i] for i in first)])

@@ -1,0 +1,548 @@
+"""CUDA C source for the kernels of a :class:`~xpmlp.backend.fuse.Plan`, generated from each :class:`KernelSpec`.
+
+Every value a kernel computes is an expression of its index, built from the traced nodes: a
+load from a buffer (through index operations that only change the address: transposes, slices,
+row gathers), a literal, or an elementwise operation of other values.
+
+A GEMM kernel's blocks each compute a TILE_M × TILE_N tile over one chunk of K from
+shared-memory tiles, the operands loaded by the same index expressions (so ``a.T @ delta`` and a
+row gather need no copy). With K split, the last block of a tile to arrive sums the chunks in a
+fixed order; a tile's elementwise epilogue follows, and the last tile to finish runs the
+kernel's tail. A tail (and a ``block`` kernel) runs in phases separated by barriers: a phase
+stores the values other kernels read and computes its reductions (consecutive threads on
+consecutive outputs, groups of threads over the reduced elements, then a fixed-order tree in
+shared memory). Nothing is atomic but the arrival counters, so every result is reproducible.
+
+The source compiles with NVRTC (``cupy.RawModule``) and ``nvcc -arch=sm_90``; ``XPMLP_THREADS``
+may be redefined (the CPU test harness runs kernels with other values). Each kernel carries its
+JSON description in a comment, from which :func:`~xpmlp.backend.fuse.run_kernel` runs it with NumPy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import numpy
+
+from .fuse import THREADS, KernelSpec
+from .trace import ELEMENTWISE, INDEX_OPS, REDUCTIONS
+
+__all__ = ["CTYPES", "PRELUDE", "descriptions", "kernel_source", "module_source"]
+
+CTYPES = {
+    "float32": "float",
+    "float64": "double",
+    "int64": "long long",
+    "int32": "int",
+    "uint64": "unsigned long long",
+    "uint32": "unsigned int",
+    "bool": "bool",
+}
+
+PRELUDE = f"""\
+#ifndef XPMLP_THREADS
+#define XPMLP_THREADS {THREADS}
+#endif
+__host__ __device__ constexpr int xpmlp_floor2(int n) {{ return n < 2 ? 1 : 2 * xpmlp_floor2(n / 2); }}
+"""
+
+_MARK = "/* xpmlp-kernel "
+
+_FLOAT_FUNCTIONS = {"exp", "log", "sqrt", "tanh"}
+
+
+def _literal(value: bool | int | float, dtype: str) -> str:
+    if dtype == "bool":
+        return "true" if value else "false"
+    ctype = CTYPES[dtype]
+    if dtype.startswith("float"):
+        value = float(value)
+        if math.isfinite(value):
+            return f"(({ctype}){value!r})"
+        cast, inf, nan = {
+            "float32": ("__int_as_float", "0x7f800000", "0x7fffffff"),
+            "float64": ("__longlong_as_double", "0x7ff0000000000000LL", "0x7fffffffffffffffLL"),
+        }[dtype]
+        text = f"{cast}({nan if math.isnan(value) else inf})"
+        return f"(-{text})" if value < 0 else text
+    return f"(({ctype}){int(value)}LL)" if dtype in {"int64", "uint64"} else f"(({ctype}){int(value)})"
+
+
+def _extreme(largest: bool, dtype: str) -> str:
+    """The identity of max (the lowest value) or, ``largest``, of min."""
+    if dtype.startswith("float"):
+        return _literal(math.inf if largest else -math.inf, dtype)
+    return "0x7fffffffffffffffLL" if largest else "(-0x7fffffffffffffffLL - 1)"
+
+
+def _strides(shape: Sequence[int]) -> list[int]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return strides[::-1]
+
+
+def _flat(index: Sequence[str], shape: Sequence[int]) -> str:
+    terms = [i if s == 1 else f"{i} * {s}" for i, s, n in zip(index, _strides(shape), shape, strict=True) if n != 1]
+    return "(" + " + ".join(terms) + ")" if terms else "0"
+
+
+def _unravel(flat: str, shape: Sequence[int]) -> list[str]:
+    out = []
+    for d, (stride, n) in enumerate(zip(_strides(shape), shape, strict=True)):
+        if n == 1:
+            out.append("0")
+            continue
+        term = flat if stride == 1 else f"({flat} / {stride})"
+        out.append(term if d == 0 or stride * n >= math.prod(shape) else f"({term} % {n})")
+    return out
+
+
+class _Scope:
+    """Lines of C and the values already computed in them (visible to nested scopes)."""
+
+    def __init__(self, parent: _Scope | None = None) -> None:
+        self.parent, self.lines, self.cache = parent, [], {}
+
+    def find(self, key: tuple) -> str | None:
+        scope = self
+        while scope is not None:
+            if key in scope.cache:
+                return scope.cache[key]
+            scope = scope.parent
+        return None
+
+
+class _Kernel:
+    """The source of one kernel."""
+
+    def __init__(self, spec: KernelSpec) -> None:
+        self.spec, self.nodes, self.counter = spec, spec.nodes, 0
+        self.params = spec.params
+
+    def fresh(self, prefix: str = "v") -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    # values
+    def value(self, i: int, index: Sequence[str], scope: _Scope) -> str:
+        """A C expression (usually a variable) for node ``i`` at ``index``, emitting what it needs into ``scope``."""
+        key = (i, tuple(index))
+        found = scope.find(key)
+        if found is not None:
+            return found
+        node = self.nodes[i]
+        op, shape, dtype = node["op"], node["shape"], node["dtype"]
+        ctype = CTYPES[dtype]
+        if op in {"scalar", "full"}:
+            return _literal(node["attrs"]["value"], dtype)
+        if op == "loop_index":
+            return "it"
+        if op == "load" or ("store" in node and (op == "matmul" or op in REDUCTIONS)):
+            param, flat = (node["param"] if op == "load" else node["store"]), _flat(index, shape)
+            text = f"__ldcg(p{param} + {flat})" if self.params[param].mode == "c" else f"p{param}[{flat}]"
+        elif op in INDEX_OPS:
+            return self.index_op(i, index, scope)
+        elif op in ELEMENTWISE:
+            text = self.elementwise(node, index, scope)
+        else:
+            raise ValueError(f"kernel {self.spec.name}: cannot generate {op!r} at this place")
+        name = self.fresh()
+        scope.lines.append(f"const {ctype} {name} = {text};")
+        scope.cache[key] = name
+        return name
+
+    def operand(self, i: int, index: Sequence[str], shape: Sequence[int], ctype: str, scope: _Scope) -> str:
+        """Node ``i`` broadcast to ``shape`` at ``index``, as ``ctype``."""
+        node = self.nodes[i]
+        extra = len(shape) - len(node["shape"])
+        mapped = ["0" if n == 1 else index[extra + d] for d, n in enumerate(node["shape"])]
+        text = self.value(i, mapped, scope)
+        return text if CTYPES[node["dtype"]] == ctype else f"(({ctype}){text})"
+
+    def elementwise(self, node: dict, index: Sequence[str], scope: _Scope) -> str:
+        op, shape, inputs = node["op"], node["shape"], node["in"]
+        if op == "astype":
+            source = self.operand(inputs[0], index, shape, CTYPES[self.nodes[inputs[0]]["dtype"]], scope)
+            return f"({source} != 0)" if node["dtype"] == "bool" else f"(({CTYPES[node['dtype']]}){source})"
+        if op == "where":
+            ctype = CTYPES[node["dtype"]]
+            c, a, b = (
+                self.operand(j, index, shape, t, scope) for j, t in zip(inputs, ["bool", ctype, ctype], strict=True)
+            )
+            return f"({c} ? {a} : {b})"
+        # a test (comparison, isnan, isfinite) computes in its inputs' type, the rest in the result's
+        common = self.common_dtype(inputs) if node["dtype"] == "bool" else node["dtype"]
+        ctype = CTYPES[common]
+        args = [self.operand(j, index, shape, ctype, scope) for j in inputs]
+        if op in _FLOAT_FUNCTIONS or (op == "abs" and common.startswith("float")):
+            name = "fabs" if op == "abs" else op
+            return f"{name}{'f' if common == 'float32' else ''}({args[0]})"
+        if op == "pow":
+            exponent = self.nodes[inputs[1]]
+            if exponent["op"] == "scalar" and exponent["attrs"]["value"] == 2:
+                return f"({args[0]} * {args[0]})"
+            return f"pow{'f' if common == 'float32' else ''}({args[0]}, {args[1]})"
+        return (_UNARY.get(op) or _BINARY.get(op)).format(*args, t=ctype)
+
+    def common_dtype(self, inputs: Sequence[int]) -> str:
+        return numpy.result_type(*(numpy.dtype(self.nodes[j]["dtype"]) for j in inputs)).name
+
+    def index_op(self, i: int, index: Sequence[str], scope: _Scope) -> str:
+        node = self.nodes[i]
+        op, attrs, inputs = node["op"], node.get("attrs", {}), node["in"]
+        source = self.nodes[inputs[0]]["shape"]
+        if op == "reshape":
+            flat = self.fresh("f")
+            scope.lines.append(f"const long long {flat} = {_flat(index, node['shape'])};")
+            return self.value(inputs[0], _unravel(flat, source), scope)
+        if op == "permute":
+            mapped = [""] * len(source)
+            for d, axis in enumerate(attrs["axes"]):
+                mapped[axis] = index[d]
+            return self.value(inputs[0], mapped, scope)
+        if op == "broadcast":
+            extra = len(node["shape"]) - len(source)
+            return self.value(inputs[0], ["0" if n == 1 else index[extra + d] for d, n in enumerate(source)], scope)
+        if op == "take":
+            axis = attrs["axis"]
+            row = self.value(inputs[1], [index[axis]], scope)
+            return self.value(inputs[0], [*index[:axis], row, *index[axis + 1 :]], scope)
+        if op == "getitem":
+            mapped, out = [], iter(index)
+            for entry in attrs["key"]:
+                if entry[0] == "new":
+                    next(out)
+                elif entry[0] == "int":
+                    mapped.append(str(entry[1]))
+                elif entry[0] == "traced":
+                    mapped.append(self.value(inputs[1 + entry[1]], [], scope))
+                else:
+                    _, start, step, _ = entry
+                    position = next(out)
+                    mapped.append(f"({start} + {step} * {position})" if (start, step) != (0, 1) else position)
+            return self.value(inputs[0], mapped, scope)
+        if op == "concat":
+            return self.concat(i, index, scope)
+        raise ValueError(f"unknown index operation {op!r}")
+
+    def concat(self, i: int, index: Sequence[str], scope: _Scope) -> str:
+        """Piecewise: each part is evaluated only on its own range (its loads stay in bounds)."""
+        node = self.nodes[i]
+        axis, name = node["attrs"]["axis"], self.fresh()
+        scope.lines.append(f"{CTYPES[node['dtype']]} {name};")
+        start = 0
+        for k, part in enumerate(node["in"]):
+            size = self.nodes[part]["shape"][axis]
+            inner = _Scope(scope)
+            shifted = [*index[:axis], f"({index[axis]} - {start})" if start else index[axis], *index[axis + 1 :]]
+            result = self.value(part, shifted, inner)
+            condition = f"if ({index[axis]} < {start + size}) " if k < len(node["in"]) - 1 else ""
+            scope.lines.append(("" if k == 0 else "else ") + condition + "{")
+            scope.lines += ["  " + line for line in inner.lines] + [f"  {name} = {result};", "}"]
+            start += size
+        scope.cache[(i, tuple(index))] = name
+        return name
+
+    # statements
+    def stores(self, phase: int, first: str, step: str) -> list[str]:
+        """Loops storing the elementwise values of ``phase`` (a loop per shape), elements first, first+step, …"""
+        by_shape: dict[tuple, list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            stored = node.get("store") is not None and node["op"] in ELEMENTWISE and not node.get("tile")
+            if stored and node.get("phase") == phase:
+                by_shape.setdefault(tuple(node["shape"]), []).append(i)
+        lines = []
+        for shape, members in by_shape.items():
+            scope = _Scope()
+            index = _unravel("e", shape)
+            for i in members:
+                scope.lines.append(f"p{self.nodes[i]['store']}[e] = {self.value(i, index, scope)};")
+            lines += ["#pragma unroll 4", f"for (long long e = {first}; e < {math.prod(shape)}; e += {step}) {{"]
+            lines += ["  " + line for line in scope.lines] + ["}"]
+        return lines
+
+    def reductions(self, phase: int) -> list[str]:
+        """Each reduction of ``phase``: consecutive threads take consecutive outputs (coalesced reads along
+        them), thread groups stride the reduced elements, then a tree in shared memory adds the groups in a
+        fixed order."""
+        lines = []
+        for node in self.nodes:
+            if node["op"] not in REDUCTIONS or node.get("phase") != phase:
+                continue
+            source = self.nodes[node["in"][0]]
+            axes, shape = node["attrs"]["axes"], source["shape"]
+            kept = [n for d, n in enumerate(shape) if d not in axes]
+            reduced = [n for d, n in enumerate(shape) if d in axes]
+            outer, inner = _unravel("o", kept), _unravel("t", reduced)
+            index = [inner.pop(0) if d in axes else outer.pop(0) for d in range(len(shape))]
+            op, outputs, count = node["op"], math.prod(kept), math.prod(reduced)
+            arg = op in _ARG
+            ctype = CTYPES[source["dtype"] if arg else node["dtype"]]
+            scope = _Scope()
+            x = self.operand(node["in"][0], index, shape, ctype, scope)
+            if arg:
+                start = _extreme(op == "argmin", source["dtype"])
+                accumulate = [f"if ({_ARG[op].format(x=x, i='t', best='best', arg='arg')}) {{ best = {x}; arg = t; }}"]
+                other = "red[threadIdx.x + s * chunk]", "args[threadIdx.x + s * chunk]"
+                merge = [
+                    f"if ({_ARG[op].format(x=other[0], i=other[1], best='best', arg='arg')}) "
+                    f"{{ best = {other[0]}; arg = {other[1]}; }}"
+                ]
+                result = "args[c]"
+            else:
+                start = _literal(0, node["dtype"]) if op in {"sum", "mean"} else _extreme(op == "min", node["dtype"])
+                accumulate = [f"best = {_COMBINE[op].format(a='best', b=x)};"]
+                merge = [f"best = {_COMBINE[op].format(a='best', b='red[threadIdx.x + s * chunk]')};"]
+                result = f"red[c] / {_literal(count, node['dtype'])}" if op == "mean" else "red[c]"
+            store = f"p{node['store']}[o]"
+            keep = ["red[threadIdx.x] = best;", *(["args[threadIdx.x] = arg;"] if arg else [])]
+            lines += [
+                "{",
+                f"  {ctype}* red = reinterpret_cast<{ctype}*>(xpmlp_red);",
+                *(["  long long* args = xpmlp_args;"] if arg else []),
+                f"  constexpr int chunk = {outputs} < XPMLP_THREADS ? {outputs} : XPMLP_THREADS;",
+                "  constexpr int groups = xpmlp_floor2(XPMLP_THREADS / chunk);",
+                "  const int c = threadIdx.x % chunk, g = threadIdx.x / chunk;",
+                f"  for (long long o0 = 0; o0 < {outputs}; o0 += chunk) {{",
+                "    const long long o = o0 + c;",
+                f"    {ctype} best = {start};",
+                *(["    long long arg = 0x7fffffffffffffffLL;"] if arg else []),
+                f"    if (g < groups && o < {outputs}) {{",
+                f"      for (long long t = g; t < {count}; t += groups) {{",
+                *("        " + line for line in scope.lines + accumulate),
+                "      }",
+                "    }",
+                *("    " + line for line in keep),
+                "    __syncthreads();",
+                "    for (int s = groups / 2; s > 0; s /= 2) {",
+                "      if (g < s) {",
+                *("        " + line for line in merge + keep),
+                "      }",
+                "      __syncthreads();",
+                "    }",
+                f"    if (g == 0 && o < {outputs}) {store} = {result};",
+                "    __syncthreads();",
+                "  }",
+                "}",
+            ]
+        return lines
+
+    def phases(self) -> list[str]:
+        lines = []
+        for phase in range(self.spec.phases):
+            stores = self.stores(phase, "threadIdx.x", "XPMLP_THREADS")
+            reductions = self.reductions(phase)
+            lines += [f"// phase {phase}", *stores, *reductions]
+            if phase < self.spec.phases - 1:
+                lines.append("__syncthreads();")
+        return lines
+
+    def signature(self) -> str:
+        params = []
+        for k, p in enumerate(self.params):
+            ctype = CTYPES[p.dtype]
+            params.append(f"const {ctype}* __restrict__ p{k}" if p.mode == "r" else f"{ctype}* p{k}")
+        return ", ".join([*params, "long long it"])
+
+    def source(self) -> str:
+        spec = self.spec
+        head = [
+            _MARK + json.dumps(spec.description()) + " */",
+            f'extern "C" __global__ void __launch_bounds__(XPMLP_THREADS) {spec.name}({self.signature()}) {{',
+            "(void)it;",
+        ]
+        if any(n["op"] in REDUCTIONS and "phase" in n for n in self.nodes):
+            head.append("__shared__ unsigned long long xpmlp_red[XPMLP_THREADS];")
+        if any(n["op"] in _ARG and "phase" in n for n in self.nodes):
+            head.append("__shared__ long long xpmlp_args[XPMLP_THREADS];")
+        if spec.kind == "map":
+            first = "blockIdx.x * (long long)XPMLP_THREADS + threadIdx.x"
+            body = self.stores(0, first, "gridDim.x * (long long)XPMLP_THREADS")
+        elif spec.kind == "block":
+            body = self.phases()
+        else:
+            body = self.gemm()
+        return "\n".join([*head, *("  " + line for line in body), "}", ""])
+
+    def gemm(self) -> list[str]:
+        g = self.spec.gemm
+        product = self.nodes[g["node"]]
+        a, b = product["in"]
+        m, n, k, bm, bn, bk = g["m"], g["n"], g["k"], g["bm"], g["bn"], g["bk"]
+        ctype, out = CTYPES[product["dtype"]], product["store"]
+        zero = _literal(0, product["dtype"])
+        splits, tiles = g["splits"], g["tiles"]
+        lines = [
+            f"const int tile = blockIdx.x % {tiles}, split = blockIdx.x / {tiles};",
+            f"const long long row0 = (long long)(tile / {g['tiles_n']}) * {bm};",
+            f"const long long col0 = (long long)(tile % {g['tiles_n']}) * {bn};",
+            f"const long long k_begin = (long long)split * {g['chunk']};",
+            f"const long long k_end = k_begin + {g['chunk']} < {k} ? k_begin + {g['chunk']} : {k};",
+            f"__shared__ {ctype} a_tile[{bk}][{bm + 1}];",
+            f"__shared__ {ctype} b_tile[{bk}][{bn + 1}];",
+            f"{ctype} acc[({bm * bn} + XPMLP_THREADS - 1) / XPMLP_THREADS];",
+            f"for (int j = 0; j < ({bm * bn} + XPMLP_THREADS - 1) / XPMLP_THREADS; ++j) acc[j] = {zero};",
+            f"for (long long k0 = k_begin; k0 < k_end; k0 += {bk}) {{",
+        ]
+        for name, operand, rows in (("a", a, bm), ("b", b, bn)):
+            transposed = self.transposed(operand)
+            if name == "a":
+                kk, r = ("e / " + str(bm), "e % " + str(bm)) if transposed else ("e % " + str(bk), "e / " + str(bk))
+                point, limit = ["row0 + r", "k0 + kk"], f"row0 + r < {m} && k0 + kk < k_end"
+                target = "a_tile[kk][r]"
+            else:
+                kk, r = ("e % " + str(bk), "e / " + str(bk)) if transposed else ("e / " + str(bn), "e % " + str(bn))
+                point, limit = ["k0 + kk", "col0 + r"], f"k0 + kk < k_end && col0 + r < {n}"
+                target = "b_tile[kk][r]"
+            scope = _Scope()
+            loaded = self.value(operand, [f"({p})" for p in point], scope)
+            lines += [
+                f"  for (int e = threadIdx.x; e < {rows * bk}; e += XPMLP_THREADS) {{",
+                f"    const int kk = {kk}, r = {r};",
+                f"    {ctype} x = {zero};",
+                f"    if ({limit}) {{",
+                *("      " + line for line in scope.lines),
+                f"      x = {loaded};",
+                "    }",
+                f"    {target} = x;",
+                "  }",
+            ]
+        per = f"({bm * bn} + XPMLP_THREADS - 1) / XPMLP_THREADS"
+        lines += [
+            "  __syncthreads();",
+            f"  for (int kk = 0; kk < {bk}; ++kk) {{",
+            f"    for (int j = 0; j < {per}; ++j) {{",
+            "      const int el = threadIdx.x + j * XPMLP_THREADS;",
+            f"      if (el < {bm * bn}) acc[j] += a_tile[kk][el / {bn}] * b_tile[kk][el % {bn}];",
+            "    }",
+            "  }",
+            "  __syncthreads();",
+            "}",
+        ]
+        destination = (
+            f"p{g['partials']}[((long long)split * {m} + r) * {n} + c]" if splits > 1 else f"p{out}[r * {n} + c]"
+        )
+        lines += [
+            f"for (int j = 0; j < {per}; ++j) {{",
+            "  const int el = threadIdx.x + j * XPMLP_THREADS;",
+            f"  const long long r = row0 + el / {bn}, c = col0 + el % {bn};",
+            f"  if (el < {bm * bn} && r < {m} && c < {n}) {destination} = acc[j];",
+            "}",
+        ]
+        counters = f"p{g.get('counters')}"
+        if splits > 1 or g["tail"]:
+            lines.append("__shared__ int last_block;")
+        if splits > 1:  # the last block of a tile to arrive sums its chunks, in order
+            lines += [
+                "__threadfence();",
+                "__syncthreads();",
+                f"if (threadIdx.x == 0) last_block = atomicAdd({counters} + tile, 1u) == {splits - 1};",
+                "__syncthreads();",
+                "if (!last_block) return;",
+                "__threadfence();",
+                f"for (int el = threadIdx.x; el < {bm * bn}; el += XPMLP_THREADS) {{",
+                f"  const long long r = row0 + el / {bn}, c = col0 + el % {bn};",
+                f"  if (r >= {m} || c >= {n}) continue;",
+                f"  {ctype} sum = {zero};",
+                f"  for (int s = 0; s < {splits}; ++s)",
+                f"    sum += __ldcg(p{g['partials']} + ((long long)s * {m} + r) * {n} + c);",
+                f"  p{out}[r * {n} + c] = sum;",
+                "}",
+                f"if (threadIdx.x == 0) {counters}[tile] = 0;",
+            ]
+        tile_stores = [i for i, node in enumerate(self.nodes) if node.get("tile") and node.get("store") is not None]
+        if tile_stores:  # elementwise work on the product, this tile's elements
+            scope = _Scope()
+            for i in tile_stores:
+                value = self.value(i, ["r", "c"], scope)
+                scope.lines.append(f"p{self.nodes[i]['store']}[{_flat(['r', 'c'], [m, n])}] = {value};")
+            lines += [
+                "__syncthreads();",
+                "#pragma unroll 2",
+                f"for (int el = threadIdx.x; el < {bm * bn}; el += XPMLP_THREADS) {{",
+                f"  const long long r = row0 + el / {bn}, c = col0 + el % {bn};",
+                f"  if (r >= {m} || c >= {n}) continue;",
+                *("  " + line for line in scope.lines),
+                "}",
+            ]
+        if g["tail"]:  # the last tile to finish runs the tail
+            lines += [
+                "__threadfence();",
+                "__syncthreads();",
+                f"if (threadIdx.x == 0) last_block = atomicAdd({counters} + {tiles}, 1u) == {tiles - 1};",
+                "__syncthreads();",
+                "if (!last_block) return;",
+                "__threadfence();",
+                f"if (threadIdx.x == 0) {counters}[{tiles}] = 0;",
+                *self.phases(),
+            ]
+        return lines
+
+    def transposed(self, i: int) -> bool:
+        """Whether consecutive elements along an operand's second index are far apart in memory."""
+        flips = 0
+        while self.nodes[i]["op"] in INDEX_OPS:
+            node = self.nodes[i]
+            flips += node["op"] == "permute" and node["attrs"]["axes"] == [1, 0]
+            i = node["in"][0]
+        return flips % 2 == 1
+
+
+_UNARY = {
+    "negative": "(-{0})",
+    "positive": "({0})",
+    "abs": "({0} < 0 ? -{0} : {0})",
+    "square": "({0} * {0})",
+    "sign": "(({t})({0} > 0 ? 1 : ({0} < 0 ? -1 : ({0} == 0 ? 0 : {0}))))",
+    "logical_not": "(!{0})",
+    "isnan": "({0} != {0})",
+    "isfinite": "({0} - {0} == {0} - {0})",
+}
+_BINARY = {
+    "add": "({0} + {1})",
+    "subtract": "({0} - {1})",
+    "multiply": "({0} * {1})",
+    "divide": "({0} / {1})",
+    "maximum": "(({0} > {1} || {0} != {0}) ? {0} : {1})",  # NaN propagates, as in NumPy
+    "minimum": "(({0} < {1} || {0} != {0}) ? {0} : {1})",
+    "logical_and": "({0} && {1})",
+    "logical_or": "({0} || {1})",
+    "equal": "({0} == {1})",
+    "not_equal": "({0} != {1})",
+    "less": "({0} < {1})",
+    "less_equal": "({0} <= {1})",
+    "greater": "({0} > {1})",
+    "greater_equal": "({0} >= {1})",
+}
+_COMBINE = {
+    "sum": "{a} + {b}",
+    "mean": "{a} + {b}",
+    "max": "(({b} > {a} || {b} != {b}) ? {b} : {a})",
+    "min": "(({b} < {a} || {b} != {b}) ? {b} : {a})",
+}
+# (x at index i) replaces (best at arg): larger, or NaN over a number, or as good and earlier (NumPy's first).
+_TIE = "({x} != {x} && {best} == {best}) || (({x} == {best} || ({x} != {x} && {best} != {best})) && {i} < {arg})"
+_ARG = {"argmax": "{x} > {best} || " + _TIE, "argmin": "{x} < {best} || " + _TIE}
+
+
+def kernel_source(spec: KernelSpec) -> str:
+    """The CUDA C source of one kernel (without the :data:`PRELUDE`)."""
+    return _Kernel(spec).source()
+
+
+def module_source(specs: Sequence[KernelSpec]) -> str:
+    """One module holding every kernel of ``specs``: what ``cupy.RawModule`` compiles."""
+    return PRELUDE + "\n" + "\n".join(kernel_source(spec) for spec in specs)
+
+
+def descriptions(source: str) -> dict[str, dict]:
+    """The kernel descriptions embedded in ``source``, by kernel name."""
+    out = {}
+    for chunk in source.split(_MARK)[1:]:
+        description = json.loads(chunk[: chunk.index(" */\n")])
+        out[description["name"]] = description
+    return out

@@ -1,0 +1,493 @@
+"""Grouping a traced :class:`~xpmlp.backend.trace.Program` into kernels: the :class:`Plan`.
+
+Three kinds of kernel, each described by a :class:`KernelSpec` (its nodes, their phases, the
+buffers it reads and writes) from which both the CUDA source (``cuda.py``) and the NumPy
+run (:func:`run_kernel`) are made:
+
+``gemm``
+    A matrix product ``A @ B`` (split over K across thread blocks when the output is small),
+    whose operands are any index expression (a transpose, a row gather) of buffers. Elementwise
+    work on the product that reads it only at its own element (bias, activation, derivative)
+    runs tile by tile as soon as a tile is summed; the block that finishes last then runs the
+    kernel's *tail*: the reductions and what depends on them, in phases separated by barriers.
+``block``
+    A tail without a product: one thread block, phases separated by barriers.
+``map``
+    Elementwise work too large for one block, over many blocks, without reductions.
+
+The rules: every product starts a kernel; an elementwise operation or reduction joins the
+latest kernel that comes after its inputs and suits it: a reduction any tail (a reduction runs
+in one block wherever it is), elementwise work a tail if it fits one block (``tail_max``
+elements), else a ``map`` or a GEMM's tiles; else it starts one. Index operations (reshape,
+transpose, slicing, gathers, concatenation) are never computed on their own: a reader
+evaluates them in its index arithmetic. A value is written to memory only when another
+kernel (or a later step) reads it, or it is a reduction; everything else is recomputed where
+it is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+
+from .trace import ELEMENTWISE, INDEX_OPS, REDUCTIONS, Program, Straight, Tracer, flatten, numpy_op, unflatten
+
+__all__ = ["THREADS", "KernelSpec", "Plan", "make_plan", "run_kernel", "run_plan"]
+
+#: Threads per block of every kernel.
+THREADS = 512
+#: Output tile of the GEMM kernels (rows, columns, depth per step).
+TILE_M, TILE_N, TILE_K = 32, 32, 32
+#: Blocks a GEMM aims for: an H100 has 132 multiprocessors.
+GEMM_BLOCKS = 132
+#: The most elements an operation of a one-block tail may have: one multiprocessor moves about 100–200 GB/s,
+#: so a tail that touches much more than 100 kB is better spread over many blocks as a kernel of its own.
+TAIL_MAX = 1 << 14
+
+Slot = tuple  # ("buffer", id) | ("carry_in" | "carry_out" | "result", loop, j)
+
+
+@dataclass
+class Param:
+    """A buffer a kernel reads (``mode`` "r"), writes ("w"), or a GEMM's own ("c": the product, "p": partial
+    sums, "n": arrival counters). ``shape`` and ``dtype`` describe the array the kernel sees."""
+
+    slot: Slot
+    shape: tuple[int, ...]
+    dtype: str
+    mode: str
+
+
+@dataclass
+class KernelSpec:
+    """One kernel: ``nodes`` in topological order (JSON-ready dicts, ``in`` naming earlier nodes by index),
+    the ``params`` it binds, its ``phases`` and, for a GEMM, its ``gemm`` geometry."""
+
+    name: str
+    kind: str
+    params: list[Param]
+    nodes: list[dict]
+    phases: int
+    gemm: dict | None = None
+
+    def grid(self, threads: int = THREADS) -> int:
+        """Thread blocks to launch."""
+        if self.kind == "gemm":
+            return self.gemm["tiles"] * self.gemm["splits"]
+        if self.kind == "block":
+            return 1
+        largest = max(math.prod(n["shape"]) for n in self.nodes if n.get("store") is not None)
+        return max(1, min(-(-largest // threads), 1024))
+
+    def description(self) -> dict:
+        """Everything that defines the kernel's computation, in JSON types."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "params": [{"shape": list(p.shape), "dtype": p.dtype, "mode": p.mode} for p in self.params],
+            "nodes": self.nodes,
+            "phases": self.phases,
+            "gemm": self.gemm,
+        }
+
+
+@dataclass
+class Buffer:
+    shape: tuple[int, ...]
+    dtype: str
+    role: str  # "input", "constant", "scratch", "carry", "partials", "counters"
+    value: Any = None  # the initial contents of constants and counters
+
+
+@dataclass
+class LoopPlan:
+    """``count`` iterations of ``kernels``; carry j lives in ``sets[it % 2][j]`` at the start of iteration ``it``."""
+
+    count: int
+    kernels: list[KernelSpec]
+    sets: tuple[list[int], list[int]]
+
+
+@dataclass
+class Plan:
+    """A program as kernels: buffers, segments (kernel lists run once, or loops), and where outputs end up."""
+
+    buffers: list[Buffer]
+    inputs: list[int | None]  # the buffer of each input leaf (None: unused)
+    segments: list[list[KernelSpec] | LoopPlan]
+    outputs: list[Slot]
+    out_tree: Any
+    kernels_per_step: int
+    loops: list[LoopPlan] = field(default_factory=list)
+
+    def resolve(self, slot: Slot, it: int = 0) -> int:
+        """The buffer that ``slot`` names in iteration ``it``."""
+        if slot[0] == "buffer":
+            return slot[1]
+        loop = self.loops[slot[1]]
+        parity = {"carry_in": it, "carry_out": it + 1, "result": loop.count}[slot[0]] % 2
+        return loop.sets[parity][slot[2]]
+
+    def kernels(self) -> list[KernelSpec]:
+        """Every kernel once (a loop's body once)."""
+        return [k for s in self.segments for k in (s.kernels if isinstance(s, LoopPlan) else s)]
+
+
+def _is_compute(node: Tracer) -> bool:
+    return node.op in ELEMENTWISE or node.op in REDUCTIONS or node.op == "matmul"
+
+
+def _size(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def gemm_geometry(m: int, n: int, k: int, blocks: int = GEMM_BLOCKS) -> dict:
+    """Tiles of TILE_M × TILE_N, and K split into chunks (multiples of TILE_K) until about ``blocks`` blocks work."""
+    tiles = -(-m // TILE_M) * -(-n // TILE_N)
+    wanted = max(1, min(-(-blocks // tiles), -(-k // (2 * TILE_K))))
+    per_split = -(-k // wanted)
+    chunk = -(-per_split // TILE_K) * TILE_K
+    return {
+        "m": m,
+        "n": n,
+        "k": k,
+        "tiles": tiles,
+        "tiles_n": -(-n // TILE_N),
+        "splits": -(-k // chunk),
+        "chunk": chunk,
+        "bm": TILE_M,
+        "bn": TILE_N,
+        "bk": TILE_K,
+    }
+
+
+class _Kernel:
+    def __init__(self, kind: str, segment: int) -> None:
+        self.kind, self.segment = kind, segment
+        self.nodes: list[Tracer] = []
+        self.tile: set[Tracer] = set()  # a GEMM's elementwise work on its product, element by element
+
+
+class _Planner:
+    def __init__(self, program: Program, tail_max: int) -> None:
+        self.program, self.tail_max = program, tail_max
+        self.buffers: list[Buffer] = []
+        self.location: dict[Tracer, Slot] = {}
+        self.kernel_of: dict[Tracer, _Kernel] = {}
+        self.loops: list[LoopPlan] = []
+        self.loop_inits: list[tuple[LoopPlan, list[Tracer]]] = []
+        self.final_outputs: list[Tracer] = []
+
+    def buffer(self, shape: Sequence[int], dtype: Any, role: str, value: Any = None) -> int:
+        self.buffers.append(Buffer(tuple(shape), numpy.dtype(dtype).name, role, value))
+        return len(self.buffers) - 1
+
+    def plan(self) -> Plan:
+        program = self.program
+        uses = _use_counts(program)
+        segments = self.structure(uses)
+        live = self.liveness(segments)
+        inputs: list[int | None] = []
+        for node in program.inputs:
+            inputs.append(self.buffer(node.shape, node.dtype, "input") if node in uses else None)
+            if node in uses:
+                self.location[node] = ("buffer", inputs[-1])
+        kernels = [self.group(nodes, live, s) for s, (_, nodes, _, _) in enumerate(segments)]
+        self.materialize(segments, kernels, live)
+        plans: list[list[KernelSpec] | LoopPlan] = []
+        specs_made = 0
+        for (kind, _, _, loop_plan), group in zip(segments, kernels, strict=True):
+            specs = [self.spec(k, f"k{specs_made + i}") for i, k in enumerate(group)]
+            specs_made += len(specs)
+            if kind == "loop":
+                loop_plan.kernels = specs
+                plans.append(loop_plan)
+            elif specs:
+                plans.append(specs)
+        outputs = [self.location[o] for o in self.final_outputs]
+        steps = [len(p.kernels) for p in plans if isinstance(p, LoopPlan)] or [sum(len(p) for p in plans)]
+        return Plan(self.buffers, inputs, plans, outputs, program.out_tree, max(steps), self.loops)
+
+    # -- structure: segments with their stores, loops with their carry buffers
+    def structure(self, uses: dict[Tracer, int]) -> list[tuple[str, list[Tracer], dict[Tracer, Slot], Any]]:
+        """(kind, nodes, stores, loop) per segment; adds the copies that outputs and carries need."""
+        program, out = self.program, []
+        for segment in program.segments:
+            if isinstance(segment, Straight):
+                out.append(("straight", list(segment.nodes), {}, None))
+                continue
+            index = len(self.loops)
+            new = [self.buffer(v.shape, v.dtype, "carry") for v in segment.inits]
+            first, copies, stores = [], [], {}
+            for init in segment.inits:
+                if init.op == "input" and uses.get(init, 0) == 1:  # the loop's own input: start in its buffer
+                    first.append(None)
+                else:
+                    first.append(self.buffer(init.shape, init.dtype, "carry"))
+                    copy = _copy(init)
+                    copies.append(copy)
+                    stores[copy] = ("buffer", first[-1])
+            loop_plan = LoopPlan(segment.count, [], (first, new))
+            self.loops.append(loop_plan)
+            if copies:
+                out.append(("straight", copies, stores, None))
+            body, stores, seen, inside = list(segment.body), {}, set(), set(segment.body)
+            for j, value in enumerate(segment.outputs):
+                if not _is_compute(value) or value in seen or value not in inside:
+                    value = _copy(value)
+                    body.append(value)
+                seen.add(value)
+                stores[value] = ("carry_out", index, j)
+            for j, (carry, result) in enumerate(zip(segment.carries, segment.results, strict=True)):
+                self.location[carry] = ("carry_in", index, j)
+                self.location[result] = ("result", index, j)
+            out.append(("loop", body, stores, loop_plan))
+            self.loop_inits.append((loop_plan, segment.inits))
+        finals, copies, seen = [], [], set()
+        for value in program.outputs:
+            if (not _is_compute(value) and value.op not in {"input", "result"}) or value in seen:
+                value = _copy(value)
+                copies.append(value)
+            seen.add(value)
+            finals.append(value)
+        if copies:
+            if not out or out[-1][0] != "straight":
+                out.append(("straight", [], {}, None))
+            out[-1][1].extend(copies)
+        self.final_outputs = finals
+        return out
+
+    def liveness(self, segments: list) -> set[Tracer]:
+        """Nodes whose value reaches an output, a carry or a store."""
+        live: set[Tracer] = set()
+        stack = [*self.final_outputs]
+        for _, _, stores, _ in segments:
+            stack += list(stores)
+        for _, inits in self.loop_inits:
+            stack += inits
+        while stack:
+            node = stack.pop()
+            if node not in live:
+                live.add(node)
+                stack += node.inputs
+        return live
+
+    # -- grouping
+    def group(self, nodes: list[Tracer], live: set[Tracer], segment: int) -> list[_Kernel]:
+        kernels: list[_Kernel] = []
+        for node in nodes:
+            if node not in live or not _is_compute(node):
+                continue
+            if node.op == "matmul":
+                kernels.append(_Kernel("gemm", segment))
+                kernel = kernels[-1]
+            else:
+                places = [self.kernel_of[b] for b in _bases(node.inputs) if b in self.kernel_of]
+                inputs_ready = max((kernels.index(k) for k in places if k in kernels), default=-1)
+                kernel = next((k for k in reversed(kernels[max(inputs_ready, 0) :]) if self.fits(k, node)), None)
+                if kernel is None:
+                    big = node.op not in REDUCTIONS and node.size > self.tail_max
+                    kernels.append(_Kernel("map" if big else "block", segment))
+                    kernel = kernels[-1]
+            kernel.nodes.append(node)
+            self.kernel_of[node] = kernel
+            if self.tile_local(kernel, node):
+                kernel.tile.add(node)
+        return kernels
+
+    def tile_local(self, kernel: _Kernel, node: Tracer) -> bool:
+        """Whether ``node`` can run tile by tile: elementwise, shaped like the product, reading it (and other tile
+        work) only at its own element; anything else it reads comes from earlier kernels."""
+        if kernel.kind != "gemm" or node.op not in ELEMENTWISE or node.shape != kernel.nodes[0].shape:
+            return False
+        own = set(kernel.nodes)
+        return all(i is kernel.nodes[0] or i in kernel.tile or not own & set(_bases([i])) for i in node.inputs)
+
+    def fits(self, kernel: _Kernel, node: Tracer) -> bool:
+        """Whether ``node`` belongs in ``kernel``: reductions (one block's work anywhere) and small elementwise work
+        in a tail, larger elementwise work in a map, or tile by tile in a GEMM."""
+        if node.op in REDUCTIONS:
+            return kernel.kind != "map"
+        small = node.size <= self.tail_max
+        if kernel.kind == "map":
+            return not small
+        return small or self.tile_local(kernel, node)
+
+    def materialize(self, segments: list, kernels: list[list[_Kernel]], live: set[Tracer]) -> None:
+        """Give a buffer to every value read outside its kernel, every reduction and product, every store."""
+        stores = {node: slot for _, _, s, _ in segments for node, slot in s.items()}
+        for value in self.final_outputs:
+            if _is_compute(value) and value not in stores:
+                stores[value] = ("buffer", self.buffer(value.shape, value.dtype, "scratch"))
+        needed = dict.fromkeys(stores)  # (a dict for a reproducible order)
+        for group in kernels:
+            for kernel in group:
+                for node in kernel.nodes:
+                    if node.op in REDUCTIONS or node.op == "matmul":
+                        needed[node] = None
+                    for base in _bases(node.inputs):
+                        if _is_compute(base) and self.kernel_of[base] is not kernel:
+                            needed[base] = None
+        for node in needed:
+            self.location[node] = stores.get(node) or ("buffer", self.buffer(node.shape, node.dtype, "scratch"))
+        for loop_plan, inits in self.loop_inits:
+            first = loop_plan.sets[0]
+            for j, init in enumerate(inits):
+                if first[j] is None:
+                    first[j] = self.location[init][1]
+
+    # -- specs
+    def spec(self, kernel: _Kernel, name: str) -> KernelSpec:
+        own = set(kernel.nodes)
+        nodes: list[dict] = []
+        local: dict[Tracer, int] = {}
+        params: list[Param] = []
+        param_of: dict[Slot, int] = {}
+
+        def param(slot: Slot, shape: Sequence[int], dtype: Any, mode: str) -> int:
+            if slot not in param_of:
+                param_of[slot] = len(params)
+                params.append(Param(slot, tuple(shape), numpy.dtype(dtype).name, mode))
+            return param_of[slot]
+
+        def visit(node: Tracer) -> int:
+            if node in local:
+                return local[node]
+            entry: dict[str, Any] = {"op": node.op, "shape": list(node.shape), "dtype": node.dtype.name}
+            if node in own or node.op in INDEX_OPS:
+                entry["in"] = [visit(i) for i in node.inputs]
+                entry["attrs"] = node.attrs
+            elif node.op in {"scalar", "full"}:
+                entry["attrs"] = node.attrs
+            elif node.op == "loop_index":
+                entry = {"op": "loop_index", "shape": [], "dtype": "int64"}
+            else:
+                if node.op == "constant" and node not in self.location:
+                    buffer = self.buffer(node.shape, node.dtype, "constant", node.attrs["value"])
+                    self.location[node] = ("buffer", buffer)
+                entry = {"op": "load", "shape": list(node.shape), "dtype": node.dtype.name}
+                entry["param"] = param(self.location[node], node.shape, node.dtype, "r")
+            local[node] = len(nodes)
+            nodes.append(entry)
+            return local[node]
+
+        gemm = None
+        if kernel.kind == "gemm":
+            product = kernel.nodes[0]
+            gemm = gemm_geometry(product.shape[0], product.shape[1], product.inputs[0].shape[1])
+        for node in kernel.nodes:
+            visit(node)
+        # phases: a reduction's result is there for the phases after its own
+        phase: dict[int, int] = {}
+        for node in kernel.nodes:
+            entry = nodes[local[node]]
+            p = 0
+            if node.op != "matmul":
+                for base in _bases(node.inputs):
+                    if base in own:
+                        p = max(p, phase[local[base]] + (base.op in REDUCTIONS))
+            phase[local[node]] = entry["phase"] = p
+            if node in kernel.tile:
+                entry["tile"] = True
+            if node in self.location:
+                mode = "c" if node.op == "matmul" else "w"
+                entry["store"] = param(self.location[node], node.shape, node.dtype, mode)
+        phases = 1 + max((phase[local[n]] for n in kernel.nodes if "store" in nodes[local[n]]), default=0)
+        if gemm is not None:
+            product = kernel.nodes[0]
+            gemm["node"] = local[product]
+            tail = any(n.op in REDUCTIONS or (n in self.location and n not in kernel.tile) for n in kernel.nodes[1:])
+            if gemm["splits"] > 1:
+                partials = self.buffer((gemm["splits"] * gemm["m"] * gemm["n"],), product.dtype, "partials")
+                gemm["partials"] = param(("buffer", partials), self.buffers[partials].shape, product.dtype, "p")
+            if gemm["splits"] > 1 or tail:
+                zeros = numpy.zeros(gemm["tiles"] + 1, numpy.uint32)
+                counters = self.buffer(zeros.shape, zeros.dtype, "counters", zeros)
+                gemm["counters"] = param(("buffer", counters), zeros.shape, zeros.dtype, "n")
+            gemm["tail"] = tail
+        return KernelSpec(name, kernel.kind, params, nodes, phases, gemm)
+
+
+def _copy(node: Tracer) -> Tracer:
+    """A new node holding a copy of ``node`` (for outputs that must own a buffer)."""
+    return Tracer("positive", (node,), node.shape, node.dtype)
+
+
+def _bases(inputs: Sequence[Tracer]) -> list[Tracer]:
+    """The values that evaluating ``inputs`` reads: index operations are seen through."""
+    out, stack = [], list(inputs)
+    while stack:
+        node = stack.pop()
+        if node.op in INDEX_OPS:
+            stack += node.inputs
+        else:
+            out.append(node)
+    return out
+
+
+def _use_counts(program: Program) -> dict[Tracer, int]:
+    counts: dict[Tracer, int] = {}
+    every = [*program.outputs]
+    for segment in program.segments:
+        if isinstance(segment, Straight):
+            every += [i for n in segment.nodes for i in n.inputs]
+        else:
+            every += [i for n in segment.body for i in n.inputs] + segment.inits + segment.outputs
+    for node in every:
+        counts[node] = counts.get(node, 0) + 1
+    return counts
+
+
+def make_plan(program: Program, tail_max: int = TAIL_MAX) -> Plan:
+    """``program`` grouped into kernels (see the module's docstring)."""
+    return _Planner(program, tail_max).plan()
+
+
+# ---------------------------------------------------------------- running a plan with NumPy
+
+
+def run_kernel(description: dict, arrays: Sequence[numpy.ndarray], it: int = 0) -> None:
+    """Execute one kernel from its :meth:`KernelSpec.description` on NumPy ``arrays`` (one per param).
+
+    Each stored node is written into its param's array; the GEMM's partial sums and counters
+    are the device's business and stay untouched.
+    """
+    values: list[Any] = []
+    for node in description["nodes"]:
+        op = node["op"]
+        if op == "load":
+            param = description["params"][node["param"]]
+            value = arrays[node["param"]].reshape(param["shape"])
+        elif op == "loop_index":
+            value = numpy.int64(it)
+        else:
+            inputs = [values[i] for i in node.get("in", ())]
+            value = numpy_op(op, node.get("attrs", {}), inputs, node["shape"], node["dtype"])
+        values.append(value)
+        if node.get("store") is not None:
+            arrays[node["store"]].reshape(node["shape"])[...] = value
+
+
+def run_plan(plan: Plan, args: Sequence[Any]) -> Any:
+    """``plan`` executed kernel by kernel with NumPy, on host ``args``: the outputs' pytree."""
+    arrays = []
+    for buffer in plan.buffers:
+        array = numpy.zeros(buffer.shape, buffer.dtype)
+        if buffer.value is not None:
+            array[...] = buffer.value
+        arrays.append(array)
+    leaves, _ = flatten(tuple(args))
+    for buffer, leaf in zip(plan.inputs, leaves, strict=True):
+        if buffer is not None:
+            arrays[buffer][...] = leaf
+    for segment in plan.segments:
+        loop = segment if isinstance(segment, LoopPlan) else None
+        for it in range(loop.count if loop else 1):
+            for spec in loop.kernels if loop else segment:
+                bound = [arrays[plan.resolve(p.slot, it)] for p in spec.params]
+                run_kernel(spec.description(), bound, it)
+    return unflatten(plan.out_tree, [arrays[plan.resolve(slot)].copy() for slot in plan.outputs])

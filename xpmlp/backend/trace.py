@@ -1,0 +1,801 @@
+"""Tracing: a recording array type whose operations build a graph instead of computing.
+
+:func:`trace` calls a function (one training epoch of :func:`~xpmlp.training.make_epoch`)
+with :class:`Tracer` arguments while the model's backend hands out :data:`TRACE_NAMESPACE`
+in place of its own array namespace, so the layer code, written once against the array API,
+runs unchanged and records every operation: op, inputs, shape, dtype, attributes. A
+``backend.fori_loop`` met on the way is recorded once, with a symbolic index, as a
+:class:`Loop` of the :class:`Program`. Shapes are concrete (the layers check them); values
+are not, so reading one on the host (``float(x)``, ``if x:``) is an error.
+
+:func:`evaluate` runs a program with NumPy, node by node: the reference every compiled form of
+it is compared with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+
+from ._base import NAMESPACES
+
+__all__ = [
+    "TRACE_NAMESPACE",
+    "Loop",
+    "Program",
+    "Straight",
+    "TraceError",
+    "Tracer",
+    "evaluate",
+    "flatten",
+    "numpy_op",
+    "trace",
+    "unflatten",
+]
+
+# Operations by kind. Elementwise ops broadcast their inputs; index ops only move elements.
+UNARY = {
+    "negative": operator.neg,
+    "positive": numpy.positive,  # a copy
+    "abs": numpy.abs,
+    "exp": numpy.exp,
+    "log": numpy.log,
+    "sqrt": numpy.sqrt,
+    "tanh": numpy.tanh,
+    "square": numpy.square,
+    "sign": numpy.sign,
+    "logical_not": numpy.logical_not,
+    "isnan": numpy.isnan,
+    "isfinite": numpy.isfinite,
+}
+BINARY = {
+    "add": operator.add,
+    "subtract": operator.sub,
+    "multiply": operator.mul,
+    "divide": operator.truediv,
+    "pow": operator.pow,
+    "maximum": numpy.maximum,
+    "minimum": numpy.minimum,
+    "logical_and": numpy.logical_and,
+    "logical_or": numpy.logical_or,
+}
+COMPARISONS = {
+    "equal": operator.eq,
+    "not_equal": operator.ne,
+    "less": operator.lt,
+    "less_equal": operator.le,
+    "greater": operator.gt,
+    "greater_equal": operator.ge,
+}
+BOOLEAN = {"logical_not", "isnan", "isfinite", "logical_and", "logical_or", *COMPARISONS}
+ELEMENTWISE = {*UNARY, *BINARY, *COMPARISONS, "where", "astype"}
+REDUCTIONS = {"sum", "mean", "max", "min", "argmax", "argmin"}
+INDEX_OPS = {"reshape", "permute", "getitem", "take", "broadcast", "concat"}
+LEAVES = {"input", "scalar", "full", "constant", "loop_index", "carry", "result"}
+
+
+class TraceError(TypeError):
+    """An operation that a traced function cannot perform (a host read, an unsupported call)."""
+
+
+def _dtype(dtype: Any) -> numpy.dtype:
+    """A NumPy dtype from any library's dtype object or name."""
+    if isinstance(dtype, numpy.dtype):
+        return dtype
+    try:
+        return numpy.dtype(dtype)
+    except TypeError:
+        return numpy.dtype(str(dtype).rsplit(".", 1)[-1])
+
+
+def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(numpy.broadcast_shapes(*shapes))
+    except ValueError as exc:
+        raise ValueError(f"shapes {' and '.join(map(str, shapes))} do not broadcast") from exc
+
+
+def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for a in axes:
+        if not -ndim <= a < max(ndim, 1):
+            raise ValueError(f"axis {a} is out of range for a {ndim}-d array")
+    return tuple(sorted({a % max(ndim, 1) for a in axes}))
+
+
+class Tracer:
+    """An array whose operations are recorded: ``op`` applied to ``inputs`` gives ``shape`` and ``dtype``.
+
+    ``attrs`` holds what else defines the op (an axis, a shape, a scalar's value), in
+    JSON-friendly types. Tracers compare by identity; their ``==`` records an op.
+    """
+
+    __slots__ = ("attrs", "dtype", "inputs", "op", "shape")
+    __array_ufunc__ = None  # NumPy defers to our reflected operators
+    __hash__ = object.__hash__
+
+    def __init__(
+        self, op: str, inputs: Sequence[Tracer], shape: Sequence[int], dtype: Any, attrs: dict | None = None
+    ) -> None:
+        self.op, self.inputs = op, tuple(inputs)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = _dtype(dtype)
+        self.attrs = attrs or {}
+        if _ACTIVE is not None:
+            _ACTIVE.record(self)
+
+    def __repr__(self) -> str:
+        return f"Tracer({self.op}, shape={self.shape}, dtype={self.dtype})"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def device(self) -> str:
+        return "trace"
+
+    @property
+    def T(self) -> Tracer:
+        if self.ndim != 2:
+            raise ValueError(f".T needs a 2-d array, got {self.ndim}-d")
+        return TRACE_NAMESPACE.permute_dims(self, (1, 0))
+
+    @property
+    def mT(self) -> Tracer:
+        return TRACE_NAMESPACE.matrix_transpose(self)
+
+    def __array_namespace__(self, api_version: str | None = None) -> TraceNamespace:
+        return TRACE_NAMESPACE
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def _host_read(self, *args: Any) -> Any:
+        raise TraceError(
+            f"a traced {self.dtype} array of shape {self.shape} cannot be read on the host: the compiled step "
+            "runs on the device without host reads (train with compiled=False to run it eagerly)"
+        )
+
+    __bool__ = __float__ = __int__ = __index__ = __complex__ = __array__ = __iter__ = _host_read
+    item = tolist = _host_read
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TraceError("traced arrays are immutable: build a new array instead of assigning into one")
+
+    def __getitem__(self, key: Any) -> Tracer:
+        return _getitem(self, key)
+
+    def __matmul__(self, other: Any) -> Tracer:
+        return TRACE_NAMESPACE.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tracer:
+        return TRACE_NAMESPACE.matmul(other, self)
+
+    def __neg__(self) -> Tracer:
+        return _elementwise("negative", self)
+
+    def __pos__(self) -> Tracer:
+        return self
+
+    def __abs__(self) -> Tracer:
+        return _elementwise("abs", self)
+
+    def __invert__(self) -> Tracer:
+        if self.dtype != numpy.bool_:
+            raise TraceError("~ is traced for boolean arrays only")
+        return _elementwise("logical_not", self)
+
+
+def _binary_method(op: str, reflected: bool = False) -> Callable[[Tracer, Any], Tracer]:
+    if reflected:
+        return lambda self, other: _elementwise(op, other, self)
+    return lambda self, other: _elementwise(op, self, other)
+
+
+for _name, _op in [
+    ("add", "add"),
+    ("sub", "subtract"),
+    ("mul", "multiply"),
+    ("truediv", "divide"),
+    ("pow", "pow"),
+    ("and", "logical_and"),
+    ("or", "logical_or"),
+]:
+    setattr(Tracer, f"__{_name}__", _binary_method(_op))
+    setattr(Tracer, f"__r{_name}__", _binary_method(_op, reflected=True))
+for _name, _op in [("lt", "less"), ("le", "less_equal"), ("gt", "greater"), ("ge", "greater_equal")]:
+    setattr(Tracer, f"__{_name}__", _binary_method(_op))
+Tracer.__eq__ = _binary_method("equal")  # type: ignore[assignment]
+Tracer.__ne__ = _binary_method("not_equal")  # type: ignore[assignment]
+
+
+def _operand(x: Any) -> Tracer | bool | int | float:
+    """A Tracer, or a Python scalar (weakly typed, as the array API has it); host arrays become constants."""
+    if isinstance(x, Tracer):
+        return x
+    if isinstance(x, (bool, int, float)):
+        return x
+    if isinstance(x, (numpy.ndarray, numpy.generic)):  # a host value: a literal if 0-d, else a constant buffer
+        return TRACE_NAMESPACE.asarray(x)
+    raise TraceError(
+        f"a {type(x).__name__} met a traced array: pass every array the compiled function reads as an argument"
+    )
+
+
+def _constant(value: numpy.ndarray) -> Tracer:
+    return Tracer("constant", (), value.shape, value.dtype, {"value": value})
+
+
+def _scalar(value: bool | int | float, dtype: numpy.dtype) -> Tracer:
+    kind = {"b": bool, "i": int, "u": int, "f": float}[dtype.kind]
+    return Tracer("scalar", (), (), dtype, {"value": kind(value)})
+
+
+def _elementwise(op: str, *args: Any, **attrs: Any) -> Tracer:
+    operands = [_operand(a) for a in args]
+    if op == "where":
+        dtype = numpy.result_type(*(a.dtype if isinstance(a, Tracer) else a for a in operands[1:]))
+    elif op == "astype":
+        dtype = _dtype(attrs["dtype"])
+        attrs["dtype"] = dtype.name
+    else:
+        dtype = numpy.result_type(*(a.dtype if isinstance(a, Tracer) else a for a in operands))
+    if op in {"divide", "exp", "log", "sqrt", "tanh"} and dtype.kind != "f":
+        dtype = numpy.dtype(numpy.float64)
+    typed = [a if isinstance(a, Tracer) else _scalar(a, dtype) for a in operands]
+    if op == "where":
+        typed[0] = operands[0] if isinstance(operands[0], Tracer) else _scalar(operands[0], numpy.dtype(bool))
+    shape = _broadcast(*(a.shape for a in typed))
+    return Tracer(op, typed, shape, numpy.dtype(bool) if op in BOOLEAN else dtype, attrs)
+
+
+def _getitem(x: Tracer, key: Any) -> Tracer:
+    """Basic indexing (ints, slices, None, Ellipsis) and 0-d integer Tracer indices."""
+    key = key if isinstance(key, tuple) else (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis")
+    used = sum(k is not None and k is not Ellipsis for k in key)
+    if used > x.ndim:
+        raise IndexError(f"too many indices for a {x.ndim}-d array")
+    expanded: list[Any] = []
+    for k in key:
+        expanded += [slice(None)] * (x.ndim - used) if k is Ellipsis else [k]
+    if not any(k is Ellipsis for k in key):
+        expanded += [slice(None)] * (x.ndim - used)
+    entries, shape, traced, dim = [], [], [], 0
+    for k in expanded:
+        if k is None:
+            entries.append(["new"])
+            shape.append(1)
+            continue
+        n = x.shape[dim]
+        if isinstance(k, Tracer):
+            if k.ndim != 0 or k.dtype.kind not in "iu":
+                raise TraceError("a traced index must be a 0-d integer array")
+            entries.append(["traced", len(traced)])
+            traced.append(k)
+        elif isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            size = len(range(start, stop, step))
+            entries.append(["slice", start, step, size])
+            shape.append(size)
+        elif isinstance(k, (int, numpy.integer)) and not isinstance(k, bool):
+            if not -n <= k < n:
+                raise IndexError(f"index {k} is out of bounds for axis {dim} with size {n}")
+            entries.append(["int", int(k) % n])
+        else:
+            raise TraceError(f"only basic indexing is traced, got an index of type {type(k).__name__}")
+        dim += 1
+    return Tracer("getitem", (x, *traced), shape, x.dtype, {"key": entries})
+
+
+class TraceNamespace:
+    """The array-API functions the layers use, recording :class:`Tracer` operations.
+
+    Anything missing raises a :class:`TraceError` naming it: the compiled path then needs
+    that function traced (or ``compiled=False``).
+    """
+
+    __array_api_version__ = "2024.12"
+    bool = numpy.dtype(numpy.bool_)
+    int32, int64 = numpy.dtype(numpy.int32), numpy.dtype(numpy.int64)
+    float32, float64 = numpy.dtype(numpy.float32), numpy.dtype(numpy.float64)
+    e, pi, inf, nan, newaxis = math.e, math.pi, math.inf, math.nan, None
+
+    def __getattr__(self, name: str) -> Any:
+        raise TraceError(f"xp.{name} is not traced by xpmlp's compiler; train with compiled=False")
+
+    # creation
+    def asarray(self, obj: Any, /, *, dtype: Any = None, device: Any = None, copy: Any = None) -> Tracer:
+        if isinstance(obj, Tracer):
+            return obj if dtype is None or _dtype(dtype) == obj.dtype else self.astype(obj, dtype)
+        value = numpy.asarray(obj, dtype=None if dtype is None else _dtype(dtype))
+        if value.ndim == 0:
+            return self.full((), value.item(), dtype=value.dtype)
+        return _constant(value)
+
+    def full(self, shape: Any, fill_value: Any, *, dtype: Any = None, device: Any = None) -> Tracer:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dtype = numpy.result_type(fill_value) if dtype is None else _dtype(dtype)
+        kind = {"b": bool, "i": int, "u": int, "f": float}[dtype.kind]
+        return Tracer("full", (), shape, dtype, {"value": kind(fill_value)})
+
+    def zeros(self, shape: Any, *, dtype: Any = None, device: Any = None) -> Tracer:
+        return self.full(shape, 0, dtype=self.float64 if dtype is None else dtype)
+
+    def ones(self, shape: Any, *, dtype: Any = None, device: Any = None) -> Tracer:
+        return self.full(shape, 1, dtype=self.float64 if dtype is None else dtype)
+
+    def full_like(self, x: Tracer, fill_value: Any, *, dtype: Any = None, device: Any = None) -> Tracer:
+        return self.full(x.shape, fill_value, dtype=x.dtype if dtype is None else dtype)
+
+    def zeros_like(self, x: Tracer, *, dtype: Any = None, device: Any = None) -> Tracer:
+        return self.full_like(x, 0, dtype=dtype)
+
+    def ones_like(self, x: Tracer, *, dtype: Any = None, device: Any = None) -> Tracer:
+        return self.full_like(x, 1, dtype=dtype)
+
+    # elementwise
+    def astype(self, x: Tracer, dtype: Any, /, *, copy: bool = True, device: Any = None) -> Tracer:
+        if _dtype(dtype) == x.dtype and not copy:
+            return x
+        return _elementwise("astype", x, dtype=dtype)
+
+    def where(self, condition: Any, x1: Any, x2: Any, /) -> Tracer:
+        return _elementwise("where", condition, x1, x2)
+
+    def clip(self, x: Tracer, /, min: Any = None, max: Any = None) -> Tracer:
+        x = x if min is None else self.maximum(x, min)
+        return x if max is None else self.minimum(x, max)
+
+    # reductions
+    def _reduce(self, op: str, x: Tracer, axis: Any, keepdims: bool) -> Tracer:
+        x = _operand(x)
+        axes = _axes(axis, x.ndim)
+        shape = [1 if d in axes else n for d, n in enumerate(x.shape) if keepdims or d not in axes]
+        if op in {"argmax", "argmin"}:
+            if axis is not None and not isinstance(axis, int):
+                raise TypeError(f"{op} takes one axis or None")
+            dtype = numpy.dtype(numpy.int64)
+        elif op == "mean" and x.dtype.kind != "f":
+            raise TypeError("mean needs a floating array")
+        elif op == "sum" and x.dtype.kind in "biu":  # as NumPy: booleans and integers sum in 64 bits
+            dtype = numpy.dtype(numpy.uint64 if x.dtype.kind == "u" else numpy.int64)
+        else:
+            dtype = x.dtype
+        return Tracer(op, (x,), shape, dtype, {"axes": list(axes), "keepdims": bool(keepdims)})
+
+    def sum(self, x: Tracer, /, *, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Tracer:
+        return self._reduce("sum", x if dtype is None else self.astype(x, dtype), axis, keepdims)
+
+    def mean(self, x: Tracer, /, *, axis: Any = None, keepdims: bool = False) -> Tracer:
+        return self._reduce("mean", x, axis, keepdims)
+
+    def max(self, x: Tracer, /, *, axis: Any = None, keepdims: bool = False) -> Tracer:
+        return self._reduce("max", x, axis, keepdims)
+
+    def min(self, x: Tracer, /, *, axis: Any = None, keepdims: bool = False) -> Tracer:
+        return self._reduce("min", x, axis, keepdims)
+
+    def count_nonzero(self, x: Tracer, /, *, axis: Any = None, keepdims: bool = False) -> Tracer:
+        nonzero = x if x.dtype == numpy.bool_ else x != 0
+        return self.sum(self.astype(nonzero, self.int64), axis=axis, keepdims=keepdims)
+
+    def argmax(self, x: Tracer, /, *, axis: int | None = None, keepdims: bool = False) -> Tracer:
+        return self._reduce("argmax", x, axis, keepdims)
+
+    def argmin(self, x: Tracer, /, *, axis: int | None = None, keepdims: bool = False) -> Tracer:
+        return self._reduce("argmin", x, axis, keepdims)
+
+    # linear algebra
+    def matmul(self, x1: Any, x2: Any, /) -> Tracer:
+        a, b = _operand(x1), _operand(x2)
+        if not (isinstance(a, Tracer) and isinstance(b, Tracer)) or a.ndim != 2 or b.ndim != 2:
+            raise TraceError("matmul is traced for two 2-d arrays")
+        if a.shape[1] != b.shape[0]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align")
+        return Tracer("matmul", (a, b), (a.shape[0], b.shape[1]), numpy.result_type(a.dtype, b.dtype))
+
+    def matrix_transpose(self, x: Tracer, /) -> Tracer:
+        if x.ndim < 2:
+            raise ValueError("matrix_transpose needs at least 2 dimensions")
+        return self.permute_dims(x, (*range(x.ndim - 2), x.ndim - 1, x.ndim - 2))
+
+    # index operations: they move elements and cost nothing in a compiled kernel
+    def permute_dims(self, x: Tracer, /, axes: Sequence[int]) -> Tracer:
+        axes = [int(a) % max(x.ndim, 1) for a in axes]
+        if sorted(axes) != list(range(x.ndim)):
+            raise ValueError(f"axes {axes} are not a permutation of {x.ndim} dimensions")
+        return Tracer("permute", (x,), [x.shape[a] for a in axes], x.dtype, {"axes": axes})
+
+    def reshape(self, x: Tracer, /, shape: Sequence[int], *, copy: Any = None) -> Tracer:
+        shape = [int(s) for s in ((shape,) if isinstance(shape, int) else shape)]
+        if shape.count(-1) == 1:
+            known = math.prod(s for s in shape if s != -1)
+            shape[shape.index(-1)] = x.size // known if known else 0
+        if math.prod(shape) != x.size or any(s < 0 for s in shape):
+            raise ValueError(f"cannot reshape an array of size {x.size} into shape {tuple(shape)}")
+        return Tracer("reshape", (x,), shape, x.dtype, {"shape": shape})
+
+    def expand_dims(self, x: Tracer, /, axis: int = 0) -> Tracer:
+        axis = axis % (x.ndim + 1)
+        return self.reshape(x, (*x.shape[:axis], 1, *x.shape[axis:]))
+
+    def squeeze(self, x: Tracer, /, axis: Any) -> Tracer:
+        axes = _axes(axis, x.ndim)
+        if any(x.shape[a] != 1 for a in axes):
+            raise ValueError("squeeze: an axis to remove has size other than 1")
+        return self.reshape(x, [n for d, n in enumerate(x.shape) if d not in axes])
+
+    def broadcast_to(self, x: Tracer, /, shape: Sequence[int]) -> Tracer:
+        shape = tuple(shape)
+        if _broadcast(x.shape, shape) != shape:
+            raise ValueError(f"cannot broadcast shape {x.shape} to {shape}")
+        return Tracer("broadcast", (x,), shape, x.dtype, {"shape": list(shape)})
+
+    def take(self, x: Tracer, indices: Any, /, *, axis: int | None = None) -> Tracer:
+        indices = _operand(indices)
+        if axis is None:
+            x, axis = self.reshape(x, (-1,)), 0
+        if not isinstance(indices, Tracer) or indices.ndim != 1 or indices.dtype.kind not in "iu":
+            raise TraceError("take is traced for a 1-d integer index array")
+        axis = axis % x.ndim
+        shape = (*x.shape[:axis], indices.shape[0], *x.shape[axis + 1 :])
+        return Tracer("take", (x, indices), shape, x.dtype, {"axis": axis})
+
+    def concat(self, arrays: Sequence[Any], /, *, axis: int | None = 0) -> Tracer:
+        arrays = [_operand(a) for a in arrays]
+        if axis is None:
+            arrays, axis = [self.reshape(a, (-1,)) for a in arrays], 0
+        first = arrays[0]
+        axis = axis % first.ndim
+        for a in arrays:
+            if a.ndim != first.ndim or any(a.shape[d] != first.shape[d] for d in range(a.ndim) if d != axis):
+                raise ValueError(f"concat: shapes {first.shape} and {a.shape} do not fit along axis {axis}")
+        dtype = numpy.result_type(*(a.dtype for a in arrays))
+        arrays = [a if a.dtype == dtype else self.astype(a, dtype) for a in arrays]
+        shape = list(first.shape)
+        shape[axis] = sum(a.shape[axis] for a in arrays)
+        return Tracer("concat", arrays, shape, dtype, {"axis": axis})
+
+    def stack(self, arrays: Sequence[Any], /, *, axis: int = 0) -> Tracer:
+        return self.concat([self.expand_dims(_operand(a), axis=axis) for a in arrays], axis=axis)
+
+
+def _namespace_function(op: str) -> Callable[..., Tracer]:
+    def function(self: TraceNamespace, *args: Any) -> Tracer:
+        return _elementwise(op, *args)
+
+    function.__name__ = op
+    return function
+
+
+for _op in [*UNARY, *BINARY, *COMPARISONS]:
+    setattr(TraceNamespace, _op, _namespace_function(_op))
+TraceNamespace.divide = _namespace_function("divide")
+TraceNamespace.pow = _namespace_function("pow")
+
+#: The namespace traced code sees (``backend.xp`` while tracing, and ``namespace_of(tracer)``).
+TRACE_NAMESPACE = TraceNamespace()
+NAMESPACES[Tracer] = TRACE_NAMESPACE  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------- pytrees
+
+
+@dataclass(frozen=True)
+class TreeDef:
+    """The containers (tuple, NamedTuple, list, dict) around a pytree's leaves."""
+
+    kind: Any  # None for a leaf, else the container type
+    keys: tuple = ()
+    children: tuple[TreeDef, ...] = ()
+
+
+def flatten(tree: Any) -> tuple[list[Any], TreeDef]:
+    """The leaves of ``tree`` in order, and its structure."""
+    if isinstance(tree, dict):
+        keys = tuple(tree)
+        parts = [flatten(tree[k]) for k in keys]
+    elif isinstance(tree, (tuple, list)):
+        keys = ()
+        parts = [flatten(v) for v in tree]
+    else:
+        return [tree], TreeDef(None)
+    leaves = [leaf for part, _ in parts for leaf in part]
+    return leaves, TreeDef(type(tree), keys, tuple(d for _, d in parts))
+
+
+def unflatten(treedef: TreeDef, leaves: Sequence[Any]) -> Any:
+    """The pytree of structure ``treedef`` holding ``leaves``."""
+    it = iter(leaves)
+
+    def build(d: TreeDef) -> Any:
+        if d.kind is None:
+            return next(it)
+        values = [build(c) for c in d.children]
+        if d.kind is dict or issubclass(d.kind, dict):
+            return d.kind(zip(d.keys, values, strict=True))
+        if hasattr(d.kind, "_fields"):  # a NamedTuple
+            return d.kind(*values)
+        return d.kind(values)
+
+    return build(treedef)
+
+
+# ---------------------------------------------------------------- programs
+
+
+@dataclass
+class Straight:
+    """Nodes run once, in order."""
+
+    nodes: list[Tracer] = field(default_factory=list)
+
+
+@dataclass
+class Loop:
+    """``count`` runs of ``body``: iteration ``i`` sees ``index`` = i and ``carries`` = the previous ``outputs``.
+
+    The first iteration's carries are ``inits`` (values from before the loop); after the loop,
+    ``results`` hold the last outputs.
+    """
+
+    count: int
+    index: Tracer
+    carries: list[Tracer]
+    inits: list[Tracer]
+    body: list[Tracer] = field(default_factory=list)
+    outputs: list[Tracer] = field(default_factory=list)
+    results: list[Tracer] = field(default_factory=list)
+
+
+@dataclass
+class Program:
+    """A traced function: its ``inputs`` (flattened arguments), ``segments`` in order, ``outputs``."""
+
+    inputs: list[Tracer]
+    segments: list[Straight | Loop]
+    outputs: list[Tracer]
+    out_tree: TreeDef
+
+
+class _Trace:
+    """Collects nodes into segments while a function is traced."""
+
+    def __init__(self) -> None:
+        self.segments: list[Straight | Loop] = [Straight()]
+        self.open_loop: Loop | None = None
+
+    def record(self, node: Tracer) -> None:
+        if node.op in {"input", "carry", "result", "loop_index"}:  # placed by the program's structure
+            return
+        if self.open_loop is not None:
+            self.open_loop.body.append(node)
+        else:
+            self.segments[-1].nodes.append(node)  # type: ignore[union-attr]
+
+    def fori_loop(self, count: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
+        """Record ``body`` once with a symbolic index (what ``lax.fori_loop`` does)."""
+        if self.open_loop is not None:
+            raise TraceError("nested fori_loop is not traced")
+        count = int(count)
+        leaves, treedef = flatten(carry)
+        inits = [_as_tracer(leaf) for leaf in leaves]
+        if count <= 0:
+            return carry
+        loop = Loop(count, Tracer("loop_index", (), (), numpy.int64), [], inits)
+        loop.carries = [Tracer("carry", (), v.shape, v.dtype, {"slot": j}) for j, v in enumerate(inits)]
+        self.open_loop = loop
+        try:
+            out_leaves, out_tree = flatten(body(loop.index, unflatten(treedef, loop.carries)))
+        finally:
+            self.open_loop = None
+        if out_tree != treedef:
+            raise TraceError("fori_loop's body must return a carry of the structure it was given")
+        loop.outputs = [_as_tracer(leaf) for leaf in out_leaves]
+        for j, (new, old) in enumerate(zip(loop.outputs, inits, strict=True)):
+            if new.shape != old.shape or new.dtype != old.dtype:
+                raise TraceError(
+                    f"fori_loop's carry {j} changed from {old.dtype}{list(old.shape)} to {new.dtype}{list(new.shape)}"
+                )
+        self.segments += [loop, Straight()]
+        loop.results = [Tracer("result", (), v.shape, v.dtype, {"slot": j}) for j, v in enumerate(inits)]
+        return unflatten(treedef, loop.results)
+
+
+_ACTIVE: _Trace | None = None
+
+
+def _as_tracer(x: Any) -> Tracer:
+    x = _operand(x)
+    return x if isinstance(x, Tracer) else TRACE_NAMESPACE.asarray(x)
+
+
+@contextlib.contextmanager
+def _tracing(backends: Sequence[Any]) -> Iterator[_Trace]:
+    """Inside: each backend's ``xp`` is :data:`TRACE_NAMESPACE` and its ``fori_loop`` traces the body once.
+
+    A backend whose namespace is a :class:`SwitchableNamespace` switches it too, so code that
+    kept a reference to ``backend.xp`` before the trace records as well.
+    """
+    global _ACTIVE
+    if _ACTIVE is not None:
+        raise TraceError("a trace is already running")
+    _ACTIVE = context = _Trace()
+    saved = [(b, b.__dict__.get("xp"), "fori_loop" in b.__dict__) for b in backends]
+    try:
+        for backend, xp, _ in saved:
+            if isinstance(xp, SwitchableNamespace):
+                xp.target = TRACE_NAMESPACE
+            backend.xp = TRACE_NAMESPACE
+            backend.fori_loop = context.fori_loop
+        yield context
+    finally:
+        _ACTIVE = None
+        for backend, xp, had_loop in reversed(saved):
+            backend.xp = xp
+            if isinstance(xp, SwitchableNamespace):
+                xp.target = xp.own
+            if not had_loop:
+                del backend.fori_loop
+
+
+class SwitchableNamespace:
+    """An array namespace that forwards to ``own``, or to the trace namespace while a trace runs."""
+
+    def __init__(self, own: Any) -> None:
+        self.own = self.target = own
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+    def __repr__(self) -> str:
+        return f"SwitchableNamespace({self.own!r})"
+
+
+def trace(fn: Callable[..., Any], args: Sequence[Any], backends: Sequence[Any] = ()) -> Program:
+    """The :class:`Program` of ``fn(*args)``: ``args`` (pytrees of arrays) become input Tracers.
+
+    ``backends`` are the backend objects the function reaches (the model's): while tracing,
+    their namespace records and their ``fori_loop`` traces its body once.
+    """
+    leaves, treedef = flatten(tuple(args))
+    inputs = []
+    for j, leaf in enumerate(leaves):
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(f"compile takes arrays as arguments, got a {type(leaf).__name__} (leaf {j})")
+        inputs.append(Tracer("input", (), tuple(leaf.shape), leaf.dtype, {"slot": j}))
+    with _tracing(backends) as context:
+        out = fn(*unflatten(treedef, inputs))
+        out_leaves, out_tree = flatten(out)
+        outputs = [_as_tracer(leaf) for leaf in out_leaves]
+    segments = [s for s in context.segments if not isinstance(s, Straight) or s.nodes]
+    program = Program(inputs, segments, outputs, out_tree)
+    _check_scopes(program)
+    return program
+
+
+def _check_scopes(program: Program) -> None:
+    """No value computed inside a loop body may be used after it except through the carry."""
+    inner: set[int] = set()
+    for segment in program.segments:
+        if isinstance(segment, Loop):
+            inner.update(id(n) for n in segment.body if n.op not in {"scalar", "full", "constant"})
+            continue
+        for node in segment.nodes:
+            if any(id(i) in inner for i in node.inputs):
+                raise TraceError("a value computed inside fori_loop's body was used after the loop")
+    if any(id(o) in inner for o in program.outputs):
+        raise TraceError("a value computed inside fori_loop's body was returned without passing through the carry")
+
+
+# ---------------------------------------------------------------- NumPy evaluation
+
+
+def numpy_op(op: str, attrs: dict, inputs: Sequence[Any], shape: Sequence[int], dtype: Any) -> Any:
+    """The value of one operation on NumPy arrays (and Python scalars), as the eager NumPy backend computes it."""
+    if op in UNARY:
+        return UNARY[op](inputs[0])
+    if op in BINARY:
+        return BINARY[op](*inputs)
+    if op in COMPARISONS:
+        return COMPARISONS[op](*inputs)
+    if op == "where":
+        return numpy.where(*inputs)
+    if op == "astype":
+        return numpy.astype(numpy.asarray(inputs[0]), numpy.dtype(attrs["dtype"]))
+    if op in REDUCTIONS:
+        x, axes, keepdims = inputs[0], tuple(attrs["axes"]), attrs["keepdims"]
+        if op in {"argmax", "argmin"}:  # one axis, or the flat index over all of them
+            if len(axes) == 1:
+                return getattr(numpy, op)(x, axis=axes[0], keepdims=keepdims)
+            return getattr(numpy, op)(numpy.reshape(x, (-1,))).reshape(shape)
+        return getattr(numpy, op)(x, axis=axes, keepdims=keepdims)
+    if op == "matmul":
+        return inputs[0] @ inputs[1]
+    if op == "reshape":
+        return numpy.reshape(inputs[0], tuple(attrs["shape"]))
+    if op == "permute":
+        return numpy.permute_dims(inputs[0], tuple(attrs["axes"]))
+    if op == "broadcast":
+        return numpy.broadcast_to(inputs[0], tuple(attrs["shape"]))
+    if op == "take":
+        return numpy.take(inputs[0], inputs[1], axis=attrs["axis"])
+    if op == "concat":
+        return numpy.concat(inputs, axis=attrs["axis"])
+    if op == "getitem":
+        return _basic_index(inputs[0], attrs["key"], [int(v) for v in inputs[1:]])
+    if op in {"scalar", "full"}:
+        value = attrs["value"]
+        return value if op == "scalar" else numpy.full(tuple(shape), value, dtype=numpy.dtype(dtype))
+    if op == "constant":
+        return attrs["value"]
+    raise ValueError(f"no NumPy evaluation for op {op!r}")
+
+
+def _basic_index(x: Any, entries: Sequence[Sequence[Any]], traced: Sequence[int]) -> Any:
+    """``x`` indexed by a normalised key.
+
+    Its entries: ``["new"]`` (an axis of 1), ``["int", i]``, ``["traced", k]`` (the k-th traced index),
+    ``["slice", start, step, size]``.
+    """
+    key: list[Any] = []
+    for entry in entries:
+        if entry[0] == "new":
+            key.append(None)
+        elif entry[0] == "int":
+            key.append(entry[1])
+        elif entry[0] == "traced":
+            key.append(traced[entry[1]])
+        else:
+            _, start, step, size = entry
+            stop = start + step * size
+            key.append(slice(start, stop if stop >= 0 else None, step))
+    return numpy.asarray(x)[tuple(key)]
+
+
+def evaluate(program: Program, args: Sequence[Any]) -> Any:
+    """``program`` run with NumPy on ``args`` (host arrays, the same pytrees as traced): the outputs' pytree."""
+    leaves, _ = flatten(tuple(args))
+    values: dict[Tracer, Any] = {node: numpy.asarray(leaf) for node, leaf in zip(program.inputs, leaves, strict=True)}
+    for segment in program.segments:
+        if isinstance(segment, Straight):
+            _run_nodes(segment.nodes, values)
+            continue
+        carried = [values[v] for v in segment.inits]
+        for i in range(segment.count):
+            local = dict(values)
+            local[segment.index] = numpy.int64(i)
+            local.update(zip(segment.carries, carried, strict=True))
+            _run_nodes(segment.body, local)
+            carried = [local[v] for v in segment.outputs]
+        values.update(zip(segment.results, carried, strict=True))
+    return unflatten(program.out_tree, [numpy.asarray(values[o]) for o in program.outputs])
+
+
+def _run_nodes(nodes: Sequence[Tracer], values: dict[Tracer, Any]) -> None:
+    for node in nodes:
+        if node in values:  # inputs, carries, the loop index
+            continue
+        value = numpy_op(node.op, node.attrs, [values[i] for i in node.inputs], node.shape, node.dtype)
+        if node.op != "scalar":
+            value = numpy.asarray(value)
+            if value.shape != node.shape or value.dtype != node.dtype:
+                raise AssertionError(f"{node}: NumPy computed {value.dtype}{value.shape}")
+        values[node] = value
