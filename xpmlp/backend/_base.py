@@ -59,6 +59,9 @@ class Backend:
     compiles: ClassVar[bool] = False
 
     def __init__(self, device: str | None = None) -> None:
+        # Importing a library may draw from NumPy's global generator (JAX's import does): the
+        # initial weights come from that generator, so a seed must mean the same weights whatever was imported.
+        seeded = numpy.random.get_state()
         try:
             self._module = importlib.import_module(self.library)
         except ImportError as exc:
@@ -66,6 +69,8 @@ class Backend:
                 f"backend {self.name!r} is not installed ({exc}). Install it with: "
                 f"{self.install}. Valid backends: {choices()}."
             ) from exc
+        finally:
+            numpy.random.set_state(seeded)
         self.xp = self._namespace()
         #: The devices this backend can use here, by their portable names.
         self.devices = self._devices()
