@@ -57,6 +57,68 @@ def test_non_finite_inputs_are_refused_by_evaluate_predict_and_the_test_split():
     assert_untouched(model, before)
 
 
+def test_the_nan_message_counts_rows():
+    """Five bad values in two rows (three in one row, two in one column): two rows."""
+    train, val, _ = dataset()
+    x = np.array(train[0], copy=True)
+    x[2, 3:6] = np.nan
+    x[7, 3:5] = np.inf
+    with pytest.raises(ValueError, match=r"training inputs hold NaN or infinite values \(in 2 of 120 rows\)"):
+        fit(hw1_like(), (x, train[1]), val, epochs=1, batch_size=20, progress=False)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_predict_checks_device_arrays_for_nan_and_both_infinities(backend, value):
+    model = hw1_like(backend)
+    x = np.array(dataset()[2][0], copy=True)
+    x[4, 100] = value
+    with pytest.raises(ValueError, match="predict inputs hold NaN or infinite values"):
+        xpmlp.predict(model, model.backend.asarray(x))
+
+
+def overflowing(split):
+    """A float64 split with one value finite in float64 but beyond float32's largest (3.4e38)."""
+    x = np.array(split[0], dtype=np.float64, copy=True)
+    x[3, 5] = -1e39
+    return x, split[1]
+
+
+@pytest.mark.parametrize("which", ["training", "validation"])
+def test_values_that_overflow_the_models_dtype_are_refused_by_fit(backend, which):
+    train, val, _ = dataset()
+    model = hw1_like(backend, dtype="float32")
+    before = snapshot(model)
+    splits = {"training": (overflowing(train), val), "validation": (train, overflowing(val))}[which]
+    with pytest.raises(ValueError, match=f"{which} inputs overflow float32: 1 of .* rows hold values beyond"):
+        fit(model, *splits, epochs=1, batch_size=20, progress=False)
+    assert_untouched(model, before)
+    fit(hw1_like(backend, dtype="float64"), *splits, epochs=1, batch_size=20, progress=False)  # finite in float64
+
+
+def test_values_that_overflow_the_models_dtype_are_refused_everywhere_data_enters():
+    train, val, test = dataset()
+    model = hw1_like(dtype="float32")
+    before = snapshot(model)
+    x, labels = overflowing(test)
+    with pytest.raises(ValueError, match="evaluation inputs overflow float32"):
+        xpmlp.evaluate(model, x, labels)
+    with pytest.raises(ValueError, match="predict inputs overflow float32"):
+        xpmlp.predict(model, x)
+    with pytest.raises(ValueError, match="predict inputs overflow float32"):
+        xpmlp.confusion_matrix(model, x, labels)
+    with pytest.raises(ValueError, match="test inputs overflow float32"):
+        xpmlp.get_training_stats(model, (train, val, (x, labels)), 1, 20, seed=0)
+    assert_untouched(model, before)
+
+
+def test_device_arrays_that_overflow_the_models_dtype_are_refused_by_predict():
+    torch = pytest.importorskip("torch")
+    model = hw1_like("torch", dtype="float32")
+    x, _ = overflowing(dataset()[2])
+    with pytest.raises(ValueError, match="predict inputs hold NaN or infinite values \\(in the model's float32\\)"):
+        xpmlp.predict(model, torch.asarray(x))  # a float64 tensor: finite until it is cast to the model's float32
+
+
 @pytest.mark.parametrize("label", [-1, 10, 11])
 def test_labels_outside_the_classes_are_refused_in_every_split(label):
     train, val, test = dataset()

@@ -79,8 +79,12 @@ def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
     return labels
 
 
-def check_inputs(x: Any, width: int, name: str) -> Any:
-    """``x`` as a host array (N ≥ 1, width) of finite real numbers; ValueError/TypeError naming ``name``."""
+def check_inputs(x: Any, width: int, name: str, dtype: str = "float64") -> Any:
+    """``x`` as a host array (N ≥ 1, width) in ``dtype``, all finite there; ValueError/TypeError naming ``name``.
+
+    Finiteness is checked after the cast to ``dtype`` (the model's), on what the
+    device will hold: 1e39 is finite in float64 but infinite in float32.
+    """
     try:
         x = as_host(x)
     except (TypeError, ValueError) as exc:
@@ -91,25 +95,34 @@ def check_inputs(x: Any, width: int, name: str) -> Any:
         raise ValueError(f"{name} inputs must have shape (N, {width}), got {x.shape}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} split is empty: it needs at least one example")
-    if x.dtype.kind == "f" and not host.isfinite(x).all():
-        bad = int(host.count_nonzero(~host.isfinite(x).all(axis=1)))
-        raise ValueError(f"{name} inputs hold NaN or infinite values (in {bad} of {x.shape[0]} rows)")
-    return x
+    with host.errstate(over="ignore"):  # a float64 beyond float32's range becomes ±inf: found just below
+        cast = x.astype(dtype, copy=False)
+    if cast.dtype.kind == "f" and not host.isfinite(cast).all():
+        bad_rows = ~host.isfinite(cast).all(axis=1)
+        given = x[bad_rows]
+        if given.dtype.kind == "f" and not host.isfinite(given).all():
+            bad = int(host.count_nonzero(~host.isfinite(x).all(axis=1)))
+            raise ValueError(f"{name} inputs hold NaN or infinite values (in {bad} of {x.shape[0]} rows)")
+        raise ValueError(
+            f"{name} inputs overflow {dtype}: {int(host.count_nonzero(bad_rows))} of {x.shape[0]} rows hold values "
+            f"beyond ±{host.finfo(dtype).max:.4g}, which are infinite in the model's {dtype}; rescale them"
+        )
+    return cast
 
 
 class DeviceSplit:
     """One split on the model's device: inputs, integer labels and one-hot targets.
 
-    Checked once on the host, before anything moves: (N ≥ 1, input_size) finite
-    inputs and integer labels in [0, output_size). Inputs and one-hot targets share
-    one array ``rows`` (N, input_size + output_size), so a batch is one gather;
-    ``x`` and ``one_hot`` are its column blocks.
+    Checked once on the host, before anything moves: (N ≥ 1, input_size) inputs,
+    finite in the model's dtype, and integer labels in [0, output_size).
+    Inputs and one-hot targets share one array ``rows`` (N, input_size + output_size),
+    so a batch is one gather; ``x`` and ``one_hot`` are its column blocks.
     """
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
         if not isinstance(split, (tuple, list)) or len(split) != 2:
             raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
-        x = check_inputs(split[0], mlp.input_size, name)
+        x = check_inputs(split[0], mlp.input_size, name, mlp.dtype)
         labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
         rows = host.empty((x.shape[0], mlp.input_size + mlp.output_size), dtype=mlp.dtype)
         rows[:, : mlp.input_size], rows[:, mlp.input_size :] = x, host.eye(mlp.output_size)[labels]
@@ -294,14 +307,14 @@ def evaluate(mlp: MLP, x: Any, labels: Any) -> tuple[float, float]:
 def predict(mlp: MLP, x: Any) -> Any:
     """Predicted classes (host NumPy ints) in eval mode; restores the mode."""
     backend = mlp.backend
-    if isinstance(x, backend.array_type):  # already on the device: check it there (one read)
+    if isinstance(x, backend.array_type) and not isinstance(x, host.ndarray):  # on the device: checked there
         if x.ndim != 2 or x.shape[1] != mlp.input_size or x.shape[0] == 0:
             raise ValueError(f"predict inputs must have shape (N, {mlp.input_size}) with N >= 1, got {tuple(x.shape)}")
-        if not bool(backend.to_host(backend.xp.all(backend.xp.isfinite(x)))):
-            raise ValueError("predict inputs hold NaN or infinite values")
+        x = backend.asarray(x, mlp.dtype)
+        if not bool(backend.to_host(backend.xp.all(backend.xp.isfinite(x)))):  # after the cast: one read
+            raise ValueError(f"predict inputs hold NaN or infinite values (in the model's {mlp.dtype})")
     else:
-        x = check_inputs(x, mlp.input_size, "predict")
-    x = backend.asarray(x, mlp.dtype)
+        x = backend.asarray(check_inputs(x, mlp.input_size, "predict", mlp.dtype))
     with eval_mode(mlp):
         parts = [backend.xp.argmax(mlp.forward(x[rows, ...]), axis=1) for rows in _chunks(x.shape[0])]
     return backend.to_host(backend.xp.concat(parts))
@@ -474,7 +487,9 @@ def get_training_stats(
     (rows predicted, columns true).
     """
     train, val, test = dset
-    test_x = check_inputs(test[0], mlp.input_size, "test")  # checked before training, as fit checks the others
+    test_x = check_inputs(
+        test[0], mlp.input_size, "test", mlp.dtype
+    )  # checked before training, as fit checks the others
     test = (test_x, check_labels(test[1], test_x.shape[0], mlp.output_size, "test"))
     history = fit(mlp, train, val, epochs=nepochs, batch_size=batch_size, seed=seed, progress=False)
     stats = (history.train_loss, history.train_error, history.val_loss, history.val_error)
