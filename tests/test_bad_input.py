@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import gc
+import pickle
+
 import numpy as np
 import pytest
 
@@ -117,6 +121,47 @@ def test_device_arrays_that_overflow_the_models_dtype_are_refused_by_predict():
     x, _ = overflowing(dataset()[2])
     with pytest.raises(ValueError, match="predict inputs hold NaN or infinite values \\(in the model's float32\\)"):
         xpmlp.predict(model, torch.asarray(x))  # a float64 tensor: finite until it is cast to the model's float32
+
+
+def small(activations=None, criterion=None):
+    acts = activations or [Sigmoid(), Identity()]
+    return MLP(6, 3, [4], acts, xpmlp.random_normal_weight_init, xpmlp.zeros_bias_init,
+               criterion or SoftmaxCrossEntropy(), 0.1)  # fmt: skip
+
+
+def test_layers_of_a_live_model_are_refused_by_another():
+    first = small()
+    before = snapshot(first)
+    with pytest.raises(ValueError, match=r"activations\[1\] \(Identity\(\)\) already belongs to another model"):
+        small([Sigmoid(), first.activations[1]])
+    with pytest.raises(ValueError, match=r"criterion \(SoftmaxCrossEntropy\(\)\) already belongs to another model"):
+        small(criterion=first.criterion)
+    assert_untouched(first, before)
+
+
+def test_a_refused_model_claims_nothing_and_a_collected_model_releases_its_layers():
+    first = small()
+    fresh = [Sigmoid(), Identity()]
+    with pytest.raises(ValueError, match="criterion"):
+        small(fresh, first.criterion)
+    second = small(fresh)  # the refused constructor did not take them
+    layers, criterion = first.activations, first.criterion
+    del first
+    gc.collect()
+    third = small(layers, criterion)
+    assert third.activations == layers and second.activations == fresh
+
+
+def test_copies_of_a_model_own_their_own_layers(tmp_path):
+    model = small()
+    path = xpmlp.save(model, tmp_path / "m.npz")
+    copies = [pickle.loads(pickle.dumps(model)), copy.deepcopy(model), xpmlp.load(path), xpmlp.load(path)]
+    x, y = np.random.default_rng(0).normal(size=(5, 6)), np.eye(3)[[0, 1, 2, 0, 1]]
+    expected = model.forward(x), model.backward(y)
+    for other in copies:
+        assert other.criterion is not model.criterion
+        np.testing.assert_array_equal(other.forward(x), expected[0])
+        np.testing.assert_array_equal(other.backward(y), expected[1])
 
 
 @pytest.mark.parametrize("label", [-1, 10, 11])

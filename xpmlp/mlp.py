@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, pairwise
 from typing import Any
@@ -29,6 +30,9 @@ from .checks import as_float, as_int
 from .loss import SoftmaxCrossEntropy
 
 __all__ = ["MLP"]
+
+#: Each layer object (activation, criterion) -> a weak reference to the live model that owns it.
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _check_layers(activations: Iterable[Any], criterion: Any, nlayers: int) -> list[Activation]:
@@ -49,12 +53,28 @@ def _check_layers(activations: Iterable[Any], criterion: Any, nlayers: int) -> l
                     f"in its activation, so give each layer a new one: [{type(act).__name__}() for _ in ...]"
                 )
     _require_layer("criterion", criterion, "a loss instance (e.g. SoftmaxCrossEntropy())")
+    for name, layer in [*((f"activations[{i}]", a) for i, a in enumerate(activations)), ("criterion", criterion)]:
+        owner = _owner(layer)
+        if owner is not None:
+            raise ValueError(
+                f"{name} ({layer!r}) already belongs to another model ({owner!r}), which keeps its own outputs in "
+                f"it: give each model new layer objects ({type(layer).__name__}())"
+            )
     return activations
 
 
 def _through_activation(act: Activation, delta: Array) -> Array:
     """δ ⊙ f′(z): the gradient through an activation (Identity's f′ = 1 costs nothing)."""
     return delta if type(act) is Identity else delta * act.derivative()
+
+
+def _owner(layer: Any) -> MLP | None:
+    """The live model that owns ``layer``, if any (a layer that cannot be weakly referenced is not tracked)."""
+    try:
+        ref = _OWNERS.get(layer)
+    except TypeError:
+        return None
+    return None if ref is None else ref()
 
 
 def _require_layer(name: str, obj: Any, what: str) -> None:
@@ -168,6 +188,9 @@ class MLP:
         self.train_mode = True
         self.input: Array | None = None
         self.output: Array | None = None
+        for layer in [*activations, criterion]:  # released when this model is garbage-collected
+            with contextlib.suppress(TypeError):
+                _OWNERS[layer] = weakref.ref(self)
 
     def __repr__(self) -> str:
         sizes = "-".join(str(n) for n in [self.input_size, *self.hiddens, self.output_size])
