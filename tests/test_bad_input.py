@@ -339,9 +339,10 @@ def test_resumed_early_stopping_equals_an_uninterrupted_run():
     state = {k: np.array(v) for k, v in parts.state_dict().items()}
     resumed = hw1_like(lr=0.2)
     resumed.load_state_dict(state)
-    copy = xpmlp.History(**history.as_dict())
-    copy.best_state = {k: np.array(v) for k, v in history.best_state.items()}
-    got = fit(resumed, (tx, ty), unlearnable, history=copy, **args)
+    saved = xpmlp.History(**history.as_dict())
+    saved.best_state = {k: np.array(v) for k, v in history.best_state.items()}
+    saved.last_state = {k: np.array(v) for k, v in history.last_state.items()}  # the epochs ran out after the best
+    got = fit(resumed, (tx, ty), unlearnable, history=saved, **args)
     timings = {"seconds": [], "compile_seconds": 0}
     assert got.as_dict() | timings == expected.as_dict() | timings
     assert_untouched(resumed, snapshot(whole))

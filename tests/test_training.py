@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from xpmlp.training import _epoch_order
 from mnist_files import synthetic, write_idx
 
 REAL = os.environ.get("XPMLP_DATA")
+ROOT = Path(__file__).parents[1]
 
 
 def dataset(n_train=120, n_val=40, n_test=30):
@@ -226,3 +230,107 @@ def test_real_mnist_two_epochs():
     assert [s.shape for s in stats] == [(2,), (2,), (2,), (2,), (10, 10)]
     assert 1 - stats[3][-1] >= 0.95, stats[3]
     np.testing.assert_array_equal(stats[4].sum(axis=0), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+
+
+def unlearnable_run():
+    """Training data a model learns, validation labels it cannot: the validation loss rises after a few epochs."""
+    (tx, ty), (vx, vy), _ = dataset()
+    return (tx, ty), (vx, np.random.default_rng(0).permutation(vy))
+
+
+def host_state(model):
+    return {k: np.array(model.backend.to_host(v)) for k, v in model.state_dict().items()}
+
+
+def test_early_stopping_that_never_triggers_still_keeps_the_best_epoch():
+    train, val = unlearnable_run()
+    model = hw1_like(lr=0.2)
+    seen = {}
+    history = fit(model, train, val, epochs=8, batch_size=20, seed=0, patience=100, progress=False,
+                  callbacks=[lambda epoch, h: seen.update({epoch: host_state(model)})])  # fmt: skip
+    assert not history.stopped_early and history.epochs == 8 and history.best_epoch < 8
+    for key, value in host_state(model).items():  # the best epoch's, as the callbacks of the last epoch saw it
+        np.testing.assert_array_equal(value, history.best_state[key], err_msg=key)
+        np.testing.assert_array_equal(value, seen[8][key], err_msg=key)
+    np.testing.assert_array_equal(seen[history.best_epoch]["W.0"], model.W[0])
+    assert xpmlp.evaluate(model, *val)[0] == pytest.approx(min(history.val_loss), rel=1e-12)
+
+
+def test_a_finished_early_stopping_run_resumed_with_more_epochs_equals_the_longer_run():
+    train, val = unlearnable_run()
+    args = {"batch_size": 20, "seed": 2, "patience": 100, "progress": False}
+    longer = hw1_like(lr=0.2)
+    expected = fit(longer, train, val, epochs=10, **args)
+    parts = hw1_like(lr=0.2)
+    history = fit(parts, train, val, epochs=7, **args)
+    assert history.best_epoch < 7 and history.last_state is not None  # the model was given the best epoch's state
+    got = fit(parts, train, val, epochs=10, history=history, **args)
+    timings = {"seconds": [], "compile_seconds": 0}
+    assert got.as_dict() | timings == expected.as_dict() | timings
+    for key, value in host_state(longer).items():
+        np.testing.assert_array_equal(host_state(parts)[key], value, err_msg=key)
+
+
+def test_a_callback_that_stops_training_leaves_the_best_epochs_model():
+    train, val = unlearnable_run()
+    model = hw1_like(lr=0.2)
+    history = fit(model, train, val, epochs=30, batch_size=20, seed=0, patience=100, progress=False,
+                  callbacks=[lambda epoch, h: epoch == 8])  # fmt: skip
+    assert history.epochs == 8 and history.best_epoch < 8
+    for key, value in host_state(model).items():
+        np.testing.assert_array_equal(value, history.best_state[key], err_msg=key)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_an_eval_mode_model_trains_in_training_mode_and_is_left_in_eval_mode(compiled):
+    """Both paths train with batch statistics whatever the mode, and give the mode back as they found it."""
+    train, val, _ = dataset()
+    args = {"epochs": 2, "batch_size": 20, "seed": 1, "progress": False, "compiled": compiled}
+    reference = hw1_like()
+    expected = fit(reference, train, val, **args)
+    assert reference.train_mode
+    model = hw1_like()
+    model.eval()
+    history = fit(model, train, val, **args)
+    assert not model.train_mode
+    assert history.train_loss == expected.train_loss and history.val_loss == expected.val_loss
+    for key, value in host_state(reference).items():
+        np.testing.assert_array_equal(host_state(model)[key], value, err_msg=key)
+
+
+INTERRUPTED_COMPILE = """
+import os, signal
+import numpy as np
+import xpmlp
+from xpmlp.backend.jax import JaxBackend
+
+compiling = JaxBackend.compile
+done = []
+
+def interrupted_compile(self, fn, *args):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as XLA starts compiling
+    compiled = compiling(self, fn, *args)
+    done.append("compiled")
+    return compiled
+
+JaxBackend.compile = interrupted_compile
+signal.signal(signal.SIGINT, signal.default_int_handler)
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(60, 5)), rng.integers(0, 3, 60)
+np.random.seed(0)
+model = xpmlp.MLP(5, 3, [4], [xpmlp.Sigmoid(), xpmlp.Identity()], xpmlp.random_normal_weight_init,
+                  xpmlp.zeros_bias_init, xpmlp.SoftmaxCrossEntropy(), 0.1, backend="jax")
+try:
+    xpmlp.fit(model, (x, y), epochs=1, batch_size=20, seed=0, progress=False)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt after", done)
+"""
+
+
+def test_ctrl_c_while_jax_compiles_is_raised_once_the_compiler_is_done():
+    """A KeyboardInterrupt raised inside XLA's compiler crashed the interpreter's exit (SIGSEGV) half the time."""
+    pytest.importorskip("jax")
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_COMPILE], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "KeyboardInterrupt after ['compiled']"

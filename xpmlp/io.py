@@ -28,7 +28,8 @@ __all__ = ["atomic_write", "load", "load_checkpoint", "save"]
 FORMAT, VERSION = "xpmlp-checkpoint", 1
 ACTIVATIONS = {cls.__name__: cls for cls in (Identity, Sigmoid, Tanh, ReLU)}
 CRITERIA = {cls.__name__: cls for cls in (SoftmaxCrossEntropy,)}
-CONFIG_KEY, STATE_KEY, BEST_PREFIX = "__config__", "__train_state__", "best."
+CONFIG_KEY, STATE_KEY = "__config__", "__train_state__"
+EXTRA_STATES = ("best", "last")  # early stopping's best epoch, and the last epoch when the best was restored
 ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
 
 
@@ -83,17 +84,20 @@ def save(
     *,
     train_state: dict[str, Any] | None = None,
     best_state: dict[str, Any] | None = None,
+    last_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` atomically (see :func:`atomic_write`).
 
     ``train_state`` is any JSON-serialisable dict (``train.py`` keeps its flags and
-    history there); ``best_state`` a :meth:`MLP.state_dict` kept beside the model
-    (early stopping's best epoch). :func:`load_checkpoint` returns both.
+    history there); ``best_state`` and ``last_state`` are states (:meth:`MLP.state_dict`) kept
+    beside the model (early stopping's best epoch, and the last epoch when the model
+    holds the best one: :attr:`History.last_state`). :func:`load_checkpoint` returns them.
     """
     path = Path(path)
     arrays = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
-    if best_state is not None:
-        arrays |= {BEST_PREFIX + k: model.backend.to_host(model.backend.asarray(v)) for k, v in best_state.items()}
+    for name, extra in zip(EXTRA_STATES, (best_state, last_state), strict=True):
+        if extra is not None:
+            arrays |= {f"{name}.{k}": model.backend.to_host(model.backend.asarray(v)) for k, v in extra.items()}
     arrays[CONFIG_KEY] = host.asarray(json.dumps(_config(model)))
     if train_state is not None:
         arrays[STATE_KEY] = host.asarray(json.dumps(train_state))
@@ -122,7 +126,8 @@ def load_checkpoint(
     """The model saved at ``path`` (on ``backend`` and ``device``, defaults as :class:`MLP`'s) and its training state.
 
     The state is the ``train_state`` given to :func:`save` (or None); a saved
-    ``best_state`` comes back in it as ``state["best_state"]``, arrays on the model's backend.
+    ``best_state`` or ``last_state`` comes back in it as ``state["best_state"]``,
+    ``state["last_state"]``, arrays on the model's backend.
     Any file that is not an xpmlp checkpoint raises a ValueError naming it.
     """
     path = Path(path)
@@ -138,7 +143,10 @@ def load_checkpoint(
             raise ValueError(f"checkpoint version {config.get('version')!r}; this xpmlp reads version {VERSION}")
         if state is not None and not isinstance(state, dict):
             raise ValueError(f"the training state must be a JSON object, got {type(state).__name__}")
-        best = {k.removeprefix(BEST_PREFIX): arrays.pop(k) for k in list(arrays) if k.startswith(BEST_PREFIX)}
+        extras = {
+            name: {k.removeprefix(f"{name}."): arrays.pop(k) for k in list(arrays) if k.startswith(f"{name}.")}
+            for name in EXTRA_STATES
+        }
         sizes = [config["input_size"], *config["hiddens"], config["output_size"]]
 
         def zeros_weights(i: int, o: int) -> Any:
@@ -166,8 +174,9 @@ def load_checkpoint(
         for i, (bn, alpha) in enumerate(zip(model.bn_layers, config["bn_alpha"], strict=True)):
             bn.alpha = as_float(f"bn_alpha[{i}]", alpha, minimum=0.0, maximum=1.0)
         model.load_state_dict(arrays)
-        if best:  # checked as load_state_dict checks, and moved to the model's device once
-            state = {**(state or {}), "best_state": model.checked_state(best)}
+        for name, extra in extras.items():  # checked as load_state_dict checks, and moved to the model's device once
+            if extra:
+                state = {**(state or {}), f"{name}_state": model.checked_state(extra)}
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from exc
     except ValueError as exc:

@@ -298,7 +298,7 @@ def resume(args: argparse.Namespace, out: Path) -> tuple[MLP, History]:
     except (ValueError, TypeError, KeyError) as exc:
         detail = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
         raise UsageError(f"--resume: {checkpoint} is not a checkpoint that train.py wrote ({detail})") from None
-    history.best_state = state.get("best_state")
+    history.best_state, history.last_state = state.get("best_state"), state.get("last_state")
     ignored = [
         f"--{key.replace('_', '-')} {_show(getattr(args, key))} (the run uses {_show(settings[key])})"
         for key in sorted(args.given & set(RESUMED))
@@ -348,7 +348,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     saved = {"epoch": history.epochs if args.resume else None}
 
     def checkpoint(h: History) -> None:
-        save(mlp, out / CHECKPOINT, train_state={"args": config, "history": h.as_dict()}, best_state=h.best_state)
+        save(
+            mlp,
+            out / CHECKPOINT,
+            train_state={"args": config, "history": h.as_dict()},
+            best_state=h.best_state,
+            last_state=h.last_state,
+        )
         saved["epoch"] = h.epochs
 
     compiled_before = history.compile_seconds

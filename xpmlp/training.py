@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,7 +47,10 @@ class History:
 
     With early stopping, ``best_epoch`` (1-based) is the epoch of the lowest
     validation loss and ``best_state`` that epoch's :meth:`MLP.state_dict`, so a
-    resumed run can stop and restore exactly as an uninterrupted one.
+    resumed run can stop and restore exactly as an uninterrupted one. When the
+    epochs run out after a later epoch, :func:`fit` gives the model ``best_state``
+    and keeps the last epoch's state in ``last_state``: a run resumed with more
+    epochs continues from there, as an uninterrupted run would.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -57,14 +62,15 @@ class History:
     best_epoch: int | None = None
     compile_seconds: float = 0.0
     best_state: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    last_state: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def epochs(self) -> int:
         return len(self.train_loss)
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON-serialisable statistics (everything but ``best_state``)."""
-        return {k: v for k, v in asdict(self).items() if k != "best_state"}
+        """The JSON-serialisable statistics (everything but ``best_state`` and ``last_state``)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("best_state", "last_state")}
 
 
 def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
@@ -358,7 +364,9 @@ def fit(
         A previous run's history: training resumes after its last epoch.
     patience
         Early stopping: stop after this many epochs without a lower validation
-        loss, and restore the parameters of the best epoch.
+        loss. The model ``fit`` returns is then always the best epoch's
+        (``history.best_epoch``, the lowest validation loss), whether training
+        stopped early or the epochs ran out, as in scikit-learn and skorch.
     progress
         A tqdm bar per epoch (``None``: only on a terminal).
     callbacks
@@ -369,7 +377,8 @@ def fit(
         Train through :func:`make_epoch`, compiled by the backend (one XLA program
         per epoch on JAX; eager elsewhere); its compilation time goes to
         ``history.compile_seconds``, not to an epoch. False: the HW1 loop of
-        ``forward``, ``backward``, ``step`` per batch. Both compute the same.
+        ``forward``, ``backward``, ``step`` per batch. Both compute the same, and
+        both leave the model in the mode (training or eval) it was in.
     shuffle
         False: every epoch takes the training rows in their given order (``seed`` is not used).
 
@@ -398,46 +407,58 @@ def fit(
     train_data = DeviceSplit(mlp, train, "training")
     val_data = None if val is None else DeviceSplit(mlp, val, "validation")
     _check_batchnorm_batches(mlp, train_data.n, batch_size)
-    backend, xp = mlp.backend, mlp.backend.xp
+    backend = mlp.backend
     batches = -(-train_data.n // batch_size)
     first = epochs if history.stopped_early else history.epochs  # a run that stopped early is finished
+    if history.last_state is not None and first < epochs:  # continue from the last epoch, not the best one kept
+        mlp.load_state_dict(history.last_state)
+        history.last_state = None
     run_epoch = CompiledEpoch(mlp, train_data, batch_size) if compiled else None
-    for epoch in range(first, epochs):
-        order = _epoch_order(seed, epoch, train_data.n) if shuffle else host.arange(train_data.n)
-        if run_epoch is not None:
-            history.compile_seconds += run_epoch.compile(order)  # before the epoch's clock starts
-        started = time.perf_counter()
-        per_batch = run_epoch is None or run_epoch.ticks
-        with _progress(tqdm, progress, epoch, epochs, batches if per_batch else None, history) as tick:
-            if run_epoch is None:
-                sums = train_epoch(mlp, train_data, backend.asarray(order), batch_size, tick)
-            else:
-                sums = run_epoch(order, tick)
+    was_training = mlp.train_mode  # left as found: eval-mode models train in training mode, then return to eval
+    try:
+        for epoch in range(first, epochs):
+            order = _epoch_order(seed, epoch, train_data.n) if shuffle else host.arange(train_data.n)
+            if run_epoch is not None:
+                with _interrupt_after():
+                    history.compile_seconds += run_epoch.compile(order)  # before the epoch's clock starts
+            started = time.perf_counter()
+            per_batch = run_epoch is None or run_epoch.ticks
+            with _progress(tqdm, progress, epoch, epochs, batches if per_batch else None, history) as tick:
+                if run_epoch is None:
+                    sums = train_epoch(mlp, train_data, backend.asarray(order), batch_size, tick)
+                else:
+                    sums = run_epoch(order, tick)
+                if val_data is not None:
+                    sums += _eval_sums(mlp, val_data)
+                stats = _read_sums(mlp, sums)  # the epoch's one device->host read
+            if not math.isfinite(stats[0]):
+                raise FloatingPointError(
+                    f"training loss is {stats[0] / train_data.n} in epoch {epoch + 1}: training diverged "
+                    "(lower the learning rate, or add BatchNorm)"
+                )
+            history.train_loss.append(stats[0] / train_data.n)
+            history.train_error.append(stats[1] / train_data.n)
             if val_data is not None:
-                sums += _eval_sums(mlp, val_data)
-            stats = _read_sums(mlp, sums)  # the epoch's one device->host read
-        if not math.isfinite(stats[0]):
-            raise FloatingPointError(
-                f"training loss is {stats[0] / train_data.n} in epoch {epoch + 1}: training diverged "
-                "(lower the learning rate, or add BatchNorm)"
-            )
-        history.train_loss.append(stats[0] / train_data.n)
-        history.train_error.append(stats[1] / train_data.n)
-        if val_data is not None:
-            history.val_loss.append(stats[2] / val_data.n)
-            history.val_error.append(stats[3] / val_data.n)
-        history.seconds.append(time.perf_counter() - started)
-        if patience is not None:
-            losses = history.val_loss
-            if history.best_epoch is None or losses[-1] < losses[history.best_epoch - 1]:
-                history.best_epoch = epoch + 1
-                history.best_state = {k: xp.asarray(v, copy=True) for k, v in mlp.state_dict().items()}
-            elif epoch + 1 - history.best_epoch >= patience:
-                history.stopped_early = True
-                mlp.load_state_dict(history.best_state)
-        stop = [callback(epoch + 1, history) for callback in callbacks]  # a list: every callback runs
-        if history.stopped_early or any(stop):
-            break
+                history.val_loss.append(stats[2] / val_data.n)
+                history.val_error.append(stats[3] / val_data.n)
+            history.seconds.append(time.perf_counter() - started)
+            last = epoch + 1 == epochs
+            if patience is not None:
+                losses = history.val_loss
+                if history.best_epoch is None or losses[-1] < losses[history.best_epoch - 1]:
+                    history.best_epoch = epoch + 1
+                    history.best_state = _copy(mlp)
+                elif epoch + 1 - history.best_epoch >= patience:
+                    history.stopped_early = True
+                if history.stopped_early or last:  # before the callbacks: they see (and save) the model fit returns
+                    _keep_best(mlp, history)
+            stop = [callback(epoch + 1, history) for callback in callbacks]  # a list: every callback runs
+            if history.stopped_early or any(stop):
+                if patience is not None and not (history.stopped_early or last):  # a callback stopped training
+                    _keep_best(mlp, history)
+                break
+    finally:
+        (mlp.train if was_training else mlp.eval)()
     return history
 
 
@@ -465,6 +486,44 @@ def _progress(
         total=epochs, initial=epoch, desc="training", postfix=rate, bar_format=layout, disable=disable, leave=False
     ):
         yield lambda: None
+
+
+def _copy(mlp: MLP) -> dict[str, Array]:
+    """A copy of the model's state on its device."""
+    return {k: mlp.backend.xp.asarray(v, copy=True) for k, v in mlp.state_dict().items()}
+
+
+def _keep_best(mlp: MLP, history: History) -> None:
+    """Early stopping's end: the model takes the best epoch's state; a run that may go on keeps its last state."""
+    if history.best_epoch == history.epochs:
+        return
+    history.last_state = None if history.stopped_early else _copy(mlp)
+    mlp.load_state_dict(history.best_state)
+
+
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Ctrl-C inside the block raises KeyboardInterrupt when the block is done, not inside it.
+
+    XLA's compiler checks for Python's signals: a KeyboardInterrupt raised inside it
+    left compile threads behind, and the interpreter's exit then crashed (SIGSEGV in
+    half of the runs interrupted while JAX compiled). Only Python's own handler in
+    the main thread is deferred; any other handler is left alone.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _check_batchnorm_batches(mlp: MLP, n: int, batch_size: int) -> None:
