@@ -343,6 +343,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def _train(self, X: Any, labels: Any, epochs: int, incremental: bool) -> None:
         """``epochs`` epochs of :func:`xpmlp.fit`, with scikit-learn's schedules and stopping rule between them."""
         model, history = self.model_, self.history_
+        history.last_state = None  # go on from the model kept (early stopping's best), as scikit-learn does
         val = None
         if self.early_stopping:
             X, X_val, labels, val_labels = train_test_split(
