@@ -67,6 +67,39 @@ def test_npy_with_pickled_objects_is_refused(tmp_path):
         load_mnist(tmp_path, download=False)
 
 
+def write_npy(directory: Path, scales: dict[str, float], dtype=np.float64) -> dict[str, tuple]:
+    """The homework's six .npy files of a synthetic set, each split's pixels divided by its scale."""
+    x, y = synthetic(30)
+    parts = {"train": (x[:20], y[:20]), "val": (x[20:25], y[20:25]), "test": (x[25:], y[25:])}
+    for part, (px, py) in parts.items():
+        np.save(directory / f"{part}_data.npy", (px.reshape(-1, 784) / scales[part]).astype(dtype))
+        np.save(directory / f"{part}_labels.npy", py.astype(np.int64))
+    return parts
+
+
+def test_grey_levels_in_every_split_are_scaled_alike(tmp_path):
+    parts = write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
+    for (rx, _), (px, _) in zip(load_mnist(tmp_path, download=False), parts.values(), strict=True):
+        np.testing.assert_allclose(rx, px.reshape(-1, 784) / 255, rtol=1e-6)
+
+
+def test_a_split_on_another_scale_than_the_training_split_is_refused(tmp_path):
+    """Training pixels in [0, 1] and test pixels 0-255: the test split was once divided by 255 on its own."""
+    write_npy(tmp_path, {"train": 255, "val": 255, "test": 1})
+    with pytest.raises(ValueError, match=r"test_\*\.npy: pixels reach .* every split must use the same scale"):
+        load_mnist(tmp_path, download=False)
+
+
+@pytest.mark.parametrize("value", [-0.5, np.nan])
+def test_pixels_that_are_negative_or_not_numbers_are_refused(tmp_path, value):
+    write_npy(tmp_path, {"train": 255, "val": 255, "test": 255})
+    x = np.load(tmp_path / "val_data.npy")
+    x[2, 300] = value
+    np.save(tmp_path / "val_data.npy", x)
+    with pytest.raises(ValueError, match=r"val_\*\.npy: pixels must be finite non-negative numbers"):
+        load_mnist(tmp_path, download=False)
+
+
 @pytest.mark.parametrize("header", [True, False])
 def test_csv_files(tmp_path, header):
     arrays = {}
@@ -96,6 +129,7 @@ def corrupt(directory: Path, name: str, data: bytes, gz: bool = True) -> None:
         ("gzip", "corrupt or truncated gzip"),
         ("count", "60 images but labels of shape"),
         ("labels", "labels must be integers 0-9"),
+        ("ten", "labels must be integers 0-9"),
     ],
 )
 def test_bad_files_name_the_file_and_the_problem(tmp_path, damage, message):
@@ -114,7 +148,7 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, damage, message):
         corrupt(tmp_path, target, idx_bytes(labels[:-1]))
     else:
         bad = labels.copy()
-        bad[3] = 12
+        bad[3] = 12 if damage == "labels" else 10  # 10 classes: labels 0-9
         corrupt(tmp_path, target, idx_bytes(bad))
     with pytest.raises(ValueError, match=message) as info:
         load_mnist(tmp_path, download=False, validation_size=10)

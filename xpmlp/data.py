@@ -72,7 +72,7 @@ def read_idx(path: str | os.PathLike, magic: int) -> Any:
 
 
 def _check_pair(x: Any, y: Any, where: str) -> Split:
-    """Scale images to [0, 1] floats (N, 784) and check integer labels 0-9 of the same count."""
+    """Images as (N, 784) non-negative numbers (not yet scaled) and integer labels 0-9 of the same count."""
     x, y = host.asarray(x), host.asarray(y)
     x = x.reshape(x.shape[0], -1) if x.ndim == 3 else x
     if x.ndim != 2 or x.shape[1] != PIXELS:
@@ -83,11 +83,31 @@ def _check_pair(x: Any, y: Any, where: str) -> Split:
         y = y.astype(host.int64)
     if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() >= CLASSES)):
         raise ValueError(f"{where}: labels must be integers 0-9, found values in [{y.min()}, {y.max()}]")
-    if x.dtype.kind in "iu" or (x.size and x.max() > 1.0):
-        x = x.astype(host.float32) / 255.0
-    if x.dtype.kind != "f" or (x.size and x.min() < 0.0):
-        raise ValueError(f"{where}: pixels must be non-negative numbers")
-    return x.astype(host.float32, copy=False), y.astype(host.int64, copy=False)
+    if x.dtype.kind not in "iuf" or (x.size and not (host.isfinite(x).all() and x.min() >= 0)):
+        raise ValueError(f"{where}: pixels must be finite non-negative numbers")
+    return x, y.astype(host.int64, copy=False)
+
+
+def _scaled(splits: Sequence[tuple[Any, Any, str]]) -> tuple[Split, ...]:
+    """Each checked ``(x, y, where)`` with float32 pixels in [0, 1], all scaled alike.
+
+    The first (training) split decides: integer pixels, or floats above 1, are grey
+    levels 0-255 and every split is divided by 255; floats within [0, 1] are kept
+    as they are. A split that then exceeds 1 is on another scale: a ValueError.
+    """
+    first = splits[0][0]
+    grey_levels = first.dtype.kind in "iu" or bool(first.size and first.max() > 1.0)
+    scaled = []
+    for x, y, where in splits:
+        x = x.astype(host.float32) / host.float32(255) if grey_levels else x.astype(host.float32, copy=False)
+        if x.size and x.max() > 1.0:
+            raise ValueError(
+                f"{where}: pixels reach {x.max():.4g} after the scaling the training split decided "
+                f"({'÷255: grey levels 0-255' if grey_levels else 'none: values in [0, 1]'}); "
+                "every split must use the same scale"
+            )
+        scaled.append((x, y))
+    return tuple(scaled)
 
 
 def _split_train(x: Any, y: Any, validation_size: int, where: str) -> tuple[Split, Split]:
@@ -114,8 +134,10 @@ def _load_idx(directory: Path, validation_size: int, verify: bool) -> tuple[Spli
     train_y = read_idx(paths["train-labels-idx1-ubyte.gz"], LABEL_MAGIC)
     test_x = read_idx(paths["t10k-images-idx3-ubyte.gz"], IMAGE_MAGIC)
     test_y = read_idx(paths["t10k-labels-idx1-ubyte.gz"], LABEL_MAGIC)
-    train = _check_pair(train_x, train_y, f"{directory}/train-*")
-    test = _check_pair(test_x, test_y, f"{directory}/t10k-*")
+    train, test = _scaled(
+        [(*_check_pair(train_x, train_y, f"{directory}/train-*"), f"{directory}/train-*"),
+         (*_check_pair(test_x, test_y, f"{directory}/t10k-*"), f"{directory}/t10k-*")]
+    )  # fmt: skip
     return (*_split_train(*train, validation_size, f"{directory}/train-*"), test)
 
 
@@ -127,10 +149,8 @@ def _load_npy(directory: Path) -> tuple[Split, Split, Split]:
             arrays[name] = host.load(path, allow_pickle=False)
         except ValueError as exc:
             raise ValueError(f"{path}: not a plain .npy array ({exc})") from exc
-    return tuple(
-        _check_pair(arrays[f"{part}_data"], arrays[f"{part}_labels"], f"{directory}/{part}_*.npy")
-        for part in ("train", "val", "test")
-    )
+    where = {part: f"{directory}/{part}_*.npy" for part in ("train", "val", "test")}
+    return _scaled([(*_check_pair(arrays[f"{p}_data"], arrays[f"{p}_labels"], w), w) for p, w in where.items()])
 
 
 def _read_csv(path: Path) -> Split:
@@ -147,9 +167,9 @@ def _read_csv(path: Path) -> Split:
 
 
 def _load_csv(directory: Path, validation_size: int) -> tuple[Split, Split, Split]:
-    train = _read_csv(directory / CSV_FILES[0])
-    test = _read_csv(directory / CSV_FILES[1])
-    return (*_split_train(*train, validation_size, str(directory / CSV_FILES[0])), test)
+    paths = [directory / name for name in CSV_FILES]
+    train, test = _scaled([(*_read_csv(path), str(path)) for path in paths])
+    return (*_split_train(*train, validation_size, str(paths[0])), test)
 
 
 def _sha256(path: Path) -> str:
@@ -231,7 +251,9 @@ def load_mnist(
 ) -> tuple[Split, Split, Split]:
     """``((train_x, train_y), (val_x, val_y), (test_x, test_y))`` as host NumPy arrays.
 
-    x is float32 in [0, 1] of shape (N, 784), y int64 class labels (N,). Looks in
+    x is float32 in [0, 1] of shape (N, 784), y int64 class labels (N,); the
+    training split decides the scale of all (integers or floats above 1 are grey
+    levels, divided by 255), and a split on another scale is an error. Looks in
     ``path``, else ``$XPMLP_DATA``, else ``~/.cache/xpmlp/mnist``, for (in order)
     the four IDX files (gzipped or not), the homework's six .npy files, or
     ``mnist_train.csv`` / ``mnist_test.csv`` (label first). If none is there and
