@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import re
 import stat
+import zipfile
 
 import numpy as np
 import pytest
@@ -113,7 +115,9 @@ def test_damaged_and_missing_files(tmp_path):
     arrays = dict(np.load(tmp_path / "m.npz"))
     arrays["W.0"] = np.zeros((2, 2))
     np.savez(tmp_path / "shape.npz", **arrays)
-    with pytest.raises(ValueError, match=r"shape\.npz: state\['W.0'\] has shape \(2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"shape\.npz: .* layer sizes \[6, 5, 3, 4\] do not match .* \(W.0: shape \(2, 2\)\)"
+    ):
         load(tmp_path / "shape.npz")
     del arrays["__config__"]
     np.savez(tmp_path / "noconfig.npz", **arrays)
@@ -242,3 +246,142 @@ def test_l2_is_saved_and_loaded(tmp_path):
     model = xpmlp.MLP(4, 3, [5], [xpmlp.Tanh(), xpmlp.Identity()], xpmlp.random_normal_weight_init,
                       xpmlp.zeros_bias_init, xpmlp.SoftmaxCrossEntropy(), 0.1, l2=0.25)  # fmt: skip
     assert xpmlp.load(xpmlp.save(model, tmp_path / "m.npz")).l2 == 0.25
+
+
+def rewritten(path, tmp_path, name, **changes):
+    """A copy of the checkpoint at ``path`` with arrays replaced (or removed: None) and config keys changed."""
+    arrays = dict(np.load(path))
+    config = json.loads(str(arrays["__config__"]))
+    for key, value in changes.items():
+        if key.startswith("config_"):
+            config[key.removeprefix("config_")] = value
+        elif value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    arrays["__config__"] = np.asarray(json.dumps(config))
+    np.savez(tmp_path / name, **arrays)
+    return tmp_path / name
+
+
+def test_the_checkpoint_version_is_checked(tmp_path):
+    path = save(trained(), tmp_path / "m.npz")
+    with pytest.raises(ValueError, match=r"v2\.npz: checkpoint version 2; this xpmlp reads version 1"):
+        load(rewritten(path, tmp_path, "v2.npz", config_version=2))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("W.1", np.nan, r"W\.1 holds NaN or infinite values"),
+        ("velocity.0", -np.inf, r"velocity\.0 holds NaN or infinite values"),
+        ("bn.1.running_var", -1.0, r"bn\.1\.running_var holds a negative variance"),
+        ("best.bn.0.running_var", -1.0, r"best\.bn\.0\.running_var holds a negative variance"),
+        ("best.b.0", np.inf, r"best\.b\.0 holds NaN or infinite values"),
+    ],
+)
+def test_values_no_model_can_hold_are_refused(tmp_path, key, value, message):
+    model = trained()
+    path = save(model, tmp_path / "m.npz", best_state=host_state(trained(steps=1)))
+    bad = dict(np.load(path))[key].copy()
+    bad.flat[1] = value
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(rewritten(path, tmp_path, "bad.npz", **{key: bad}))
+
+
+def test_a_tampered_configuration_cannot_ask_for_more_than_the_file_holds(tmp_path):
+    path = save(trained(), tmp_path / "m.npz")
+    for name, change in [("wide.npz", {"config_hiddens": [10**9, 3]}), ("deep.npz", {"config_hiddens": [5, 3, 10**5]}),
+                         ("input.npz", {"config_input_size": 10**12})]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"{name}: its configuration's layer sizes .* do not match its arrays"):
+            load(rewritten(path, tmp_path, name, **change))
+
+
+def test_an_array_header_cannot_claim_more_than_the_file_holds(tmp_path):
+    """NumPy allocates the shape a .npy header claims before reading: a terabyte claim is refused first."""
+    path = save(trained(), tmp_path / "m.npz")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**11, 2)})
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("huge.npy", header.getvalue() + bytes(64))
+    with pytest.raises(ValueError, match=r"m\.npz: .*member huge\.npy claims shape \(100000000000, 2\)"):
+        load(path)
+
+
+def test_save_refuses_a_best_state_that_does_not_fit_before_writing(tmp_path):
+    model = trained()
+    path = save(model, tmp_path / "m.npz")
+    before = path.read_bytes()
+    best = host_state(model)
+    for bad, message in [
+        (
+            {k: v for k, v in best.items() if k != "W.1"},
+            r"best_state: state does not fit this model: missing \['W.1'\]",
+        ),
+        ({**best, "b.0": np.zeros((1, 9))}, r"best_state: state\['b.0'\] has shape \(1, 9\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            save(model, path, best_state=bad)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    model = trained()
+    model.W[0] = model.W[0] * np.nan  # a diverged model
+    with pytest.raises(
+        ValueError, match=r"cannot save MLP\(.*\): W\.0 holds NaN or infinite values; nothing was written"
+    ):
+        save(model, tmp_path / "m.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))} is a folder, not a checkpoint file"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("reader", ["load", "load_checkpoint"])
+def test_a_float64_checkpoint_loads_as_float32_and_back(tmp_path, reader):
+    model = trained()
+    best = host_state(trained(steps=1))
+    path = save(model, tmp_path / "m.npz", best_state=best)
+
+    def read(p, dtype):
+        return load(p, dtype=dtype) if reader == "load" else load_checkpoint(p, dtype=dtype)[0]
+
+    single = read(path, "float32")
+    assert single.dtype == "float32" and single.W[0].dtype == np.float32
+    for key, value in host_state(model).items():
+        np.testing.assert_array_equal(host_state(single)[key], value.astype(np.float32), err_msg=key)
+    if reader == "load_checkpoint":
+        assert load_checkpoint(path, dtype="float32")[1]["best_state"]["W.0"].dtype == np.float32
+    double = read(save(single, tmp_path / "single.npz"), "float64")
+    assert double.dtype == "float64"
+    for key, value in host_state(single).items():
+        np.testing.assert_array_equal(host_state(double)[key], value.astype(np.float64), err_msg=key)
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        read(path, "float16")
+
+
+def test_float64_values_beyond_float32_are_refused_when_loading_as_float32(tmp_path):
+    model = trained()
+    model.velocities[0] = model.velocities[0] + 1e39
+    path = save(model, tmp_path / "m.npz")
+    assert load(path).dtype == "float64"
+    with pytest.raises(ValueError, match=r"velocity\.0 holds NaN or infinite values in float32: its values overflow"):
+        load(path, dtype="float32")
+
+
+def test_the_temporary_file_of_a_save_lies_beside_its_target(tmp_path):
+    """os.replace cannot rename across file systems: the temporary file must be in the target's folder."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    seen = []
+
+    def write(f):
+        seen.extend(p.name for p in folder.iterdir())
+        f.write(b"data")
+
+    xio.atomic_write(folder / "m.npz", write)
+    assert len(seen) == 1 and seen[0].startswith(".m.npz.") and seen[0].endswith(".tmp")
+    assert [p.name for p in folder.iterdir()] == ["m.npz"]
