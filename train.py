@@ -3,4 +3,4 @@
 from xpmlp.train import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

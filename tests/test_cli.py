@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 import xpmlp
-from xpmlp.train import main
+from xpmlp.train import run
 
 from mnist_files import idx_bytes, synthetic, write_idx
 
+ROOT = Path(__file__).parents[1]
 FAST = ["--hiddens", "16", "--bn-layers", "1", "--batch-size", "100", "--quiet", "--no-plots"]
 
 
@@ -51,7 +52,7 @@ def overfitting_data(tmp_path_factory) -> Path:
 def refused(capsys, argv: list[str], status: int = 2) -> str:
     """Run train.py expecting a one-line error; return that line."""
     with pytest.raises(SystemExit) as info:
-        main(argv)
+        run(argv)
     assert info.value.code == status
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("train.py: error: "), err
@@ -81,6 +82,14 @@ def refused(capsys, argv: list[str], status: int = 2) -> str:
         (["--hiddens", "", "--bn-layers", "1"], "pass --bn-layers 0"),
         (["--backend", "tensorflow"], "unknown backend 'tensorflow'"),
         (["--activation", "gelu"], "--activation"),
+        (["--seed", str(2**32)], "argument --seed: '4294967296' is not an integer in [0, 2**32 - 1]"),
+        (["--out", ""], "argument --out: an empty name is no folder"),
+        (["--data", " "], "argument --data: an empty name is no folder"),
+        (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite replaces it"),
+        (["--hiddens", "100000000,100000000"], "parameters need about"),
+        (["--hiddens", "1000000000000", "--bn-layers", "1"], "more than this machine's"),
+        (["--lr-decay", "10", "--epochs", "400"], "overflows to infinity before epoch 400"),
+        (["--epochs", "2000"], "--lr 0.2 with --lr-decay 0.6: the learning rate lr·decay^k underflows to 0"),
     ],
 )
 def test_bad_flags_get_one_line_before_anything_is_read_or_written(tmp_path, capsys, flags, words):
@@ -117,23 +126,25 @@ def test_resume_without_a_train_py_checkpoint(tmp_path, data, capsys):
     model = xpmlp.MLP(784, 10, [16], [xpmlp.ReLU(), xpmlp.Identity()], xpmlp.he_normal_weight_init,
                       xpmlp.zeros_bias_init, xpmlp.SoftmaxCrossEntropy(), 0.1, num_bn_layers=1)  # fmt: skip
     xpmlp.save(model, tmp_path / "model.npz")  # a model, but no training state
-    assert "is not a checkpoint that train.py wrote" in refused(capsys, args)
+    line = refused(capsys, args)
+    assert "holds a model but no training state (it was saved by xpmlp.save, not by train.py)" in line
+    assert "there is no run to continue" in line
     (tmp_path / "model.npz").write_text("not a checkpoint")
     assert "is not a checkpoint that train.py wrote" in refused(capsys, args)
 
 
 def test_resume_says_which_flags_it_ignores(tmp_path, data, capsys):
     out = ["--data", str(data), "--out", str(tmp_path), *FAST]
-    main([*out, "--epochs", "1", "--lr", "0.05"])
+    run([*out, "--epochs", "1", "--lr", "0.05"])
     capsys.readouterr()
-    metrics = main([*out, "--epochs", "2", "--resume", "--lr", "0.3", "--momentum", "0.9"])
+    metrics = run([*out, "--epochs", "2", "--resume", "--lr", "0.3", "--momentum", "0.9"])
     err = capsys.readouterr().err
     assert "ignores --lr 0.3 (the run uses 0.05)" in err and "--momentum" not in err  # 0.9 is the saved value
     assert metrics["config"]["lr"] == 0.05 and len(metrics["history"]["train_loss"]) == 2
 
 
 def test_epochs_zero_writes_every_file_it_names(tmp_path, data, capsys):
-    main(["--data", str(data), "--out", str(tmp_path), "--epochs", "0", *FAST])
+    run(["--data", str(data), "--out", str(tmp_path), "--epochs", "0", *FAST])
     named = capsys.readouterr().out.strip().splitlines()[-1].split("wrote ")[1].split(" to ")[0].split(", ")
     assert sorted(named) == sorted(p.name for p in tmp_path.iterdir())
 
@@ -141,14 +152,14 @@ def test_epochs_zero_writes_every_file_it_names(tmp_path, data, capsys):
 def test_files_get_the_umask_permissions(tmp_path, data):
     old = os.umask(0o022)
     try:
-        main(["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST])
+        run(["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST])
     finally:
         os.umask(old)
     assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {0o644}
 
 
 def test_early_stopping_files_hold_the_restored_model(tmp_path, overfitting_data, capsys):
-    metrics = main(["--data", str(overfitting_data), "--out", str(tmp_path), "--epochs", "30", "--patience", "1",
+    metrics = run(["--data", str(overfitting_data), "--out", str(tmp_path), "--epochs", "30", "--patience", "1",
                     "--lr", "0.3", *FAST])  # fmt: skip
     history = metrics["history"]
     assert history["stopped_early"] and len(history["val_loss"]) == history["best_epoch"] + 1 < 30
@@ -163,11 +174,11 @@ def test_early_stopping_files_hold_the_restored_model(tmp_path, overfitting_data
 
 def test_resume_with_patience_equals_the_uninterrupted_run(tmp_path, overfitting_data):
     flags = ["--data", str(overfitting_data), "--patience", "2", "--lr", "0.3", *FAST]
-    whole = main([*flags, "--out", str(tmp_path / "whole"), "--epochs", "30"])
+    whole = run([*flags, "--out", str(tmp_path / "whole"), "--epochs", "30"])
     best = whole["history"]["best_epoch"]
     assert whole["history"]["stopped_early"]
-    main([*flags, "--out", str(tmp_path / "parts"), "--epochs", str(best + 1)])  # stopped after the best epoch
-    resumed = main(["--data", str(overfitting_data), "--out", str(tmp_path / "parts"), "--epochs", "30", "--resume",
+    run([*flags, "--out", str(tmp_path / "parts"), "--epochs", str(best + 1)])  # stopped after the best epoch
+    resumed = run(["--data", str(overfitting_data), "--out", str(tmp_path / "parts"), "--epochs", "30", "--resume",
                     "--quiet", "--no-plots"])  # fmt: skip
     for key in ("train_loss", "train_error", "val_loss", "val_error", "best_epoch", "stopped_early"):
         assert resumed["history"][key] == whole["history"][key], key
@@ -176,7 +187,7 @@ def test_resume_with_patience_equals_the_uninterrupted_run(tmp_path, overfitting
 
 def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
     argv = [sys.executable, "-m", "xpmlp.train", "--data", str(data), "--out", str(tmp_path), "--epochs", "100000",
-            *FAST]  # fmt: skip
+            "--lr-decay", "1", *FAST]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def default_sigint() -> None:  # a background shell starts its jobs with SIGINT ignored; a terminal does not
@@ -197,7 +208,7 @@ def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
     assert "rerun with --resume" in err
     _, state = xpmlp.load_checkpoint(tmp_path / "model.npz")
     assert len(state["history"]["train_loss"]) == epochs >= 1
-    metrics = main(["--data", str(data), "--out", str(tmp_path), "--resume", "--epochs", str(epochs + 1), "--quiet"])
+    metrics = run(["--data", str(data), "--out", str(tmp_path), "--resume", "--epochs", str(epochs + 1), "--quiet"])
     assert len(metrics["history"]["train_loss"]) == epochs + 1
 
 
@@ -207,7 +218,7 @@ def test_diverged_training_is_one_line(tmp_path, data, capsys):
 
 
 def test_the_metrics_match_the_checkpoint(tmp_path, data):
-    metrics = main(["--data", str(data), "--out", str(tmp_path), "--epochs", "2", *FAST])
+    metrics = run(["--data", str(data), "--out", str(tmp_path), "--epochs", "2", *FAST])
     saved = json.loads((tmp_path / "metrics.json").read_text())
     _, state = xpmlp.load_checkpoint(tmp_path / "model.npz")
     assert saved["history"] == state["history"] == json.loads(json.dumps(metrics["history"]))
@@ -232,3 +243,220 @@ def test_curves_have_integer_epochs_and_percent_errors():
     assert len(shown) >= 2 and all(label.endswith("%") and "10^" not in label for label in shown), shown
     shown = [t.get_text() for t in ax_loss.get_yticklabels() if t.get_text()]
     assert len(shown) >= 2 and all("$" not in label for label in shown), shown  # plain numbers, no mathtext powers
+
+
+def test_a_batch_size_that_leaves_batchnorm_a_batch_of_one_is_one_line(tmp_path, data, capsys):
+    """60 training images in batches of 59: the last batch holds one image. Known only once the data are read."""
+    out = tmp_path / "run"
+    line = refused(capsys, ["--data", str(data), "--out", str(out), *FAST, "--batch-size", "59"])
+    assert "--batch-size 59 leaves a batch of one of the 60 training images" in line and "e.g. 60" in line
+    assert not out.exists()  # the folder it made for the run went again
+
+
+def test_a_folder_that_holds_a_run_is_never_overwritten_silently(tmp_path, data, capsys):
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST]
+    run(flags)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    line = refused(capsys, [*flags, "--lr", "0.3"])
+    assert "holds a run (model.npz, metrics.json)" in line and "--resume" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / "curves.png").write_bytes(b"an old plot")  # a plot --no-plots would not replace
+    metrics = run([*flags, "--lr", "0.3", "--overwrite"])
+    assert metrics["config"]["lr"] == 0.3 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.json",
+        "model.npz",
+    ]
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_lock(tmp_path, data, capsys):
+    from xpmlp.train import locked
+
+    with locked(tmp_path):
+        line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), *FAST])
+    assert f"--out {tmp_path} is being written by another train.py (process {os.getpid()})" in line
+    assert list(tmp_path.iterdir()) == []  # the holder removed its lock; the refused run wrote nothing
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, data):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".train.lock").write_text(dead.stdout)  # left by a process that no longer runs
+    metrics = run(["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST])
+    assert len(metrics["history"]["train_loss"]) == 1 and not (tmp_path / ".train.lock").exists()
+
+
+def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path, data):
+    for name in (".model.npz.k1ll3d.tmp", ".metrics.json.abc.tmp", ".other.tmp", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    run(["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp", "metrics.json", "model.npz", "notes.txt"]
+
+
+def test_resume_that_would_do_nothing_says_so(tmp_path, data, overfitting_data, capsys):
+    run(["--data", str(data), "--out", str(tmp_path / "done"), "--epochs", "2", *FAST])
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path / "done"), "--resume", "--quiet"])
+    assert "the run has trained 2 epochs, and --epochs asks for 2; there is nothing to do" in line
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path / "done"), "--resume", "--epochs", "1"])
+    assert "the run has trained 2 epochs, and --epochs asks for 1" in line
+    stopped = ["--data", str(overfitting_data), "--out", str(tmp_path / "stopped"), "--lr", "0.3", *FAST]
+    metrics = run([*stopped, "--epochs", "30", "--patience", "1"])
+    before = (tmp_path / "stopped" / "model.npz").read_bytes()
+    line = refused(capsys, [*stopped, "--epochs", "40", "--resume"])
+    assert f"the run stopped early after epoch {len(metrics['history']['train_loss'])}" in line
+    assert (tmp_path / "stopped" / "model.npz").read_bytes() == before  # it did not train again
+
+
+def test_resume_of_a_finished_run_without_its_results_writes_them(tmp_path, data, capsys):
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "2", *FAST]
+    expected = run(flags)
+    (tmp_path / "metrics.json").unlink()  # as when Ctrl-C stopped the final evaluation
+    capsys.readouterr()
+    got = run([*flags, "--resume"])
+    assert capsys.readouterr().err.splitlines() == [
+        "train.py: --resume: the run has trained 2 epochs, and --epochs asks for 2; writing the results it lacks"
+    ]
+    assert got["history"] == expected["history"] and got["test_loss"] == expected["test_loss"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["history"] == json.loads(json.dumps(got["history"]))
+
+
+def test_home_in_out_and_data_is_the_home_folder(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist").symlink_to(data)
+    run(["--data", "~/mnist", "--out", "~/runs/first", "--epochs", "1", *FAST])
+    assert (tmp_path / "runs" / "first" / "model.npz").is_file() and not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("out", ["/sys", "/sys/xpmlp-run"])
+def test_an_out_folder_that_takes_no_files_is_refused_before_training(tmp_path, data, capsys, out):
+    """/sys is read-only even for root (a folder made read-only by chmod is not, for root)."""
+    try:
+        Path("/sys/.xpmlp-probe").touch()
+        Path("/sys/.xpmlp-probe").unlink()
+        pytest.skip("/sys takes files here")
+    except OSError:
+        pass
+    line = refused(capsys, ["--data", str(data), "--out", out, *FAST])
+    assert f"--out {out}" in line and ("does not take files" in line or "cannot create the folder" in line)
+
+
+def test_a_failed_write_is_one_line_that_says_the_last_checkpoint_is_intact(tmp_path, data, monkeypatch, capsys):
+    import errno
+
+    import xpmlp.train as cli
+
+    saves = []
+
+    def full_disk(*args, **kwargs):
+        saves.append(1)
+        if len(saves) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return xpmlp.save(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "save", full_disk)
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", *FAST], 1)
+    assert f"cannot write to {tmp_path / 'model.npz'} (No space left on device)" in line
+    assert f"{tmp_path / 'model.npz'} (epoch 1) is intact" in line
+    _, state = xpmlp.load_checkpoint(tmp_path / "model.npz")
+    assert len(state["history"]["train_loss"]) == 1
+
+
+@pytest.mark.parametrize("where", ["evaluate", "plot"])
+def test_ctrl_c_while_writing_the_results_is_one_line_and_resume_writes_them(
+    tmp_path, data, monkeypatch, capsys, where
+):
+    import xpmlp.train as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "2", "--hiddens", "16", "--bn-layers", "1",
+             "--quiet"]  # fmt: skip
+    with monkeypatch.context() as patched:
+        patched.setattr(cli, where, interrupted)
+        with pytest.raises(SystemExit) as info:
+            run(flags)
+    assert info.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"train.py: interrupted while writing the results; {tmp_path / 'model.npz'} (epoch 2) is intact: "
+                   "rerun with --resume to write them"]  # fmt: skip
+    metrics = run([*flags, "--resume"])
+    assert len(metrics["history"]["train_loss"]) == 2 and (tmp_path / "metrics.json").is_file()
+    assert "writing the results it lacks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_ctrl_c_in_the_first_epoch_says_what_was_saved(tmp_path, data, monkeypatch, capsys, resumed):
+    import xpmlp.train as cli
+
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", *FAST]
+    if resumed:
+        run([*flags[: -len(FAST)], *FAST, "--epochs", "1"])
+        flags.append("--resume")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "fit", interrupted)
+    with pytest.raises(SystemExit) as info:
+        run(flags)
+    assert info.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    if resumed:
+        assert err == [f"train.py: interrupted after epoch 1; rerun with --resume to continue "
+                       f"({tmp_path / 'model.npz'} (epoch 1) is intact)"]  # fmt: skip
+    else:
+        assert err == ["train.py: interrupted before epoch 1 was saved; nothing was saved"]
+        assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m xpmlp train"])
+def test_the_console_entry_points_exit_0_without_printing_the_metrics(tmp_path, data, how):
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["xpmlp-train"].split(":")
+    if how == "console script":  # what pip's generated script does
+        command = [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+    else:
+        command = [sys.executable, "-m", "xpmlp", "train"]
+    flags = ["--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "0", *FAST]
+    done = subprocess.run([*command, *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy" in done.stdout and "'config'" not in done.stdout + done.stderr
+    again = subprocess.run([*command, *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "holds a run" in again.stderr
+
+
+INTERRUPT_THE_COMPILER = """
+import os, signal, sys
+from xpmlp.backend.jax import JaxBackend
+from xpmlp.train import main
+
+compiling = JaxBackend.compile
+
+def interrupted(self, fn, *args):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as XLA starts compiling the first epoch
+    return compiling(self, fn, *args)
+
+JaxBackend.compile = interrupted
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_jax_compiles_a_resumed_run_exits_130_with_the_checkpoint_intact(tmp_path, data):
+    pytest.importorskip("jax")
+    flags = ["--data", str(data), "--out", str(tmp_path), "--backend", "jax", *FAST]
+    run([*flags, "--epochs", "1"])
+    before = (tmp_path / "model.npz").read_bytes()
+    done = subprocess.run([sys.executable, "-c", INTERRUPT_THE_COMPILER, *flags, "--epochs", "3", "--resume"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"train.py: interrupted after epoch 1; rerun with --resume to continue ({tmp_path / 'model.npz'} (epoch 1) "
+        "is intact)"
+    )
+    assert (tmp_path / "model.npz").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.json",
+        "model.npz",
+    ]

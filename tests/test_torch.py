@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import xpmlp
-from xpmlp.train import main
+from xpmlp.train import run
 
 from conftest import TOL, rel_err
 from test_cli import FAST, data  # noqa: F401  (the fixture)
@@ -153,7 +153,7 @@ def test_train_py_trains_on_torch_as_on_numpy(tmp_path, data):  # noqa: F811
     for backend in ("numpy", "torch"):
         out = tmp_path / backend
         flags = ["--backend", backend, "--device", "cpu", "--dtype", "float64", "--epochs", "2"]
-        runs[backend] = main(["--data", str(data), "--out", str(out), *flags, *FAST])
+        runs[backend] = run(["--data", str(data), "--out", str(out), *flags, *FAST])
         assert json.loads((out / "metrics.json").read_text())["config"]["device"] == "cpu"
     assert runs["torch"]["backend"] == "torch"
     for key in ("train_loss", "val_loss"):

@@ -13,7 +13,7 @@ import pytest
 
 import xpmlp
 from xpmlp import MLP, Identity, ReLU, Sigmoid, SoftmaxCrossEntropy, fit, get_training_stats
-from xpmlp.train import main
+from xpmlp.train import run
 from xpmlp.training import _epoch_order
 
 from mnist_files import synthetic, write_idx
@@ -168,7 +168,7 @@ def cli(tmp_path, *extra):
     data = tmp_path / "data"
     if not data.exists():
         write_idx(data, n_train=10_060, n_test=50)  # the CLI keeps the homework's 10,000 validation images
-    return main(["--data", str(data), "--hiddens", "16", "--bn-layers", "1", "--batch-size", "100", "--quiet", *extra])
+    return run(["--data", str(data), "--hiddens", "16", "--bn-layers", "1", "--batch-size", "100", "--quiet", *extra])
 
 
 def test_train_cli_writes_its_outputs(tmp_path, capsys):
@@ -201,7 +201,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_hw1_flag_builds_the_homework_network(tmp_path):
     write_idx(tmp_path / "data", n_train=10_060, n_test=50)
-    metrics = main(
+    metrics = run(
         ["--data", str(tmp_path / "data"), "--hw1", "--epochs", "1", "--out", str(tmp_path), "--quiet", "--no-plots"]
     )
     config = metrics["config"]

@@ -12,8 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         from .train import main as train
 
-        train(argv[1:])
-        return 0
+        return train(argv[1:])
     parser = argparse.ArgumentParser(prog="xpmlp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions, backends, devices and data location, for bug reports")

@@ -385,7 +385,8 @@ def fit(
     Raises
     ------
     FloatingPointError
-        When an epoch's training loss is not finite, naming the epoch.
+        When an epoch's training loss or the parameters after it are not finite,
+        naming the epoch (the model then holds that epoch's parameters).
     """
     from tqdm.auto import tqdm
 
@@ -407,7 +408,7 @@ def fit(
     train_data = DeviceSplit(mlp, train, "training")
     val_data = None if val is None else DeviceSplit(mlp, val, "validation")
     _check_batchnorm_batches(mlp, train_data.n, batch_size)
-    backend = mlp.backend
+    backend, xp = mlp.backend, mlp.backend.xp
     batches = -(-train_data.n // batch_size)
     first = epochs if history.stopped_early else history.epochs  # a run that stopped early is finished
     if history.last_state is not None and first < epochs:  # continue from the last epoch, not the best one kept
@@ -430,11 +431,16 @@ def fit(
                     sums = run_epoch(order, tick)
                 if val_data is not None:
                     sums += _eval_sums(mlp, val_data)
+                sums.append(xp.max(xp.abs(mlp.training_state()["params"])))  # NaN or inf once one diverged
                 stats = _read_sums(mlp, sums)  # the epoch's one device->host read
-            if not math.isfinite(stats[0]):
+            if not (math.isfinite(stats[0]) and math.isfinite(stats[-1])):
+                what = (
+                    f"its training loss is {stats[0] / train_data.n}"
+                    if not math.isfinite(stats[0])
+                    else ("its parameters are no longer finite")
+                )
                 raise FloatingPointError(
-                    f"training loss is {stats[0] / train_data.n} in epoch {epoch + 1}: training diverged "
-                    "(lower the learning rate, or add BatchNorm)"
+                    f"training diverged in epoch {epoch + 1}: {what} (lower the learning rate, or add BatchNorm)"
                 )
             history.train_loss.append(stats[0] / train_data.n)
             history.train_error.append(stats[1] / train_data.n)
