@@ -321,8 +321,12 @@ def test_a_run_that_stopped_early_does_not_train_again():
     unlearnable = (vx, np.random.default_rng(0).permutation(vy))
     model = hw1_like(lr=0.2)
     history = fit(model, (tx, ty), unlearnable, epochs=40, batch_size=20, patience=2, progress=False)
-    before = snapshot(model)
-    assert fit(model, (tx, ty), unlearnable, epochs=40, batch_size=20, patience=2, history=history).epochs < 40
+    before, trained = snapshot(model), history.as_dict()
+    calls = []
+    for patience in (2, None):  # with or without early stopping, a finished run stays finished
+        again = fit(model, (tx, ty), unlearnable, epochs=40, batch_size=20, patience=patience, history=history,
+                    progress=False, callbacks=[lambda epoch, h: calls.append(epoch)])  # fmt: skip
+        assert again.as_dict() == trained and calls == []
     assert_untouched(model, before)
 
 
@@ -346,3 +350,17 @@ def test_resumed_early_stopping_equals_an_uninterrupted_run():
     timings = {"seconds": [], "compile_seconds": 0}
     assert got.as_dict() | timings == expected.as_dict() | timings
     assert_untouched(resumed, snapshot(whole))
+
+
+def test_zero_grads_gives_every_gradient_the_shape_of_its_parameter(backend):
+    model = hw1_like(backend)
+    x, y = dataset()[0]
+    model.forward(model.backend.asarray(x[:20]))
+    model.backward(model.backend.asarray(np.eye(10)[y[:20]]))
+    model.zero_grads()
+    for param, grad in model.parameters():
+        assert tuple(grad.shape) == tuple(param.shape)
+        assert not np.any(model.backend.to_host(grad))
+    before = snapshot(model)
+    model.step()  # zero gradients and zero velocities: nothing moves
+    assert_untouched(model, before)
