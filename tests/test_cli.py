@@ -214,7 +214,22 @@ def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
 
 def test_diverged_training_is_one_line(tmp_path, data, capsys):
     line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", "--lr", "1e300", *FAST], 1)
-    assert "training diverged" in line
+    assert "training diverged in epoch 1" in line and line.endswith("; nothing was saved")
+
+
+def test_a_checkpoint_save_refuses_is_one_line_that_says_what_is_intact(tmp_path, data, monkeypatch, capsys):
+    import xpmlp.train as cli
+
+    def refuses_the_second(*args, _calls=[], **kwargs):  # noqa: B006 (counts the calls)
+        _calls.append(1)
+        if len(_calls) > 1:
+            raise ValueError("model.npz: not written, the model's bn.0.running_var holds NaN or infinite values")
+        return xpmlp.save(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "save", refuses_the_second)
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", *FAST], 1)
+    assert "training diverged in epoch 2 (model.npz: not written" in line
+    assert line.endswith(f"{tmp_path / 'model.npz'} (epoch 1) is intact")
 
 
 def test_the_metrics_match_the_checkpoint(tmp_path, data):

@@ -109,7 +109,7 @@ def save(
     try:
         _check_values(arrays)
     except ValueError as exc:
-        raise ValueError(f"cannot save {model!r}: {exc}; nothing was written to {path}") from exc
+        raise ValueError(f"{path}: not written, the model's {exc}") from exc
     arrays[CONFIG_KEY] = host.asarray(json.dumps(_config(model)))
     if train_state is not None:
         arrays[STATE_KEY] = host.asarray(json.dumps(train_state))

@@ -582,16 +582,12 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
     print(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train_split[0])} training images")
 
     def checkpoint(h: History) -> None:
-        write(
-            out / CHECKPOINT,
-            lambda path: save(
-                mlp,
-                path,
-                train_state={"args": config, "history": h.as_dict()},
-                best_state=h.best_state,
-                last_state=h.last_state,
-            ),
-        )
+        state = {"args": config, "history": h.as_dict()}
+        try:
+            write(out / CHECKPOINT, lambda path: save(mlp, path, train_state=state, best_state=h.best_state,
+                                                      last_state=h.last_state))  # fmt: skip
+        except ValueError as exc:  # save refuses non-finite values (fit already refuses non-finite parameters)
+            raise RunError(f"training diverged in epoch {h.epochs} ({exc})") from None
         progress.saved = h.epochs
 
     compiled_before = history.compile_seconds
@@ -654,7 +650,9 @@ def results(args: argparse.Namespace, out: Path, mlp: MLP, history: History, tes
     }
     plotted = [] if args.no_plots else write(out, lambda folder: plot(folder, history, confusion))
     write(out / METRICS, lambda path: write_json(path, metrics))
-    which = f"epoch {kept}'s model" + (f", the best of {history.epochs} epochs" if kept != history.epochs else "")
+    which = f"epoch {kept}'s model" if kept else "the untrained model"
+    if kept != history.epochs:
+        which += f", the best of {history.epochs} epochs"
     print(
         f"test accuracy {1 - test_error:.2%} (loss {test_loss:.4f}) of {which}, "
         f"{sum(history.seconds):.1f} s of training; wrote {', '.join([CHECKPOINT, *plotted, METRICS])} to {out}"
