@@ -434,11 +434,9 @@ def fit(
                 sums.append(xp.max(xp.abs(mlp.training_state()["params"])))  # NaN or inf once one diverged
                 stats = _read_sums(mlp, sums)  # the epoch's one device->host read
             if not (math.isfinite(stats[0]) and math.isfinite(stats[-1])):
-                what = (
-                    f"its training loss is {stats[0] / train_data.n}"
-                    if not math.isfinite(stats[0])
-                    else ("its parameters are no longer finite")
-                )
+                what = "its parameters are no longer finite"
+                if not math.isfinite(stats[0]):
+                    what = f"its training loss is {stats[0] / train_data.n}"
                 raise FloatingPointError(
                     f"training diverged in epoch {epoch + 1}: {what} (lower the learning rate, or add BatchNorm)"
                 )
@@ -552,9 +550,8 @@ def get_training_stats(
     (rows predicted, columns true).
     """
     train, val, test = dset
-    test_x = check_inputs(
-        test[0], mlp.input_size, "test", mlp.dtype
-    )  # checked before training, as fit checks the others
+    # checked before training, as fit checks the others
+    test_x = check_inputs(test[0], mlp.input_size, "test", mlp.dtype)
     test = (test_x, check_labels(test[1], test_x.shape[0], mlp.output_size, "test"))
     history = fit(mlp, train, val, epochs=nepochs, batch_size=batch_size, seed=seed, progress=False)
     stats = (history.train_loss, history.train_error, history.val_loss, history.val_error)
