@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, pairwise
@@ -203,10 +204,13 @@ class MLP:
 
     def parameters(self) -> list[tuple[Array, Array]]:
         """(parameter, gradient) pairs: every W, b, then every BN's γ, β."""
-        pairs = list(zip(self.W, self.dW, strict=True)) + list(zip(self.b, self.db, strict=True))
-        for bn in self.bn_layers:
-            pairs += [(bn.gamma, bn.dgamma), (bn.beta, bn.dbeta)]
-        return pairs
+        return list(zip(self._parameter_arrays(), self._gradient_arrays(), strict=True))
+
+    def _parameter_arrays(self) -> list[Array]:
+        return [*self.W, *self.b, *(p for bn in self.bn_layers for p in (bn.gamma, bn.beta))]
+
+    def _gradient_arrays(self) -> list[Array]:
+        return [*self.dW, *self.db, *(g for bn in self.bn_layers for g in (bn.dgamma, bn.dbeta))]
 
     @property
     def velocities(self) -> list[Array]:
@@ -236,8 +240,8 @@ class MLP:
 
     def _flat_parameters(self) -> Array:
         """The flat parameter buffer; rebuilt if a parameter was replaced (``mlp.W[0] = ...``) since it was set."""
-        current = [p for p, _ in self.parameters()]
-        if all(p is view for p, view in zip(current, self._param_views, strict=True)):
+        current = self._parameter_arrays()
+        if all(map(operator.is_, current, self._param_views)):
             return self._params
         return self._flatten(current)
 
@@ -283,7 +287,10 @@ class MLP:
 
     def training_state(self) -> dict[str, Array]:
         """What a training step reads and replaces: ``params`` and ``velocity`` (flat), each BN's ``running``."""
-        state = {"params": self._flat_parameters(), "velocity": self._velocity}
+        return self._training_state(self._flat_parameters())
+
+    def _training_state(self, params: Array) -> dict[str, Array]:
+        state = {"params": params, "velocity": self._velocity}
         return state | {f"bn.{i}.running": bn.running for i, bn in enumerate(self.bn_layers)}
 
     def assign_training_state(self, state: dict[str, Array]) -> None:
@@ -317,7 +324,7 @@ class MLP:
         out = self._forward(x)
         loss = self._backward(y)
         self.step()
-        return self.training_state(), loss, out
+        return self._training_state(self._params), loss, out  # step() has just made W, b, γ, β its views
 
     @contextlib.contextmanager
     def unchanged(self) -> Iterator[MLP]:
@@ -403,7 +410,7 @@ class MLP:
         New arrays replace the old (no in-place update: JAX arrays are immutable);
         W, b, γ and β become views into the new parameter buffer.
         """
-        grads = self._flatten([g for _, g in self.parameters()])
+        grads = self._flatten(self._gradient_arrays())
         self._velocity = self.momentum * self._velocity - self.lr * grads
         self._set_parameters(self._flat_parameters() + self._velocity)
 
