@@ -54,11 +54,14 @@ class JaxBackend(Backend):
         super().__init__(device)
 
     def _namespace(self) -> ModuleType:
-        """jax.numpy (an array-API namespace since JAX 0.4.32) with ``matmul`` at :attr:`matmul_precision`."""
+        """jax.numpy (an array-API namespace since JAX 0.4.32) with ``matmul`` at :attr:`matmul_precision`
+        and ``take`` without the out-of-bounds fill (xpmlp's indices are permutations)."""
         jnp = self._module.numpy
         namespace = ModuleType("xpmlp.backend.jax.numpy", "jax.numpy, its products at xpmlp's precision")
         namespace.__dict__.update({k: v for k, v in vars(jnp).items() if not k.startswith("__")})
         namespace.matmul = functools.partial(jnp.matmul, precision=self.matmul_precision)
+        # xpmlp gathers by permutations, always in bounds: clip (free) rather than fill (a select on every gather)
+        namespace.take = functools.partial(jnp.take, mode="clip")
         namespace.__array_api_version__ = jnp.__array_api_version__
         return namespace
 
