@@ -591,10 +591,13 @@ def main(argv: list[str] | None = None) -> dict:
         if out is not None:  # after each configuration, beside the result: a run cut short keeps what it measured
             out.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(out.with_suffix(".so-far.json"), json.dumps(report, indent=2) + "\n")
+    report["operations_per_step"] = operations_per_step()
     if not (args.quick or args.no_tta or args.samples or args.phase == "gpu"):
         report["time_to_accuracy"] = [time_to_accuracy(args.data, b) for b in available_backends()]
     print(f"\n{info['cpu']} ({info['cores']} cores), GPU: {info['gpu']}, {info['date']}\n")
     print(table(report["rows"]))
+    for bn, found in report["operations_per_step"].items():
+        print(f"\narray operations per training step (HW1 network, {bn}): {found['operations']}")
     for tta in report.get("time_to_accuracy", []):
         print(
             f"\ntime to {tta['target_val_accuracy']:.0%} validation accuracy ({tta['backend']}, train.py default): "
@@ -608,6 +611,15 @@ def main(argv: list[str] | None = None) -> dict:
         if chart(report, out.with_suffix(".png")):
             print(f"wrote {out.with_suffix('.png')}", file=sys.stderr)
     return report
+
+
+def operations_per_step() -> dict[str, dict]:
+    """xpmlp's array operations per training step of the HW1 network, with and without BN (opcount.py; torch)."""
+    try:
+        from opcount import step_operations
+    except ImportError:  # opcount counts with torch's dispatcher
+        return {}
+    return {label: step_operations(bn) for label, bn in (("BN on layer 1", 1), ("no BN", 0))}
 
 
 def write_atomically(path: Path, text: str) -> None:
