@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from xpmlp.backend.cuda import CTYPES, descriptions, module_source
-from xpmlp.backend.fuse import LoopPlan, Plan
-from xpmlp.backend.trace import flatten, unflatten
+from xpmlp.backend.fuse import Plan, run_plan
 
 COMPILER = shutil.which("g++")
 
@@ -112,21 +111,4 @@ def run_plan_on_host(plan: Plan, args: Any, threads: int = 1, module: HostModule
     """``plan`` executed by its compiled CUDA kernels on the CPU (those of ``module`` if given): the outputs' pytree,
     as fuse.run_plan gives them."""
     module = module or HostModule(module_source(plan.kernels()), threads)
-    threads = module.threads
-    arrays = []
-    for buffer in plan.buffers:
-        array = np.zeros(buffer.shape, buffer.dtype)
-        if buffer.value is not None:
-            array[...] = buffer.value
-        arrays.append(array)
-    leaves, _ = flatten(tuple(args))
-    for buffer, leaf in zip(plan.inputs, leaves, strict=True):
-        if buffer is not None:
-            arrays[buffer][...] = leaf
-    for segment in plan.segments:
-        loop = segment if isinstance(segment, LoopPlan) else None
-        for it in range(loop.count if loop else 1):
-            for spec in loop.kernels if loop else segment:
-                bound = [arrays[plan.resolve(p.slot, it)] for p in spec.params]
-                module.launch(spec.name, spec.grid(threads), bound, it)
-    return unflatten(plan.out_tree, [arrays[plan.resolve(slot)].copy() for slot in plan.outputs])
+    return run_plan(plan, args, lambda spec, bound, it: module.launch(spec.name, spec.grid(module.threads), bound, it))

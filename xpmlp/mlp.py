@@ -179,7 +179,7 @@ class MLP:
         #: (start, stop, shape) of every parameter in the flat buffer, in :meth:`parameters` order.
         self.layout = [(stop - math.prod(shape), stop, shape) for stop, shape in zip(ends, shapes, strict=True)]
         self._params: Array | None = None
-        gammas_betas = [host.full(shape, 1.0 if k % 2 == 0 else 0.0) for k, shape in enumerate(bn_params)]
+        gammas_betas = [p for n in sizes[1 : 1 + num_bn_layers] for p in (host.ones(n), host.zeros(n))]  # γ = 1, β = 0
         flat = host.concatenate([host.reshape(p, (-1,)) for p in [*weights, *biases, *gammas_betas]])
         self._set_parameters(self.backend.asarray(flat, self.dtype, copy=True))
         self._velocity = self.backend.zeros((ends[-1],), self.dtype)

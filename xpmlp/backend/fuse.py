@@ -28,7 +28,7 @@ it is used.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -472,8 +472,13 @@ def run_kernel(description: dict, arrays: Sequence[numpy.ndarray], it: int = 0) 
             arrays[node["store"]].reshape(node["shape"])[...] = value
 
 
-def run_plan(plan: Plan, args: Sequence[Any]) -> Any:
-    """``plan`` executed kernel by kernel with NumPy, on host ``args``: the outputs' pytree."""
+def run_plan(plan: Plan, args: Sequence[Any], launch: Callable[[Any, list, int], None] | None = None) -> Any:
+    """``plan`` executed kernel by kernel on host ``args``: the outputs' pytree.
+
+    ``launch(spec, arrays, it)`` runs one kernel on its bound host arrays; by default NumPy
+    runs the kernel's description.
+    """
+    launch = launch or (lambda spec, bound, it: run_kernel(spec.description(), bound, it))
     arrays = []
     for buffer in plan.buffers:
         array = numpy.zeros(buffer.shape, buffer.dtype)
@@ -488,6 +493,5 @@ def run_plan(plan: Plan, args: Sequence[Any]) -> Any:
         loop = segment if isinstance(segment, LoopPlan) else None
         for it in range(loop.count if loop else 1):
             for spec in loop.kernels if loop else segment:
-                bound = [arrays[plan.resolve(p.slot, it)] for p in spec.params]
-                run_kernel(spec.description(), bound, it)
+                launch(spec, [arrays[plan.resolve(p.slot, it)] for p in spec.params], it)
     return unflatten(plan.out_tree, [arrays[plan.resolve(slot)].copy() for slot in plan.outputs])
