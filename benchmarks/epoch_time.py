@@ -112,9 +112,6 @@ class XpmlpRow(Row):
         self.backend = f"torch-{device.split(':')[0]}" if name == "torch" else name  # as the PyTorch rows
         self.device, self.on_gpu = self.model.backend.device_name, device != "cpu"
         self.data = DeviceSplit(self.model, data, "training")
-        # the HW1 loop's own arrays, as a student has them (DeviceSplit keeps x and one-hot side by side)
-        self.x = self.model.backend.asarray(data[0], dtype)
-        self.one_hot = self.model.backend.asarray(np.eye(10)[data[1]], dtype)
         self.batch_size, self.hw1_loop = batch_size, hw1_loop
         self.impl = "xpmlp-hw1-loop" if hw1_loop else "xpmlp"
         self.compiled_epoch = CompiledEpoch(self.model, self.data, batch_size)
@@ -139,8 +136,8 @@ class XpmlpRow(Row):
             for start in range(0, len(order), self.batch_size):
                 idx = device_order[start : start + self.batch_size]
                 model.zero_grads()
-                model.forward(xp.take(self.x, idx, axis=0))
-                loss_sum = loss_sum + xp.sum(model.backward(xp.take(self.one_hot, idx, axis=0)))
+                model.forward(xp.take(self.data.x, idx, axis=0))
+                loss_sum = loss_sum + xp.sum(model.backward(xp.take(self.data.one_hot, idx, axis=0)))
                 model.step()
             return [float(backend.to_host(loss_sum))]
 

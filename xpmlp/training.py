@@ -121,8 +121,6 @@ class DeviceSplit:
 
     Checked once on the host, before anything moves: (N ≥ 1, input_size) inputs,
     finite in the model's dtype, and integer labels in [0, output_size).
-    Inputs and one-hot targets share one array ``rows`` (N, input_size + output_size),
-    so a batch is one gather; ``x`` and ``one_hot`` are its column blocks.
     """
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
@@ -130,12 +128,10 @@ class DeviceSplit:
             raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
         x = check_inputs(split[0], mlp.input_size, name, mlp.dtype)
         labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
-        rows = host.empty((x.shape[0], mlp.input_size + mlp.output_size), dtype=mlp.dtype)
-        rows[:, : mlp.input_size], rows[:, mlp.input_size :] = x, host.eye(mlp.output_size)[labels]
         to = mlp.backend.asarray
-        self.n, self.width = x.shape[0], mlp.input_size
-        self.rows = to(rows, mlp.dtype)
-        self.x, self.one_hot = self.rows[:, : self.width], self.rows[:, self.width :]
+        self.n = x.shape[0]
+        self.x = to(x, mlp.dtype)
+        self.one_hot = to(host.eye(mlp.output_size)[labels], mlp.dtype)
         self.labels = to(labels.astype(host.int64))
 
 
@@ -167,9 +163,9 @@ def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick
     loss_sum, errors = _zero_sums(mlp, data)
     for start in range(0, data.n, batch_size):
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
-        labels, rows = xp.take(data.labels, idx, axis=0), xp.take(data.rows, idx, axis=0)
-        out = mlp.forward(rows[:, : data.width])
-        loss = mlp.backward(rows[:, data.width :])  # backward overwrites every gradient
+        labels = xp.take(data.labels, idx, axis=0)
+        out = mlp.forward(xp.take(data.x, idx, axis=0))
+        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
         mlp.step()
         loss_sum = loss_sum + xp.sum(loss)
         errors = errors + _errors(xp, out, labels)
@@ -180,7 +176,8 @@ def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick
 class EpochData(NamedTuple):
     """What a compiled epoch reads: the split, this epoch's batches of row indices, the hyperparameters."""
 
-    rows: Array  # DeviceSplit.rows: inputs, then one-hot targets
+    x: Array
+    one_hot: Array
     labels: Array
     batches: Array  # (full batches, batch_size) row indices
     rest: Array  # (n mod batch_size,) row indices of the last, partial batch
@@ -192,7 +189,8 @@ def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> Epoc
     """The epoch's inputs on the device: the host permutation ``order`` cut into batches, lr and momentum."""
     backend, cut = mlp.backend, data.n - data.n % batch_size
     return EpochData(
-        data.rows,
+        data.x,
+        data.one_hot,
         data.labels,
         backend.asarray(order[:cut].reshape(-1, batch_size)),
         backend.asarray(order[cut:]),
@@ -212,13 +210,13 @@ def make_epoch(
     the device-resident split. No host reads; the model is left as it was.
     ``tick()`` runs after each batch (for a backend that runs the epoch eagerly).
     """
-    xp, width = mlp.backend.xp, mlp.input_size
+    xp = mlp.backend.xp
     full, rest = divmod(n, batch_size)
 
     def batch(idx: Array, carry: tuple, d: EpochData) -> tuple:
         state, loss_sum, errors = carry
-        rows = xp.take(d.rows, idx, axis=0)
-        state, loss, out = mlp.train_step(state, rows[:, :width], rows[:, width:], d.lr, d.momentum)
+        x, y = xp.take(d.x, idx, axis=0), xp.take(d.one_hot, idx, axis=0)
+        state, loss, out = mlp.train_step(state, x, y, d.lr, d.momentum)
         if tick is not None:
             tick()
         return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0))
