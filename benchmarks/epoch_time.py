@@ -612,10 +612,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def operations_per_step() -> dict[str, dict]:
     """xpmlp's array operations per training step of the HW1 network, with and without BN (opcount.py; torch)."""
-    try:
-        from opcount import step_operations
-    except ImportError:  # opcount counts with torch's dispatcher
+    if "torch" not in available_backends():  # opcount counts with torch's dispatcher
         return {}
+    from opcount import step_operations
+
     return {label: step_operations(bn) for label, bn in (("BN on layer 1", 1), ("no BN", 0))}
 
 
