@@ -170,6 +170,9 @@ def test_load_state_dict_checks_before_changing_anything():
         model.load_state_dict(bad)
     with pytest.raises(ValueError, match="missing"):
         model.load_state_dict({k: v for k, v in state.items() if k != "W.0"})
+    changed = {k: v + 1.0 for k, v in state.items()}  # a deeper model's state: every name fits, and one more
+    with pytest.raises(ValueError, match=r"unexpected \['W\.3'\]"):
+        model.load_state_dict({**changed, "W.3": np.zeros((3, 4))})
     for key, value in host_state(model).items():
         np.testing.assert_array_equal(value, before[key])
 
