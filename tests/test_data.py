@@ -126,6 +126,7 @@ def corrupt(directory: Path, name: str, data: bytes, gz: bool = True) -> None:
     [
         ("magic", "wrong magic number 2049"),
         ("truncated", r"payload has 46940 bytes, the header \(60, 28, 28\) needs 47040"),
+        ("extended", r"payload has 47041 bytes, the header \(60, 28, 28\) needs 47040"),
         ("gzip", "corrupt or truncated gzip"),
         ("count", "60 images but labels of shape"),
         ("labels", "labels must be integers 0-9"),
@@ -142,6 +143,9 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, damage, message):
     elif damage == "truncated":
         target = "train-images-idx3-ubyte.gz"
         corrupt(tmp_path, target, idx_bytes(images)[:-100])
+    elif damage == "extended":  # a byte too many: the header and the payload disagree as much
+        target = "train-images-idx3-ubyte.gz"
+        corrupt(tmp_path, target, idx_bytes(images) + b"\x00")
     elif damage == "gzip":
         (tmp_path / target).write_bytes((tmp_path / target).read_bytes()[:-20])
     elif damage == "count":
