@@ -164,7 +164,10 @@ def test_early_stopping_files_hold_the_restored_model(tmp_path, overfitting_data
                     "--lr", "0.3", *FAST])  # fmt: skip
     history = metrics["history"]
     assert history["stopped_early"] and len(history["val_loss"]) == history["best_epoch"] + 1 < 30
-    assert "stopped early: restored epoch" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stopped early: restored epoch" in printed
+    best, epochs = history["best_epoch"], len(history["val_loss"])
+    assert metrics["model_epoch"] == best and f"of epoch {best}'s model, the best of {epochs} epochs" in printed
     model, state = xpmlp.load_checkpoint(tmp_path / "model.npz")
     assert state["history"] == history  # the saved history says it stopped early
     for key, value in state["best_state"].items():
