@@ -125,3 +125,9 @@ def test_lean_numpy_functions_keep_numpys_semantics(axis, keepdims, shape):
     assert view.shape == (x.size,) and np.shares_memory(view, x)
     assert not np.shares_memory(xp.reshape(x, shape[::-1], copy=True), x)
     assert xp.matmul is np.matmul  # everything else is NumPy's own
+
+
+def test_complex_data_is_refused_not_cast(backend):
+    """Casting complex to float drops the imaginary part: a silent wrong result, so a TypeError instead."""
+    with pytest.raises(TypeError, match="expected real numeric data"):
+        backend.asarray(np.full((2, 3), 1 + 2j), "float32")
