@@ -13,10 +13,28 @@ import pytest
 
 import xpmlp
 from xpmlp import MLP, Identity, Sigmoid, SoftmaxCrossEntropy, fit, get_training_stats
+from xpmlp.backend.numpy import NumpyBackend
 
 from test_training import dataset, hw1_like
 
 ROOT = Path(__file__).parents[1]
+
+
+def test_importing_a_backends_library_leaves_numpys_generator_as_it_was(tmp_path, monkeypatch):
+    """Without JAX installed too: a library that draws from NumPy's global generator when imported (as JAX does)."""
+    (tmp_path / "draws_on_import.py").write_text("import numpy\n\nnumpy.random.random()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "draws_on_import", raising=False)
+
+    class DrawsOnImport(NumpyBackend):
+        library = "draws_on_import"
+
+    np.random.seed(0)
+    expected = np.random.random(3)
+    np.random.seed(0)
+    DrawsOnImport()
+    assert "draws_on_import" in sys.modules  # it was imported here, and drew
+    np.testing.assert_array_equal(np.random.random(3), expected)
 
 
 @pytest.mark.parametrize("library", ["jax", "torch"])
