@@ -88,9 +88,17 @@ def test_asarray_refuses_non_numeric(backend):
         backend.asarray(np.array([object()]))
 
 
-@pytest.mark.parametrize("dtype", ["float32", np.float64, np.dtype("float32")])
-def test_float_dtype_names(dtype):
-    assert B.float_dtype_name(dtype) in ("float32", "float64")
+@pytest.mark.parametrize(
+    ("dtype", "name"), [("float32", "float32"), (np.float64, "float64"), (np.dtype("float32"), "float32")]
+)
+def test_float_dtype_names(dtype, name):
+    assert B.float_dtype_name(dtype) == name
+
+
+def test_float_dtype_names_of_each_backends_own_dtypes(backend):
+    """Dtype objects whose text is qualified (array_api_strict.float32, torch.float64) name their dtype too."""
+    for name in ("float32", "float64"):
+        assert B.float_dtype_name(backend.dtype(name)) == name
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int64", np.int32])
