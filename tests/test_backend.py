@@ -139,3 +139,15 @@ def test_complex_data_is_refused_not_cast(backend):
     """Casting complex to float drops the imaginary part: a silent wrong result, so a TypeError instead."""
     with pytest.raises(TypeError, match="expected real numeric data"):
         backend.asarray(np.full((2, 3), 1 + 2j), "float32")
+
+
+def test_backends_are_equal_by_name_and_device():
+    """Two devices of one library are two backends (warm_start refuses a change of device by this)."""
+
+    class TwoDevices(B.NumpyBackend):
+        def _devices(self) -> tuple[str, ...]:
+            return ("cpu", "cuda:0")
+
+    cpu, gpu = TwoDevices("cpu"), TwoDevices("cuda:0")
+    assert cpu == TwoDevices("cpu") and hash(cpu) == hash(TwoDevices("cpu"))
+    assert cpu != gpu and gpu == TwoDevices("cuda")
