@@ -109,8 +109,10 @@ def test_a_device_that_is_not_there_names_those_that_are(monkeypatch, where):
         with pytest.raises(ValueError, match=rf"\$XPMLP_DEVICE='{missing}' is not available.*it has: cpu"):
             xpmlp.get_backend("torch")
     else:
-        with pytest.raises(ValueError, match=rf"device='{missing}' is not available.*it has: cpu"):
+        with pytest.raises(ValueError, match=rf"device='{missing}' is not available.*it has: cpu") as info:
             xpmlp.get_backend("torch", missing)
+        # the hint is there exactly when this torch cannot reach a GPU at all
+        assert ("(this torch is a CPU-only build)" in str(info.value)) == (torch.version.cuda is None)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "array_api_strict"])
