@@ -594,6 +594,7 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
 
     def report(epoch: int, h: History) -> None:
         nonlocal compiled_before
+        checkpoint(h)  # first: a printed epoch is a saved one (Ctrl-C after its line resumes after it)
         if h.compile_seconds > compiled_before:
             print(
                 f"compiled the training epoch in {h.compile_seconds - compiled_before:.2f} s (not in the epoch times)"
@@ -605,7 +606,6 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
             + (f"  (stopped early: restored epoch {h.best_epoch})" if h.stopped_early else ""),
             flush=True,
         )
-        checkpoint(h)
 
     schedule = lr_schedule(mlp, args)
     schedule(history.epochs, history)  # the rate of this run's first epoch (resumed runs too)
