@@ -19,6 +19,8 @@ from typing import Any
 
 from . import __version__
 from .backend import BACKENDS, BackendUnavailableError, cpu_name, get_backend, host
+from .backend import jax as jax_backend
+from .backend import torch as torch_backend
 from .data import DEFAULT_CACHE, mnist_location
 
 #: Environment variables the report shows when set: xpmlp's own, and those that set thread counts.
@@ -83,20 +85,9 @@ def threads(cores: int) -> dict[str, str]:
         or "unknown (pip install threadpoolctl)"
     }
     if importlib.util.find_spec("torch"):
-        try:
-            import torch
-        except ImportError as exc:
-            found["torch"] = f"cannot import torch: {exc}"
-        else:
-            found["torch"] = (
-                f"{torch.get_num_threads()} threads within an operation, {torch.get_num_interop_threads()} "
-                "across operations (torch.set_num_threads)"
-            )
+        found["torch"] = torch_backend.cpu_threads()
     if importlib.util.find_spec("jax"):
-        flags = os.environ.get("XLA_FLAGS", "")
-        limited = "intra_op_parallelism_threads" in flags or "xla_cpu_multi_thread_eigen" in flags
-        count = f"as XLA_FLAGS={flags!r} sets them" if limited else f"{cores} threads, one per usable core"
-        found["jax"] = f"{count} (XLA's CPU thread pool; JAX has no setting of its own)"
+        found["jax"] = jax_backend.cpu_threads(cores)
     return found
 
 

@@ -100,3 +100,11 @@ class JaxBackend(Backend):
     def device_name(self) -> str:
         """The GPU's name (e.g. ``NVIDIA H100 80GB HBM3``) where JAX runs on one, else the CPU's."""
         return cpu_name() if self._platform == "cpu" else self._module.devices()[0].device_kind
+
+
+def cpu_threads(cores: int) -> str:
+    """How many CPU threads XLA computes with (for ``xpmlp info``): JAX has no setting, ``$XLA_FLAGS`` may."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    limited = "intra_op_parallelism_threads" in flags or "xla_cpu_multi_thread_eigen" in flags
+    count = f"as XLA_FLAGS={flags!r} sets them" if limited else f"{cores} threads, one per usable core"
+    return f"{count} (XLA's CPU thread pool; JAX has no setting of its own)"

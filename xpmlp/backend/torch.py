@@ -73,3 +73,15 @@ def _lean_namespace(torch: ModuleType) -> ModuleType:
     lean.take = take
     lean.__array_api_version__ = compat.__array_api_version__
     return lean
+
+
+def cpu_threads() -> str:
+    """How many CPU threads PyTorch computes with (for ``xpmlp info``), or why it cannot say."""
+    try:
+        import torch
+    except ImportError as exc:
+        return f"cannot import torch: {exc}"
+    return (
+        f"{torch.get_num_threads()} threads within an operation, {torch.get_num_interop_threads()} "
+        "across operations (torch.set_num_threads)"
+    )
