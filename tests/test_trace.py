@@ -8,7 +8,7 @@ import pytest
 from xpmlp import MLP, Identity, ReLU, Sigmoid, SoftmaxCrossEntropy, Tanh, he_normal_weight_init, zeros_bias_init
 from xpmlp.backend.numpy import NumpyBackend
 from xpmlp.backend.trace import TRACE_NAMESPACE, SwitchableNamespace, TraceError, Tracer, evaluate, flatten, trace
-from xpmlp.training import DeviceSplit, _epoch_order, _zero_sums, epoch_data, make_epoch
+from xpmlp.epoch import DeviceSplit, _epoch_order, _zero_sums, epoch_data, make_epoch
 
 from test_training import dataset
 
@@ -162,7 +162,7 @@ def network(activation=Sigmoid, hiddens=(16, 8), bn=1, dtype="float64", backend=
 def epoch_inputs(model, train, batch_size, epoch=0):
     """(carry, EpochData) of one epoch of ``make_epoch`` for ``model``: what fit's CompiledEpoch passes."""
     data = DeviceSplit(model, train, "training")
-    carry = (model.training_state(), *_zero_sums(model, data))
+    carry = (model.training_state, *_zero_sums(model, data))
     return data.n, (carry, epoch_data(model, data, _epoch_order(0, epoch, data.n), batch_size))
 
 
