@@ -1,4 +1,4 @@
-"""Train an MLP on MNIST: ``python train.py``, ``python -m xpmlp train`` or ``xpmlp-train``.
+"""train.py's arguments and its run: ``python train.py``, ``python -m xpmlp train`` or ``xpmlp-train``.
 
 Prints a line per epoch and writes into ``--out``: ``model.npz`` (a checkpoint saved
 after every epoch, so ``--resume`` continues a stopped run exactly where it was),
@@ -10,72 +10,40 @@ overwritten, and one run at a time writes it (a lock file while it runs).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
-from .activations import Identity, ReLU, Sigmoid, Tanh
-from .backend import BackendUnavailableError, get_backend, host
-from .checks import as_int
-from .data import load_mnist
-from .init import he_normal_weight_init, random_normal_weight_init, zeros_bias_init
-from .io import atomic_write, load_checkpoint, save
-from .loss import SoftmaxCrossEntropy
-from .mlp import MLP
-from .training import EVAL_CHUNK, History, confusion_matrix, evaluate, fit
+from .. import __version__
+from ..backend import BackendUnavailableError, get_backend, host
+from ..data import load_mnist
+from ..mlp import MLP
+from ..presets import ACTIVATIONS, DEFAULTS, HW1, INITS, build_mlp, leaves_batch_of_one, scheduled_lr
+from ..training import EVAL_CHUNK, History, confusion_matrix, evaluate, fit
+from .plots import plot
+from .runs import (
+    CHECKPOINT,
+    METRICS,
+    RESUMED,
+    Progress,
+    RunError,
+    UsageError,
+    holds_run,
+    resume,
+    run_folder,
+    save_checkpoint,
+    show,
+    write,
+    write_json,
+)
 
-ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "identity": Identity}
-INITS = {"normal": random_normal_weight_init, "he": he_normal_weight_init}
-DEFAULTS = {
-    "epochs": 10,
-    "batch_size": 100,
-    "hiddens": "256,128",
-    "activation": "relu",
-    "bn_layers": 2,
-    "lr": 0.2,
-    "lr_decay": 0.6,
-    "momentum": 0.9,
-    "init": "he",
-    "dtype": "float32",
-}
-HW1 = {
-    "hiddens": "64,64,32",
-    "activation": "sigmoid",
-    "bn_layers": 1,
-    "lr": 0.008,
-    "lr_decay": 1.0,
-    "momentum": 0.9,
-    "batch_size": 100,
-    "init": "normal",
-}
-CHECKPOINT, METRICS, PLOTS = "model.npz", "metrics.json", ("curves.png", "confusion.png")
-OUTPUTS = (CHECKPOINT, *PLOTS, METRICS)  # in the order a run writes them: metrics.json says the run is complete
-LOCK = ".train.lock"  # held (flock) while a run writes the folder; the kernel releases it when the process dies
-
-
-RESUMED = ("batch_size", "seed", "hiddens", "activation", "bn_layers", "lr", "lr_decay", "momentum", "init", "dtype",
-           "patience")  # fmt: skip
 INTERRUPTED = 130  # the shell's exit status for Ctrl-C
-
-
-class UsageError(Exception):
-    """A user mistake: printed as one line, ``train.py: error: ...``, exit status 2."""
-
-
-class RunError(Exception):
-    """A run that cannot go on (a write failed): one line saying what is intact, exit status 1."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -134,9 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=COUNT, help=f"total epochs (default {DEFAULTS['epochs']})")
     p.add_argument("--batch-size", type=POSITIVE, help=f"mini-batch size (default {DEFAULTS['batch_size']})")
-    p.add_argument(
-        "--hiddens", type=_hiddens, help=f"hidden units, comma-separated (default {DEFAULTS['hiddens']}; '' for none)"
-    )
+    hiddens = show(DEFAULTS["hiddens"])
+    p.add_argument("--hiddens", type=_hiddens, help=f"hidden units, comma-separated (default {hiddens}; '' for none)")
     p.add_argument("--activation", choices=ACTIVATIONS, help=f"hidden activation (default {DEFAULTS['activation']})")
     p.add_argument(
         "--bn-layers", type=COUNT, help=f"layers with BatchNorm, from the input (default {DEFAULTS['bn_layers']})"
@@ -180,7 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.given = {key for key in {*DEFAULTS, *RESUMED} if getattr(args, key) is not None} | set(preset)
     for key, value in {**DEFAULTS, "seed": 0, **preset}.items():
         if getattr(args, key) is None:
-            setattr(args, key, _hiddens(value) if key == "hiddens" else value)
+            setattr(args, key, list(value) if key == "hiddens" else value)
     if args.resume and args.overwrite:
         p.error("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     if not args.resume:  # a resumed run takes these from its checkpoint (and checks them then)
@@ -249,22 +216,20 @@ def schedule_problem(lr: float, decay: float, epochs: int) -> str | None:
 
 
 def build(args: argparse.Namespace) -> MLP:
-    host.random.seed(args.seed)
-    acts = [ACTIVATIONS[args.activation]() for _ in args.hiddens] + [Identity()]
-    return MLP(
+    """The 784-hiddens-10 network the flags describe, its weights drawn from a generator seeded by ``--seed``."""
+    return build_mlp(
         784,
         10,
         args.hiddens,
-        acts,
-        INITS[args.init],
-        zeros_bias_init,
-        SoftmaxCrossEntropy(),
-        args.lr,
-        args.momentum,
-        args.bn_layers,
+        activation=args.activation,
+        init=args.init,
+        lr=args.lr,
+        momentum=args.momentum,
+        bn_layers=args.bn_layers,
+        rng=host.random.RandomState(args.seed),
         backend=args.backend,
-        dtype=args.dtype,
         device=args.device,
+        dtype=args.dtype,
     )
 
 
@@ -272,159 +237,15 @@ def lr_schedule(mlp: MLP, args: argparse.Namespace) -> Callable[[int, History], 
     """A fit callback: after ``epoch`` epochs, the learning rate is lr·decay^epoch."""
 
     def schedule(epoch: int, history: History) -> None:
-        mlp.lr = args.lr * args.lr_decay**epoch
+        mlp.lr = scheduled_lr(args.lr, args.lr_decay, epoch)
 
     return schedule
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a temporary file renamed over ``path``)."""
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
-
-
-def plot(out: Path, history: History, confusion: Any) -> list[str]:
-    """curves.png (loss and error, train vs validation) and confusion.png, written atomically; the names written."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed: no plots (pip install 'xpmlp[plot]')", file=sys.stderr)
-        return []
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for name, fig in (("curves.png", curves_figure(history)), ("confusion.png", confusion_figure(confusion))):
-        atomic_write(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
-        plt.close(fig)
-    return ["curves.png", "confusion.png"]
-
-
-def curves_figure(history: History) -> Any:
-    """Loss and error rate (%) per epoch, train vs validation, on log axes with integer epoch ticks."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-
-    epochs = range(1, history.epochs + 1)
-    percent = [[100 * e for e in errors] for errors in (history.train_error, history.val_error)]
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (train, val), label, unit in (
-        (ax_loss, (history.train_loss, history.val_loss), "loss", ""),
-        (ax_err, percent, "error rate (%)", "%"),
-    ):
-        ax.plot(epochs, train, "o-", label="train (mean over mini-batches)")
-        ax.plot(epochs, val, "s-", label="validation")
-        ax.set(xlabel="epoch", ylabel=label, title=label)
-        ax.set_yscale("log", nonpositive="mask")  # a training error of exactly 0 has no place on a log axis
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        # 1-2-5 ticks labelled as plain numbers: readable even when a short run spans less than a decade
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _, unit=unit: f"{v:g}{unit}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def confusion_figure(confusion: Any) -> Any:
-    """The test confusion matrix (rows predicted, columns true), counts written in the cells."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    image = ax.imshow(host.log1p(confusion), cmap="Blues")
-    for (i, j), count in host.ndenumerate(confusion):
-        if count:
-            ax.text(
-                j,
-                i,
-                str(count),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if count > confusion.max() / 3 else "black",
-            )
-    ax.set(
-        xlabel="true class",
-        ylabel="predicted class",
-        xticks=range(10),
-        yticks=range(10),
-        title=f"test confusion matrix (accuracy {host.trace(confusion) / confusion.sum():.2%})",
-    )
-    fig.colorbar(image, ax=ax, label="log(1 + count)")
-    fig.tight_layout()
-    return fig
-
-
-def _show(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def resume(args: argparse.Namespace, out: Path) -> tuple[MLP, History]:
-    """The model and history saved in ``out``; the saved run's settings replace ``args``' (saying which differ)."""
-    checkpoint = out / CHECKPOINT
-    try:
-        mlp, state = load_checkpoint(checkpoint, backend=args.backend, device=args.device)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"--resume: {checkpoint} is not a checkpoint that train.py wrote ({exc})") from None
-    if state is None or "args" not in state:
-        raise UsageError(
-            f"--resume: {checkpoint} holds a model but no training state (it was saved by xpmlp.save, not by "
-            "train.py), so there is no run to continue; start a new run in another --out, or pass --overwrite"
-        )
-    try:
-        saved = state["args"]
-        history = History(**state["history"])
-        settings = {key: saved[key] for key in RESUMED}
-        epochs = as_int("epochs", saved["epochs"], minimum=0)
-    except (ValueError, TypeError, KeyError) as exc:
-        detail = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise UsageError(f"--resume: {checkpoint} is not a checkpoint that train.py wrote ({detail})") from None
-    history.best_state, history.last_state = state.get("best_state"), state.get("last_state")
-    ignored = [
-        f"--{key.replace('_', '-')} {_show(getattr(args, key))} (the run uses {_show(settings[key])})"
-        for key in sorted(args.given & set(RESUMED))
-        if getattr(args, key) != settings[key]
-    ]
-    if ignored:
-        print(f"train.py: --resume continues the saved run, so it ignores {'; '.join(ignored)}", file=sys.stderr)
-    vars(args).update(settings)
-    if "epochs" not in args.given:
-        args.epochs = epochs
-    return mlp, history
-
-
-def nothing_to_train(history: History, epochs: int) -> str | None:
-    """Why a resumed run would train no epoch, or None."""
-    if history.stopped_early:
-        return f"the run stopped early after epoch {history.epochs} (its best epoch: {history.best_epoch})"
-    if history.epochs >= epochs:
-        return f"the run has trained {history.epochs} epochs, and --epochs asks for {epochs}"
-    return None
-
-
-def holds_run(out: Path) -> list[str]:
-    """The files of a run in ``out`` (empty if there is none)."""
-    return [name for name in OUTPUTS if (out / name).exists()]
 
 
 def fail(message: str, status: int) -> NoReturn:
     """One line on stderr, then exit with ``status``."""
     print(f"train.py: error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(status)
-
-
-@dataclass
-class Progress:
-    """How far a run got: what Ctrl-C or a failure says is safe."""
-
-    out: Path
-    saved: int | None = None  # the epoch model.npz holds, if this run's checkpoint exists
-    trained: bool = False  # training is over: only the results remain to be written
-
-    def state(self) -> str:
-        checkpoint = self.out / CHECKPOINT
-        if self.saved is None:
-            return "nothing was saved"
-        return f"{checkpoint} (epoch {self.saved}) is intact"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,106 +279,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(INTERRUPTED) from None
 
 
-@contextlib.contextmanager
-def locked(out: Path) -> Iterator[None]:
-    """Hold ``out``'s lock file inside the block; a UsageError if another live train.py holds it.
-
-    An flock: the kernel releases it when its process dies, so the lock of a killed
-    run is simply taken over.
-    """
-    path = out / LOCK
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise UsageError(f"--out {out} does not take files ({exc.strerror}); choose another --out") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise UsageError(
-                f"--out {out} is being written by another train.py (process {holder or '?'}); "
-                "wait for it to finish, or choose another --out"
-            ) from None
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        if current is not None and os.path.samestat(os.fstat(fd), current):
-            break
-        os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
-
-
-def prepare(out: Path) -> None:
-    """Check that ``out`` takes files (a probe file, created and deleted) and remove stale temporary files.
-
-    A process killed while saving leaves its temporary file (``.model.npz.*.tmp``): the
-    next run, holding the lock, removes those of train.py's own files.
-    """
-    try:
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.", suffix=".tmp")
-        try:
-            os.write(fd, b"x")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"--out {out} does not take files ({exc.strerror}); choose another --out") from None
-    for name in (*OUTPUTS, "probe"):
-        for stale in out.glob(f".{name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-
 def train(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     """train.py on checked flags: the folder, the run, the data, the epochs, the results."""
-    out = Path(args.out)
-    if args.resume and not (out / CHECKPOINT).is_file():
-        raise UsageError(
-            f"--resume: there is no checkpoint {out / CHECKPOINT}; start without --resume or point --out at the run"
-        )
-    created = [d for d in (out, *out.parents) if not d.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
-    try:
-        with locked(out):  # checked under the lock: no other run can write in between
-            found = [] if args.resume or args.overwrite else holds_run(out)
-            if found:
-                raise UsageError(
-                    f"--out {out} holds a run ({', '.join(found)}): continue it with --resume, replace it with "
-                    "--overwrite, or choose another --out"
-                )
-            prepare(out)
-            return train_in(args, out, progress)
-    finally:
-        if progress.saved is None:  # nothing was written: folders this run created go again
-            for folder in created:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+    with run_folder(args, progress) as out:
+        return train_in(args, out, progress)
 
 
 def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[str, Any]:
     """train.py in the locked, writable folder ``out``."""
     if args.resume:
-        mlp, history = resume(args, out)
-        progress.saved = history.epochs
-        complete = nothing_to_train(history, args.epochs)
-        if complete and _results_written(out, history):
-            raise UsageError(f"--resume: {complete}; there is nothing to do (pass more --epochs to train on)")
-        if complete:
-            print(f"train.py: --resume: {complete}; writing the results it lacks", file=sys.stderr)
+        mlp, history = resume(args, out, progress)
         problem = schedule_problem(args.lr, args.lr_decay, args.epochs)
         if problem:
             raise UsageError(problem)
@@ -582,13 +313,7 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
     print(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train_split[0])} training images")
 
     def checkpoint(h: History) -> None:
-        state = {"args": config, "history": h.as_dict()}
-        try:
-            write(out / CHECKPOINT, lambda path: save(mlp, path, train_state=state, best_state=h.best_state,
-                                                      last_state=h.last_state))  # fmt: skip
-        except ValueError as exc:  # save refuses non-finite values (fit already refuses non-finite parameters)
-            raise RunError(f"training diverged in epoch {h.epochs} ({exc})") from None
-        progress.saved = h.epochs
+        save_checkpoint(out, mlp, config, h, progress)
 
     compiled_before = history.compile_seconds
 
@@ -660,26 +385,9 @@ def results(args: argparse.Namespace, out: Path, mlp: MLP, history: History, tes
     return metrics
 
 
-def write(path: Path, writer: Callable[[Path], Any]) -> Any:
-    """``writer(path)``; a failed write (a full disk) is a RunError that names the file."""
-    try:
-        return writer(path)
-    except OSError as exc:
-        raise RunError(f"cannot write to {path} ({exc.strerror or exc})") from None
-
-
-def _results_written(out: Path, history: History) -> bool:
-    """Whether ``out``'s metrics.json reports this very history (the run's results are complete)."""
-    try:
-        metrics = json.loads((out / METRICS).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(metrics, dict) and metrics.get("history") == json.loads(json.dumps(history.as_dict()))
-
-
 def batch_problem(mlp: MLP, n: int, batch_size: int) -> None:
     """A UsageError if ``--batch-size`` would leave BatchNorm a batch of one of the ``n`` training images."""
-    if mlp.num_bn_layers and (min(n, batch_size) == 1 or n % batch_size == 1):
+    if mlp.num_bn_layers and leaves_batch_of_one(n, batch_size):
         better = next(b for b in range(max(batch_size, 2), n + 2) if n % b != 1)
         raise UsageError(
             f"--batch-size {batch_size} leaves a batch of one of the {n} training images, and BatchNorm cannot "
