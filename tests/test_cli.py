@@ -375,7 +375,7 @@ def test_a_failed_write_is_one_line_that_says_the_last_checkpoint_is_intact(tmp_
 def test_ctrl_c_while_writing_the_results_is_one_line_and_resume_writes_them(
     tmp_path, data, monkeypatch, capsys, where
 ):
-    import xpmlp.cli.command as cli
+    import xpmlp.cli.runs as cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -138,7 +138,7 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      "complete", ["test_cli.py"]),
     ("cli-main-returns-metrics", "cli/command.py", "    run(argv)\n    return 0", "    return run(argv)",
      ["test_cli.py"]),
-    ("cli-model-epoch", "cli/command.py",
+    ("cli-model-epoch", "cli/runs.py",
      "kept = history.best_epoch if args.patience is not None and history.best_epoch else history.epochs",
      "kept = history.epochs", ["test_cli.py"]),
     # estimator.py

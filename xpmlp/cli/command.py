@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import warnings
 from collections.abc import Callable
@@ -20,27 +19,23 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .. import __version__
 from ..backend import BackendUnavailableError, get_backend, host
 from ..data import load_mnist
 from ..mlp import MLP
 from ..presets import ACTIVATIONS, DEFAULTS, HW1, INITS, build_mlp, leaves_batch_of_one, scheduled_lr
-from ..training import EVAL_CHUNK, History, confusion_matrix, evaluate, fit
-from .plots import plot
+from ..training import EVAL_CHUNK, History, fit
 from .runs import (
     CHECKPOINT,
-    METRICS,
     RESUMED,
     Progress,
     RunError,
     UsageError,
     holds_run,
+    results,
     resume,
     run_folder,
     save_checkpoint,
     show,
-    write,
-    write_json,
 )
 
 INTERRUPTED = 130  # the shell's exit status for Ctrl-C
@@ -352,37 +347,6 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
     checkpoint(history)  # also when no epoch ran (--epochs 0, or the results of a finished run)
     progress.trained = True
     return results(args, out, mlp, history, test, config)
-
-
-def results(args: argparse.Namespace, out: Path, mlp: MLP, history: History, test: Any, config: dict) -> dict[str, Any]:
-    """Evaluate the trained model on the test split; write the plots, then metrics.json; print the summary."""
-    backend = get_backend(mlp.backend)
-    test_loss, test_error = evaluate(mlp, *test)
-    confusion = confusion_matrix(mlp, *test)
-    kept = history.best_epoch if args.patience is not None and history.best_epoch else history.epochs
-    metrics = {
-        "config": config,
-        "backend": backend.name,
-        "device": backend.device_name,
-        "dtype": mlp.dtype,
-        "versions": {"xpmlp": __version__, "python": platform.python_version(), "numpy": host.__version__},
-        "history": history.as_dict(),
-        "train_seconds": sum(history.seconds),
-        "model_epoch": kept,
-        "test_loss": test_loss,
-        "test_accuracy": 1.0 - test_error,
-        "confusion_matrix": confusion.tolist(),
-    }
-    plotted = [] if args.no_plots else write(out, lambda folder: plot(folder, history, confusion))
-    write(out / METRICS, lambda path: write_json(path, metrics))
-    which = f"epoch {kept}'s model" if kept else "the untrained model"
-    if kept != history.epochs:
-        which += f", the best of {history.epochs} epochs"
-    print(
-        f"test accuracy {1 - test_error:.2%} (loss {test_loss:.4f}) of {which}, "
-        f"{sum(history.seconds):.1f} s of training; wrote {', '.join([CHECKPOINT, *plotted, METRICS])} to {out}"
-    )
-    return metrics
 
 
 def batch_problem(mlp: MLP, n: int, batch_size: int) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import platform
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -18,10 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
+from ..backend import get_backend, host
 from ..checks import as_int
 from ..io import atomic_write, load_checkpoint, save
 from ..mlp import MLP
-from ..training import History
+from ..training import History, confusion_matrix, evaluate
+from .plots import plot
 
 CHECKPOINT, METRICS, PLOTS = "model.npz", "metrics.json", ("curves.png", "confusion.png")
 OUTPUTS = (CHECKPOINT, *PLOTS, METRICS)  # in the order a run writes them: metrics.json says the run is complete
@@ -242,3 +246,34 @@ def save_checkpoint(out: Path, mlp: MLP, config: dict[str, Any], history: Histor
     except ValueError as exc:  # save refuses non-finite values (fit already refuses non-finite parameters)
         raise RunError(f"training diverged in epoch {history.epochs} ({exc})") from None
     progress.saved = history.epochs
+
+
+def results(args: argparse.Namespace, out: Path, mlp: MLP, history: History, test: Any, config: dict) -> dict[str, Any]:
+    """Evaluate the trained model on the test split; write the plots, then metrics.json; print the summary."""
+    backend = get_backend(mlp.backend)
+    test_loss, test_error = evaluate(mlp, *test)
+    confusion = confusion_matrix(mlp, *test)
+    kept = history.best_epoch if args.patience is not None and history.best_epoch else history.epochs
+    metrics = {
+        "config": config,
+        "backend": backend.name,
+        "device": backend.device_name,
+        "dtype": mlp.dtype,
+        "versions": {"xpmlp": __version__, "python": platform.python_version(), "numpy": host.__version__},
+        "history": history.as_dict(),
+        "train_seconds": sum(history.seconds),
+        "model_epoch": kept,
+        "test_loss": test_loss,
+        "test_accuracy": 1.0 - test_error,
+        "confusion_matrix": confusion.tolist(),
+    }
+    plotted = [] if args.no_plots else write(out, lambda folder: plot(folder, history, confusion))
+    write(out / METRICS, lambda path: write_json(path, metrics))
+    which = f"epoch {kept}'s model" if kept else "the untrained model"
+    if kept != history.epochs:
+        which += f", the best of {history.epochs} epochs"
+    print(
+        f"test accuracy {1 - test_error:.2%} (loss {test_loss:.4f}) of {which}, "
+        f"{sum(history.seconds):.1f} s of training; wrote {', '.join([CHECKPOINT, *plotted, METRICS])} to {out}"
+    )
+    return metrics
