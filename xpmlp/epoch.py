@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .backend import Array, as_host, host
+from .backend import Array, as_host, fori_loop, host, namespace_of
 from .mlp import MLP
 
 __all__ = [
@@ -107,7 +107,7 @@ def _errors(xp: Any, out: Array, labels: Array) -> Array:
 
 def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
     """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
-    return mlp.backend.zeros((), mlp.dtype), mlp.backend.xp.zeros_like(data.labels[0])
+    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[0])
 
 
 def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
@@ -118,7 +118,7 @@ def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
 
 def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
     """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
-    xp = mlp.backend.xp
+    xp = namespace_of(data.x)
     mlp.train()
     loss_sum, errors = _zero_sums(mlp, data)
     for start in range(0, data.n, batch_size):
@@ -165,16 +165,18 @@ def make_epoch(
     """One epoch of :meth:`MLP.stateless_step` as a pure function, ready for :meth:`Backend.compile`.
 
     ``epoch((state, loss_sum, errors), data) -> (state, loss_sum, errors)``, where
-    ``state`` is a :class:`~xpmlp.state.TrainingState`: the full batches run in
-    :meth:`Backend.fori_loop`, then the partial one, each gathering its own rows from
-    the device-resident split. No host reads; the model is left as it was.
+    ``state`` is a :class:`~xpmlp.state.TrainingState`: the full batches run in the
+    :func:`~xpmlp.backend.fori_loop` of the data's namespace (a traced loop where a
+    compiler traces the epoch), then the partial one, each gathering its own rows from
+    the device-resident split. No host reads; the model is left as it was. Every
+    namespace comes from the arrays the function is given, so a compiler can trace it.
     ``tick()`` runs after each batch (for a backend that runs the epoch eagerly).
     """
-    xp = mlp.backend.xp
     full, rest = divmod(n, batch_size)
 
     def batch(step: Callable, idx: Array, carry: tuple, d: EpochData) -> tuple:
         state, loss_sum, errors = carry
+        xp = namespace_of(d.x)
         rows = xp.take(d.x, idx, axis=0), xp.take(d.one_hot, idx, axis=0)
         state, (loss, out) = step(state, rows, d.lr, d.momentum)
         if tick is not None:
@@ -184,7 +186,7 @@ def make_epoch(
     def epoch(carry: tuple, d: EpochData) -> tuple:
         step = mlp._scratch().stateless_step  # one scratch copy of the model an epoch, not one a step
         if full:
-            carry = mlp.backend.fori_loop(full, lambda i, c: batch(step, d.batches[i, :], c, d), carry)
+            carry = fori_loop(namespace_of(d.x), full, lambda i, c: batch(step, d.batches[i, :], c, d), carry)
         return batch(step, d.rest, carry, d) if rest else carry
 
     return epoch

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from .backend import Array, host
+from .backend import Array, host, namespace_of
 from .epoch import DeviceSplit, _errors, _read_sums, _zero_sums, check_inputs, check_labels
 from .mlp import MLP
 
@@ -39,7 +39,7 @@ def _chunks(n: int) -> Iterator[slice]:
 
 def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
-    xp = mlp.backend.xp
+    xp = namespace_of(data.x)
     loss_sum, errors = _zero_sums(mlp, data)
     with eval_mode(mlp):
         for rows in _chunks(data.n):

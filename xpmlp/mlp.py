@@ -24,7 +24,7 @@ from itertools import pairwise
 from typing import Any
 
 from .activations import Activation, Identity
-from .backend import Array, Backend, float_dtype_name, get_backend, host
+from .backend import Array, Backend, float_dtype_name, get_backend, host, namespace_of
 from .batchnorm import BatchNorm
 from .checks import as_float, as_int
 from .loss import SoftmaxCrossEntropy
@@ -214,13 +214,13 @@ class MLP:
     @property
     def velocities(self) -> list[Array]:
         """The momentum buffer v of each parameter (views into one flat array), in :meth:`parameters` order."""
-        return self._flat.cut(self.backend.xp, self._velocity)
+        return self._flat.cut(self._velocity)
 
     def _set_parameters(self, flat: Array) -> None:
         """Make ``flat`` the parameter buffer: W, b and each BN's γ, β become views into it."""
         if flat is self._flat.buffer and self._flat.intact(self._parameter_arrays()):
             return  # the next step of an epoch: W, b, γ, β are its views already
-        views = self._flat.hold(self.backend.xp, flat)
+        views = self._flat.hold(flat)
         n = self.nlayers
         self.W, self.b = views[:n], views[n : 2 * n]
         for i, bn in enumerate(self.bn_layers):
@@ -232,7 +232,7 @@ class MLP:
 
         The flat parameters are rebuilt if a parameter was replaced (``mlp.W[0] = ...``): see :class:`FlatBuffer`.
         """
-        params = self._flat.current(self.backend.xp, self._parameter_arrays())
+        params = self._flat.current(self._parameter_arrays())
         return TrainingState(params, self._velocity, tuple(bn.running for bn in self.bn_layers))
 
     @training_state.setter
@@ -279,7 +279,7 @@ class MLP:
         running = tuple(
             xp.concat([state[f"bn.{i}.running_mean"], state[f"bn.{i}.running_var"]]) for i in range(len(self.bn_layers))
         )
-        self.training_state = TrainingState(self._flat.join(xp, params), self._flat.join(xp, velocity), running)
+        self.training_state = TrainingState(self._flat.join(params), self._flat.join(velocity), running)
 
     def stateless_step(
         self, state: TrainingState, batch: tuple[Array, Array], lr: Any, momentum: Any
@@ -326,7 +326,7 @@ class MLP:
         return self._forward(self._check("forward input", x, self.input_size))
 
     def _forward(self, x: Array) -> Array:
-        matmul = self.backend.xp.matmul  # not `@`: a backend may set the product's precision (JAX on a GPU)
+        matmul = namespace_of(x).matmul  # not `@`: a backend may set the product's precision (JAX on a GPU)
         a = self.input = x
         for i in range(self.nlayers):
             z = matmul(a, self.W[i]) + self.b[i]
@@ -353,7 +353,7 @@ class MLP:
         return self._backward(y)
 
     def _backward(self, y: Array) -> Array:
-        xp = self.backend.xp
+        xp = namespace_of(y)
         loss = self.criterion(self.output, y)
         delta = self.criterion.derivative() / y.shape[0]
         for i in reversed(range(self.nlayers)):
@@ -371,7 +371,7 @@ class MLP:
 
     def zero_grads(self) -> None:
         """Set every gradient to zero."""
-        xp = self.backend.xp
+        xp = namespace_of(self.dW[0])
         self.dW = [xp.zeros_like(g) for g in self.dW]
         self.db = [xp.zeros_like(g) for g in self.db]
         for bn in self.bn_layers:
@@ -383,10 +383,9 @@ class MLP:
         New arrays replace the old (no in-place update: JAX arrays are immutable);
         W, b, γ and β become views into the new parameter buffer.
         """
-        xp = self.backend.xp
-        grads = self._flat.join(xp, self._gradient_arrays())
+        grads = self._flat.join(self._gradient_arrays())
         self._velocity = self.momentum * self._velocity - self.lr * grads
-        self._set_parameters(self._flat.current(xp, self._parameter_arrays()) + self._velocity)
+        self._set_parameters(self._flat.current(self._parameter_arrays()) + self._velocity)
 
     def train(self) -> None:
         """BatchNorm normalises with batch statistics and updates running ones."""

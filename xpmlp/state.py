@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from itertools import accumulate
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from .backend import Array
+from .backend import Array, namespace_of
 
 __all__ = ["FlatBuffer", "TrainingState"]
 
@@ -53,23 +53,25 @@ class FlatBuffer:
         self.buffer: Array | None = None
         self.views: list[Array] = []
 
-    def cut(self, xp: Any, flat: Array) -> list[Array]:
+    def cut(self, flat: Array) -> list[Array]:
         """``flat`` cut into arrays of the layout's shapes (views where the library has them)."""
+        xp = namespace_of(flat)
         return [xp.reshape(flat[start:stop], shape) for start, stop, shape in self.layout]
 
-    def join(self, xp: Any, arrays: Sequence[Array]) -> Array:
+    def join(self, arrays: Sequence[Array]) -> Array:
         """One flat array of ``arrays`` (of the layout's shapes), in order."""
+        xp = namespace_of(arrays[0])
         return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
-    def hold(self, xp: Any, flat: Array) -> list[Array]:
+    def hold(self, flat: Array) -> list[Array]:
         """Make ``flat`` the buffer; returns its views, to be the arrays the model holds."""
-        self.buffer, self.views = flat, self.cut(xp, flat)
+        self.buffer, self.views = flat, self.cut(flat)
         return self.views
 
     def intact(self, held: Sequence[Array]) -> bool:
         """Whether ``held`` are exactly the buffer's views (none was replaced)."""
         return len(held) == len(self.views) and all(map(lambda a, v: a is v, held, self.views))
 
-    def current(self, xp: Any, held: Sequence[Array]) -> Array:
+    def current(self, held: Sequence[Array]) -> Array:
         """The flat array of ``held``: the buffer itself while none was replaced, else a new one joined from them."""
-        return self.buffer if self.intact(held) else self.join(xp, held)
+        return self.buffer if self.intact(held) else self.join(held)
