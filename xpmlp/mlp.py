@@ -272,7 +272,8 @@ class MLP:
         Every name and shape is checked first: on error the model is left untouched.
         """
         state = self.checked_state(state)
-        xp, n = self.backend.xp, self.nlayers
+        n = self.nlayers
+        xp = self.backend.xp  # the checked copies are this backend's arrays
         params = [state[f"W.{i}"] for i in range(n)] + [state[f"b.{i}"] for i in range(n)]
         params += [state[f"bn.{i}.{k}"] for i in range(len(self.bn_layers)) for k in ("gamma", "beta")]
         velocity = [state[f"velocity.{i}"] for i in range(len(self._flat.layout))]
