@@ -469,3 +469,22 @@ def test_ctrl_c_while_jax_compiles_a_resumed_run_exits_130_with_the_checkpoint_i
         "metrics.json",
         "model.npz",
     ]
+
+
+def closed_pipe_run(command: list[str]) -> subprocess.CompletedProcess:
+    """``command | head -1`` once head has gone: every write to stdout fails (EPIPE)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300)
+    finally:
+        os.close(write)
+
+
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path, data):
+    """``train.py ... | head -1``: the lines go nowhere, the run trains on and writes its files."""
+    done = closed_pipe_run([sys.executable, "-m", "xpmlp", "train", "--data", str(data), "--out", str(tmp_path),
+                            "--epochs", "2", *FAST])  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    _, state = xpmlp.load_checkpoint(tmp_path / "model.npz")
+    assert len(state["history"]["train_loss"]) == 2 and (tmp_path / "metrics.json").is_file()

@@ -19,10 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     commands.add_parser("train", help="train on MNIST (python -m xpmlp train --help)")
     args = parser.parse_args(argv)
+    from .cli.runs import say
     from .info import format_report, report
 
     found = report()
-    print(json.dumps(found, indent=2) if args.json else format_report(found))
+    say(json.dumps(found, indent=2) if args.json else format_report(found))  # | head: what head took is enough
     return 0
 
 

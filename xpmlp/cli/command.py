@@ -35,6 +35,7 @@ from .runs import (
     resume,
     run_folder,
     save_checkpoint,
+    say,
     show,
 )
 
@@ -287,7 +288,7 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
         problem = schedule_problem(args.lr, args.lr_decay, args.epochs)
         if problem:
             raise UsageError(problem)
-        print(f"resuming {out / CHECKPOINT} after epoch {history.epochs}")
+        say(f"resuming {out / CHECKPOINT} after epoch {history.epochs}")
     else:
         mlp, history = build(args), History()
     backend = get_backend(mlp.backend)
@@ -305,7 +306,7 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
         for k, v in vars(args).items()
         if k not in ("resume", "overwrite", "quiet", "no_plots", "given", "no_compile")
     }
-    print(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train_split[0])} training images")
+    say(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train_split[0])} training images")
 
     def checkpoint(h: History) -> None:
         save_checkpoint(out, mlp, config, h, progress)
@@ -316,15 +317,12 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
         nonlocal compiled_before
         checkpoint(h)  # first: a printed epoch is a saved one (Ctrl-C after its line resumes after it)
         if h.compile_seconds > compiled_before:
-            print(
-                f"compiled the training epoch in {h.compile_seconds - compiled_before:.2f} s (not in the epoch times)"
-            )
+            say(f"compiled the training epoch in {h.compile_seconds - compiled_before:.2f} s (not in the epoch times)")
             compiled_before = h.compile_seconds
-        print(
+        say(
             f"epoch {epoch:3d}/{args.epochs}  train loss {h.train_loss[-1]:.4f} error {h.train_error[-1]:6.2%}  "
             f"val loss {h.val_loss[-1]:.4f} error {h.val_error[-1]:6.2%}  {h.seconds[-1]:6.2f} s"
-            + (f"  (stopped early: restored epoch {h.best_epoch})" if h.stopped_early else ""),
-            flush=True,
+            + (f"  (stopped early: restored epoch {h.best_epoch})" if h.stopped_early else "")
         )
 
     schedule = lr_schedule(mlp, args)

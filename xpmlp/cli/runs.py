@@ -43,6 +43,16 @@ class RunError(Exception):
     """A run that cannot go on (a write failed): one line saying what is intact, exit status 1."""
 
 
+def say(text: str) -> None:
+    """Print ``text`` on stdout, flushed; a closed stdout (``| head -1``) ends the printing, not the run."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the lines to come, and the flush at exit, go nowhere
+        os.close(devnull)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (a temporary file renamed over ``path``)."""
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
@@ -272,7 +282,7 @@ def results(args: argparse.Namespace, out: Path, mlp: MLP, history: History, tes
     which = f"epoch {kept}'s model" if kept else "the untrained model"
     if kept != history.epochs:
         which += f", the best of {history.epochs} epochs"
-    print(
+    say(
         f"test accuracy {1 - test_error:.2%} (loss {test_loss:.4f}) of {which}, "
         f"{sum(history.seconds):.1f} s of training; wrote {', '.join([CHECKPOINT, *plotted, METRICS])} to {out}"
     )
