@@ -488,3 +488,27 @@ def test_a_closed_stdout_does_not_stop_the_run(tmp_path, data):
     assert (done.returncode, done.stderr) == (0, "")
     _, state = xpmlp.load_checkpoint(tmp_path / "model.npz")
     assert len(state["history"]["train_loss"]) == 2 and (tmp_path / "metrics.json").is_file()
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(tmp_path, data, capsys):
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST]
+    run(flags)
+    (tmp_path / "curves.png").write_bytes(b"the old run's plot")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    line = refused(capsys, [*flags, "--overwrite", "--lr", "1e300"], 1)  # diverges in epoch 1
+    assert "training diverged in epoch 1" in line and line.endswith(f"(the old run in {tmp_path} is as it was)")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("name", ["model.npz", "metrics.json"])
+@pytest.mark.parametrize("how", [[], ["--overwrite"], ["--resume"]])
+def test_an_output_name_that_is_a_folder_is_one_line(tmp_path, data, capsys, name, how):
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST]
+    if name != "model.npz":
+        run(flags)
+        (tmp_path / name).unlink()
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "notes.txt").write_text("not train.py's")
+    line = refused(capsys, [*flags, *how])
+    assert (f"{name} is not a file" in line) or (how == ["--resume"] and "there is no checkpoint" in line)
+    assert (tmp_path / name / "notes.txt").read_text() == "not train.py's"

@@ -30,7 +30,6 @@ from .runs import (
     Progress,
     RunError,
     UsageError,
-    holds_run,
     results,
     resume,
     run_folder,
@@ -298,9 +297,6 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
     except (OSError, ValueError) as exc:
         raise UsageError(f"{exc}" + (" (or --data)" if explicit else "")) from None
     batch_problem(mlp, len(train_split[0]), args.batch_size)
-    if args.overwrite:
-        for name in holds_run(out):
-            (out / name).unlink()
     config = {
         k: v
         for k, v in vars(args).items()

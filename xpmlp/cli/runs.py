@@ -15,7 +15,7 @@ import platform
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +127,12 @@ class Progress:
     out: Path
     saved: int | None = None  # the epoch model.npz holds, if this run's checkpoint exists
     trained: bool = False  # training is over: only the results remain to be written
+    replaces: list[str] = field(default_factory=list)  # --overwrite: the old run's files, until the first save
 
     def state(self) -> str:
         checkpoint = self.out / CHECKPOINT
         if self.saved is None:
-            return "nothing was saved"
+            return "nothing was saved" + (f" (the old run in {self.out} is as it was)" if self.replaces else "")
         return f"{checkpoint} (epoch {self.saved}) is intact"
 
 
@@ -215,8 +216,16 @@ def run_folder(args: argparse.Namespace, progress: Progress) -> Iterator[Path]:
         raise UsageError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     try:
         with locked(out):  # checked under the lock: no other run can write in between
-            found = [] if args.resume or args.overwrite else holds_run(out)
-            if found:
+            found = holds_run(out)
+            odd = [name for name in found if not (out / name).is_file()]
+            if odd:
+                raise UsageError(
+                    f"--out {out}: {', '.join(odd)} is not a file (a folder?), so the folder holds no run of "
+                    "train.py's to continue or replace; move it away, or choose another --out"
+                )
+            if args.overwrite:
+                progress.replaces = found  # removed once the new run has saved its first checkpoint
+            elif found and not args.resume:
                 raise UsageError(
                     f"--out {out} holds a run ({', '.join(found)}): continue it with --resume, replace it with "
                     "--overwrite, or choose another --out"
@@ -248,13 +257,26 @@ def results_written(out: Path, history: History) -> bool:
 
 
 def save_checkpoint(out: Path, mlp: MLP, config: dict[str, Any], history: History, progress: Progress) -> None:
-    """Write ``out``/model.npz: the model, the flags and history (to resume), early stopping's states."""
+    """Write ``out``/model.npz: the model, the flags and history (to resume), early stopping's states.
+
+    The first save of an ``--overwrite`` run replaces the old run: its checkpoint is
+    written beside the old one, the old run's other files removed, then it is renamed over.
+    """
     state = {"args": config, "history": history.as_dict()}
+    target = out / (f".{CHECKPOINT}.new.tmp" if progress.replaces else CHECKPOINT)  # a stale one is removed
     try:
-        write(out / CHECKPOINT, lambda path: save(mlp, path, train_state=state, best_state=history.best_state,
-                                                  last_state=history.last_state))  # fmt: skip
+        write(target, lambda path: save(mlp, path, train_state=state, best_state=history.best_state,
+                                        last_state=history.last_state))  # fmt: skip
     except ValueError as exc:  # save refuses non-finite values (fit already refuses non-finite parameters)
         raise RunError(f"training diverged in epoch {history.epochs} ({exc})") from None
+    for name in reversed(
+        progress.replaces
+    ):  # metrics.json first: no moment holds the new checkpoint and the old results
+        if name != CHECKPOINT:
+            write(out / name, lambda path: path.unlink(missing_ok=True))
+    if progress.replaces:
+        write(out / CHECKPOINT, lambda path: os.replace(target, path))
+        progress.replaces = []
     progress.saved = history.epochs
 
 
