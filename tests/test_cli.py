@@ -512,3 +512,37 @@ def test_an_output_name_that_is_a_folder_is_one_line(tmp_path, data, capsys, nam
     line = refused(capsys, [*flags, *how])
     assert (f"{name} is not a file" in line) or (how == ["--resume"] and "there is no checkpoint" in line)
     assert (tmp_path / name / "notes.txt").read_text() == "not train.py's"
+
+
+def test_resume_goes_on_where_the_run_trained_unless_told_otherwise(tmp_path, data, monkeypatch, capsys):
+    monkeypatch.delenv("XPMLP_BACKEND", raising=False)
+    monkeypatch.delenv("XPMLP_DEVICE", raising=False)
+    flags = ["--data", str(data), "--out", str(tmp_path), *FAST]
+    run([*flags, "--epochs", "1", "--backend", "array_api_strict"])
+    metrics = run([*flags, "--epochs", "2", "--resume"])
+    assert metrics["backend"] == "array_api_strict" and capsys.readouterr().err == ""
+    assert xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["args"]["backend"] == "array_api_strict"
+    metrics = run([*flags, "--epochs", "3", "--resume", "--backend", "numpy"])  # told otherwise
+    assert metrics["backend"] == "numpy" and metrics["config"]["backends"] == [
+        {"backend": "array_api_strict", "device": "cpu", "from_epoch": 1},
+        {"backend": "numpy", "device": "cpu", "from_epoch": 3},
+    ]
+    err = capsys.readouterr().err
+    assert "the run trained on array_api_strict (cpu) until epoch 2; it goes on on numpy (cpu)" in err
+
+
+def test_resume_of_a_run_whose_backend_cannot_run_here_is_one_line(tmp_path, data, monkeypatch, capsys):
+    try:
+        xpmlp.get_backend("cupy")
+        pytest.skip("CuPy runs here")
+    except xpmlp.BackendUnavailableError:
+        pass
+    monkeypatch.delenv("XPMLP_BACKEND", raising=False)
+    flags = ["--data", str(data), "--out", str(tmp_path), *FAST]
+    run([*flags, "--epochs", "1"])
+    model, state = xpmlp.load_checkpoint(tmp_path / "model.npz")
+    state["args"] |= {"backend": "cupy", "device": "cuda:0", "backends": None}  # as a GPU machine wrote it
+    xpmlp.save(model, tmp_path / "model.npz", train_state=state)
+    line = refused(capsys, [*flags, "--epochs", "2", "--resume"])
+    assert f"--resume: the run in {tmp_path} trained on cupy (cuda:0), which cannot run here" in line
+    assert "pass --backend (and --device)" in line

@@ -138,6 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and confusion.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    args.prog = p.prog
     preset = HW1 if args.hw1 else {}
     args.given = {key for key in {*DEFAULTS, *RESUMED} if getattr(args, key) is not None} | set(preset)
     for key, value in {**DEFAULTS, "seed": 0, **preset}.items():
@@ -158,11 +159,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ):
             if problem:
                 p.error(problem)
-    try:
-        backend = get_backend(args.backend, args.device)
-    except (ValueError, TypeError, BackendUnavailableError) as exc:
-        p.error(str(exc))
-    args.backend, args.device = backend.name, backend.device
+    if not args.resume or args.backend is not None or os.environ.get("XPMLP_BACKEND", "").strip():
+        # (else the resumed run goes on on the backend and device it trained on: read from its checkpoint)
+        try:
+            backend = get_backend(args.backend, args.device)
+        except (ValueError, TypeError, BackendUnavailableError) as exc:
+            p.error(str(exc))
+        args.backend, args.device = backend.name, backend.device
+        args.backends = [{"backend": backend.name, "device": backend.device, "from_epoch": 1}]
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         p.error(f"--out {out} is a file, not a folder; name a folder (it is created if absent)")
@@ -300,7 +304,7 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
     config = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("resume", "overwrite", "quiet", "no_plots", "given", "no_compile")
+        if k not in ("resume", "overwrite", "quiet", "no_plots", "given", "no_compile", "prog")
     }
     say(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train_split[0])} training images")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..backend import get_backend, host
+from ..backend import BackendUnavailableError, get_backend, host
 from ..checks import as_int
 from ..io import atomic_write, load_checkpoint, save
 from ..mlp import MLP
@@ -69,10 +69,8 @@ def resume(args: argparse.Namespace, out: Path, progress: Progress) -> tuple[MLP
     A UsageError if the run has nothing left to do (trained, and its results written).
     """
     checkpoint = out / CHECKPOINT
-    try:
-        mlp, state = load_checkpoint(checkpoint, backend=args.backend, device=args.device)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"--resume: {checkpoint} is not a checkpoint that train.py wrote ({exc})") from None
+    told = args.backend is not None  # else the run goes on where it trained (read from its checkpoint)
+    mlp, state = _load(checkpoint, args.backend if told else "numpy", args.device if told else None)
     if state is None or "args" not in state:
         raise UsageError(
             f"--resume: {checkpoint} holds a model but no training state (it was saved by xpmlp.save, not by "
@@ -86,6 +84,11 @@ def resume(args: argparse.Namespace, out: Path, progress: Progress) -> tuple[MLP
     except (ValueError, TypeError, KeyError) as exc:
         detail = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
         raise UsageError(f"--resume: {checkpoint} is not a checkpoint that train.py wrote ({detail})") from None
+    if not told:
+        args.backend, args.device = _saved_backend(saved, args.device, out)
+        if (args.backend, args.device) != (mlp.backend.name, mlp.backend.device):
+            mlp, state = _load(checkpoint, args.backend, args.device)
+    args.backends = _backends(args, saved, mlp, history.epochs)
     history.best_state, history.last_state = state.get("best_state"), state.get("last_state")
     ignored = [
         f"--{key.replace('_', '-')} {show(getattr(args, key))} (the run uses {show(settings[key])})"
@@ -104,6 +107,45 @@ def resume(args: argparse.Namespace, out: Path, progress: Progress) -> tuple[MLP
     if complete:
         print(f"train.py: --resume: {complete}; writing the results it lacks", file=sys.stderr)
     return mlp, history
+
+
+def _load(checkpoint: Path, backend: str, device: str | None) -> tuple[MLP, dict | None]:
+    """:func:`load_checkpoint`, its refusal a UsageError."""
+    try:
+        return load_checkpoint(checkpoint, backend=backend, device=device)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--resume: {checkpoint} is not a checkpoint that train.py wrote ({exc})") from None
+
+
+def _saved_backend(saved: dict[str, Any], device: str | None, out: Path) -> tuple[str, str]:
+    """The backend and device the run in ``out`` trained on (its backend on ``device`` or $XPMLP_DEVICE, if given)."""
+    name = saved.get("backend", "numpy")
+    if device is None and not os.environ.get("XPMLP_DEVICE", "").strip():
+        device = saved.get("device")
+    try:
+        backend = get_backend(name, device)
+    except (ValueError, TypeError, BackendUnavailableError) as exc:
+        raise UsageError(
+            f"--resume: the run in {out} trained on {name} ({device or 'its default device'}), which cannot run "
+            f"here ({exc}); pass --backend (and --device) to continue it on another"
+        ) from None
+    return backend.name, backend.device
+
+
+def _backends(args: argparse.Namespace, saved: dict[str, Any], mlp: MLP, epochs: int) -> list[dict[str, Any]]:
+    """Where the run trained: its saved list, and this backend and device from epoch ``epochs`` + 1 if they differ."""
+    backends = saved.get("backends")
+    if not isinstance(backends, list) or not all(isinstance(b, dict) for b in backends):  # a checkpoint before them
+        backends = [{"backend": saved.get("backend"), "device": saved.get("device"), "from_epoch": 1}]
+    here = {"backend": mlp.backend.name, "device": mlp.backend.device}
+    last = {key: backends[-1].get(key) for key in here} if backends else None
+    if last == here:
+        return backends
+    if last is not None:
+        moved = f"{last['backend']} ({last['device']}) until epoch {epochs}; it goes on on {here['backend']}"
+        print(f"{args.prog}: --resume: the run trained on {moved} ({here['device']}), as --backend or $XPMLP_BACKEND "
+              "says", file=sys.stderr)  # fmt: skip
+    return [*backends, {**here, "from_epoch": epochs + 1}]
 
 
 def nothing_to_train(history: History, epochs: int) -> str | None:
