@@ -409,6 +409,7 @@ def fit(
     train_data = DeviceSplit(mlp, train, "training")
     val_data = None if val is None else DeviceSplit(mlp, val, "validation")
     _check_batchnorm_batches(mlp, train_data.n, batch_size)
+    batch_size = min(batch_size, train_data.n)  # a larger one is one batch of every row (and no array dimension)
     backend, xp = mlp.backend, mlp.backend.xp
     batches = -(-train_data.n // batch_size)
     first = epochs if history.stopped_early else history.epochs  # a run that stopped early is finished
