@@ -11,7 +11,9 @@ import numbers
 import operator
 from typing import Any
 
-__all__ = ["as_float", "as_int"]
+from .backend import host
+
+__all__ = ["as_float", "as_int", "as_rate"]
 
 
 def as_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -49,4 +51,23 @@ def as_float(
         raise ValueError(f"{name} must be <= {maximum}, got {number}")
     if below is not None and number >= below:
         raise ValueError(f"{name} must be < {below}, got {number}")
+    return number
+
+
+def as_rate(name: str, value: Any, dtype: str) -> float:
+    """``value`` as a finite Python float >= 0 that keeps its meaning in ``dtype`` (the model's).
+
+    A ValueError naming ``name`` where it would not: 1e-50 is 0 in float32 (nothing would
+    train), 1e39 is infinite there.
+    """
+    number = as_float(name, value, minimum=0.0)
+    with host.errstate(over="ignore", under="ignore"):  # found just below
+        cast = float(host.asarray(number, dtype=dtype))
+    if number and not cast:
+        tiny = host.finfo(dtype).smallest_subnormal
+        raise ValueError(
+            f"{name} must be 0 or at least {tiny:.3g} in {dtype}: {number:g} is 0 there (nothing would train)"
+        )
+    if math.isinf(cast):
+        raise ValueError(f"{name} must be finite in {dtype} (at most {host.finfo(dtype).max:.4g}), got {number:g}")
     return number

@@ -19,7 +19,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .. import presets
 from ..backend import BackendUnavailableError, get_backend, host
+from ..checks import as_rate
 from ..data import load_mnist
 from ..mlp import MLP
 from ..presets import ACTIVATIONS, DEFAULTS, HW1, INITS, build_mlp, leaves_batch_of_one, scheduled_lr
@@ -153,10 +155,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 f"--bn-layers {args.bn_layers} needs at least {args.bn_layers} hidden layers, but --hiddens {layers} "
                 f"has {len(args.hiddens)}: pass --bn-layers {len(args.hiddens)} (or fewer), or more --hiddens"
             )
-        for problem in (
-            memory_problem(args.hiddens, args.dtype),
-            schedule_problem(args.lr, args.lr_decay, args.epochs),
-        ):
+        try:
+            as_rate("--lr", args.lr, args.dtype)
+        except ValueError as exc:
+            p.error(str(exc))
+        for problem in (memory_problem(args.hiddens, args.dtype), schedule_problem(args)):
             if problem:
                 p.error(problem)
     if not args.resume or args.backend is not None or os.environ.get("XPMLP_BACKEND", "").strip():
@@ -197,20 +200,12 @@ def memory_problem(hiddens: list[int], dtype: str) -> str | None:
     )
 
 
-def schedule_problem(lr: float, decay: float, epochs: int) -> str | None:
-    """Why the rate lr·decay^k of some epoch k < ``epochs`` would overflow to inf or underflow to 0, or None."""
-    if lr == 0 or decay == 1 or epochs <= 1:
-        return None
-    try:
-        last = lr * decay ** (epochs - 1)  # the extreme one: decay^k is monotone in k
-    except OverflowError:
-        last = math.inf
-    if 0 < last < math.inf:
-        return None
-    what = "overflows to infinity" if decay > 1 else "underflows to 0"
-    return (
-        f"--lr {lr} with --lr-decay {decay}: the learning rate lr·decay^k {what} before epoch {epochs} "
-        "(--epochs); train fewer --epochs, or bring --lr-decay closer to 1"
+def schedule_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--lr`` and ``--lr-decay`` give some epoch no learning rate in ``--dtype``, or None."""
+    what = presets.schedule_problem(args.lr, args.lr_decay, args.epochs, args.dtype)
+    return what and (
+        f"--lr {args.lr} with --lr-decay {args.lr_decay}: the learning rate lr·decay^k {what} before epoch "
+        f"{args.epochs} (--epochs) in {args.dtype}; train fewer --epochs, or bring --lr-decay closer to 1"
     )
 
 
@@ -288,7 +283,7 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
     """train.py in the locked, writable folder ``out``."""
     if args.resume:
         mlp, history = resume(args, out, progress)
-        problem = schedule_problem(args.lr, args.lr_decay, args.epochs)
+        problem = schedule_problem(args)
         if problem:
             raise UsageError(problem)
         say(f"resuming {out / CHECKPOINT} after epoch {history.epochs}")
