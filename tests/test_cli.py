@@ -551,3 +551,20 @@ def test_resume_of_a_run_whose_backend_cannot_run_here_is_one_line(tmp_path, dat
     line = refused(capsys, [*flags, "--epochs", "2", "--resume"])
     assert f"--resume: the run in {tmp_path} trained on cupy (cuda:0), which cannot run here" in line
     assert "pass --backend (and --device)" in line
+
+
+@pytest.mark.parametrize(
+    ("argv0", "how", "prog"),
+    [("/venv/bin/xpmlp-train", "console script", "xpmlp-train"), ("train.py", "console script", "train.py"),
+     ("/x/xpmlp/__main__.py", "python -m xpmlp train", "xpmlp train")],
+)  # fmt: skip
+def test_messages_name_the_program_that_was_run(monkeypatch, capsys, argv0, how, prog):
+    import xpmlp.__main__
+    from xpmlp.cli import main
+
+    monkeypatch.setattr(sys, "argv", [argv0, "--epochs", "-1"])
+    with pytest.raises(SystemExit) as info:
+        main() if how == "console script" else xpmlp.__main__.main(["train", "--epochs", "-1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: argument --epochs") and err.endswith(f"(see {prog} --help)\n"), err

@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         from .cli import main as train
 
-        return train(argv[1:])
+        return train(argv[1:], prog="xpmlp train")
     parser = argparse.ArgumentParser(prog="xpmlp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions, backends, devices and data location, for bug reports")

@@ -47,7 +47,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, answering a mistake in one line (no usage block): ``train.py: error: ...``, exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see {self.prog} --help)", 2)
+        fail(f"{message} (see {self.prog} --help)", 2, self.prog)
 
 
 def _number(kind: type, check: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
@@ -91,12 +91,13 @@ def _folder(text: str) -> str:
     return str(Path(text).expanduser())
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argparse.Namespace:
     """The flags, checked (one-line error and exit 2 on a mistake), with defaults filled in.
 
-    ``args.given`` names the configuration flags the user set (``--hw1`` sets its own).
+    ``args.given`` names the configuration flags the user set (``--hw1`` sets its own);
+    ``args.prog`` is ``prog``, the name the messages start with.
     """
-    p = Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=COUNT, help=f"total epochs (default {DEFAULTS['epochs']})")
     p.add_argument("--batch-size", type=POSITIVE, help=f"mini-batch size (default {DEFAULTS['batch_size']})")
     hiddens = show(DEFAULTS["hiddens"])
@@ -236,32 +237,36 @@ def lr_schedule(mlp: MLP, args: argparse.Namespace) -> Callable[[int, History], 
     return schedule
 
 
-def fail(message: str, status: int) -> NoReturn:
-    """One line on stderr, then exit with ``status``."""
-    print(f"train.py: error: {' '.join(message.split())}", file=sys.stderr)
+def fail(message: str, status: int, prog: str) -> NoReturn:
+    """One line on stderr, ``prog: error: message``, then exit with ``status``."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(status)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130)."""
-    run(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130).
+
+    Its messages name ``prog``; default: the program run (``train.py``, ``xpmlp-train``), or
+    ``train.py`` when ``argv`` is given.
+    """
+    run(argv, prog or (Path(sys.argv[0]).name if argv is None and sys.argv[0] else "train.py"))
     return 0
 
 
-def run(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None, prog: str = "train.py") -> dict[str, Any]:
     """Run train.py and return its metrics; every user mistake ends in one line on stderr and exit status 2.
 
     A run that cannot go on (diverged, a write failed) exits 1; Ctrl-C exits 130. Each says
     in its one line what was saved.
     """
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     progress = Progress(Path(args.out))
     try:
         return train(args, progress)
     except UsageError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), 2, prog)
     except (RunError, FloatingPointError) as exc:
-        fail(f"{exc}; {progress.state()}", 1)
+        fail(f"{exc}; {progress.state()}", 1, prog)
     except KeyboardInterrupt:
         if progress.trained:
             message = f"interrupted while writing the results; {progress.state()}: rerun with --resume to write them"
@@ -269,7 +274,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             message = "interrupted before epoch 1 was saved; nothing was saved"
         else:
             message = f"interrupted after epoch {progress.saved}; rerun with --resume to continue ({progress.state()})"
-        print(f"\ntrain.py: {message}", file=sys.stderr)
+        print(f"\n{prog}: {message}", file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
 
 

@@ -96,7 +96,7 @@ def resume(args: argparse.Namespace, out: Path, progress: Progress) -> tuple[MLP
         if getattr(args, key) != settings[key]
     ]
     if ignored:
-        print(f"train.py: --resume continues the saved run, so it ignores {'; '.join(ignored)}", file=sys.stderr)
+        print(f"{args.prog}: --resume continues the saved run, so it ignores {'; '.join(ignored)}", file=sys.stderr)
     vars(args).update(settings)
     if "epochs" not in args.given:
         args.epochs = epochs
@@ -105,7 +105,7 @@ def resume(args: argparse.Namespace, out: Path, progress: Progress) -> tuple[MLP
     if complete and results_written(out, history):
         raise UsageError(f"--resume: {complete}; there is nothing to do (pass more --epochs to train on)")
     if complete:
-        print(f"train.py: --resume: {complete}; writing the results it lacks", file=sys.stderr)
+        print(f"{args.prog}: --resume: {complete}; writing the results it lacks", file=sys.stderr)
     return mlp, history
 
 
