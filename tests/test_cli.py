@@ -568,3 +568,21 @@ def test_messages_name_the_program_that_was_run(monkeypatch, capsys, argv0, how,
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{prog}: error: argument --epochs") and err.endswith(f"(see {prog} --help)\n"), err
+
+
+def test_a_full_disk_while_plotting_names_the_file(tmp_path, data, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    import errno
+
+    import xpmlp.cli.plots as plots
+
+    def full_disk(path, write):
+        if Path(path).name == "confusion.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return xpmlp.io.atomic_write(path, write)
+
+    monkeypatch.setattr(plots, "atomic_write", full_disk)
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", "--hiddens", "16", "--bn-layers", "1"]
+    line = refused(capsys, [*flags, "--quiet"], 1)
+    assert f"cannot write to {tmp_path / 'confusion.png'} (No space left on device)" in line
+    assert (tmp_path / "curves.png").is_file() and not (tmp_path / "metrics.json").exists()

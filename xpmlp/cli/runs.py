@@ -25,7 +25,7 @@ from ..checks import as_int
 from ..io import atomic_write, load_checkpoint, save
 from ..mlp import MLP
 from ..training import History, confusion_matrix, evaluate
-from .plots import plot
+from . import plots
 
 CHECKPOINT, METRICS, PLOTS = "model.npz", "metrics.json", ("curves.png", "confusion.png")
 OUTPUTS = (CHECKPOINT, *PLOTS, METRICS)  # in the order a run writes them: metrics.json says the run is complete
@@ -322,6 +322,14 @@ def save_checkpoint(out: Path, mlp: MLP, config: dict[str, Any], history: Histor
     progress.saved = history.epochs
 
 
+def plot(out: Path, history: History, confusion: Any) -> list[str]:
+    """Write curves.png and confusion.png into ``out`` (a failed write names its file); the names written."""
+    figures = plots.figures(history, confusion)
+    for name, fig in figures.items():
+        write(out / name, lambda path, fig=fig: plots.save(fig, path))
+    return list(figures)
+
+
 def results(args: argparse.Namespace, out: Path, mlp: MLP, history: History, test: Any, config: dict) -> dict[str, Any]:
     """Evaluate the trained model on the test split; write the plots, then metrics.json; print the summary."""
     backend = get_backend(mlp.backend)
@@ -341,7 +349,7 @@ def results(args: argparse.Namespace, out: Path, mlp: MLP, history: History, tes
         "test_accuracy": 1.0 - test_error,
         "confusion_matrix": confusion.tolist(),
     }
-    plotted = [] if args.no_plots else write(out, lambda folder: plot(folder, history, confusion))
+    plotted = [] if args.no_plots else plot(out, history, confusion)
     write(out / METRICS, lambda path: write_json(path, metrics))
     which = f"epoch {kept}'s model" if kept else "the untrained model"
     if kept != history.epochs:
