@@ -10,7 +10,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -197,10 +196,9 @@ def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
     ) as proc:
-        for line in proc.stdout:
+        for line in proc.stdout:  # an event, not a clock: an epoch's line is printed once its checkpoint is saved
             if line.startswith("epoch"):
                 break
-        time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -586,3 +584,50 @@ def test_a_full_disk_while_plotting_names_the_file(tmp_path, data, monkeypatch, 
     line = refused(capsys, [*flags, "--quiet"], 1)
     assert f"cannot write to {tmp_path / 'confusion.png'} (No space left on device)" in line
     assert (tmp_path / "curves.png").is_file() and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "what"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_as_a_checkpoint_is_renamed_reports_that_checkpoint(tmp_path, data, monkeypatch, capsys, sent,
+                                                                     status, what):  # fmt: skip
+    """Ctrl-C or SIGTERM right after the rename: the line names the epoch the file holds (it said the one before)."""
+    import xpmlp.cli.runs as cli
+
+    saves = []
+
+    def save_then_signal(*args, **kwargs):
+        path = xpmlp.save(*args, **kwargs)
+        saves.append(path)
+        if len(saves) == 2:
+            signal.raise_signal(sent)
+        return path
+
+    monkeypatch.setattr(cli, "save", save_then_signal)
+    with pytest.raises(SystemExit) as info:
+        run(["--data", str(data), "--out", str(tmp_path), "--epochs", "5", *FAST])
+    assert info.value.code == status
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"train.py: {what} after epoch 2; rerun with --resume to continue ({tmp_path / 'model.npz'} (epoch 2) "
+        "is intact)"
+    ]
+    assert len(xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["history"]["train_loss"]) == 2
+    assert not (tmp_path / ".train.lock").exists()
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_releases_the_lock(tmp_path, data):
+    argv = [sys.executable, "-m", "xpmlp", "train", "--data", str(data), "--out", str(tmp_path), "--epochs", "100000",
+            "--lr-decay", "1", *FAST]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        for line in proc.stdout:  # the first epoch saved and reported
+            if line.startswith("epoch"):
+                break
+        proc.terminate()
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xpmlp train: terminated after epoch "), err
+    epochs = int(lines[0].split("terminated after epoch ")[1].split(";")[0])
+    assert len(xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["history"]["train_loss"]) == epochs >= 1
+    assert not (tmp_path / ".train.lock").exists()

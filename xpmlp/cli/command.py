@@ -38,9 +38,10 @@ from .runs import (
     save_checkpoint,
     say,
     show,
+    terminate_as_interrupt,
 )
 
-INTERRUPTED = 130  # the shell's exit status for Ctrl-C
+INTERRUPTED, TERMINATED = 130, 143  # the shell's exit statuses for Ctrl-C (SIGINT) and SIGTERM
 
 
 class Parser(argparse.ArgumentParser):
@@ -261,21 +262,23 @@ def run(argv: list[str] | None = None, prog: str = "train.py") -> dict[str, Any]
     """
     args = parse_args(argv, prog)
     progress = Progress(Path(args.out))
-    try:
-        return train(args, progress)
-    except UsageError as exc:
-        fail(str(exc), 2, prog)
-    except (RunError, FloatingPointError) as exc:
-        fail(f"{exc}; {progress.state()}", 1, prog)
-    except KeyboardInterrupt:
-        if progress.trained:
-            message = f"interrupted while writing the results; {progress.state()}: rerun with --resume to write them"
-        elif progress.saved is None:
-            message = "interrupted before epoch 1 was saved; nothing was saved"
-        else:
-            message = f"interrupted after epoch {progress.saved}; rerun with --resume to continue ({progress.state()})"
-        print(f"\n{prog}: {message}", file=sys.stderr)
-        raise SystemExit(INTERRUPTED) from None
+    with terminate_as_interrupt() as terminated:
+        try:
+            return train(args, progress)
+        except UsageError as exc:
+            fail(str(exc), 2, prog)
+        except (RunError, FloatingPointError) as exc:
+            fail(f"{exc}; {progress.state()}", 1, prog)
+        except KeyboardInterrupt:
+            what = "terminated" if terminated else "interrupted"
+            if progress.trained:
+                message = f"{what} while writing the results; {progress.state()}: rerun with --resume to write them"
+            elif progress.saved is None:
+                message = f"{what} before epoch 1 was saved; {progress.state()}"
+            else:
+                message = f"{what} after epoch {progress.saved}; rerun with --resume to continue ({progress.state()})"
+            print(f"\n{prog}: {message}", file=sys.stderr)
+            raise SystemExit(TERMINATED if terminated else INTERRUPTED) from None
 
 
 def train(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:

@@ -12,8 +12,10 @@ import fcntl
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,49 @@ class UsageError(Exception):
 
 class RunError(Exception):
     """A run that cannot go on (a write failed): one line saying what is intact, exit status 1."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[list[int]]:
+    """Inside the block SIGTERM acts as Ctrl-C: a KeyboardInterrupt, deferred wherever Ctrl-C is.
+
+    Yields the list of the SIGTERMs that came. SIGTERM goes through SIGINT's handler (a
+    deferring one while a checkpoint is written or XLA compiles); with SIGINT ignored
+    (a background job) it raises at once. The main thread only (Python's signals).
+    """
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        came.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signum, frame)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) inside the block takes effect once it is done: a checkpoint written is one reported."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(caught[0])  # to the handler it was meant for (a SIGTERM: to terminate's)
 
 
 def say(text: str) -> None:
@@ -306,20 +351,19 @@ def save_checkpoint(out: Path, mlp: MLP, config: dict[str, Any], history: Histor
     """
     state = {"args": config, "history": history.as_dict()}
     target = out / (f".{CHECKPOINT}.new.tmp" if progress.replaces else CHECKPOINT)  # a stale one is removed
-    try:
-        write(target, lambda path: save(mlp, path, train_state=state, best_state=history.best_state,
-                                        last_state=history.last_state))  # fmt: skip
-    except ValueError as exc:  # save refuses non-finite values (fit already refuses non-finite parameters)
-        raise RunError(f"training diverged in epoch {history.epochs} ({exc})") from None
-    for name in reversed(
-        progress.replaces
-    ):  # metrics.json first: no moment holds the new checkpoint and the old results
-        if name != CHECKPOINT:
-            write(out / name, lambda path: path.unlink(missing_ok=True))
-    if progress.replaces:
-        write(out / CHECKPOINT, lambda path: os.replace(target, path))
-        progress.replaces = []
-    progress.saved = history.epochs
+    with uninterrupted():  # Ctrl-C as the file is renamed: progress.saved must say so
+        try:
+            write(target, lambda path: save(mlp, path, train_state=state, best_state=history.best_state,
+                                            last_state=history.last_state))  # fmt: skip
+        except ValueError as exc:  # save refuses non-finite values (fit already refuses non-finite parameters)
+            raise RunError(f"training diverged in epoch {history.epochs} ({exc})") from None
+        for name in reversed(progress.replaces):  # metrics.json first: never new checkpoint with old results
+            if name != CHECKPOINT:
+                write(out / name, lambda path: path.unlink(missing_ok=True))
+        if progress.replaces:
+            write(out / CHECKPOINT, lambda path: os.replace(target, path))
+            progress.replaces = []
+        progress.saved = history.epochs
 
 
 def plot(out: Path, history: History, confusion: Any) -> list[str]:
