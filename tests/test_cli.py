@@ -631,3 +631,10 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_releases_the_lock(tmp_path, data
     epochs = int(lines[0].split("terminated after epoch ")[1].split(";")[0])
     assert len(xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["history"]["train_loss"]) == epochs >= 1
     assert not (tmp_path / ".train.lock").exists()
+
+
+def test_the_files_record_the_data_folder_also_when_it_came_from_xpmlp_data(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("XPMLP_DATA", str(data))
+    metrics = run(["--out", str(tmp_path), "--epochs", "0", *FAST])
+    assert metrics["config"]["data"] == str(data)
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["data"] == str(data)

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from .. import presets
 from ..backend import BackendUnavailableError, get_backend, host
 from ..checks import as_rate
-from ..data import load_mnist
+from ..data import load_mnist, mnist_location
 from ..mlp import MLP
 from ..presets import ACTIVATIONS, DEFAULTS, HW1, INITS, build_mlp, leaves_batch_of_one, scheduled_lr
 from ..training import EVAL_CHUNK, History, fit
@@ -303,6 +303,7 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
         (train_split, val, test) = load_mnist(args.data, download=not explicit)  # a folder named is not filled
     except (OSError, ValueError) as exc:
         raise UsageError(f"{exc}" + (" (or --data)" if explicit else "")) from None
+    args.data = str(mnist_location(args.data)[0])  # what metrics.json records: also $XPMLP_DATA's or the cache's
     batch_problem(mlp, len(train_split[0]), args.batch_size)
     config = {
         k: v
