@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from xpmlp.backend import fori_loop, namespace_of
-from xpmlp.compiler.trace import TRACE_NAMESPACE, TraceError, Tracer, evaluate, trace
+from xpmlp.compiler.program import evaluate
+from xpmlp.compiler.trace import TRACE_NAMESPACE, TraceError, Tracer, trace
 from xpmlp.training import make_epoch
 
 from support.epochs import assert_close, epoch_inputs, traced_epoch

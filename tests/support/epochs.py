@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from xpmlp.compiler.trace import flatten, trace
+from xpmlp.compiler.program import flatten
+from xpmlp.compiler.trace import trace
 from xpmlp.training import DeviceSplit, _epoch_order, _zero_sums, epoch_data, make_epoch
 
 
