@@ -76,6 +76,7 @@ def refused(capsys, argv: list[str], status: int = 2) -> str:
         (["--activation", "gelu"], "--activation"),
         (["--seed", str(2**32)], "argument --seed: '4294967296' is not an integer in [0, 2**32 - 1]"),
         (["--out", ""], "argument --out: an empty name is no folder"),
+        (["--out", "x" * 300], "File name too long; choose another --out"),
         (["--data", " "], "argument --data: an empty name is no folder"),
         (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite replaces it"),
         (["--hiddens", "100000000,100000000"], "parameters need about"),
@@ -638,3 +639,4 @@ def test_the_files_record_the_data_folder_also_when_it_came_from_xpmlp_data(tmp_
     metrics = run(["--out", str(tmp_path), "--epochs", "0", *FAST])
     assert metrics["config"]["data"] == str(data)
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["data"] == str(data)
+

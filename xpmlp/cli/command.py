@@ -173,7 +173,11 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
         args.backend, args.device = backend.name, backend.device
         args.backends = [{"backend": backend.name, "device": backend.device, "from_epoch": 1}]
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
+    try:
+        taken = out.exists() and not out.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        p.error(f"--out {out}: {exc.strerror}; choose another --out")
+    if taken:
         p.error(f"--out {out} is a file, not a folder; name a folder (it is created if absent)")
     return args
 
