@@ -640,3 +640,10 @@ def test_the_files_record_the_data_folder_also_when_it_came_from_xpmlp_data(tmp_
     assert metrics["config"]["data"] == str(data)
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["data"] == str(data)
 
+
+def test_help_is_ascii_so_that_any_locale_prints_it(capsys):
+    """PYTHONIOENCODING=ascii (or a C locale without UTF-8) printed a UnicodeEncodeError for lr·decay^k."""
+    with pytest.raises(SystemExit) as info:
+        run(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "--lr-decay" in out and out.isascii()

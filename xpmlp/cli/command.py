@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
     p.add_argument(
         "--lr-decay",
         type=DECAY,
-        help=f"learning rate of epoch k (0-based): lr·decay^k (default {DEFAULTS['lr_decay']})",
+        help=f"learning rate of epoch k (0-based): lr*decay^k (default {DEFAULTS['lr_decay']})",  # ASCII: any locale
     )
     p.add_argument("--momentum", type=MOMENTUM, help=f"momentum (default {DEFAULTS['momentum']})")
     p.add_argument("--init", choices=INITS, help="weight init: N(0,1) as in HW1, or He N(0, 2/fan_in) (default he)")
