@@ -133,8 +133,8 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     # cli/
     ("cli-nothing-to-train", "cli/runs.py", "if history.epochs >= epochs:", "if history.epochs > epochs:",
      ["test_cli.py"]),
-    ("cli-overwrite-refused", "cli/runs.py", "found = [] if args.resume or args.overwrite else holds_run(out)",
-     "found = [] if args.resume else holds_run(out)", ["test_cli.py"]),
+    ("cli-overwrite-refused", "cli/runs.py", "elif found and not args.resume:", "if found and not args.resume:",
+     ["test_cli.py"]),
     ("cli-resume-saved-unset", "cli/runs.py", "progress.saved = history.epochs\n    complete",
      "complete", ["test_cli.py"]),
     ("cli-main-returns-metrics", "cli/command.py", "    run(argv)\n    return 0", "    return run(argv)",
