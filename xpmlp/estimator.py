@@ -190,11 +190,15 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> Any:
         """Softmax probabilities (n_samples, n_classes), columns ordered as ``classes_``; eval mode."""
+        return host.exp(self.predict_log_proba(X))
+
+    def predict_log_proba(self, X: Any) -> Any:
+        """log σ(z) of the output logits z (n_samples, n_classes), the log-softmax: finite where σ(z) rounds to 0."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=(host.float64, host.float32), reset=False)
         with eval_mode(self.model_) as model:
             logits = model.forward(X)
-        return host.asarray(model.backend.to_host(model.backend.xp.exp(log_softmax(logits))), dtype=host.float64)
+        return host.asarray(model.backend.to_host(log_softmax(logits)), dtype=host.float64)
 
     def predict(self, X: Any) -> Any:
         """The most probable class of each row, as a label from ``classes_``."""
