@@ -25,6 +25,9 @@ from xpmlp import MLPClassifier
 
 from conftest import TOL, numerical_grad, rel_err
 
+# fits of a few epochs run out of max_iter on purpose; the warning itself is tested in test_estimator_sklearn.py
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 SMALL = {"hidden_layer_sizes": (16,), "max_iter": 3, "random_state": 0, "dtype": "float64"}
 # scikit-learn's MLPClassifier with xpmlp's update rule: v ← μ·v − η·grad; p ← p + v
 SCIKIT_SGD = {"solver": "sgd", "nesterovs_momentum": False}

@@ -60,3 +60,68 @@ def test_predict_log_proba_is_the_log_softmax_where_the_probability_rounds_to_ze
     with np.errstate(divide="ignore"):
         assert np.isneginf(np.log(clf.predict_proba(x[:50]))).any()  # what a log of the probability would give
     assert rel_err(log_proba, expected) <= TOL["float64"]
+
+
+def fit_warnings(estimator, x, y) -> list[str]:
+    """The ConvergenceWarning messages of ``estimator.fit(x, y)``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimator.fit(x, y)
+    return [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+
+
+def test_n_iter_no_change_inf_trains_to_max_iter_and_warns_as_scikit_learn_does():
+    """tol = 1e9 counts every epoch as no improvement; np.inf never stops, so both run out of epochs and warn."""
+    x, y = digits()
+    same = {"hidden_layer_sizes": (16,), "tol": 1e9, "n_iter_no_change": np.inf, "max_iter": 7, "random_state": 0}
+    ours, theirs = MLPClassifier(**same), ScikitMLP(**same, solver="sgd")
+    ours_warned, theirs_warned = fit_warnings(ours, x[:300], y[:300]), fit_warnings(theirs, x[:300], y[:300])
+    assert ours.n_iter_ == theirs.n_iter_ == 7 and ours._no_improvement_count == theirs._no_improvement_count == 6
+    assert (
+        ours_warned
+        == theirs_warned
+        == ["Stochastic Optimizer: Maximum iterations (7) reached and the optimization hasn't converged yet."]
+    )
+
+
+def test_no_convergence_warning_where_the_tol_rule_stops_or_in_partial_fit():
+    x, y = digits()
+    stopped = MLPClassifier(**{**SMALL, "tol": 1e9, "n_iter_no_change": 2, "max_iter": 50})
+    assert fit_warnings(stopped, x[:300], y[:300]) == [] and stopped.n_iter_ == 4
+    on_the_last_epoch = MLPClassifier(**{**SMALL, "tol": 1e9, "n_iter_no_change": 2, "max_iter": 4})
+    assert fit_warnings(on_the_last_epoch, x[:300], y[:300]) == []  # the rule stopped it: scikit-learn is silent too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        MLPClassifier(**{**SMALL, "max_iter": 1}).partial_fit(x[:300], y[:300], classes=np.arange(10))
+
+
+def test_a_warm_start_warns_at_each_fit_that_runs_out_of_epochs():
+    x, y = digits()
+    clf = MLPClassifier(**{**SMALL, "warm_start": True, "n_iter_no_change": np.inf})
+    assert len(fit_warnings(clf, x[:300], y[:300])) == 1 and clf.n_iter_ == 3
+    clf.set_params(max_iter=5)
+    assert fit_warnings(clf, x[:300], y[:300]) == [
+        "Stochastic Optimizer: Maximum iterations (5) reached and the optimization hasn't converged yet."
+    ]
+    assert clf.n_iter_ == 5 and len(clf.loss_curve_) == 8
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(2.5, TypeError), (-np.inf, TypeError), (0, ValueError), ("10", TypeError)]
+)
+def test_n_iter_no_change_other_than_a_positive_int_or_inf_is_refused(value, error):
+    x, y = digits()
+    with pytest.raises(error, match="n_iter_no_change"):
+        MLPClassifier(**SMALL, n_iter_no_change=value).fit(x[:100], y[:100])
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_verbose_says_why_it_stops_in_scikit_learns_words(capsys, early_stopping):
+    x, y = digits()
+    same = {"hidden_layer_sizes": (16,), "tol": 1e9, "n_iter_no_change": 2, "max_iter": 50, "random_state": 0,
+            "verbose": True, "early_stopping": early_stopping}  # fmt: skip
+    MLPClassifier(**same).fit(x[:300], y[:300])
+    ours = capsys.readouterr().out.splitlines()[-1]
+    ScikitMLP(**same, solver="sgd").fit(x[:300], y[:300])
+    assert ours == capsys.readouterr().out.splitlines()[-1]
+    assert ours.endswith("did not improve more than tol=1000000000.000000 for 2 consecutive epochs. Stopping.")

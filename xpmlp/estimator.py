@@ -12,10 +12,12 @@ Needs scikit-learn (``pip install 'xpmlp[sklearn]'``).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -71,12 +73,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     nesterovs_momentum
         Only False: xpmlp's momentum is classical (True is refused).
     max_iter
-        Most epochs (passes over the training data) of a fit.
+        Most epochs (passes over the training data) of a fit; a fit that reaches it before the ``tol`` rule
+        stops training warns ``sklearn.exceptions.ConvergenceWarning``, in scikit-learn's words.
     shuffle
         Shuffle the training rows each epoch (seeded by ``random_state``); False: their given order.
     tol, n_iter_no_change
         Stop when, ``n_iter_no_change`` + 1 epochs in a row, the training loss (with ``early_stopping``:
-        the validation accuracy) has not improved on the best so far by ``tol`` (scikit-learn's rule).
+        the validation accuracy) has not improved on the best so far by ``tol`` (scikit-learn's rule);
+        ``n_iter_no_change=np.inf`` switches the rule off.
     early_stopping, validation_fraction
         Hold out a stratified ``validation_fraction`` of the training data; the model kept at the end is
         the epoch of lowest validation loss (:func:`xpmlp.fit` restores it, as ``train.py`` does).
@@ -147,7 +151,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         nesterovs_momentum: bool = False,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
-        n_iter_no_change: int = 10,
+        n_iter_no_change: int | float = 10,
         bn_layers: int | None = None,
         init: str = "he",
         backend: str | None = None,
@@ -268,7 +272,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         as_float("momentum", self.momentum, minimum=0.0, below=1.0)
         as_float("tol", self.tol, minimum=0.0)
         as_int("max_iter", self.max_iter, minimum=1)
-        as_int("n_iter_no_change", self.n_iter_no_change, minimum=1)
+        if self.n_iter_no_change != math.inf:  # np.inf switches the rule off, as in scikit-learn
+            as_int("n_iter_no_change", self.n_iter_no_change, minimum=1)
         if self.early_stopping:
             fraction = as_float("validation_fraction", self.validation_fraction, minimum=0.0, below=1.0)
             if fraction == 0.0:
@@ -375,10 +380,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             if self._no_improvement_count <= self.n_iter_no_change:
                 return False
             what = "Validation score" if self.early_stopping else "Training loss"
-            message = f"{what} did not improve more than tol={self.tol} for {self.n_iter_no_change} consecutive epochs."
+            message = (
+                f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
+            )
             if self.learning_rate != "adaptive" or model.lr <= SMALLEST_ADAPTIVE_RATE:
                 if self.verbose:
                     print(f"{message} Stopping.")
+                converged.append(not incremental)
                 return not incremental
             model.lr /= 5.0
             self._no_improvement_count = 0
@@ -386,6 +394,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 print(f"{message} Setting learning rate to {model.lr:f}")
             return False
 
+        converged: list[bool] = []
         try:
             fit(
                 model,
@@ -404,6 +413,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             )
         finally:
             self._publish(history.epochs - started)
+        if not incremental and not converged and self.n_iter_ == self.max_iter:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization hasn't "
+                "converged yet.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
 
     def _count_no_improvement(self, h: History) -> None:
         """Update scikit-learn's count of epochs in a row without an improvement by ``tol``."""
