@@ -17,6 +17,7 @@ from xpmlp import MLPClassifier
 
 from conftest import TOL, rel_err
 
+TEN = np.arange(10)
 SMALL = {"hidden_layer_sizes": (16,), "max_iter": 3, "random_state": 0, "dtype": "float64"}
 
 
@@ -125,3 +126,84 @@ def test_verbose_says_why_it_stops_in_scikit_learns_words(capsys, early_stopping
     ScikitMLP(**same, solver="sgd").fit(x[:300], y[:300])
     assert ours == capsys.readouterr().out.splitlines()[-1]
     assert ours.endswith("did not improve more than tol=1000000000.000000 for 2 consecutive epochs. Stopping.")
+
+
+def raised(call) -> BaseException:
+    """The exception ``call()`` raises."""
+    with pytest.raises(Exception) as info:  # any type: the caller compares it with scikit-learn's
+        call()
+    return info.value
+
+
+def assert_same_error(ours: BaseException, theirs: BaseException) -> None:
+    assert type(ours) is type(theirs) and str(ours) == str(theirs), (ours, theirs)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"hidden_layer_sizes": 2.5},
+        {"hidden_layer_sizes": (16, 0)},
+        {"activation": "softplus"},
+        {"batch_size": "big"},
+        {"batch_size": 0},
+        {"alpha": -1.0},
+        {"shuffle": "yes"},
+        {"warm_start": 1},
+        {"tol": -1.0},
+        {"max_iter": 0},
+        {"max_iter": 2.0},
+        {"momentum": 1.5},
+        {"power_t": -1.0},
+        {"n_iter_no_change": 0},
+        {"n_iter_no_change": 2.5},
+        {"early_stopping": True, "validation_fraction": 1.0},
+        {"random_state": "seed"},
+    ],
+)
+def test_a_parameter_scikit_learn_refuses_gets_its_exception_in_its_words(params):
+    x, y = digits()
+    same = {"hidden_layer_sizes": (16,), "max_iter": 3, "random_state": 0, **params}
+    ours = MLPClassifier(**same)
+    assert_same_error(raised(lambda: ours.fit(x[:100], y[:100])),
+                      raised(lambda: ScikitMLP(**same, solver="sgd").fit(x[:100], y[:100])))  # fmt: skip
+    assert not hasattr(ours, "model_")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        pytest.param(lambda clf, x, y: clf.set_params(warm_start=True).fit(x, y).fit(x[y < 9], y[y < 9]),
+                     id="warm start on fewer classes"),
+        pytest.param(lambda clf, x, y: clf.partial_fit(x, y), id="first partial_fit without classes"),
+        pytest.param(lambda clf, x, y: clf.partial_fit(x, y, classes=TEN).partial_fit(x, np.where(y == 0, 12, y)),
+                     id="partial_fit on an unseen class"),
+        pytest.param(lambda clf, x, y: clf.partial_fit(x, y, classes=TEN).partial_fit(x, y, classes=np.arange(11)),
+                     id="partial_fit with other classes"),
+        pytest.param(lambda clf, x, y: clf.partial_fit(x, np.where(y == 0, 12, y), classes=TEN),
+                     id="first partial_fit on an unseen class"),
+        pytest.param(lambda clf, x, y: clf.set_params(early_stopping=True).partial_fit(x, y, classes=np.arange(10)),
+                     id="partial_fit with early stopping"),
+        pytest.param(lambda clf, x, y: clf.set_params(early_stopping=True).fit(x[:4], np.array([0, 0, 0, 1])),
+                     id="stratified split of two classes, one of one member"),
+        pytest.param(lambda clf, x, y: clf.set_params(early_stopping=True).fit(x[:10], np.r_[np.zeros(5), np.ones(5)]),
+                     id="validation split of one row"),
+        pytest.param(lambda clf, x, y: clf.fit(x, y).predict(x[:, :5]), id="predict on fewer features"),
+        pytest.param(lambda clf, x, y: clf.fit(x, y[:50]), id="y shorter than X"),
+    ],
+)  # fmt: skip
+def test_a_mistake_scikit_learn_refuses_gets_its_exception_in_its_words(mistake):
+    x, y = digits()
+    x, y = x[:100], y[:100]
+    params = {"hidden_layer_sizes": (8,), "max_iter": 2, "random_state": 0}
+    assert_same_error(raised(lambda: mistake(MLPClassifier(**params), x, y)),
+                      raised(lambda: mistake(ScikitMLP(**params, solver="sgd"), x, y)))  # fmt: skip
+
+
+def test_early_stopping_fits_more_classes_where_one_has_a_single_member_as_scikit_learn_does():
+    """scikit-learn stratifies two classes only; xpmlp stratifies more where it can, and splits these unstratified."""
+    x, y = digits()
+    y = np.where(np.arange(len(y)) == 0, 10, y)[:300]  # class 10 has one member
+    clf = MLPClassifier(**SMALL, early_stopping=True).fit(x[:300], y)
+    assert len(clf.classes_) == 11 and len(clf.validation_scores_) == 3

@@ -18,14 +18,23 @@ from typing import Any
 
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .activations import Identity, ReLU, Sigmoid, Tanh
-from .backend import get_backend, host
-from .checks import as_float, as_int
+from .activations import Identity
+from .backend import host
+from .checks import as_int
+from .estimator_checks import (
+    ACTIVATIONS,
+    PARAMETER_CONSTRAINTS,
+    WEIGHT_SCALES,
+    changed_architecture,
+    check_classes,
+    check_parameters,
+    hidden_sizes,
+    validation_split,
+)
 from .init import zeros_bias_init
 from .loss import SoftmaxCrossEntropy, log_softmax
 from .mlp import MLP
@@ -33,9 +42,6 @@ from .training import History, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
 
-ACTIVATIONS = {"relu": ReLU, "logistic": Sigmoid, "tanh": Tanh, "identity": Identity}
-WEIGHT_SCALES = {"he": lambda fan_in: math.sqrt(2.0 / fan_in), "normal": lambda fan_in: 1.0}
-LEARNING_RATES = ("exponential", "constant", "invscaling", "adaptive")
 SMALLEST_ADAPTIVE_RATE = 1e-6  # "adaptive" stops instead of going below (scikit-learn's bound)
 
 
@@ -129,6 +135,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         :func:`xpmlp.fit`'s per-epoch statistics, over every call.
     """
 
+    _parameter_constraints = PARAMETER_CONSTRAINTS
+
     def __init__(
         self,
         hidden_layer_sizes: int | Sequence[int] = (256, 128),
@@ -214,23 +222,19 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit(self, X: Any, y: Any, classes: Any, incremental: bool) -> MLPClassifier:
         """fit and partial_fit: every check first; a failed first call leaves the estimator as it was."""
-        self._check_parameters(incremental)
+        check_parameters(self, incremental)
         first = not hasattr(self, "model_") or (not incremental and not self.warm_start)
         before = dict(vars(self))
         try:
             X, y = validate_data(self, X, y, dtype=(host.float64, host.float32), reset=first)
             check_classification_targets(y)
+            if first and incremental and classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
             if first:
-                if incremental and classes is None:
-                    raise ValueError("classes must be passed on the first call to partial_fit")
                 self._start(X, y if classes is None else classes)
-            elif classes is not None and not host.array_equal(host.unique(host.asarray(classes)), self.classes_):
-                raise ValueError(f"classes={classes!r} differs from the first call's classes {self.classes_!r}")
-            unseen = host.setdiff1d(y, self.classes_)
-            if unseen.size:
-                raise ValueError(f"y holds labels {unseen!r} that are not in classes {self.classes_!r}")
             if not first and not incremental:
-                self._check_warm_start(y)
+                self._check_warm_start()
+            check_classes(self, y, None if first else classes, warm_start=not first and not incremental)
             labels = host.searchsorted(self.classes_, y)
             self._train(X, labels, 1 if incremental else self.max_iter, incremental)
         except BaseException:
@@ -239,52 +243,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 vars(self).update(before)
             raise
         return self
-
-    def _check_parameters(self, incremental: bool) -> None:
-        """Refuse what xpmlp cannot honour, naming the parameter, before anything changes."""
-        if self.solver != "sgd":
-            hint = " (xpmlp trains by momentum SGD only)" if self.solver in ("adam", "lbfgs") else ""
-            raise ValueError(f"solver must be 'sgd', got {self.solver!r}{hint}")
-        if self.nesterovs_momentum is not False:
-            raise ValueError(
-                f"nesterovs_momentum must be False: xpmlp's momentum is classical, got {self.nesterovs_momentum!r}"
-            )
-        if self.learning_rate not in LEARNING_RATES:
-            raise ValueError(
-                f"learning_rate must be one of {', '.join(map(repr, LEARNING_RATES))}, got {self.learning_rate!r}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {self.activation!r}")
-        if self.init not in WEIGHT_SCALES:
-            raise ValueError(f"init must be one of {', '.join(map(repr, WEIGHT_SCALES))}, got {self.init!r}")
-        for name in ("shuffle", "warm_start", "early_stopping"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.early_stopping and incremental:
-            raise ValueError("partial_fit does not support early_stopping=True (as in scikit-learn)")
-        self._hiddens()
-        if self.batch_size != "auto":
-            as_int("batch_size", self.batch_size, minimum=1)
-        as_float("alpha", self.alpha, minimum=0.0)
-        as_float("learning_rate_init", self.learning_rate_init, minimum=0.0)
-        as_float("lr_decay", self.lr_decay, minimum=0.0, maximum=1.0)
-        as_float("power_t", self.power_t, minimum=0.0)
-        as_float("momentum", self.momentum, minimum=0.0, below=1.0)
-        as_float("tol", self.tol, minimum=0.0)
-        as_int("max_iter", self.max_iter, minimum=1)
-        if self.n_iter_no_change != math.inf:  # np.inf switches the rule off, as in scikit-learn
-            as_int("n_iter_no_change", self.n_iter_no_change, minimum=1)
-        if self.early_stopping:
-            fraction = as_float("validation_fraction", self.validation_fraction, minimum=0.0, below=1.0)
-            if fraction == 0.0:
-                raise ValueError("validation_fraction must be > 0 with early_stopping=True")
-
-    def _hiddens(self) -> list[int]:
-        """``hidden_layer_sizes`` as a list of ints >= 1: an int is one layer; 2.5, "64" or True are refused."""
-        sizes = self.hidden_layer_sizes
-        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
-            sizes = [sizes]
-        return [as_int(f"hidden_layer_sizes[{i}]", h, minimum=1) for i, h in enumerate(sizes)]
 
     def _start(self, X: Any, classes: Any) -> None:
         """A new network for ``X``'s features and the labels in ``classes``; a new run's statistics and seed."""
@@ -301,7 +259,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self._best_score = -math.inf
 
     def _build(self, n_features: int, input_dtype: Any, rng: Any) -> MLP:
-        hiddens = self._hiddens()
+        hiddens = hidden_sizes(self.hidden_layer_sizes)
         scale = WEIGHT_SCALES[self.init]
         dtype = self.dtype or ("float32" if input_dtype == host.float32 else "float64")
         return MLP(
@@ -320,29 +278,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             dtype=dtype,
         )
 
-    def _check_warm_start(self, y: Any) -> None:
-        """Refuse labels or parameters that the fitted network cannot continue with."""
-        model = self.model_
-        if not host.array_equal(host.unique(y), self.classes_):
-            raise ValueError(
-                f"warm_start continues a network fitted on classes {self.classes_!r}; y has {host.unique(y)!r}"
-            )
-        activation = type(model.activations[0]).__name__ if model.hiddens else None
-        fitted = {
-            "hidden_layer_sizes": model.hiddens,
-            "activation": activation,
-            "bn_layers": model.num_bn_layers,
-            "backend": model.backend,
-        }
-        asked = {
-            "hidden_layer_sizes": self._hiddens(),
-            "activation": ACTIVATIONS[self.activation].__name__ if model.hiddens else None,
-            "bn_layers": len(model.hiddens) if self.bn_layers is None else self.bn_layers,
-            "backend": get_backend(self.backend, self.device),
-        }
-        if self.dtype is not None:
-            fitted["dtype"], asked["dtype"] = model.dtype, self.dtype
-        changed = [name for name in fitted if fitted[name] != asked[name]]
+    def _check_warm_start(self) -> None:
+        """Refuse parameters that the fitted network cannot continue with."""
+        changed = changed_architecture(self)
         if changed:
             raise ValueError(
                 f"warm_start continues the fitted network, but {', '.join(changed)} changed since it was fitted; "
@@ -355,11 +293,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         history.last_state = None  # go on from the model kept (early stopping's best), as scikit-learn does
         val = None
         if self.early_stopping:
-            X, X_val, labels, val_labels = train_test_split(
-                X, labels, test_size=self.validation_fraction, random_state=self._seed, stratify=labels
-            )
-            val = (X_val, val_labels)
-        model.momentum = float(self.momentum)  # checked in _check_parameters
+            X, labels, val = validation_split(X, labels, len(self.classes_), self.validation_fraction, self._seed)
+        model.momentum = float(self.momentum)  # checked in check_parameters
         if not incremental:  # scikit-learn starts a new optimizer each fit: the initial rate, no velocity
             model.lr = float(self.learning_rate_init)
             state = model.state_dict()
