@@ -207,3 +207,24 @@ def test_early_stopping_fits_more_classes_where_one_has_a_single_member_as_sciki
     y = np.where(np.arange(len(y)) == 0, 10, y)[:300]  # class 10 has one member
     clf = MLPClassifier(**SMALL, early_stopping=True).fit(x[:300], y)
     assert len(clf.classes_) == 11 and len(clf.validation_scores_) == 3
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_y_of_one_class_is_fitted_and_predicted_as_scikit_learn_does(early_stopping):
+    """scikit-learn fits it and predicts its class; xpmlp's one softmax output is σ = 1: probability 1, loss 0."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((10, 2)), np.full(10, "only")
+    params = {"hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0, "early_stopping": early_stopping,
+              "validation_fraction": 0.2}  # fmt: skip
+    ours = MLPClassifier(**params).fit(x, y)
+    theirs = ScikitMLP(**params, solver="sgd").fit(x, y)
+    assert list(ours.classes_) == list(theirs.classes_) == ["only"] and ours.n_outputs_ == theirs.n_outputs_ == 1
+    np.testing.assert_array_equal(ours.predict(x), theirs.predict(x))
+    np.testing.assert_array_equal(ours.predict_proba(x), np.ones((10, 1)))
+    np.testing.assert_array_equal(ours.predict_log_proba(x), np.zeros((10, 1)))
+    assert ours.loss_curve_ == [0.0, 0.0, 0.0] and ours.score(x, y) == 1.0
+    if early_stopping:
+        assert ours.validation_scores_ == theirs.validation_scores_ == [1.0, 1.0, 1.0]
+    ours.set_params(early_stopping=False).partial_fit(x, y)
+    assert ours.t_ == (24 if early_stopping else 30) + 10

@@ -246,9 +246,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _start(self, X: Any, classes: Any) -> None:
         """A new network for ``X``'s features and the labels in ``classes``; a new run's statistics and seed."""
-        self.classes_ = host.unique(host.asarray(classes))
-        if len(self.classes_) < 2:
-            raise ValueError(f"MLPClassifier needs at least 2 classes; y has 1 class ({self.classes_[0]!r})")
+        self.classes_ = host.unique(host.asarray(classes))  # one class: one output, σ = 1, loss and gradient 0
         rng = check_random_state(self.random_state)
         self.model_ = self._build(X.shape[1], X.dtype, rng)
         self.history_ = History()
