@@ -228,3 +228,43 @@ def test_y_of_one_class_is_fitted_and_predicted_as_scikit_learn_does(early_stopp
         assert ours.validation_scores_ == theirs.validation_scores_ == [1.0, 1.0, 1.0]
     ours.set_params(early_stopping=False).partial_fit(x, y)
     assert ours.t_ == (24 if early_stopping else 30) + 10
+
+
+def test_online_learning_one_sample_at_a_time_with_bn_layers_0_steps_as_scikit_learn_does():
+    """From the same weights (momentum 0: no velocity to carry over), one sample's step is scikit-learn's to 1e-12."""
+    x, y = digits()
+    x, y = x[y < 3][:60], y[y < 3][:60]  # three classes: both have three softmax outputs
+    same = {"hidden_layer_sizes": (8,), "learning_rate": "constant", "learning_rate_init": 0.1, "momentum": 0.0,
+            "alpha": 0.0, "random_state": 0}  # fmt: skip
+    ours = MLPClassifier(**same, bn_layers=0, dtype="float64").partial_fit(x[:30], y[:30], classes=[0, 1, 2])
+    theirs = ScikitMLP(**same, solver="sgd").partial_fit(x[:30], y[:30], classes=[0, 1, 2])
+    theirs.coefs_ = [c.copy() for c in ours.coefs_]
+    theirs.intercepts_ = [b.copy() for b in ours.intercepts_]
+    for i in range(30, 40):
+        ours.partial_fit(x[i : i + 1], y[i : i + 1])
+        theirs.partial_fit(x[i : i + 1], y[i : i + 1])
+    assert ours.t_ == theirs.t_ == 40
+    for mine, expected in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True):
+        assert rel_err(mine, expected) <= 1e-12
+
+
+@pytest.mark.parametrize("call", ["one sample", "batch_size=1"])
+def test_batchnorm_on_batches_of_one_says_in_one_line_how_to_learn_online(call):
+    x, y = digits()
+    clf = MLPClassifier(**SMALL).partial_fit(x[:100], y[:100], classes=TEN)
+    before = {k: np.array(clf.model_.backend.to_host(v)) for k, v in clf.model_.state_dict().items()}
+    with pytest.raises(ValueError, match="bn_layers=0") as info:
+        if call == "one sample":
+            clf.partial_fit(x[100:101], y[100:101])
+        else:
+            clf.set_params(batch_size=1).partial_fit(x[100:110], y[100:110])
+    assert "\n" not in str(info.value) and ("partial_fit got one" in str(info.value)) == (call == "one sample")
+    assert clf.t_ == 100
+    for key, value in clf.model_.state_dict().items():
+        np.testing.assert_array_equal(clf.model_.backend.to_host(value), before[key], err_msg=key)
+
+
+def test_partial_fit_exists_only_for_the_solver_it_trains_with():
+    assert hasattr(MLPClassifier(), "partial_fit") and not hasattr(MLPClassifier(solver="adam"), "partial_fit")
+    assert_same_error(raised(lambda: MLPClassifier(solver="lbfgs").partial_fit),
+                      raised(lambda: ScikitMLP(solver="lbfgs").partial_fit))  # fmt: skip

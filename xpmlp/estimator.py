@@ -19,6 +19,7 @@ from typing import Any
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -33,6 +34,7 @@ from .estimator_checks import (
     check_classes,
     check_parameters,
     hidden_sizes,
+    partial_fit_available,
     validation_split,
 )
 from .init import zeros_bias_init
@@ -196,8 +198,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         """Train on ``X`` (n_samples, n_features) and labels ``y``: a new network, or with warm_start the fitted one."""
         return self._fit(X, y, classes=None, incremental=False)
 
+    @available_if(lambda estimator: partial_fit_available(estimator.solver))
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
-        """One pass over ``X``, ``y`` at the current rate; the first call needs ``classes`` (all labels to come)."""
+        """One pass over ``X``, ``y`` at the current rate; the first call needs ``classes`` (all labels to come).
+
+        Only with ``solver="sgd"`` (otherwise there is no such attribute, as scikit-learn has none for
+        ``"lbfgs"``). BatchNorm cannot train on one sample: online learning one sample at a time needs
+        ``bn_layers=0`` (a call with one sample, or ``batch_size=1``, says so).
+        """
         return self._fit(X, y, classes=classes, incremental=True)
 
     def predict_proba(self, X: Any) -> Any:
@@ -292,13 +300,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         val = None
         if self.early_stopping:
             X, labels, val = validation_split(X, labels, len(self.classes_), self.validation_fraction, self._seed)
+        batch_size = self._batch_size(len(X), "partial_fit" if incremental else "fit")  # before anything changes
         model.momentum = float(self.momentum)  # checked in check_parameters
         if not incremental:  # scikit-learn starts a new optimizer each fit: the initial rate, no velocity
             model.lr = float(self.learning_rate_init)
             state = model.state_dict()
             zero = model.backend.xp.zeros_like
             model.load_state_dict({k: zero(v) if k.startswith("velocity") else v for k, v in state.items()})
-        n_train, started, batch_size = len(X), history.epochs, self._batch_size(len(X))
+        n_train, started = len(X), history.epochs
         model.l2 = float(self.alpha) / batch_size
 
         def after_epoch(epoch: int, h: History) -> bool:  # scikit-learn's iteration end; True stops
@@ -384,9 +393,19 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.coefs_ = [host.array(to_host(w)) for w in model.W]
         self.intercepts_ = [host.array(to_host(b)).reshape(-1) for b in model.b]
 
-    def _batch_size(self, n: int) -> int:
-        """``batch_size`` ("auto": min(200, n)) capped at n, grown while it would leave BatchNorm a batch of one."""
+    def _batch_size(self, n: int, call: str) -> int:
+        """``batch_size`` ("auto": min(200, n)) capped at n, grown while it would leave BatchNorm a batch of one.
+
+        BatchNorm cannot train on a batch of one (its variance is 0): where every batch is one sample, the
+        error says in one line how to train one sample at a time (bn_layers=0).
+        """
         size = min(200, n) if self.batch_size == "auto" else min(as_int("batch_size", self.batch_size, minimum=1), n)
+        if self.model_.num_bn_layers and size == 1:
+            what = "batch_size=1 gives it batches" if n > 1 else f"{call} got one training sample, a batch"
+            raise ValueError(
+                f"BatchNorm (bn_layers) cannot train on one sample and {what} of one: set bn_layers=0 to learn "
+                "one sample at a time (online learning), or give it at least 2"
+            )
         while self.model_.num_bn_layers and size < n and n % size == 1:
             size += 1
         return size

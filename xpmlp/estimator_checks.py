@@ -26,6 +26,7 @@ __all__ = [
     "check_classes",
     "check_parameters",
     "hidden_sizes",
+    "partial_fit_available",
     "validation_split",
 ]
 
@@ -63,6 +64,17 @@ def check_parameters(estimator: Any, incremental: bool) -> None:
     as_float("momentum", estimator.momentum, minimum=0.0, below=1.0)  # scikit-learn also takes 1: v never decays
     if estimator.early_stopping and estimator.validation_fraction == 0.0:
         raise ValueError("validation_fraction must be > 0 with early_stopping=True")
+
+
+def partial_fit_available(solver: Any) -> bool:
+    """True for ``solver="sgd"``; AttributeError otherwise, as scikit-learn's for "lbfgs" (in its words)."""
+    if solver == "sgd":
+        return True
+    if solver == "lbfgs":
+        raise AttributeError(f"partial_fit is only available for stochastic optimizers. {solver} is not stochastic.")
+    raise AttributeError(
+        f"partial_fit is only available for solver='sgd' (xpmlp trains by momentum SGD), not {solver!r}"
+    )
 
 
 def hidden_sizes(sizes: Any) -> list[int]:
