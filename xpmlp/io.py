@@ -21,14 +21,14 @@ from typing import IO, Any
 from .activations import Identity, ReLU, Sigmoid, Tanh
 from .backend import Backend, float_dtype_name, host
 from .checks import as_float
-from .loss import SoftmaxCrossEntropy
+from .loss import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from .mlp import MLP
 
 __all__ = ["atomic_write", "load", "load_checkpoint", "save"]
 
 FORMAT, VERSION = "xpmlp-checkpoint", 1
 ACTIVATIONS = {cls.__name__: cls for cls in (Identity, Sigmoid, Tanh, ReLU)}
-CRITERIA = {cls.__name__: cls for cls in (SoftmaxCrossEntropy,)}
+CRITERIA = {cls.__name__: cls for cls in (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy)}
 CONFIG_KEY, STATE_KEY = "__config__", "__train_state__"
 EXTRA_STATES = ("best", "last")  # early stopping's best epoch, and the last epoch when the best was restored
 ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
