@@ -11,6 +11,7 @@ pytest.importorskip("sklearn")
 from scipy.special import log_softmax
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as ScikitMLP
 
 from xpmlp import MLPClassifier
@@ -268,3 +269,79 @@ def test_partial_fit_exists_only_for_the_solver_it_trains_with():
     assert hasattr(MLPClassifier(), "partial_fit") and not hasattr(MLPClassifier(solver="adam"), "partial_fit")
     assert_same_error(raised(lambda: MLPClassifier(solver="lbfgs").partial_fit),
                       raised(lambda: ScikitMLP(solver="lbfgs").partial_fit))  # fmt: skip
+
+
+def digit_properties() -> tuple[np.ndarray, np.ndarray]:
+    """A real multilabel data set from load_digits: is the digit even, at least 5, a prime."""
+    x, y = digits()
+    return x, np.stack([y % 2 == 0, y >= 5, np.isin(y, [2, 3, 5, 7])], axis=1).astype(np.int64)
+
+
+def test_multilabel_trains_as_scikit_learn_does_from_the_same_weights():
+    """One logistic output per label, binary cross-entropy summed over labels: scikit-learn's trajectory to 1e-12."""
+    x, y = digit_properties()
+    x, y = x[:1000], y[:1000]
+    same = {"hidden_layer_sizes": (16,), "learning_rate": "constant", "learning_rate_init": 0.1, "alpha": 0.0,
+            "batch_size": 50, "shuffle": False, "random_state": 0, "max_iter": 1, "tol": 0.0}  # fmt: skip
+    ours = MLPClassifier(**same, bn_layers=0, dtype="float64").fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = ScikitMLP(**same, solver="sgd", nesterovs_momentum=False).fit(x, y)
+        theirs.coefs_ = [c.copy() for c in ours.coefs_]
+        theirs.intercepts_ = [b.copy() for b in ours.intercepts_]
+        ours.set_params(warm_start=True, max_iter=5).fit(x, y)
+        theirs.set_params(warm_start=True, max_iter=5).fit(x, y)
+    assert (ours.n_outputs_, ours.out_activation_, list(ours.classes_)) == (3, "logistic", [0, 1, 2])
+    assert (theirs.n_outputs_, theirs.out_activation_, list(theirs.classes_)) == (3, "logistic", [0, 1, 2])
+    for mine, expected in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True):
+        assert rel_err(mine, expected) <= 1e-12
+    assert rel_err(ours.loss_curve_[1:], theirs.loss_curve_[1:]) <= 1e-12
+    proba = ours.predict_proba(x)
+    assert proba.shape == (1000, 3) and rel_err(proba, theirs.predict_proba(x)) <= 1e-12
+    np.testing.assert_array_equal(ours.predict(x), (proba > 0.5).astype(int))
+    np.testing.assert_array_equal(ours.predict(x), theirs.predict(x))
+    assert ours.predict(x).dtype == theirs.predict(x).dtype and ours.score(x, y) == theirs.score(x, y)
+    np.testing.assert_allclose(ours.predict_log_proba(x), np.log(proba), rtol=1e-12, atol=1e-15)
+
+
+def test_multilabel_accuracy_on_digits_is_scikit_learns_within_the_spread_over_seeds():
+    """Each from its own start (seeds 0-4): subset accuracy 0.91-0.93 for both; means closer than a seed range."""
+    x, y = digit_properties()
+    x_train, x_test, y_train, y_test = train_test_split(x, y, random_state=0)
+    same = {"hidden_layer_sizes": (64,), "learning_rate": "constant", "learning_rate_init": 0.05, "alpha": 0.0,
+            "batch_size": 50, "max_iter": 20}  # fmt: skip
+    ours, theirs = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for seed in range(5):
+            ours.append(
+                MLPClassifier(**same, bn_layers=0, random_state=seed).fit(x_train, y_train).score(x_test, y_test)
+            )
+            scikit = ScikitMLP(**same, solver="sgd", nesterovs_momentum=False, random_state=seed)
+            theirs.append(scikit.fit(x_train, y_train).score(x_test, y_test))
+    spread = max(np.ptp(ours), np.ptp(theirs))
+    assert min(theirs) > 0.9 and abs(np.mean(ours) - np.mean(theirs)) <= spread, (ours, theirs)
+
+
+def test_multilabel_on_every_backend_equals_numpy(backend):
+    x, y = digit_properties()
+    params = {**SMALL, "early_stopping": True, "max_iter": 6}
+    reference = MLPClassifier(**params).fit(x[:600], y[:600])
+    clf = MLPClassifier(**params, backend=backend.name).fit(x[:600], y[:600])
+    assert rel_err(clf.predict_proba(x[600:]), reference.predict_proba(x[600:])) <= TOL["float64"]
+    assert clf.validation_scores_ == pytest.approx(reference.validation_scores_, abs=1e-12)
+    assert clf.validation_scores_[-1] > 0.7  # subset accuracy: all three properties right
+
+
+def test_multilabel_partial_fit_and_the_mistakes_scikit_learn_refuses():
+    x, y = digit_properties()
+    clf = MLPClassifier(**SMALL)
+    for rows in np.array_split(np.arange(600), 3):
+        clf.partial_fit(x[rows], y[rows], classes=[0, 1, 2])
+    assert clf.t_ == 600 and clf.predict(x[:5]).shape == (5, 3)
+    with pytest.raises(ValueError, match="must be a multilabel indicator"):
+        clf.partial_fit(x[:100], y[:100, 0])
+    params = {"hidden_layer_sizes": (8,), "max_iter": 2, "random_state": 0}
+    several_classes = np.c_[y[:100, 0], y[:100, 1] + 2 * y[:100, 2]]  # multiclass-multioutput
+    assert_same_error(raised(lambda: MLPClassifier(**params).fit(x[:100], several_classes)),
+                      raised(lambda: ScikitMLP(**params, solver="sgd").fit(x[:100], several_classes)))  # fmt: skip

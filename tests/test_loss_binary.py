@@ -72,3 +72,13 @@ def test_shape_mismatch_is_a_value_error():
         SigmoidBinaryCrossEntropy()(np.zeros((3, 4)), np.zeros((3, 5)))
     with pytest.raises(RuntimeError, match="before forward"):
         SigmoidBinaryCrossEntropy().derivative()
+
+
+def test_log_sigmoid_is_finite_and_exact_at_extreme_logits(backend, dtype):
+    from xpmlp.loss import log_sigmoid
+
+    x = np.array([[-1e4, -30.0, 0.0, 30.0, 1e4]])
+    with np.errstate(under="ignore"):
+        got = backend.to_host(log_sigmoid(backend.asarray(x, dtype)))
+    expected = [-1e4, -30.0 - np.log1p(np.exp(-30.0)), -np.log(2), -np.log1p(np.exp(-30.0)), 0.0]
+    np.testing.assert_allclose(got[0], expected, rtol=TOL[dtype], atol=1e-300)

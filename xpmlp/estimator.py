@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .activations import Identity
@@ -33,12 +33,13 @@ from .estimator_checks import (
     changed_architecture,
     check_classes,
     check_parameters,
+    check_targets,
     hidden_sizes,
     partial_fit_available,
     validation_split,
 )
 from .init import zeros_bias_init
-from .loss import SoftmaxCrossEntropy, log_softmax
+from .loss import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy, log_sigmoid, log_softmax
 from .mlp import MLP
 from .training import History, eval_mode, fit
 
@@ -209,21 +210,38 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         return self._fit(X, y, classes=classes, incremental=True)
 
     def predict_proba(self, X: Any) -> Any:
-        """Softmax probabilities (n_samples, n_classes), columns ordered as ``classes_``; eval mode."""
+        """Softmax probabilities (n_samples, n_classes), columns ordered as ``classes_``; eval mode.
+
+        Multilabel: each label's logistic probability σ(zⱼ), (n_samples, n_labels), as scikit-learn's.
+        """
         return host.exp(self.predict_log_proba(X))
 
     def predict_log_proba(self, X: Any) -> Any:
-        """log σ(z) of the output logits z (n_samples, n_classes), the log-softmax: finite where σ(z) rounds to 0."""
+        """log σ(z) of the output logits z (n_samples, n_classes), the log-softmax: finite where σ(z) rounds to 0.
+
+        Multilabel: log σ(zⱼ) = −softplus(−zⱼ) of each label's logistic output.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=(host.float64, host.float32), reset=False)
         with eval_mode(self.model_) as model:
             logits = model.forward(X)
-        return host.asarray(model.backend.to_host(log_softmax(logits)), dtype=host.float64)
+        log_proba = log_sigmoid(logits) if self._multilabel else log_softmax(logits)
+        return host.asarray(model.backend.to_host(log_proba), dtype=host.float64)
 
     def predict(self, X: Any) -> Any:
-        """The most probable class of each row, as a label from ``classes_``."""
+        """The most probable class of each row, as a label from ``classes_``.
+
+        Multilabel: the indicator (n_samples, n_labels) of the labels whose probability is above 0.5.
+        """
         proba = self.predict_proba(X)
+        if self._multilabel:
+            return (proba > 0.5).astype(host.int64)
         return self.classes_[host.argmax(proba, axis=1)]
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
@@ -234,16 +252,17 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         first = not hasattr(self, "model_") or (not incremental and not self.warm_start)
         before = dict(vars(self))
         try:
-            X, y = validate_data(self, X, y, dtype=(host.float64, host.float32), reset=first)
-            check_classification_targets(y)
+            X, y = validate_data(self, X, y, dtype=(host.float64, host.float32), reset=first, multi_output=True)
+            y, multilabel = check_targets(y)
             if first and incremental and classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             if first:
-                self._start(X, y if classes is None else classes)
+                self._multilabel = multilabel
+                self._start(X, unique_labels(y) if classes is None or multilabel else classes)
             if not first and not incremental:
                 self._check_warm_start()
             check_classes(self, y, None if first else classes, warm_start=not first and not incremental)
-            labels = host.searchsorted(self.classes_, y)
+            labels = y.astype(host.int64) if multilabel else host.searchsorted(self.classes_, y)
             self._train(X, labels, 1 if incremental else self.max_iter, incremental)
         except BaseException:
             if first:  # nothing of a failed start stays behind: the estimator is as it was
@@ -275,7 +294,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             [ACTIVATIONS[self.activation]() for _ in hiddens] + [Identity()],
             lambda i, o: rng.standard_normal((i, o)) * scale(i),  # a local generator: global state is left alone
             zeros_bias_init,
-            SoftmaxCrossEntropy(),
+            SigmoidBinaryCrossEntropy() if self._multilabel else SoftmaxCrossEntropy(),
             self.learning_rate_init,
             self.momentum,
             len(hiddens) if self.bn_layers is None else self.bn_layers,
@@ -389,7 +408,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.best_validation_score_ = self.validation_scores_[best - 1] if self.validation_scores_ else None
         self.n_layers_ = model.nlayers + 1
         self.n_outputs_ = model.output_size
-        self.out_activation_ = "softmax"
+        self.out_activation_ = "logistic" if self._multilabel else "softmax"
         self.coefs_ = [host.array(to_host(w)) for w in model.W]
         self.intercepts_ = [host.array(to_host(b)).reshape(-1) for b in model.b]
 

@@ -13,6 +13,8 @@ from typing import Any
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as ScikitMLPClassifier
 from sklearn.preprocessing import label_binarize
+from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
+from sklearn.utils.validation import column_or_1d
 
 from .activations import Identity, ReLU, Sigmoid, Tanh
 from .backend import get_backend, host
@@ -25,6 +27,7 @@ __all__ = [
     "changed_architecture",
     "check_classes",
     "check_parameters",
+    "check_targets",
     "hidden_sizes",
     "partial_fit_available",
     "validation_split",
@@ -107,6 +110,20 @@ def changed_architecture(estimator: Any) -> list[str]:
     return [name for name in fitted if fitted[name] != asked[name]]
 
 
+def check_targets(y: Any) -> tuple[Any, bool]:
+    """``(y, multilabel)``: class labels (n,), or a multilabel indicator (n, L), as scikit-learn's MLPClassifier.
+
+    A column (n, 1) is labels (with scikit-learn's DataConversionWarning); other 2-D targets are refused in
+    the words of scikit-learn's LabelBinarizer.
+    """
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = column_or_1d(y, warn=True)
+    check_classification_targets(y)
+    if y.ndim == 2 and type_of_target(y) != "multilabel-indicator":
+        raise ValueError("Multioutput target data is not supported with label binarization")
+    return y, y.ndim == 2
+
+
 def check_classes(estimator: Any, y: Any, classes: Any, warm_start: bool) -> None:
     """scikit-learn's checks (and words) of a call's labels ``y`` against the fitted ``classes_``.
 
@@ -116,7 +133,11 @@ def check_classes(estimator: Any, y: Any, classes: Any, warm_start: bool) -> Non
     if classes is not None and not host.array_equal(host.unique(host.asarray(classes)), estimator.classes_):
         raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, was: "
                          f"{estimator.classes_!r}")  # fmt: skip
-    found = host.unique(y)
+    multilabel = y.ndim == 2
+    if multilabel != estimator._multilabel:
+        fitted = "a multilabel indicator" if estimator._multilabel else "class labels"
+        raise ValueError(f"y must be {fitted}, as in the call that started the fit, got shape {y.shape}")
+    found = unique_labels(y)  # a multilabel indicator's: range(L)
     if warm_start and not host.array_equal(found, estimator.classes_):
         raise ValueError(
             "warm_start can only be used where `y` has the same classes as in the previous call to fit. "
@@ -135,9 +156,9 @@ def validation_split(x: Any, labels: Any, n_classes: int, fraction: float, seed:
     of one member is refused in its words (``['True']``). scikit-learn does not stratify more classes, so
     where one of them has a single member, which cannot be stratified, the split is not stratified either.
     """
-    stratify = label_binarize(labels, classes=host.arange(n_classes)).astype(bool)
-    if n_classes > 2 and host.bincount(labels, minlength=n_classes).min() < 2:
-        stratify = None
+    stratify = None if labels.ndim == 2 else label_binarize(labels, classes=host.arange(n_classes)).astype(bool)
+    if n_classes > 2 and labels.ndim == 1 and host.bincount(labels, minlength=n_classes).min() < 2:
+        stratify = None  # (nor does it stratify a multilabel indicator)
     x, x_val, labels, val_labels = train_test_split(x, labels, test_size=fraction, random_state=seed, stratify=stratify)
     if x_val.shape[0] < 2:
         raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of your dataset.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .backend import Array, namespace_of
 
-__all__ = ["SigmoidBinaryCrossEntropy", "SoftmaxCrossEntropy", "log_softmax"]
+__all__ = ["SigmoidBinaryCrossEntropy", "SoftmaxCrossEntropy", "log_sigmoid", "log_softmax"]
 
 
 def log_softmax(x: Array) -> Array:
@@ -12,6 +12,12 @@ def log_softmax(x: Array) -> Array:
     xp = namespace_of(x)
     shifted = x - xp.max(x, axis=1, keepdims=True)
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+
+
+def log_sigmoid(x: Array) -> Array:
+    """log σ(x) = min(x, 0) − log(1 + e^(−|x|)) elementwise: finite for finite x (= −softplus(−x))."""
+    xp = namespace_of(x)
+    return xp.minimum(x, xp.zeros_like(x)) - xp.log1p(xp.exp(-xp.abs(x)))
 
 
 class SoftmaxCrossEntropy:

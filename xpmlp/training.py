@@ -74,8 +74,13 @@ class History:
 
 
 def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
-    """``labels`` as host integer class indices (n,) in [0, classes); ValueError naming ``name`` otherwise."""
+    """``labels`` as host integer class indices (n,) in [0, classes), or a multilabel indicator (n, classes) of
+    0 and 1; ValueError naming ``name`` otherwise."""
     labels = as_host(labels)
+    if labels.ndim == 2 and labels.shape == (n, classes) and labels.dtype.kind in "biu":
+        if not host.isin(labels, (0, 1)).all():
+            raise ValueError(f"{name} labels of shape (N, {classes}) must be a multilabel indicator of 0 and 1")
+        return labels.astype(host.int64)
     if labels.shape != (n,):
         raise ValueError(f"{name} labels must have shape ({n},), got {labels.shape}")
     if labels.dtype.kind not in "iu":
@@ -120,7 +125,8 @@ class DeviceSplit:
     """One split on the model's device: inputs, integer labels and one-hot targets.
 
     Checked once on the host, before anything moves: (N ≥ 1, input_size) inputs,
-    finite in the model's dtype, and integer labels in [0, output_size).
+    finite in the model's dtype, and integer labels in [0, output_size), or a
+    multilabel indicator (N, output_size), which is its own target.
     """
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
@@ -131,7 +137,7 @@ class DeviceSplit:
         to = mlp.backend.asarray
         self.n = x.shape[0]
         self.x = to(x, mlp.dtype)
-        self.one_hot = to(host.eye(mlp.output_size)[labels], mlp.dtype)
+        self.one_hot = to(labels if labels.ndim == 2 else host.eye(mlp.output_size)[labels], mlp.dtype)
         self.labels = to(labels.astype(host.int64))
 
 
@@ -141,13 +147,19 @@ def _epoch_order(seed: int, epoch: int, n: int) -> Any:
 
 
 def _errors(xp: Any, out: Array, labels: Array) -> Array:
-    """Number of rows whose arg-max output is not the label (an integer device scalar)."""
+    """Number of rows whose arg-max output is not the label (an integer device scalar).
+
+    Multilabel (labels (N, L) of 0 and 1): rows with any label whose logit's sign is wrong (σ > 0.5 ⇔ z > 0),
+    1 − scikit-learn's subset accuracy.
+    """
+    if labels.ndim == 2:
+        return xp.count_nonzero(xp.any((out > 0) != (labels > 0), axis=1))
     return xp.count_nonzero(xp.argmax(out, axis=1) != labels)
 
 
 def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
     """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
-    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[0])
+    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[(0,) * data.labels.ndim])
 
 
 def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
@@ -299,7 +311,7 @@ def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
         for rows in _chunks(data.n):
             out = mlp.forward(data.x[rows, ...])
             loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[rows, ...]))
-            errors = errors + _errors(xp, out, data.labels[rows])
+            errors = errors + _errors(xp, out, data.labels[rows, ...])
     return [loss_sum, errors]
 
 
