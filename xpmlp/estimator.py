@@ -41,9 +41,12 @@ from .estimator_checks import (
 from .init import zeros_bias_init
 from .loss import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy, log_sigmoid, log_softmax
 from .mlp import MLP
-from .training import History, eval_mode, fit
+from .sparse import check_dense_batch_fits, is_sparse, take_rows, to_device_csr
+from .training import EVAL_CHUNK, History, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
+
+SPARSE_FORMATS = ("csr", "csc")  # as scikit-learn's MLPClassifier; each becomes CSR on the device
 
 SMALLEST_ADAPTIVE_RATE = 1e-6  # "adaptive" stops instead of going below (scikit-learn's bound)
 
@@ -222,9 +225,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         Multilabel: log σ(zⱼ) = −softplus(−zⱼ) of each label's logistic output.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=(host.float64, host.float32), reset=False)
+        X = validate_data(self, X, accept_sparse=SPARSE_FORMATS, dtype=(host.float64, host.float32), reset=False)
         with eval_mode(self.model_) as model:
-            logits = model.forward(X)
+            logits = model.forward(X) if not is_sparse(X) else self._sparse_forward(X)
         log_proba = log_sigmoid(logits) if self._multilabel else log_softmax(logits)
         return host.asarray(model.backend.to_host(log_proba), dtype=host.float64)
 
@@ -238,9 +241,18 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             return (proba > 0.5).astype(host.int64)
         return self.classes_[host.argmax(proba, axis=1)]
 
+    def _sparse_forward(self, X: Any) -> Any:
+        """The output logits of sparse ``X``, densified on the device a batch of EVAL_CHUNK rows at a time."""
+        model = self.model_
+        csr, xp = to_device_csr(model.backend, X, model.dtype), model.backend.xp
+        order = host.arange(X.shape[0])
+        batches = (model.backend.asarray(order[i : i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK))
+        return xp.concat([model.forward(take_rows(csr, rows)) for rows in batches])
+
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
+        tags.input_tags.sparse = True
         return tags
 
     def __sklearn_is_fitted__(self) -> bool:
@@ -252,7 +264,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         first = not hasattr(self, "model_") or (not incremental and not self.warm_start)
         before = dict(vars(self))
         try:
-            X, y = validate_data(self, X, y, dtype=(host.float64, host.float32), reset=first, multi_output=True)
+            X, y = validate_data(self, X, y, accept_sparse=SPARSE_FORMATS, dtype=(host.float64, host.float32),
+                                 reset=first, multi_output=True)  # fmt: skip
             y, multilabel = check_targets(y)
             if first and incremental and classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
@@ -319,14 +332,16 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         val = None
         if self.early_stopping:
             X, labels, val = validation_split(X, labels, len(self.classes_), self.validation_fraction, self._seed)
-        batch_size = self._batch_size(len(X), "partial_fit" if incremental else "fit")  # before anything changes
+        batch_size = self._batch_size(X.shape[0], "partial_fit" if incremental else "fit")  # before anything changes
+        if is_sparse(X):
+            check_dense_batch_fits(batch_size, X.shape[1], X.dtype.itemsize)
         model.momentum = float(self.momentum)  # checked in check_parameters
         if not incremental:  # scikit-learn starts a new optimizer each fit: the initial rate, no velocity
             model.lr = float(self.learning_rate_init)
             state = model.state_dict()
             zero = model.backend.xp.zeros_like
             model.load_state_dict({k: zero(v) if k.startswith("velocity") else v for k, v in state.items()})
-        n_train, started = len(X), history.epochs
+        n_train, started = X.shape[0], history.epochs
         model.l2 = float(self.alpha) / batch_size
 
         def after_epoch(epoch: int, h: History) -> bool:  # scikit-learn's iteration end; True stops

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from .backend import Array, as_host, fori_loop, host, namespace_of
 from .checks import as_int
 from .mlp import MLP
+from .sparse import check_sparse_inputs, is_sparse, take_rows, to_device_csr
 
 __all__ = [
     "CompiledEpoch",
@@ -132,13 +133,15 @@ class DeviceSplit:
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
         if not isinstance(split, (tuple, list)) or len(split) != 2:
             raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
-        x = check_inputs(split[0], mlp.input_size, name, mlp.dtype)
+        sparse = is_sparse(split[0])  # a SciPy sparse matrix stays sparse on the device (xpmlp.sparse)
+        x = (check_sparse_inputs if sparse else check_inputs)(split[0], mlp.input_size, name, mlp.dtype)
         labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
         to = mlp.backend.asarray
         self.n = x.shape[0]
-        self.x = to(x, mlp.dtype)
+        self.x = to_device_csr(mlp.backend, x, mlp.dtype) if sparse else to(x, mlp.dtype)
         self.one_hot = to(labels if labels.ndim == 2 else host.eye(mlp.output_size)[labels], mlp.dtype)
         self.labels = to(labels.astype(host.int64))
+        self.dense = not sparse
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Any:
@@ -170,13 +173,13 @@ def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
 
 def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
     """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
-    xp = namespace_of(data.x)
+    xp = namespace_of(data.one_hot)
     mlp.train()
     loss_sum, errors = _zero_sums(mlp, data)
     for start in range(0, data.n, batch_size):
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
         labels = xp.take(data.labels, idx, axis=0)
-        out = mlp.forward(xp.take(data.x, idx, axis=0))
+        out = mlp.forward(take_rows(data.x, idx))
         loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
         mlp.step()
         loss_sum = loss_sum + xp.sum(loss)
@@ -228,8 +231,8 @@ def make_epoch(
 
     def batch(idx: Array, carry: tuple, d: EpochData) -> tuple:
         state, loss_sum, errors = carry
-        xp = namespace_of(d.x)
-        x, y = xp.take(d.x, idx, axis=0), xp.take(d.one_hot, idx, axis=0)
+        xp = namespace_of(d.one_hot)
+        x, y = take_rows(d.x, idx), xp.take(d.one_hot, idx, axis=0)
         state, loss, out = mlp.train_step(state, x, y, d.lr, d.momentum)
         if tick is not None:
             tick()
@@ -238,7 +241,7 @@ def make_epoch(
     def epoch(carry: tuple, d: EpochData) -> tuple:
         with mlp.unchanged():  # once per epoch, not per step
             if full:
-                carry = fori_loop(namespace_of(d.x), full, lambda i, c: batch(d.batches[i, :], c, d), carry)
+                carry = fori_loop(namespace_of(d.one_hot), full, lambda i, c: batch(d.batches[i, :], c, d), carry)
             return batch(d.rest, carry, d) if rest else carry
 
     return epoch
@@ -305,11 +308,12 @@ def _chunks(n: int) -> Iterator[slice]:
 
 def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
-    xp = namespace_of(data.x)
+    xp = namespace_of(data.one_hot)
     loss_sum, errors = _zero_sums(mlp, data)
     with eval_mode(mlp):
         for rows in _chunks(data.n):
-            out = mlp.forward(data.x[rows, ...])
+            x = data.x[rows, ...] if data.dense else take_rows(data.x, mlp.backend.asarray(host.arange(data.n)[rows]))
+            out = mlp.forward(x)
             loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[rows, ...]))
             errors = errors + _errors(xp, out, data.labels[rows, ...])
     return [loss_sum, errors]
