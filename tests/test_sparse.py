@@ -113,8 +113,9 @@ def test_a_sparse_split_never_holds_a_dense_copy_on_the_device(monkeypatch):
         sizes.append(dense.shape[0])
         return dense
 
-    monkeypatch.setattr("xpmlp.training.take_rows", recording)
-    monkeypatch.setattr("xpmlp.training.EVAL_CHUNK", 64)
+    monkeypatch.setattr("xpmlp.epoch.take_rows", recording)
+    monkeypatch.setattr("xpmlp.evaluation.take_rows", recording)
+    monkeypatch.setattr("xpmlp.evaluation.EVAL_CHUNK", 64)
     MLPClassifier(**SMALL, batch_size=40, early_stopping=True).fit(sp.csr_matrix(x[:600]), y[:600])
     assert sizes and max(sizes) <= 64 and 40 in sizes
 

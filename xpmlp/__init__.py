@@ -13,7 +13,8 @@ from .init import he_normal_weight_init, random_normal_weight_init, zeros_bias_i
 from .io import load, load_checkpoint, save
 from .loss import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from .mlp import MLP
-from .training import History, confusion_matrix, evaluate, fit, get_training_stats, predict
+from .state import TrainingState
+from .training import EarlyStopping, History, confusion_matrix, evaluate, fit, get_training_stats, predict
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BatchNorm",
+    "EarlyStopping",
     "History",
     "Identity",
     "ReLU",
@@ -43,6 +45,7 @@ __all__ = [
     "SigmoidBinaryCrossEntropy",
     "SoftmaxCrossEntropy",
     "Tanh",
+    "TrainingState",
     "confusion_matrix",
     "evaluate",
     "fit",

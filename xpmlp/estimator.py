@@ -23,13 +23,12 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .activations import Identity
+from . import presets
 from .backend import host
 from .checks import as_int
 from .estimator_checks import (
     ACTIVATIONS,
     PARAMETER_CONSTRAINTS,
-    WEIGHT_SCALES,
     changed_architecture,
     check_classes,
     check_parameters,
@@ -38,11 +37,11 @@ from .estimator_checks import (
     partial_fit_available,
     validation_split,
 )
-from .init import zeros_bias_init
-from .loss import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy, log_sigmoid, log_softmax
+from .loss import SigmoidBinaryCrossEntropy, log_sigmoid, log_softmax
 from .mlp import MLP
+from .presets import DEFAULTS
 from .sparse import check_dense_batch_fits, is_sparse, take_rows, to_device_csr
-from .training import EVAL_CHUNK, History, eval_mode, fit
+from .training import EVAL_CHUNK, EarlyStopping, History, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
 
@@ -145,29 +144,29 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        hidden_layer_sizes: int | Sequence[int] = (256, 128),
-        activation: str = "relu",
+        hidden_layer_sizes: int | Sequence[int] = DEFAULTS["hiddens"],
+        activation: str = DEFAULTS["activation"],
         *,
         solver: str = "sgd",
         alpha: float = 0.0,
-        batch_size: int | str = 100,
+        batch_size: int | str = DEFAULTS["batch_size"],
         learning_rate: str = "exponential",
-        learning_rate_init: float = 0.2,
-        lr_decay: float = 0.6,
+        learning_rate_init: float = DEFAULTS["lr"],
+        lr_decay: float = DEFAULTS["lr_decay"],
         power_t: float = 0.5,
-        max_iter: int = 10,
+        max_iter: int = DEFAULTS["epochs"],
         shuffle: bool = True,
         random_state: Any = None,
         tol: float = 1e-4,
         verbose: bool = False,
         warm_start: bool = False,
-        momentum: float = 0.9,
+        momentum: float = DEFAULTS["momentum"],
         nesterovs_momentum: bool = False,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         n_iter_no_change: int | float = 10,
         bn_layers: int | None = None,
-        init: str = "he",
+        init: str = DEFAULTS["init"],
         backend: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
@@ -298,22 +297,21 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _build(self, n_features: int, input_dtype: Any, rng: Any) -> MLP:
         hiddens = hidden_sizes(self.hidden_layer_sizes)
-        scale = WEIGHT_SCALES[self.init]
         dtype = self.dtype or ("float32" if input_dtype == host.float32 else "float64")
-        return MLP(
+        return presets.build_mlp(
             n_features,
             len(self.classes_),
             hiddens,
-            [ACTIVATIONS[self.activation]() for _ in hiddens] + [Identity()],
-            lambda i, o: rng.standard_normal((i, o)) * scale(i),  # a local generator: global state is left alone
-            zeros_bias_init,
-            SigmoidBinaryCrossEntropy() if self._multilabel else SoftmaxCrossEntropy(),
-            self.learning_rate_init,
-            self.momentum,
-            len(hiddens) if self.bn_layers is None else self.bn_layers,
+            activation=ACTIVATIONS[self.activation],
+            init=self.init,
+            lr=self.learning_rate_init,
+            momentum=self.momentum,
+            bn_layers=len(hiddens) if self.bn_layers is None else self.bn_layers,
+            rng=rng,  # a local generator: global state is left alone
             backend=self.backend,
             device=self.device,
             dtype=dtype,
+            criterion=SigmoidBinaryCrossEntropy() if self._multilabel else None,  # None: softmax cross-entropy
         )
 
     def _check_warm_start(self) -> None:
@@ -328,7 +326,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def _train(self, X: Any, labels: Any, epochs: int, incremental: bool) -> None:
         """``epochs`` epochs of :func:`xpmlp.fit`, with scikit-learn's schedules and stopping rule between them."""
         model, history = self.model_, self.history_
-        history.last_state = None  # go on from the model kept (early stopping's best), as scikit-learn does
         val = None
         if self.early_stopping:
             X, labels, val = validation_split(X, labels, len(self.classes_), self.validation_fraction, self._seed)
@@ -350,7 +347,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 print(f"Iteration {epoch - started}, loss = {h.train_loss[-1]:.8f}")
             self._count_no_improvement(h)
             if self.learning_rate == "exponential" and not incremental:
-                model.lr = self.learning_rate_init * self.lr_decay ** (epoch - started)
+                model.lr = presets.scheduled_lr(self.learning_rate_init, self.lr_decay, epoch - started)
             elif self.learning_rate == "invscaling":
                 model.lr = self.learning_rate_init / (self.t_ + 1) ** self.power_t
             if self._no_improvement_count <= self.n_iter_no_change:
@@ -380,9 +377,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 batch_size=batch_size,
                 seed=self._seed,
                 history=history,
-                # fit keeps the epoch of lowest validation loss and restores it at the end; with a patience of
-                # every epoch fit never stops by itself: the stop is scikit-learn's rule in after_epoch
-                patience=started + epochs if val is not None else None,
+                # the epoch of lowest validation loss is kept, and the next fit goes on from it, as scikit-learn
+                # does; fit never stops by itself (no patience): the stop is scikit-learn's rule in after_epoch
+                early_stopping=EarlyStopping(keep_best=True, resume="best") if val is not None else None,
                 progress=False,
                 callbacks=[after_epoch],
                 shuffle=self.shuffle,
@@ -440,6 +437,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 f"BatchNorm (bn_layers) cannot train on one sample and {what} of one: set bn_layers=0 to learn "
                 "one sample at a time (online learning), or give it at least 2"
             )
-        while self.model_.num_bn_layers and size < n and n % size == 1:
+        while self.model_.num_bn_layers and 1 < size < n and presets.leaves_batch_of_one(n, size):
             size += 1
         return size

@@ -7,7 +7,6 @@ what xpmlp cannot honour, or only xpmlp has, is refused here, naming the paramet
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from sklearn.model_selection import train_test_split
@@ -16,14 +15,13 @@ from sklearn.preprocessing import label_binarize
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
 from sklearn.utils.validation import column_or_1d
 
-from .activations import Identity, ReLU, Sigmoid, Tanh
+from . import presets
 from .backend import get_backend, host
 from .checks import as_float, as_int
 
 __all__ = [
     "ACTIVATIONS",
     "PARAMETER_CONSTRAINTS",
-    "WEIGHT_SCALES",
     "changed_architecture",
     "check_classes",
     "check_parameters",
@@ -33,8 +31,7 @@ __all__ = [
     "validation_split",
 ]
 
-ACTIVATIONS = {"relu": ReLU, "logistic": Sigmoid, "tanh": Tanh, "identity": Identity}
-WEIGHT_SCALES = {"he": lambda fan_in: math.sqrt(2.0 / fan_in), "normal": lambda fan_in: 1.0}
+ACTIVATIONS = presets.SKLEARN_ACTIVATIONS  # scikit-learn's names → xpmlp's
 LEARNING_RATES = ("exponential", "constant", "invscaling", "adaptive")
 #: Parameters whose values scikit-learn's MLPClassifier accepts exactly as xpmlp does (its constraints check them).
 SCIKIT_CHECKED = ("hidden_layer_sizes", "activation", "alpha", "batch_size", "power_t", "max_iter", "shuffle",
@@ -57,8 +54,8 @@ def check_parameters(estimator: Any, incremental: bool) -> None:
         raise ValueError(
             f"learning_rate must be one of {', '.join(map(repr, LEARNING_RATES))}, got {estimator.learning_rate!r}"
         )
-    if estimator.init not in WEIGHT_SCALES:
-        raise ValueError(f"init must be one of {', '.join(map(repr, WEIGHT_SCALES))}, got {estimator.init!r}")
+    if estimator.init not in presets.INITS:
+        raise ValueError(f"init must be one of {', '.join(map(repr, presets.INITS))}, got {estimator.init!r}")
     if estimator.early_stopping and incremental:
         raise ValueError("partial_fit does not support early_stopping=True")
     hidden_sizes(estimator.hidden_layer_sizes)
@@ -101,7 +98,7 @@ def changed_architecture(estimator: Any) -> list[str]:
     }
     asked = {
         "hidden_layer_sizes": hidden_sizes(estimator.hidden_layer_sizes),
-        "activation": ACTIVATIONS[estimator.activation].__name__ if model.hiddens else None,
+        "activation": presets.ACTIVATIONS[ACTIVATIONS[estimator.activation]].__name__ if model.hiddens else None,
         "bn_layers": len(model.hiddens) if estimator.bn_layers is None else estimator.bn_layers,
         "backend": get_backend(estimator.backend, estimator.device),
     }
