@@ -23,8 +23,10 @@ import xpmlp
 # the code generator, imported here only
 from xpmlp.backend.cuda import kernel_source, module_source
 from xpmlp.backend.fuse import KernelSpec, Plan, make_plan
-from xpmlp.backend.trace import trace
+from xpmlp.backend.trace import flatten, trace
 from xpmlp.training import CompiledEpoch, DeviceSplit, make_epoch
+
+__all__ = ["NETWORKS", "Config", "configs", "flatten", "kernel_sources", "model", "plan", "source", "step_kernels"]
 
 NETWORKS: dict[str, dict[str, Any]] = {
     "hw1": {"hiddens": (64, 64, 32), "activation": xpmlp.Sigmoid, "bn": 1, "init": xpmlp.random_normal_weight_init},
