@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_files import write_idx
+from support.mnist_files import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "gpu_session.sh"

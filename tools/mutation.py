@@ -124,26 +124,28 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      ["test_data.py"]),
     ("data-csv-header-inverted", "data.py", "header = 0 if first.split", "header = 1 if first.split",
      ["test_data.py"]),
-    # train.py
-    ("cli-schedule-off-by-one", "train.py", "args.lr * args.lr_decay**epoch", "args.lr * args.lr_decay ** (epoch - 1)",
+    # presets.py
+    ("presets-schedule-off-by-one", "presets.py", "return lr * decay**epoch", "return lr * decay ** (epoch - 1)",
+     ["test_cli.py", "test_estimator.py"]),
+    ("presets-batch-of-one", "presets.py", "or n % batch_size == 1", "or n % batch_size == 0",
+     ["test_cli.py", "test_training.py", "test_estimator.py"]),
+    # cli/
+    ("cli-nothing-to-train", "cli/runs.py", "if history.epochs >= epochs:", "if history.epochs > epochs:",
      ["test_cli.py"]),
-    ("cli-batch-problem", "train.py", "(min(n, batch_size) == 1 or n % batch_size == 1):\n        better",
-     "(min(n, batch_size) == 1 or n % batch_size == 0):\n        better", ["test_cli.py"]),
-    ("cli-nothing-to-train", "train.py", "if history.epochs >= epochs:", "if history.epochs > epochs:",
-     ["test_cli.py"]),
-    ("cli-overwrite-refused", "train.py", "found = [] if args.resume or args.overwrite else holds_run(out)",
+    ("cli-overwrite-refused", "cli/runs.py", "found = [] if args.resume or args.overwrite else holds_run(out)",
      "found = [] if args.resume else holds_run(out)", ["test_cli.py"]),
-    ("cli-resume-saved-unset", "train.py", "progress.saved = history.epochs\n        complete",
+    ("cli-resume-saved-unset", "cli/runs.py", "progress.saved = history.epochs\n    complete",
      "complete", ["test_cli.py"]),
-    ("cli-main-returns-metrics", "train.py", "    run(argv)\n    return 0", "    return run(argv)", ["test_cli.py"]),
-    ("cli-model-epoch", "train.py",
+    ("cli-main-returns-metrics", "cli/command.py", "    run(argv)\n    return 0", "    return run(argv)",
+     ["test_cli.py"]),
+    ("cli-model-epoch", "cli/runs.py",
      "kept = history.best_epoch if args.patience is not None and history.best_epoch else history.epochs",
      "kept = history.epochs", ["test_cli.py"]),
     # estimator.py
     ("est-labels-per-batch", "estimator.py", "labels = host.searchsorted(self.classes_, y)",
      "labels = host.unique(y, return_inverse=True)[1]", ["test_estimator.py", "test_estimator_contracts.py"]),
-    ("est-schedule-off-by-one", "estimator.py", "self.lr_decay ** (epoch - started)",
-     "self.lr_decay ** (epoch - started - 1)", ["test_estimator.py"]),
+    ("est-schedule-off-by-one", "estimator.py", "self.lr_decay, epoch - started)",
+     "self.lr_decay, epoch - started - 1)", ["test_estimator.py"]),
     ("est-l2-not-per-batch", "estimator.py", "model.l2 = float(self.alpha) / batch_size",
      "model.l2 = float(self.alpha)", ["test_estimator.py"]),
     ("est-tol-sign", "estimator.py", "worse = loss > self._best_loss - self.tol",
@@ -204,6 +206,11 @@ def pytest(args: list[str], timeout: int) -> tuple[bool, str]:
     return done.returncode == 0, f"{last} {failed[0]}" if failed else last
 
 
+def test_path(name: str) -> Path:
+    """The test file called ``name`` wherever it lies under tests/ (they mirror the package's folders)."""
+    return next((ROOT / "tests").rglob(name)).relative_to(ROOT)
+
+
 def run(mutant: tuple, timeout: int) -> dict:
     name, file, old, new, tests = mutant
     path = ROOT / "xpmlp" / file
@@ -215,7 +222,7 @@ def run(mutant: tuple, timeout: int) -> dict:
     started = time.perf_counter()
     try:
         path.write_text(source.replace(old, new))
-        passed, detail = pytest([f"tests/{t}" for t in tests], timeout)
+        passed, detail = pytest([str(test_path(t)) for t in tests], timeout)
         stage = "relevant tests"
         if passed:
             passed, detail = pytest(["-n", "2"], timeout)
