@@ -70,9 +70,7 @@ def plan(config: Config) -> Plan:
     data = DeviceSplit(mlp, examples(config.n), "training")
     epoch = CompiledEpoch(mlp, data, config.batch_size)
     args = epoch._inputs(np.arange(config.n))
-    # make_epoch built inside the trace: it takes the namespace that records
-    program = trace(lambda *a: make_epoch(mlp, config.n, config.batch_size)(*a), args, [mlp.backend])
-    return make_plan(program)
+    return make_plan(trace(make_epoch(mlp, config.n, config.batch_size), args))
 
 
 def source(config: Config, names: Sequence[str] | None = None) -> str:
