@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,16 @@ def test_the_budgets_fit_300_seconds_of_device_time():
     assert sum(found.values()) <= 300
     assert {"epoch", "tests", "train", "racecheck", "synccheck", "memcheck", "bench"} <= set(found)
     assert list(found).index("epoch") < list(found).index("tests") < list(found).index("bench")  # the number first
+
+
+def test_the_cupy_step_selects_the_gpu_tests_and_leaves_the_cpu_only_ones_out():
+    expression = re.search(r"CUPY_TESTS:-([^}]*)}", SCRIPT.read_text()).group(1)
+    done = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "tests/compiler",
+                           "-k", expression], capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+    selected = [line for line in done.stdout.splitlines() if "::" in line]
+    for gpu_test in ("test_the_gemm_kernels_equal_cublas", "test_captured_epochs_equal_eager_epochs_on_the_gpu"):
+        assert any(f"::{gpu_test}[" in line for line in selected), done.stdout[-2000:]
+    assert not any("test_nvrtc.py" in line or "through_the_driver" in line for line in selected)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
