@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import cupy_nvrtc
 import sass_report
 import step_kernels
 
@@ -152,6 +153,35 @@ def test_registers_and_static_shared_memory_from_ptxas(analysed):
     assert resources["no_shared"].shared_bytes == 0
     assert all(8 <= r.registers <= 255 and r.spill_stores == r.spill_loads == 0 for r in resources.values())
     assert resources["register_tile"].registers > resources["one_fma_two_loads"].registers  # 16 accumulators
+
+
+@needs_cuda_tools
+@pytest.mark.skipif(cupy_nvrtc.unavailable() is not None, reason=str(cupy_nvrtc.unavailable()))
+def test_the_cubin_cupy_makes_reads_the_same(analysed):
+    """NVRTC through CuPy's RawModule path: the same main loops; resources from ``cuobjdump -res-usage``."""
+    (compiled,) = cupy_nvrtc.compile_like_rawmodule([KERNELS])
+    functions, resources = sass_report.analyse(compiled.cubin)
+    assert sass_report.fmas_per_shared_load(compiled.cubin) == sass_report.fmas_per_shared_load(KERNELS)
+    assert set(resources) == set(functions) == set(analysed[0])
+    for name, res in resources.items():
+        assert res.registers == analysed[1][name].registers > 0 and res.spill_stores == 0  # no local memory
+        assert res.shared_bytes >= analysed[1][name].shared_bytes  # the cubin counts what the system reserves
+
+
+def test_resources_from_cuobjdump_res_usage():
+    text = """
+Resource usage:
+ Common:
+  GLOBAL:0
+ Function big:
+  REG:255 STACK:48 SHARED:9216 LOCAL:76 CONSTANT[0]:664 TEXTURE:0 SURFACE:0 SAMPLER:0
+ Function small:
+  REG:12 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:372 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+    assert sass_report.parse_res_usage(text) == {
+        "big": sass_report.Resources(255, 9216, 48, 76),
+        "small": sass_report.Resources(12, 0, 0, 0),
+    }
 
 
 def test_spills_and_stack_from_a_ptxas_log():
