@@ -190,6 +190,47 @@ class Backend:
         """A human-readable name of the device the arrays live on."""
         return cpu_name()
 
+    def collective(self, devices: int) -> Collective:
+        """The engine that trains on ``devices`` devices at once; here, for a backend without one, a ValueError."""
+        raise ValueError(
+            f"backend {self.name!r} has no collectives to train on devices={devices}; "
+            "data-parallel training runs on backend 'jax' (XLA's collectives) or 'torch' (torch.distributed)"
+        )
+
+
+class Collective:
+    """A backend's engine for data-parallel training: N devices run one program and all-reduce between them.
+
+    Attributes ``devices`` (N) and ``rank`` (this process's first device, 0 … N − 1).
+    """
+
+    devices: int
+    rank: int
+
+    def reduce(self, x: Array) -> Array:
+        """Σ over the devices of ``x``, on every device (it may reuse ``x``'s memory)."""
+        raise NotImplementedError
+
+    def columns(self, batches: numpy.ndarray) -> numpy.ndarray:
+        """The columns of the host (batches, batch size) index matrix that this process's devices gather."""
+        raise NotImplementedError
+
+    def compile(self, fn: Callable[..., Any], sharded: Any, *example_args: Any) -> Callable[..., Any]:
+        """``fn`` run on every device, compiled for ``example_args``.
+
+        ``sharded`` mirrors ``example_args`` (a prefix pytree of booleans): True marks an index matrix whose
+        columns are split among the devices; every other array is the same on all of them.
+        """
+        raise NotImplementedError
+
+    def place(self, tree: Any) -> Any:
+        """``tree``'s arrays where :meth:`compile`'s program reads them (once for data that stays)."""
+        return tree
+
+    def local(self, tree: Any) -> Any:
+        """``tree``'s arrays (the same on every device) on the backend's one device again."""
+        return tree
+
 
 #: The namespace of each array type met so far.
 NAMESPACES: dict[type, ModuleType] = {}

@@ -22,7 +22,7 @@ from functools import cached_property
 from types import ModuleType
 from typing import Any
 
-from ._base import Backend, cpu_name
+from ._base import Array, Backend, Collective, cpu_name
 
 #: Overrides the matrix-product precision of xpmlp's JAX computations.
 PRECISION_ENV_VAR = "XPMLP_JAX_MATMUL_PRECISION"
@@ -96,6 +96,22 @@ class JaxBackend(Backend):
         """
         return self._module.lax.fori_loop(0, count, body, carry, unroll=2)
 
+    def collective(self, devices: int) -> JaxCollective:
+        """XLA's collectives over the first ``devices`` of JAX's devices, in this one process.
+
+        JAX fixes its CPU device count when it starts: ``jax.config.update("jax_num_cpu_devices", N)``
+        (or ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) must come before anything uses JAX.
+        """
+        found = self._module.devices()
+        if len(found) < devices:
+            how = (
+                f"set jax.config.update('jax_num_cpu_devices', {devices}) before JAX starts (train.py --devices does)"
+                if self._platform == "cpu"
+                else "this machine has no more"
+            )
+            raise ValueError(f"devices={devices} but JAX has {len(found)} {self._platform} device(s): {how}")
+        return JaxCollective(self._module, found[:devices])
+
     @cached_property
     def device_name(self) -> str:
         """The GPU's name (e.g. ``NVIDIA H100 80GB HBM3``) where JAX runs on one, else the CPU's."""
@@ -108,3 +124,41 @@ def cpu_threads(cores: int) -> str:
     limited = "intra_op_parallelism_threads" in flags or "xla_cpu_multi_thread_eigen" in flags
     count = f"as XLA_FLAGS={flags!r} sets them" if limited else f"{cores} threads, one per usable core"
     return f"{count} (XLA's CPU thread pool; JAX has no setting of its own)"
+
+
+class JaxCollective(Collective):
+    """``shard_map`` over a one-axis mesh of devices; the all-reduce is ``lax.psum`` over that axis.
+
+    One process drives every device (several processes run the same program under
+    ``jax.distributed.initialize``). The program's inputs are replicated on the mesh but for the
+    index matrices, whose columns are split along the mesh's axis.
+    """
+
+    AXIS = "batch"
+
+    def __init__(self, jax: ModuleType, devices: list[Any]) -> None:
+        self._jax, self.devices, self.rank = jax, len(devices), 0
+        self._home = devices[0]
+        self._mesh = jax.sharding.Mesh(devices, (self.AXIS,))
+        self._everywhere = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+
+    def reduce(self, x: Array) -> Array:
+        return self._jax.lax.psum(x, self.AXIS)
+
+    def columns(self, batches: Any) -> Any:
+        return batches  # shard_map hands each device its own columns
+
+    def compile(self, fn: Callable[..., Any], sharded: Any, *example_args: Any) -> Callable[..., Any]:
+        jax, spec = self._jax, self._jax.sharding.PartitionSpec
+        in_specs = jax.tree.map(lambda split: spec(None, self.AXIS) if split else spec(), sharded)
+        # check_vma off: a replicated output may be computed from sharded values (the all-reduced sums)
+        program = jax.shard_map(fn, mesh=self._mesh, in_specs=in_specs, out_specs=spec(), check_vma=False)
+        compiled = jax.jit(program).lower(*self.place(example_args)).compile()
+        shardings = compiled.input_shardings[0]
+        return lambda *args: compiled(*jax.device_put(args, shardings))
+
+    def place(self, tree: Any) -> Any:
+        return self._jax.device_put(tree, self._everywhere)
+
+    def local(self, tree: Any) -> Any:
+        return self._jax.device_put(tree, self._home)

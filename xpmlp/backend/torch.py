@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from types import ModuleType
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import array_api_compat
 import numpy
 
-from ._base import Array, Backend
+from ._base import Array, Backend, Collective
 
 
 class TorchBackend(Backend):
@@ -50,9 +51,44 @@ class TorchBackend(Backend):
         if self.device != "cpu":
             self._module.cuda.synchronize(self._device)
 
+    def collective(self, devices: int) -> TorchCollective:
+        """``torch.distributed`` over a process group of ``devices`` processes, one device each.
+
+        The caller starts the processes and the group (``torchrun``, or ``init_process_group``
+        with gloo on the CPU, NCCL on CUDA); each process trains on its backend's device.
+        """
+        dist = self._module.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                f"devices={devices} on torch runs one process per device in a torch.distributed group, and none "
+                f"is initialized: start {devices} processes with torchrun (train.py --devices {devices} does), "
+                "or call torch.distributed.init_process_group in each"
+            )
+        if dist.get_world_size() != devices:
+            raise ValueError(f"devices={devices} but the torch.distributed group has {dist.get_world_size()} processes")
+        return TorchCollective(dist)
+
     @cached_property
     def device_name(self) -> str:
         return super().device_name if self.device == "cpu" else self._module.cuda.get_device_name(self._device)
+
+
+class TorchCollective(Collective):
+    """``torch.distributed.all_reduce`` (a sum) in the group this process belongs to; the program runs eagerly."""
+
+    def __init__(self, dist: ModuleType) -> None:
+        self._dist, self.devices, self.rank = dist, dist.get_world_size(), dist.get_rank()
+
+    def reduce(self, x: Array) -> Array:
+        self._dist.all_reduce(x)  # in place, on an array the hook has just computed
+        return x
+
+    def columns(self, batches: numpy.ndarray) -> numpy.ndarray:
+        width = batches.shape[1] // self.devices
+        return batches[:, self.rank * width : (self.rank + 1) * width]
+
+    def compile(self, fn: Callable[..., Any], sharded: Any, *example_args: Any) -> Callable[..., Any]:
+        return fn
 
 
 def _lean_namespace(torch: ModuleType) -> ModuleType:
