@@ -3,6 +3,22 @@
 NumPy and array-api-strict always run; JAX and PyTorch (on the CPU) run where
 they are installed (CI installs both); CuPy runs where a CUDA device exists. The others are skipped with
 the reason. NumPy float64 is the reference.
+
+The tests mirror the package: ``tests/backend/`` for ``xpmlp/backend/``, ``tests/compiler/`` for
+``xpmlp/compiler/``, the rest beside the modules they test. No test module imports another; what
+they share lives in ``tests/support/``:
+
+``support.models``       ``dataset()`` (synthetic splits), ``hw1_like``, ``network``, ``hw1`` and ``NETS``
+``support.mnist_files``  synthetic MNIST images and IDX files (``write_idx``, ``idx_bytes``)
+``support.cli``          ``FAST`` (train.py's flags for a quick run) and the ``data`` fixture (an MNIST folder)
+``support.epochs``       an epoch as the compiler sees it: ``epoch_inputs``, ``traced_epoch``, ``assert_close``
+``support.operations``   ``OPS``: every traced operation as a case
+``support.products``     ``GEMMS``: the kinds of matrix product a step computes
+``support.cuda_host``    the generated CUDA compiled with g++ and run on the CPU (blocks in turn)
+``support.fake_cupy``    a stand-in for CuPy that enforces a GPU's rules, for the compiled epoch without a GPU
+
+Here: the ``backend`` and ``dtype`` fixtures, ``data`` (from ``support.cli``), ``TOL``, ``rel_err``
+and ``numerical_grad``.
 """
 
 from __future__ import annotations
@@ -13,6 +29,8 @@ import numpy as np
 import pytest
 
 from xpmlp.backend import Backend, BackendUnavailableError, get_backend
+
+from support.cli import data  # noqa: F401  (a fixture for every module)
 
 ALWAYS = ("numpy", "array_api_strict")
 

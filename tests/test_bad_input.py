@@ -12,7 +12,7 @@ import pytest
 import xpmlp
 from xpmlp import MLP, Identity, Sigmoid, SoftmaxCrossEntropy, fit
 
-from test_training import dataset, hw1_like
+from support.models import dataset, hw1_like
 
 
 def snapshot(model):

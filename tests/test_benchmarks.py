@@ -13,7 +13,7 @@ import xpmlp
 from xpmlp.backend import cpu_name
 from xpmlp.training import DeviceSplit, train_epoch
 
-from mnist_files import synthetic, write_idx
+from support.mnist_files import synthetic, write_idx
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import epoch_time

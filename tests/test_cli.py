@@ -19,18 +19,10 @@ import pytest
 import xpmlp
 from xpmlp.train import run
 
-from mnist_files import idx_bytes, synthetic, write_idx
+from support.cli import FAST
+from support.mnist_files import idx_bytes, synthetic
 
 ROOT = Path(__file__).parents[1]
-FAST = ["--hiddens", "16", "--bn-layers", "1", "--batch-size", "100", "--quiet", "--no-plots"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """10,060 training images (the last 10,000 validate) and 50 test images."""
-    folder = tmp_path_factory.mktemp("mnist")
-    write_idx(folder, n_train=10_060, n_test=50)
-    return folder
 
 
 @pytest.fixture(scope="module")

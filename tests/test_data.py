@@ -12,7 +12,7 @@ import pytest
 from xpmlp import data
 from xpmlp.data import IDX_FILES, download_mnist, load_mnist
 
-from mnist_files import idx_bytes, synthetic, write_idx
+from support.mnist_files import idx_bytes, synthetic, write_idx
 
 REAL = os.environ.get("XPMLP_DATA")
 

@@ -11,7 +11,7 @@ import tqdm.auto
 from xpmlp import fit
 
 from conftest import rel_err
-from test_training import dataset, hw1_like
+from support.models import dataset, hw1_like
 
 BARS: list[Recorder] = []
 

@@ -18,7 +18,7 @@ from xpmlp import BACKENDS
 from xpmlp.__main__ import main
 from xpmlp.train import main as train
 
-from mnist_files import write_idx
+from support.mnist_files import write_idx
 
 FAKE_SMI = """#!/bin/sh
 if [ "$1" = "--query-gpu=index,name,memory.total,driver_version" ]; then

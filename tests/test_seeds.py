@@ -15,7 +15,7 @@ import xpmlp
 from xpmlp import MLP, Identity, Sigmoid, SoftmaxCrossEntropy, fit, get_training_stats
 from xpmlp.backend.numpy import NumpyBackend
 
-from test_training import dataset, hw1_like
+from support.models import dataset, hw1_like
 
 ROOT = Path(__file__).parents[1]
 

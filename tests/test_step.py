@@ -10,7 +10,7 @@ from xpmlp import fit
 from xpmlp.training import DeviceSplit, _epoch_order, epoch_data, make_epoch
 
 from conftest import TOL, rel_err
-from test_training import dataset, hw1_like
+from support.models import dataset, hw1_like
 
 
 def host_state(model, state=None):

@@ -12,41 +12,15 @@ import numpy as np
 import pytest
 
 import xpmlp
-from xpmlp import MLP, Identity, ReLU, Sigmoid, SoftmaxCrossEntropy, fit, get_training_stats
+from xpmlp import MLP, Identity, ReLU, SoftmaxCrossEntropy, fit, get_training_stats
 from xpmlp.train import run
 from xpmlp.training import _epoch_order
 
-from mnist_files import synthetic, write_idx
+from support.mnist_files import write_idx
+from support.models import dataset, hw1_like
 
 REAL = os.environ.get("XPMLP_DATA")
 ROOT = Path(__file__).parents[1]
-
-
-def dataset(n_train=120, n_val=40, n_test=30):
-    splits = []
-    for n, seed in ((n_train, 1), (n_val, 2), (n_test, 3)):
-        x, y = synthetic(n, seed)
-        splits.append((x.reshape(n, -1) / np.float32(255), y.astype(np.int64)))
-    return tuple(splits)
-
-
-def hw1_like(backend="numpy", dtype="float64", seed=0, hiddens=(16, 8), lr=0.05):
-    np.random.seed(seed)
-    acts = [Sigmoid() for _ in hiddens] + [Identity()]
-    return MLP(
-        784,
-        10,
-        list(hiddens),
-        acts,
-        xpmlp.he_normal_weight_init,
-        xpmlp.zeros_bias_init,
-        SoftmaxCrossEntropy(),
-        lr,
-        0.9,
-        1,
-        backend=backend,
-        dtype=dtype,
-    )
 
 
 def test_stats_equal_a_plain_loop_over_the_same_batches(backend):

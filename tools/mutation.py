@@ -204,6 +204,11 @@ def pytest(args: list[str], timeout: int) -> tuple[bool, str]:
     return done.returncode == 0, f"{last} {failed[0]}" if failed else last
 
 
+def test_path(name: str) -> Path:
+    """The test file called ``name`` wherever it lies under tests/ (they mirror the package's folders)."""
+    return next((ROOT / "tests").rglob(name)).relative_to(ROOT)
+
+
 def run(mutant: tuple, timeout: int) -> dict:
     name, file, old, new, tests = mutant
     path = ROOT / "xpmlp" / file
@@ -215,7 +220,7 @@ def run(mutant: tuple, timeout: int) -> dict:
     started = time.perf_counter()
     try:
         path.write_text(source.replace(old, new))
-        passed, detail = pytest([f"tests/{t}" for t in tests], timeout)
+        passed, detail = pytest([str(test_path(t)) for t in tests], timeout)
         stage = "relevant tests"
         if passed:
             passed, detail = pytest(["-n", "2"], timeout)

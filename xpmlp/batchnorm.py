@@ -20,7 +20,7 @@ from the forward pass (which itself computes xᵢ − μ_B once).
 
 from __future__ import annotations
 
-from .backend import Array, Backend, get_backend, host
+from .backend import Array, Backend, get_backend, host, namespace_of
 from .checks import as_float, as_int
 
 __all__ = ["BatchNorm"]
@@ -77,7 +77,7 @@ class BatchNorm:
 
     @running_mean.setter
     def running_mean(self, value: Array) -> None:
-        self.running = self.backend.xp.concat([value, self.running_var])
+        self.running = namespace_of(value).concat([value, self.running_var])
 
     @property
     def running_var(self) -> Array:
@@ -86,7 +86,7 @@ class BatchNorm:
 
     @running_var.setter
     def running_var(self, value: Array) -> None:
-        self.running = self.backend.xp.concat([self.running_mean, value])
+        self.running = namespace_of(value).concat([self.running_mean, value])
 
     def __call__(self, x: Array, eval: bool = False) -> Array:
         return self.forward(x, eval)
@@ -106,7 +106,7 @@ class BatchNorm:
                 f"BatchNorm in training mode needs at least 2 examples per batch, got {x.shape[0]} "
                 "(the variance of one example is 0); call eval() to run single examples"
             )
-        xp = self.backend.xp
+        xp = namespace_of(x)
         if eval:
             centered = x - self.running_mean
             var = self.running_var
@@ -136,7 +136,7 @@ class BatchNorm:
             raise ValueError(
                 f"BatchNorm.backward expects delta of shape {tuple(self.norm.shape)}, got {tuple(delta.shape)}"
             )
-        xp = self.backend.xp
+        xp = namespace_of(delta)
         self.dbeta = xp.sum(delta, axis=0, keepdims=True)
         self.dgamma = xp.sum(delta * self.norm, axis=0, keepdims=True)
         scale = self.gamma * self._inv_std

@@ -25,7 +25,7 @@ from itertools import accumulate, pairwise
 from typing import Any
 
 from .activations import Activation, Identity
-from .backend import Array, Backend, float_dtype_name, get_backend, host
+from .backend import Array, Backend, float_dtype_name, get_backend, host, namespace_of
 from .batchnorm import BatchNorm
 from .checks import as_float, as_int
 from .loss import SoftmaxCrossEntropy
@@ -219,12 +219,12 @@ class MLP:
 
     def _views(self, flat: Array) -> list[Array]:
         """``flat`` cut into arrays shaped like the parameters (views where the library has them)."""
-        xp = self.backend.xp
+        xp = namespace_of(flat)
         return [xp.reshape(flat[start:stop], shape) for start, stop, shape in self.layout]
 
     def _flatten(self, arrays: Sequence[Array]) -> Array:
         """One flat array of ``arrays`` (shaped like the parameters), in :meth:`parameters` order."""
-        xp = self.backend.xp
+        xp = namespace_of(arrays[0])
         return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
     def _set_parameters(self, flat: Array) -> None:
@@ -353,7 +353,7 @@ class MLP:
         return self._forward(self._check("forward input", x, self.input_size))
 
     def _forward(self, x: Array) -> Array:
-        matmul = self.backend.xp.matmul  # not `@`: a backend may set the product's precision (JAX on a GPU)
+        matmul = namespace_of(x).matmul  # not `@`: a backend may set the product's precision (JAX on a GPU)
         a = self.input = x
         for i in range(self.nlayers):
             z = matmul(a, self.W[i]) + self.b[i]
@@ -380,7 +380,7 @@ class MLP:
         return self._backward(y)
 
     def _backward(self, y: Array) -> Array:
-        xp = self.backend.xp
+        xp = namespace_of(y)
         loss = self.criterion(self.output, y)
         delta = self.criterion.derivative() / y.shape[0]
         for i in reversed(range(self.nlayers)):
@@ -398,7 +398,7 @@ class MLP:
 
     def zero_grads(self) -> None:
         """Set every gradient to zero."""
-        xp = self.backend.xp
+        xp = namespace_of(self.dW[0])
         self.dW = [xp.zeros_like(g) for g in self.dW]
         self.db = [xp.zeros_like(g) for g in self.db]
         for bn in self.bn_layers:

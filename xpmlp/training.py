@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from .backend import Array, as_host, host
+from .backend import Array, as_host, fori_loop, host, namespace_of
 from .checks import as_int
 from .mlp import MLP
 
@@ -147,7 +147,7 @@ def _errors(xp: Any, out: Array, labels: Array) -> Array:
 
 def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
     """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
-    return mlp.backend.zeros((), mlp.dtype), mlp.backend.xp.zeros_like(data.labels[0])
+    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[0])
 
 
 def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
@@ -158,7 +158,7 @@ def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
 
 def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
     """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
-    xp = mlp.backend.xp
+    xp = namespace_of(data.x)
     mlp.train()
     loss_sum, errors = _zero_sums(mlp, data)
     for start in range(0, data.n, batch_size):
@@ -205,16 +205,18 @@ def make_epoch(
     """One epoch of :meth:`MLP.stateless_step` as a pure function, ready for :meth:`Backend.compile`.
 
     ``epoch((state, loss_sum, errors), data) -> (state, loss_sum, errors)``, where
-    ``state`` is a :meth:`MLP.training_state`: the full batches run in
-    :meth:`Backend.fori_loop`, then the partial one, each gathering its own rows from
-    the device-resident split. No host reads; the model is left as it was.
+    ``state`` is a :meth:`MLP.training_state`: the full batches run in the
+    :func:`~xpmlp.backend.fori_loop` of the data's namespace (a traced loop where a
+    compiler traces the epoch), then the partial one, each gathering its own rows from
+    the device-resident split. No host reads; the model is left as it was. Every
+    namespace comes from the arrays the function is given, so a compiler can trace it.
     ``tick()`` runs after each batch (for a backend that runs the epoch eagerly).
     """
-    xp = mlp.backend.xp
     full, rest = divmod(n, batch_size)
 
     def batch(idx: Array, carry: tuple, d: EpochData) -> tuple:
         state, loss_sum, errors = carry
+        xp = namespace_of(d.x)
         x, y = xp.take(d.x, idx, axis=0), xp.take(d.one_hot, idx, axis=0)
         state, loss, out = mlp.train_step(state, x, y, d.lr, d.momentum)
         if tick is not None:
@@ -224,7 +226,7 @@ def make_epoch(
     def epoch(carry: tuple, d: EpochData) -> tuple:
         with mlp.unchanged():  # once per epoch, not per step
             if full:
-                carry = mlp.backend.fori_loop(full, lambda i, c: batch(d.batches[i, :], c, d), carry)
+                carry = fori_loop(namespace_of(d.x), full, lambda i, c: batch(d.batches[i, :], c, d), carry)
             return batch(d.rest, carry, d) if rest else carry
 
     return epoch
@@ -291,7 +293,7 @@ def _chunks(n: int) -> Iterator[slice]:
 
 def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
-    xp = mlp.backend.xp
+    xp = namespace_of(data.x)
     loss_sum, errors = _zero_sums(mlp, data)
     with eval_mode(mlp):
         for rows in _chunks(data.n):

@@ -1,8 +1,8 @@
 """The one package that names array libraries: one small module per backend.
 
 Every other module gets its array namespace ``xp`` from here, either from a
-:class:`Backend` (``model.backend.xp``) or from an array (:func:`namespace_of`),
-and never imports an array library itself. ``_base.py`` holds what every backend
+:class:`Backend` where it creates arrays (``model.backend.xp``), else from its
+arrays (:func:`namespace_of`), and never imports an array library itself. ``_base.py`` holds what every backend
 shares (the CPU defaults); each backend's module overrides only where its library
 differs, each workaround next to its reason.
 
@@ -28,11 +28,11 @@ names the devices it can; there is no fallback.
 ``host`` is NumPy itself: initial weights, shuffles and returned statistics live
 on the host, then move to the backend's device with :meth:`Backend.asarray`.
 
-Each backend runs the training loop its own way (:meth:`Backend.compile` and
-:meth:`Backend.fori_loop`): JAX traces a whole epoch into one XLA program; CuPy traces
-it too (``trace.py``), groups it into kernels (``fuse.py``) generated as CUDA (``cuda.py``)
-and captures it into one CUDA graph (``capture.py``); NumPy, array-api-strict and torch run
-it eagerly.
+Each backend runs the training loop its own way (:meth:`Backend.compile`, and
+:func:`fori_loop`, which asks the namespace of the loop's arrays): JAX traces a whole epoch
+into one XLA program; CuPy has xpmlp's compiler (:mod:`xpmlp.compiler`) trace it, group it
+into generated CUDA kernels, and captures those into one CUDA graph (``capture.py``, CuPy's
+runtime); NumPy, array-api-strict and torch run it eagerly.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from ._base import (
     choices,
     cpu_name,
     float_dtype_name,
+    fori_loop,
     host,
     namespace_of,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "as_host",
     "cpu_name",
     "float_dtype_name",
+    "fori_loop",
     "get_backend",
     "host",
     "install_line",

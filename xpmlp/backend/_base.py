@@ -171,12 +171,6 @@ class Backend:
         """
         return fn
 
-    def fori_loop(self, count: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
-        """``carry = body(i, carry)`` for i = 0 … count − 1; here a Python loop."""
-        for i in range(count):
-            carry = body(i, carry)
-        return carry
-
     def timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
         """``(fn(), seconds)``, the seconds of ``fn``'s work on the device, done when this returns."""
         self.synchronize()
@@ -237,13 +231,36 @@ NAMESPACES: dict[type, ModuleType] = {}
 
 
 def namespace_of(x: Array) -> ModuleType:
-    """The array namespace of ``x`` (a dictionary lookup for known array types)."""
+    """The array namespace of ``x``: a dictionary lookup for known array types.
+
+    Another type takes the namespace registered for its nearest base class (every traced array
+    of JAX is a ``jax.core.Tracer``; looked up each time, so the latest backend's registration
+    holds), else array-api-compat's.
+    """
+    kind = type(x)
     try:
-        return NAMESPACES[type(x)]
+        return NAMESPACES[kind]
     except KeyError:
-        xp = array_api_compat.array_namespace(x)
-        NAMESPACES[type(x)] = xp
+        for base in kind.__mro__[1:]:
+            if base in NAMESPACES:
+                return NAMESPACES[base]
+        NAMESPACES[kind] = xp = array_api_compat.array_namespace(x)
         return xp
+
+
+def fori_loop(xp: Any, count: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
+    """``carry = body(i, carry)`` for i = 0 … count − 1, as namespace ``xp`` runs loops.
+
+    A namespace whose arrays are traced into a program has its own ``fori_loop`` (JAX's
+    ``lax.fori_loop``, xpmlp's compiler's recording one) and records the loop once; for the
+    others (NumPy, CuPy run eagerly, torch, array-api-strict) it is a Python loop.
+    """
+    own = getattr(xp, "fori_loop", None)
+    if own is not None:
+        return own(count, body, carry)
+    for i in range(count):
+        carry = body(i, carry)
+    return carry
 
 
 def as_host(x: Any) -> numpy.ndarray:

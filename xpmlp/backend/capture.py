@@ -1,7 +1,7 @@
 """A traced function captured whole into one CUDA graph, replayed per call (the CuPy backend's ``compile``).
 
-:func:`capture` traces the function, groups it into kernels (``fuse.py``), compiles their
-generated source (``cuda.py``) as one ``cupy.RawModule``, and then, following what the GPU
+:func:`capture` has xpmlp's compiler (:mod:`xpmlp.compiler`) trace the function, group it into
+kernels and generate their CUDA source, compiles that as one ``cupy.RawModule``, and then, following what the GPU
 taught us (backends/README.md):
 
 1. allocates every buffer up front from a private ``cupy.cuda.MemoryPool`` that lives as long
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy
 
-from .cuda import module_source
-from .fuse import THREADS, LoopPlan, Plan, make_plan
-from .trace import flatten, trace, unflatten
+from ..compiler.cuda import module_source
+from ..compiler.fuse import THREADS, LoopPlan, Plan, make_plan
+from ..compiler.trace import flatten, trace, unflatten
 
 __all__ = ["CapturedFunction", "capture"]
 
@@ -112,8 +112,8 @@ class CapturedFunction:
         return unflatten(self.plan.out_tree, outputs)
 
 
-def capture(fn: Callable[..., Any], example_args: Sequence[Any], backends: Sequence[Any], cupy: ModuleType) -> Any:
-    """``fn`` traced on ``example_args`` (reaching ``backends``), grouped, and captured on ``cupy``'s GPU."""
-    program = trace(fn, example_args, backends)
+def capture(fn: Callable[..., Any], example_args: Sequence[Any], cupy: ModuleType) -> Any:
+    """``fn`` traced on ``example_args``, grouped, and captured on ``cupy``'s GPU."""
+    program = trace(fn, example_args)
     leaves, _ = flatten(tuple(example_args))
     return CapturedFunction(make_plan(program), cupy, leaves)

@@ -15,8 +15,6 @@ import array_api_compat
 import numpy
 
 from ._base import Array, Backend, BackendUnavailableError, choices
-from .capture import capture
-from .trace import SwitchableNamespace
 
 
 class CupyBackend(Backend):
@@ -38,8 +36,7 @@ class CupyBackend(Backend):
             raise BackendUnavailableError(
                 f"backend 'cupy' cannot run: no CUDA device found. Valid backends: {choices()}."
             )
-        # switchable: code that took ``backend.xp`` before a compile (make_epoch) records while it traces
-        return SwitchableNamespace(array_api_compat.array_namespace(self._module.empty(0)))
+        return array_api_compat.array_namespace(self._module.empty(0))
 
     def _devices(self) -> tuple[str, ...]:
         return (f"cuda:{self._module.cuda.Device().id}",)  # arrays are created on the current device
@@ -50,7 +47,9 @@ class CupyBackend(Backend):
         The result (a :class:`~xpmlp.backend.capture.CapturedFunction`) replays the graph per call and
         returns new arrays; its ``kernels_per_step`` counts the kernels of the traced loop's body.
         """
-        return capture(fn, example_args, [self], self._module)
+        from .capture import capture  # the compiler loads when a first epoch compiles
+
+        return capture(fn, example_args, self._module)
 
     def _from_host(self, x: numpy.ndarray, dtype: Any, copy: bool | None) -> Array:
         return self._module.asarray(x, dtype=dtype)  # a host -> device copy

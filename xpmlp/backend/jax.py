@@ -22,7 +22,7 @@ from functools import cached_property
 from types import ModuleType
 from typing import Any
 
-from ._base import Array, Backend, Collective, cpu_name
+from ._base import NAMESPACES, Array, Backend, Collective, cpu_name
 
 #: Overrides the matrix-product precision of xpmlp's JAX computations.
 PRECISION_ENV_VAR = "XPMLP_JAX_MATMUL_PRECISION"
@@ -52,16 +52,28 @@ class JaxBackend(Backend):
         self.matmul_precision = matmul_precision()
         self._x64 = False
         super().__init__(device)
+        NAMESPACES[self._module.core.Tracer] = self.xp  # arrays inside jax.jit: the same namespace
 
     def _namespace(self) -> ModuleType:
-        """jax.numpy (an array-API namespace since JAX 0.4.32) with ``matmul`` at :attr:`matmul_precision`
-        and ``take`` without the out-of-bounds fill (xpmlp's indices are permutations)."""
+        """jax.numpy (an array-API namespace since JAX 0.4.32) with ``matmul`` at :attr:`matmul_precision`,
+        ``take`` without the out-of-bounds fill (xpmlp's indices are permutations) and ``fori_loop``."""
         jnp = self._module.numpy
         namespace = ModuleType("xpmlp.backend.jax.numpy", "jax.numpy, its products at xpmlp's precision")
         namespace.__dict__.update({k: v for k, v in vars(jnp).items() if not k.startswith("__")})
         namespace.matmul = functools.partial(jnp.matmul, precision=self.matmul_precision)
         # xpmlp gathers by permutations, always in bounds: clip (free) rather than fill (a select on every gather)
         namespace.take = functools.partial(jnp.take, mode="clip")
+        lax = self._module.lax
+
+        def fori_loop(count: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
+            """``lax.fori_loop``: the loop is part of the traced program, its body twice per iteration.
+
+            Unrolled twice, XLA reuses buffers across two consecutive steps: the HW1 epoch on one CPU core
+            went from 1.03× to 1.00× of a hand-written ``lax.scan`` epoch (benchmarks/RESULTS.md).
+            """
+            return lax.fori_loop(0, count, body, carry, unroll=2)
+
+        namespace.fori_loop = fori_loop  # what xpmlp.backend.fori_loop runs for JAX's arrays
         namespace.__array_api_version__ = jnp.__array_api_version__
         return namespace
 
@@ -87,14 +99,6 @@ class JaxBackend(Backend):
         The products' precision is written into the program's dot operations (see ``matmul``).
         """
         return self._module.jit(fn).lower(*example_args).compile()
-
-    def fori_loop(self, count: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
-        """``lax.fori_loop``: the loop is part of the traced program, its body twice per iteration.
-
-        Unrolled twice, XLA reuses buffers across two consecutive steps: the HW1 epoch on one CPU core
-        went from 1.03× to 1.00× of a hand-written ``lax.scan`` epoch (benchmarks/RESULTS.md).
-        """
-        return self._module.lax.fori_loop(0, count, body, carry, unroll=2)
 
     def collective(self, devices: int) -> JaxCollective:
         """XLA's collectives over the first ``devices`` of JAX's devices, in this one process.

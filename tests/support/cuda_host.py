@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from xpmlp.backend.cuda import CTYPES, descriptions, module_source
-from xpmlp.backend.fuse import Plan, run_plan
+from xpmlp.compiler.cuda import CTYPES, descriptions, module_source
+from xpmlp.compiler.fuse import Plan, run_plan
 
 COMPILER = shutil.which("g++")
 

@@ -1,10 +1,10 @@
 """The generated CUDA: it compiles with nvcc for an H100 (sm_90), and, compiled for the CPU, computes the right numbers.
 
 nvcc proves the source is valid CUDA; running the very same source on the CPU
-(tests/cuda_host.py: blocks in turn, a block's threads as OS threads meeting at barriers)
+(tests/support/cuda_host.py: blocks in turn, a block's threads as OS threads meeting at barriers)
 proves its index arithmetic, split-K sums, phases and reduction trees compute what NumPy does.
 What only a GPU can show (timing, memory ordering between blocks) runs in
-tests/test_cupy_compile.py where CuPy finds a GPU.
+tests/compiler/test_cupy_compile.py where CuPy finds a GPU.
 """
 
 from __future__ import annotations
@@ -17,39 +17,19 @@ import numpy as np
 import pytest
 
 from xpmlp import ReLU, Sigmoid, Tanh
-from xpmlp.backend.cuda import PRELUDE, descriptions, module_source
-from xpmlp.backend.fuse import make_plan
-from xpmlp.backend.trace import TRACE_NAMESPACE, trace
+from xpmlp.compiler.cuda import PRELUDE, descriptions, module_source
+from xpmlp.compiler.fuse import make_plan
+from xpmlp.compiler.trace import TRACE_NAMESPACE, trace
 
-from cuda_host import COMPILER, HostModule, run_plan_on_host
-from test_fuse import hw1
-from test_trace import OPS, assert_close, traced_epoch
-from test_training import dataset
+from support.cuda_host import COMPILER, HostModule, run_plan_on_host
+from support.epochs import assert_close, traced_epoch
+from support.models import dataset, hw1, network
+from support.operations import OPS
+from support.products import GEMMS
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (the CUDA toolkit) is not installed")
 needs_gxx = pytest.mark.skipif(COMPILER is None, reason="g++ is not installed")
-
-rng = np.random.default_rng(7)
-X = rng.uniform(0, 1, size=(300, 784))
-ROWS = rng.permutation(300)[:100]
-
-W1, DELTA, W3 = rng.normal(size=(784, 64)), rng.normal(size=(100, 64)), rng.normal(size=(32, 64))
-A, W, BIAS = X[:100, :64], rng.normal(size=(64, 32)) / 8, rng.normal(size=(1, 32))
-
-# The network's products: (name, function of (xp, *arrays), arrays)
-GEMMS = [
-    ("x[rows] @ W1, split over K", lambda xp, x, rows, w: xp.take(x, rows, axis=0) @ w, [X, ROWS, W1]),
-    ("a.T @ delta", lambda xp, a, d: a.T @ d, [X[:100], DELTA]),
-    ("delta @ W.T", lambda xp, d, w: d @ w.T, [DELTA, W3]),
-    ("odd sizes", lambda xp, a, b: a @ b, [rng.normal(size=(37, 51)), rng.normal(size=(51, 29))]),
-    ("bias and tanh epilogue", lambda xp, a, w, b: xp.tanh(a @ w + b), [A, W, BIAS]),
-    (
-        "a view of a flat buffer",
-        lambda xp, a, flat: a @ xp.reshape(flat[10 : 10 + 64 * 32], (64, 32)),
-        [A, W1.reshape(-1)[:3000]],
-    ),
-]
 
 
 def gemm_plan(function, arrays, dtype):
@@ -94,7 +74,7 @@ def test_the_gemm_kernels_compute_the_product(function, arrays, dtype, tol):
 
 @needs_gxx
 def test_every_traced_operation_computes_as_numpy_in_cuda():
-    """The tracer's operation table (tests/test_trace.py), each case a plan whose generated CUDA runs on the CPU."""
+    """The tracer's operation table (support/operations.py), each case a plan whose generated CUDA runs on the CPU."""
     plans = []
     for j, (_, function, arrays) in enumerate(OPS):
         plan = make_plan(trace(lambda *a, f=function: f(TRACE_NAMESPACE, *a), arrays))
@@ -133,6 +113,16 @@ def test_the_generated_kernels_train_the_epoch(dtype, tol, bn):
     train, _, _ = dataset(n_train=250)
     program, args, expected = traced_epoch(hw1(dtype, bn), train, 100)
     assert_close(run_plan_on_host(make_plan(program), args), expected, tol)
+
+
+@needs_gxx
+def test_the_unfused_kernels_train_the_epoch_as_the_fused_ones():
+    """``XPMLP_FUSE=0``'s plan, one operation a kernel, compiled and run on the CPU: the same epoch, more kernels."""
+    train, _, _ = dataset()
+    program, args, expected = traced_epoch(network(), train, 40)
+    unfused = make_plan(program, fuse=False)
+    assert unfused.kernels_per_step > 3 * make_plan(program).kernels_per_step
+    assert_close(run_plan_on_host(unfused, args), expected, 1e-12)
 
 
 @needs_nvcc

@@ -1,4 +1,4 @@
-"""CUDA C source for the kernels of a :class:`~xpmlp.backend.fuse.Plan`, generated from each :class:`KernelSpec`.
+"""CUDA C source for the kernels of a :class:`~xpmlp.compiler.fuse.Plan`, generated from each :class:`KernelSpec`.
 
 Every value a kernel computes is an expression of its index, built from the traced nodes: a
 load from a buffer (through index operations that only change the address: transposes, slices,
@@ -15,7 +15,7 @@ shared memory). Nothing is atomic but the arrival counters, so every result is r
 
 The source compiles with NVRTC (``cupy.RawModule``) and ``nvcc -arch=sm_90``; ``XPMLP_THREADS``
 may be redefined (the CPU test harness runs kernels with other values). Each kernel carries its
-JSON description in a comment, from which :func:`~xpmlp.backend.fuse.run_kernel` runs it with NumPy.
+JSON description in a comment, from which :func:`~xpmlp.compiler.fuse.run_kernel` runs it with NumPy.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import json
 import math
 from collections.abc import Sequence
 
-import numpy
-
+from ..backend import host
 from .fuse import THREADS, KernelSpec
 from .trace import ELEMENTWISE, INDEX_OPS, REDUCTIONS
 
@@ -116,7 +115,7 @@ class _Scope:
         return None
 
 
-class _Kernel:
+class _KernelSource:
     """The source of one kernel."""
 
     def __init__(self, spec: KernelSpec) -> None:
@@ -189,7 +188,7 @@ class _Kernel:
         return (_UNARY.get(op) or _BINARY.get(op)).format(*args, t=ctype)
 
     def common_dtype(self, inputs: Sequence[int]) -> str:
-        return numpy.result_type(*(numpy.dtype(self.nodes[j]["dtype"]) for j in inputs)).name
+        return host.result_type(*(host.dtype(self.nodes[j]["dtype"]) for j in inputs)).name
 
     def index_op(self, i: int, index: Sequence[str], scope: _Scope) -> str:
         node = self.nodes[i]
@@ -531,7 +530,7 @@ _ARG = {"argmax": "{x} > {best} || " + _TIE, "argmin": "{x} < {best} || " + _TIE
 
 def kernel_source(spec: KernelSpec) -> str:
     """The CUDA C source of one kernel (without the :data:`PRELUDE`)."""
-    return _Kernel(spec).source()
+    return _KernelSource(spec).source()
 
 
 def module_source(specs: Sequence[KernelSpec]) -> str:

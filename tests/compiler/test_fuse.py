@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 
 from xpmlp import ReLU, Tanh
-from xpmlp.backend.fuse import make_plan, run_plan
-from xpmlp.backend.trace import INDEX_OPS, Loop
+from xpmlp.compiler.fuse import FUSE_ENV_VAR, fusion_enabled, make_plan, run_plan
+from xpmlp.compiler.trace import INDEX_OPS, Loop
 
-from test_trace import NETS, assert_close, network, traced_epoch
-from test_training import dataset
-
-
-def hw1(dtype="float64", bn=1, activation=None, backend="numpy"):
-    """The homework's network: 784-64-64-32-10, sigmoid, BN on layer 1."""
-    kwargs = {} if activation is None else {"activation": activation}
-    return network(hiddens=(64, 64, 32), bn=bn, dtype=dtype, backend=backend, **kwargs)
+from support.epochs import assert_close, traced_epoch
+from support.models import NETS, dataset, hw1, network
 
 
 @pytest.mark.parametrize("net", list(NETS))
@@ -114,3 +108,30 @@ def test_loop_carries_alternate_between_two_buffer_sets():
     assert plan.resolve(("carry_out", 0, 0), 0) == second[0]
     assert plan.resolve(("result", 0, 0)) == (second if loop.count % 2 else first)[0]
     assert np.all([b.role in {"input", "carry"} for b in (plan.buffers[i] for i in first)])
+
+
+def test_without_fusion_every_operation_is_a_kernel_and_the_epoch_is_the_same():
+    """``fuse=False`` (``$XPMLP_FUSE=0``): one computing operation a kernel, every value through memory."""
+    train, _, _ = dataset()
+    program, args, expected = traced_epoch(network(), train, 40)
+    fused, unfused = make_plan(program, fuse=True), make_plan(program, fuse=False)
+    live = {node["op"] for k in unfused.kernels() for node in k.nodes if "store" in node}
+    assert unfused.kernels_per_step > 3 * fused.kernels_per_step
+    assert all(sum("store" in n for n in k.nodes) == 1 for k in unfused.kernels())
+    assert live >= {"matmul", "sum", "exp", "multiply"}
+    assert_close(run_plan(unfused, args), expected, 1e-12)
+
+
+@pytest.mark.parametrize("value, fused", [("0", False), ("1", True), ("", True), (" 0 ", False)])
+def test_the_environment_switches_fusion(monkeypatch, value, fused):
+    train, _, _ = dataset()
+    program, _, _ = traced_epoch(network(), train, 40)
+    monkeypatch.setenv(FUSE_ENV_VAR, value)
+    assert fusion_enabled() is fused
+    assert make_plan(program).kernels_per_step == make_plan(program, fuse=fused).kernels_per_step
+
+
+def test_an_unknown_fusion_setting_is_refused_naming_the_variable(monkeypatch):
+    monkeypatch.setenv(FUSE_ENV_VAR, "off")
+    with pytest.raises(ValueError, match=r"\$XPMLP_FUSE='off'.*1 .*or 0"):
+        fusion_enabled()

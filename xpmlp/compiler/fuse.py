@@ -1,4 +1,4 @@
-"""Grouping a traced :class:`~xpmlp.backend.trace.Program` into kernels: the :class:`Plan`.
+"""Grouping a traced :class:`~xpmlp.compiler.trace.Program` into kernels: the :class:`Plan`.
 
 Three kinds of kernel, each described by a :class:`KernelSpec` (its nodes, their phases, the
 buffers it reads and writes) from which both the CUDA source (``cuda.py``) and the NumPy
@@ -23,20 +23,27 @@ transpose, slicing, gathers, concatenation) are never computed on their own: a r
 evaluates them in its index arithmetic. A value is written to memory only when another
 kernel (or a later step) reads it, or it is a reduction; everything else is recomputed where
 it is used.
+
+With fusion off (``make_plan(program, fuse=False)``, or ``$XPMLP_FUSE=0``) every operation is a
+kernel of its own and every value it computes goes through memory: slower, and the plan to compare
+with when a fused kernel is suspected.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy
-
+from ..backend import host
 from .trace import ELEMENTWISE, INDEX_OPS, REDUCTIONS, Program, Straight, Tracer, flatten, numpy_op, unflatten
 
-__all__ = ["THREADS", "KernelSpec", "Plan", "make_plan", "run_kernel", "run_plan"]
+__all__ = ["FUSE_ENV_VAR", "THREADS", "KernelSpec", "Plan", "fusion_enabled", "make_plan", "run_kernel", "run_plan"]
+
+#: ``$XPMLP_FUSE=0`` turns fusion off (one operation a kernel), for debugging; ``1`` (the default) on.
+FUSE_ENV_VAR = "XPMLP_FUSE"
 
 #: Threads per block of every kernel.
 THREADS = 512
@@ -141,10 +148,6 @@ def _is_compute(node: Tracer) -> bool:
     return node.op in ELEMENTWISE or node.op in REDUCTIONS or node.op == "matmul"
 
 
-def _size(shape: Sequence[int]) -> int:
-    return math.prod(shape)
-
-
 def gemm_geometry(m: int, n: int, k: int, blocks: int = GEMM_BLOCKS) -> dict:
     """Tiles of TILE_M × TILE_N, and K split into chunks (multiples of TILE_K) until about ``blocks`` blocks work."""
     tiles = -(-m // TILE_M) * -(-n // TILE_N)
@@ -165,25 +168,54 @@ def gemm_geometry(m: int, n: int, k: int, blocks: int = GEMM_BLOCKS) -> dict:
     }
 
 
-class _Kernel:
-    def __init__(self, kind: str, segment: int) -> None:
-        self.kind, self.segment = kind, segment
+class _KernelGroup:
+    """The nodes the planner puts into one kernel of ``kind`` ("gemm", "block" or "map")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
         self.nodes: list[Tracer] = []
         self.tile: set[Tracer] = set()  # a GEMM's elementwise work on its product, element by element
 
 
+class _Segment(NamedTuple):
+    """A part of the program as the planner sees it: ``kind`` "straight" (run once) or "loop" (of ``loop``),
+    its ``nodes`` in order, and the ``stores`` of values that leave it (a carry, a copy) with their slots."""
+
+    kind: str
+    nodes: list[Tracer]
+    stores: dict[Tracer, Slot]
+    loop: LoopPlan | None
+
+
+class _LoopStart(NamedTuple):
+    """A loop and the values its carries start from."""
+
+    loop: LoopPlan
+    inits: list[Tracer]
+
+
+def fusion_enabled() -> bool:
+    """Whether ``$XPMLP_FUSE`` leaves fusion on: unset or ``1``; ``0`` turns it off; anything else is a ValueError."""
+    value = os.environ.get(FUSE_ENV_VAR, "").strip() or "1"
+    if value not in {"0", "1"}:
+        raise ValueError(
+            f"${FUSE_ENV_VAR}={os.environ[FUSE_ENV_VAR]!r}: use 1 (fuse, the default) or 0 (one operation a kernel)"
+        )
+    return value == "1"
+
+
 class _Planner:
-    def __init__(self, program: Program, tail_max: int) -> None:
-        self.program, self.tail_max = program, tail_max
+    def __init__(self, program: Program, tail_max: int, fuse: bool) -> None:
+        self.program, self.tail_max, self.fuse = program, tail_max, fuse
         self.buffers: list[Buffer] = []
         self.location: dict[Tracer, Slot] = {}
-        self.kernel_of: dict[Tracer, _Kernel] = {}
+        self.kernel_of: dict[Tracer, _KernelGroup] = {}
         self.loops: list[LoopPlan] = []
-        self.loop_inits: list[tuple[LoopPlan, list[Tracer]]] = []
+        self.loop_starts: list[_LoopStart] = []
         self.final_outputs: list[Tracer] = []
 
     def buffer(self, shape: Sequence[int], dtype: Any, role: str, value: Any = None) -> int:
-        self.buffers.append(Buffer(tuple(shape), numpy.dtype(dtype).name, role, value))
+        self.buffers.append(Buffer(tuple(shape), host.dtype(dtype).name, role, value))
         return len(self.buffers) - 1
 
     def plan(self) -> Plan:
@@ -196,16 +228,16 @@ class _Planner:
             inputs.append(self.buffer(node.shape, node.dtype, "input") if node in uses else None)
             if node in uses:
                 self.location[node] = ("buffer", inputs[-1])
-        kernels = [self.group(nodes, live, s) for s, (_, nodes, _, _) in enumerate(segments)]
-        self.materialize(segments, kernels, live)
+        kernels = [self.group(segment.nodes, live) for segment in segments]
+        self.materialize(segments, kernels)
         plans: list[list[KernelSpec] | LoopPlan] = []
         specs_made = 0
-        for (kind, _, _, loop_plan), group in zip(segments, kernels, strict=True):
+        for segment, group in zip(segments, kernels, strict=True):
             specs = [self.spec(k, f"k{specs_made + i}") for i, k in enumerate(group)]
             specs_made += len(specs)
-            if kind == "loop":
-                loop_plan.kernels = specs
-                plans.append(loop_plan)
+            if segment.loop is not None:
+                segment.loop.kernels = specs
+                plans.append(segment.loop)
             elif specs:
                 plans.append(specs)
         outputs = [self.location[o] for o in self.final_outputs]
@@ -213,12 +245,12 @@ class _Planner:
         return Plan(self.buffers, inputs, plans, outputs, program.out_tree, max(steps), self.loops)
 
     # -- structure: segments with their stores, loops with their carry buffers
-    def structure(self, uses: dict[Tracer, int]) -> list[tuple[str, list[Tracer], dict[Tracer, Slot], Any]]:
-        """(kind, nodes, stores, loop) per segment; adds the copies that outputs and carries need."""
+    def structure(self, uses: dict[Tracer, int]) -> list[_Segment]:
+        """The program's segments; adds the copies that outputs and carries need."""
         program, out = self.program, []
         for segment in program.segments:
             if isinstance(segment, Straight):
-                out.append(("straight", list(segment.nodes), {}, None))
+                out.append(_Segment("straight", list(segment.nodes), {}, None))
                 continue
             index = len(self.loops)
             new = [self.buffer(v.shape, v.dtype, "carry") for v in segment.inits]
@@ -234,7 +266,7 @@ class _Planner:
             loop_plan = LoopPlan(segment.count, [], (first, new))
             self.loops.append(loop_plan)
             if copies:
-                out.append(("straight", copies, stores, None))
+                out.append(_Segment("straight", copies, stores, None))
             body, stores, seen, inside = list(segment.body), {}, set(), set(segment.body)
             for j, value in enumerate(segment.outputs):
                 if not _is_compute(value) or value in seen or value not in inside:
@@ -245,8 +277,8 @@ class _Planner:
             for j, (carry, result) in enumerate(zip(segment.carries, segment.results, strict=True)):
                 self.location[carry] = ("carry_in", index, j)
                 self.location[result] = ("result", index, j)
-            out.append(("loop", body, stores, loop_plan))
-            self.loop_inits.append((loop_plan, segment.inits))
+            out.append(_Segment("loop", body, stores, loop_plan))
+            self.loop_starts.append(_LoopStart(loop_plan, segment.inits))
         finals, copies, seen = [], [], set()
         for value in program.outputs:
             if (not _is_compute(value) and value.op not in {"input", "result"}) or value in seen:
@@ -255,20 +287,20 @@ class _Planner:
             seen.add(value)
             finals.append(value)
         if copies:
-            if not out or out[-1][0] != "straight":
-                out.append(("straight", [], {}, None))
-            out[-1][1].extend(copies)
+            if not out or out[-1].kind != "straight":
+                out.append(_Segment("straight", [], {}, None))
+            out[-1].nodes.extend(copies)
         self.final_outputs = finals
         return out
 
-    def liveness(self, segments: list) -> set[Tracer]:
+    def liveness(self, segments: list[_Segment]) -> set[Tracer]:
         """Nodes whose value reaches an output, a carry or a store."""
         live: set[Tracer] = set()
         stack = [*self.final_outputs]
-        for _, _, stores, _ in segments:
-            stack += list(stores)
-        for _, inits in self.loop_inits:
-            stack += inits
+        for segment in segments:
+            stack += list(segment.stores)
+        for start in self.loop_starts:
+            stack += start.inits
         while stack:
             node = stack.pop()
             if node not in live:
@@ -277,29 +309,31 @@ class _Planner:
         return live
 
     # -- grouping
-    def group(self, nodes: list[Tracer], live: set[Tracer], segment: int) -> list[_Kernel]:
-        kernels: list[_Kernel] = []
+    def group(self, nodes: list[Tracer], live: set[Tracer]) -> list[_KernelGroup]:
+        """The kernels of one segment's ``nodes``: each joins the latest kernel after its inputs that it fits."""
+        kernels: list[_KernelGroup] = []
         for node in nodes:
             if node not in live or not _is_compute(node):
                 continue
+            kernel = None
             if node.op == "matmul":
-                kernels.append(_Kernel("gemm", segment))
-                kernel = kernels[-1]
-            else:
+                kernel = _KernelGroup("gemm")
+                kernels.append(kernel)
+            elif self.fuse:
                 places = [self.kernel_of[b] for b in _bases(node.inputs) if b in self.kernel_of]
                 inputs_ready = max((kernels.index(k) for k in places if k in kernels), default=-1)
                 kernel = next((k for k in reversed(kernels[max(inputs_ready, 0) :]) if self.fits(k, node)), None)
-                if kernel is None:
-                    big = node.op not in REDUCTIONS and node.size > self.tail_max
-                    kernels.append(_Kernel("map" if big else "block", segment))
-                    kernel = kernels[-1]
+            if kernel is None:
+                big = node.op not in REDUCTIONS and node.size > self.tail_max
+                kernel = _KernelGroup("map" if big else "block")
+                kernels.append(kernel)
             kernel.nodes.append(node)
             self.kernel_of[node] = kernel
             if self.tile_local(kernel, node):
                 kernel.tile.add(node)
         return kernels
 
-    def tile_local(self, kernel: _Kernel, node: Tracer) -> bool:
+    def tile_local(self, kernel: _KernelGroup, node: Tracer) -> bool:
         """Whether ``node`` can run tile by tile: elementwise, shaped like the product, reading it (and other tile
         work) only at its own element; anything else it reads comes from earlier kernels."""
         if kernel.kind != "gemm" or node.op not in ELEMENTWISE or node.shape != kernel.nodes[0].shape:
@@ -307,7 +341,7 @@ class _Planner:
         own = set(kernel.nodes)
         return all(i is kernel.nodes[0] or i in kernel.tile or not own & set(_bases([i])) for i in node.inputs)
 
-    def fits(self, kernel: _Kernel, node: Tracer) -> bool:
+    def fits(self, kernel: _KernelGroup, node: Tracer) -> bool:
         """Whether ``node`` belongs in ``kernel``: reductions (one block's work anywhere) and small elementwise work
         in a tail, larger elementwise work in a map, or tile by tile in a GEMM."""
         if node.op in REDUCTIONS:
@@ -317,9 +351,9 @@ class _Planner:
             return not small
         return small or self.tile_local(kernel, node)
 
-    def materialize(self, segments: list, kernels: list[list[_Kernel]], live: set[Tracer]) -> None:
+    def materialize(self, segments: list[_Segment], kernels: list[list[_KernelGroup]]) -> None:
         """Give a buffer to every value read outside its kernel, every reduction and product, every store."""
-        stores = {node: slot for _, _, s, _ in segments for node, slot in s.items()}
+        stores = {node: slot for segment in segments for node, slot in segment.stores.items()}
         for value in self.final_outputs:
             if _is_compute(value) and value not in stores:
                 stores[value] = ("buffer", self.buffer(value.shape, value.dtype, "scratch"))
@@ -334,14 +368,14 @@ class _Planner:
                             needed[base] = None
         for node in needed:
             self.location[node] = stores.get(node) or ("buffer", self.buffer(node.shape, node.dtype, "scratch"))
-        for loop_plan, inits in self.loop_inits:
-            first = loop_plan.sets[0]
-            for j, init in enumerate(inits):
+        for start in self.loop_starts:
+            first = start.loop.sets[0]
+            for j, init in enumerate(start.inits):
                 if first[j] is None:
                     first[j] = self.location[init][1]
 
     # -- specs
-    def spec(self, kernel: _Kernel, name: str) -> KernelSpec:
+    def spec(self, kernel: _KernelGroup, name: str) -> KernelSpec:
         own = set(kernel.nodes)
         nodes: list[dict] = []
         local: dict[Tracer, int] = {}
@@ -351,7 +385,7 @@ class _Planner:
         def param(slot: Slot, shape: Sequence[int], dtype: Any, mode: str) -> int:
             if slot not in param_of:
                 param_of[slot] = len(params)
-                params.append(Param(slot, tuple(shape), numpy.dtype(dtype).name, mode))
+                params.append(Param(slot, tuple(shape), host.dtype(dtype).name, mode))
             return param_of[slot]
 
         def visit(node: Tracer) -> int:
@@ -405,7 +439,7 @@ class _Planner:
                 partials = self.buffer((gemm["splits"] * gemm["m"] * gemm["n"],), product.dtype, "partials")
                 gemm["partials"] = param(("buffer", partials), self.buffers[partials].shape, product.dtype, "p")
             if gemm["splits"] > 1 or tail:
-                zeros = numpy.zeros(gemm["tiles"] + 1, numpy.uint32)
+                zeros = host.zeros(gemm["tiles"] + 1, host.uint32)
                 counters = self.buffer(zeros.shape, zeros.dtype, "counters", zeros)
                 gemm["counters"] = param(("buffer", counters), zeros.shape, zeros.dtype, "n")
             gemm["tail"] = tail
@@ -442,15 +476,15 @@ def _use_counts(program: Program) -> dict[Tracer, int]:
     return counts
 
 
-def make_plan(program: Program, tail_max: int = TAIL_MAX) -> Plan:
-    """``program`` grouped into kernels (see the module's docstring)."""
-    return _Planner(program, tail_max).plan()
+def make_plan(program: Program, tail_max: int = TAIL_MAX, fuse: bool | None = None) -> Plan:
+    """``program`` grouped into kernels (see the module's docstring); ``fuse`` None: :func:`fusion_enabled`."""
+    return _Planner(program, tail_max, fusion_enabled() if fuse is None else fuse).plan()
 
 
 # ---------------------------------------------------------------- running a plan with NumPy
 
 
-def run_kernel(description: dict, arrays: Sequence[numpy.ndarray], it: int = 0) -> None:
+def run_kernel(description: dict, arrays: Sequence[host.ndarray], it: int = 0) -> None:
     """Execute one kernel from its :meth:`KernelSpec.description` on NumPy ``arrays`` (one per param).
 
     Each stored node is written into its param's array; the GEMM's partial sums and counters
@@ -463,7 +497,7 @@ def run_kernel(description: dict, arrays: Sequence[numpy.ndarray], it: int = 0) 
             param = description["params"][node["param"]]
             value = arrays[node["param"]].reshape(param["shape"])
         elif op == "loop_index":
-            value = numpy.int64(it)
+            value = host.int64(it)
         else:
             inputs = [values[i] for i in node.get("in", ())]
             value = numpy_op(op, node.get("attrs", {}), inputs, node["shape"], node["dtype"])
@@ -481,7 +515,7 @@ def run_plan(plan: Plan, args: Sequence[Any], launch: Callable[[Any, list, int],
     launch = launch or (lambda spec, bound, it: run_kernel(spec.description(), bound, it))
     arrays = []
     for buffer in plan.buffers:
-        array = numpy.zeros(buffer.shape, buffer.dtype)
+        array = host.zeros(buffer.shape, buffer.dtype)
         if buffer.value is not None:
             array[...] = buffer.value
         arrays.append(array)

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from xpmlp.backend.cuda import descriptions
-from xpmlp.backend.fuse import THREADS, run_kernel
+from xpmlp.compiler.cuda import descriptions
+from xpmlp.compiler.fuse import THREADS, run_kernel
 
 
 class DeviceRead(AssertionError):
@@ -114,7 +114,7 @@ class FakeModule:
         self.gpu, self.descriptions = gpu, descriptions(code)
         self.host = None
         if gpu.kernels == "host":
-            from cuda_host import HostModule
+            from .cuda_host import HostModule
 
             self.host = HostModule(code)
 

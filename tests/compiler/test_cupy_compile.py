@@ -1,6 +1,6 @@
 """CuPy's compiled epoch: one CUDA graph of generated kernels, replayed per epoch, equal to the eager epoch.
 
-Without a GPU the real ``CupyBackend`` runs on tests/fake_cupy.py, which enforces a GPU's
+Without a GPU the real ``CupyBackend`` runs on tests/support/fake_cupy.py, which enforces a GPU's
 rules (no host reads of device buffers, nothing allocated or first-loaded during a capture,
 replays use what was captured). With CuPy and a GPU the same checks run for real, and the
 generated GEMM kernels are compared with cuBLAS.
@@ -12,19 +12,18 @@ import sys
 
 import numpy as np
 import pytest
-from test_cuda_codegen import GEMMS
 
 from xpmlp.backend import NAMESPACES, BackendUnavailableError, get_backend
 from xpmlp.backend.capture import capture
 from xpmlp.backend.cupy import CupyBackend
-from xpmlp.backend.trace import TRACE_NAMESPACE
+from xpmlp.compiler.trace import TRACE_NAMESPACE
 from xpmlp.training import CompiledEpoch, DeviceSplit, _epoch_order
 
-from cuda_host import COMPILER
-from fake_cupy import DeviceRead, FakeCupy, NotCapturable, Unordered
-from test_fuse import hw1
-from test_trace import assert_close, epoch_inputs, network
-from test_training import dataset
+from support.cuda_host import COMPILER
+from support.epochs import assert_close, epoch_inputs
+from support.fake_cupy import DeviceRead, FakeCupy, NotCapturable, Unordered
+from support.models import dataset, hw1, network
+from support.products import GEMMS
 
 
 @pytest.fixture
@@ -136,7 +135,7 @@ def cupy_backend():
 def test_the_gemm_kernels_equal_cublas(cupy_backend, function, arrays, dtype, tol):
     cp = cupy_backend._module
     device = [cp.asarray(a.astype(dtype) if a.dtype.kind == "f" else a) for a in arrays]
-    compiled = capture(lambda *a: function(TRACE_NAMESPACE, *a), device, [], cp)
+    compiled = capture(lambda *a: function(TRACE_NAMESPACE, *a), device, cp)
     got, expected = compiled(*device), function(cupy_backend.xp, *device)  # the eager product is cuBLAS's
     assert got.dtype == expected.dtype
     assert float(cp.linalg.norm(got - expected)) <= tol * float(cp.linalg.norm(expected))

@@ -16,7 +16,7 @@ import xpmlp
 from xpmlp.train import run
 
 from conftest import TOL, rel_err
-from test_cli import FAST, data  # noqa: F401  (the fixture)
+from support.cli import FAST
 
 torch = pytest.importorskip("torch")
 
@@ -150,7 +150,7 @@ def test_checkpoints_cross_load_with_numpy(tmp_path, device):
         np.testing.assert_array_equal(back.backend.to_host(back.state_dict()[key]), model.backend.to_host(value))
 
 
-def test_train_py_trains_on_torch_as_on_numpy(tmp_path, data):  # noqa: F811
+def test_train_py_trains_on_torch_as_on_numpy(tmp_path, data):
     runs = {}
     for backend in ("numpy", "torch"):
         out = tmp_path / backend

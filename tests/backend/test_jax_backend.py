@@ -20,12 +20,12 @@ import xpmlp
 from xpmlp.training import CompiledEpoch, DeviceSplit, _epoch_order
 
 from conftest import rel_err
-from test_training import dataset, hw1_like
+from support.models import dataset, hw1_like
 
 jax = pytest.importorskip("jax")
 from xpmlp.backend.jax import PRECISION_ENV_VAR, JaxBackend  # noqa: E402
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def run_fresh(code: str, **env: str) -> str:
@@ -76,7 +76,7 @@ def test_float32_models_leave_the_users_jax_alone_and_float64_switches_x64_on_wh
         """
         import jax, jax.numpy as jnp, numpy as np
         import xpmlp
-        from test_training import dataset, hw1_like
+        from support.models import dataset, hw1_like
 
         train, val, _ = dataset()
         small = hw1_like("jax", dtype="float32")

@@ -1,12 +1,13 @@
 """Tracing: a recording array type whose operations build a graph instead of computing.
 
 :func:`trace` calls a function (one training epoch of :func:`~xpmlp.training.make_epoch`)
-with :class:`Tracer` arguments while the model's backend hands out :data:`TRACE_NAMESPACE`
-in place of its own array namespace, so the layer code, written once against the array API,
-runs unchanged and records every operation: op, inputs, shape, dtype, attributes. A
-``backend.fori_loop`` met on the way is recorded once, with a symbolic index, as a
-:class:`Loop` of the :class:`Program`. Shapes are concrete (the layers check them); values
-are not, so reading one on the host (``float(x)``, ``if x:``) is an error.
+with :class:`Tracer` arguments. The layer code, written once against the array API, takes its
+namespace from its arrays (``namespace_of(x)``), which for a Tracer is :data:`TRACE_NAMESPACE`:
+it runs unchanged and records every operation (op, inputs, shape, dtype, attributes); nothing
+of the model or its backend is patched. A ``fori_loop`` of that namespace (what
+:func:`xpmlp.backend.fori_loop` calls for traced arrays) is recorded once, with a symbolic
+index, as a :class:`Loop` of the :class:`Program`. Shapes are concrete (the layers check them);
+values are not, so reading one on the host (``float(x)``, ``if x:``) is an error.
 
 :func:`evaluate` runs a program with NumPy, node by node: the reference every compiled form of
 it is compared with.
@@ -21,9 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy
-
-from ._base import NAMESPACES
+from ..backend import NAMESPACES, host
 
 __all__ = [
     "TRACE_NAMESPACE",
@@ -42,17 +41,17 @@ __all__ = [
 # Operations by kind. Elementwise ops broadcast their inputs; index ops only move elements.
 UNARY = {
     "negative": operator.neg,
-    "positive": numpy.positive,  # a copy
-    "abs": numpy.abs,
-    "exp": numpy.exp,
-    "log": numpy.log,
-    "sqrt": numpy.sqrt,
-    "tanh": numpy.tanh,
-    "square": numpy.square,
-    "sign": numpy.sign,
-    "logical_not": numpy.logical_not,
-    "isnan": numpy.isnan,
-    "isfinite": numpy.isfinite,
+    "positive": host.positive,  # a copy
+    "abs": host.abs,
+    "exp": host.exp,
+    "log": host.log,
+    "sqrt": host.sqrt,
+    "tanh": host.tanh,
+    "square": host.square,
+    "sign": host.sign,
+    "logical_not": host.logical_not,
+    "isnan": host.isnan,
+    "isfinite": host.isfinite,
 }
 BINARY = {
     "add": operator.add,
@@ -60,10 +59,10 @@ BINARY = {
     "multiply": operator.mul,
     "divide": operator.truediv,
     "pow": operator.pow,
-    "maximum": numpy.maximum,
-    "minimum": numpy.minimum,
-    "logical_and": numpy.logical_and,
-    "logical_or": numpy.logical_or,
+    "maximum": host.maximum,
+    "minimum": host.minimum,
+    "logical_and": host.logical_and,
+    "logical_or": host.logical_or,
 }
 COMPARISONS = {
     "equal": operator.eq,
@@ -84,19 +83,19 @@ class TraceError(TypeError):
     """An operation that a traced function cannot perform (a host read, an unsupported call)."""
 
 
-def _dtype(dtype: Any) -> numpy.dtype:
+def _dtype(dtype: Any) -> host.dtype:
     """A NumPy dtype from any library's dtype object or name."""
-    if isinstance(dtype, numpy.dtype):
+    if isinstance(dtype, host.dtype):
         return dtype
     try:
-        return numpy.dtype(dtype)
+        return host.dtype(dtype)
     except TypeError:
-        return numpy.dtype(str(dtype).rsplit(".", 1)[-1])
+        return host.dtype(str(dtype).rsplit(".", 1)[-1])
 
 
 def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     try:
-        return tuple(numpy.broadcast_shapes(*shapes))
+        return tuple(host.broadcast_shapes(*shapes))
     except ValueError as exc:
         raise ValueError(f"shapes {' and '.join(map(str, shapes))} do not broadcast") from exc
 
@@ -196,7 +195,7 @@ class Tracer:
         return _elementwise("abs", self)
 
     def __invert__(self) -> Tracer:
-        if self.dtype != numpy.bool_:
+        if self.dtype != host.bool_:
             raise TraceError("~ is traced for boolean arrays only")
         return _elementwise("logical_not", self)
 
@@ -230,18 +229,18 @@ def _operand(x: Any) -> Tracer | bool | int | float:
         return x
     if isinstance(x, (bool, int, float)):
         return x
-    if isinstance(x, (numpy.ndarray, numpy.generic)):  # a host value: a literal if 0-d, else a constant buffer
+    if isinstance(x, (host.ndarray, host.generic)):  # a host value: a literal if 0-d, else a constant buffer
         return TRACE_NAMESPACE.asarray(x)
     raise TraceError(
         f"a {type(x).__name__} met a traced array: pass every array the compiled function reads as an argument"
     )
 
 
-def _constant(value: numpy.ndarray) -> Tracer:
+def _constant(value: host.ndarray) -> Tracer:
     return Tracer("constant", (), value.shape, value.dtype, {"value": value})
 
 
-def _scalar(value: bool | int | float, dtype: numpy.dtype) -> Tracer:
+def _scalar(value: bool | int | float, dtype: host.dtype) -> Tracer:
     kind = {"b": bool, "i": int, "u": int, "f": float}[dtype.kind]
     return Tracer("scalar", (), (), dtype, {"value": kind(value)})
 
@@ -249,19 +248,19 @@ def _scalar(value: bool | int | float, dtype: numpy.dtype) -> Tracer:
 def _elementwise(op: str, *args: Any, **attrs: Any) -> Tracer:
     operands = [_operand(a) for a in args]
     if op == "where":
-        dtype = numpy.result_type(*(a.dtype if isinstance(a, Tracer) else a for a in operands[1:]))
+        dtype = host.result_type(*(a.dtype if isinstance(a, Tracer) else a for a in operands[1:]))
     elif op == "astype":
         dtype = _dtype(attrs["dtype"])
         attrs["dtype"] = dtype.name
     else:
-        dtype = numpy.result_type(*(a.dtype if isinstance(a, Tracer) else a for a in operands))
+        dtype = host.result_type(*(a.dtype if isinstance(a, Tracer) else a for a in operands))
     if op in {"divide", "exp", "log", "sqrt", "tanh"} and dtype.kind != "f":
-        dtype = numpy.dtype(numpy.float64)
+        dtype = host.dtype(host.float64)
     typed = [a if isinstance(a, Tracer) else _scalar(a, dtype) for a in operands]
     if op == "where":
-        typed[0] = operands[0] if isinstance(operands[0], Tracer) else _scalar(operands[0], numpy.dtype(bool))
+        typed[0] = operands[0] if isinstance(operands[0], Tracer) else _scalar(operands[0], host.dtype(bool))
     shape = _broadcast(*(a.shape for a in typed))
-    return Tracer(op, typed, shape, numpy.dtype(bool) if op in BOOLEAN else dtype, attrs)
+    return Tracer(op, typed, shape, host.dtype(bool) if op in BOOLEAN else dtype, attrs)
 
 
 def _getitem(x: Tracer, key: Any) -> Tracer:
@@ -294,7 +293,7 @@ def _getitem(x: Tracer, key: Any) -> Tracer:
             size = len(range(start, stop, step))
             entries.append(["slice", start, step, size])
             shape.append(size)
-        elif isinstance(k, (int, numpy.integer)) and not isinstance(k, bool):
+        elif isinstance(k, (int, host.integer)) and not isinstance(k, bool):
             if not -n <= k < n:
                 raise IndexError(f"index {k} is out of bounds for axis {dim} with size {n}")
             entries.append(["int", int(k) % n])
@@ -312,9 +311,9 @@ class TraceNamespace:
     """
 
     __array_api_version__ = "2024.12"
-    bool = numpy.dtype(numpy.bool_)
-    int32, int64 = numpy.dtype(numpy.int32), numpy.dtype(numpy.int64)
-    float32, float64 = numpy.dtype(numpy.float32), numpy.dtype(numpy.float64)
+    bool = host.dtype(host.bool_)
+    int32, int64 = host.dtype(host.int32), host.dtype(host.int64)
+    float32, float64 = host.dtype(host.float32), host.dtype(host.float64)
     e, pi, inf, nan, newaxis = math.e, math.pi, math.inf, math.nan, None
 
     def __getattr__(self, name: str) -> Any:
@@ -324,14 +323,14 @@ class TraceNamespace:
     def asarray(self, obj: Any, /, *, dtype: Any = None, device: Any = None, copy: Any = None) -> Tracer:
         if isinstance(obj, Tracer):
             return obj if dtype is None or _dtype(dtype) == obj.dtype else self.astype(obj, dtype)
-        value = numpy.asarray(obj, dtype=None if dtype is None else _dtype(dtype))
+        value = host.asarray(obj, dtype=None if dtype is None else _dtype(dtype))
         if value.ndim == 0:
             return self.full((), value.item(), dtype=value.dtype)
         return _constant(value)
 
     def full(self, shape: Any, fill_value: Any, *, dtype: Any = None, device: Any = None) -> Tracer:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        dtype = numpy.result_type(fill_value) if dtype is None else _dtype(dtype)
+        dtype = host.result_type(fill_value) if dtype is None else _dtype(dtype)
         kind = {"b": bool, "i": int, "u": int, "f": float}[dtype.kind]
         return Tracer("full", (), shape, dtype, {"value": kind(fill_value)})
 
@@ -371,11 +370,11 @@ class TraceNamespace:
         if op in {"argmax", "argmin"}:
             if axis is not None and not isinstance(axis, int):
                 raise TypeError(f"{op} takes one axis or None")
-            dtype = numpy.dtype(numpy.int64)
+            dtype = host.dtype(host.int64)
         elif op == "mean" and x.dtype.kind != "f":
             raise TypeError("mean needs a floating array")
         elif op == "sum" and x.dtype.kind in "biu":  # as NumPy: booleans and integers sum in 64 bits
-            dtype = numpy.dtype(numpy.uint64 if x.dtype.kind == "u" else numpy.int64)
+            dtype = host.dtype(host.uint64 if x.dtype.kind == "u" else host.int64)
         else:
             dtype = x.dtype
         return Tracer(op, (x,), shape, dtype, {"axes": list(axes), "keepdims": bool(keepdims)})
@@ -393,7 +392,7 @@ class TraceNamespace:
         return self._reduce("min", x, axis, keepdims)
 
     def count_nonzero(self, x: Tracer, /, *, axis: Any = None, keepdims: bool = False) -> Tracer:
-        nonzero = x if x.dtype == numpy.bool_ else x != 0
+        nonzero = x if x.dtype == host.bool_ else x != 0
         return self.sum(self.astype(nonzero, self.int64), axis=axis, keepdims=keepdims)
 
     def argmax(self, x: Tracer, /, *, axis: int | None = None, keepdims: bool = False) -> Tracer:
@@ -409,7 +408,7 @@ class TraceNamespace:
             raise TraceError("matmul is traced for two 2-d arrays")
         if a.shape[1] != b.shape[0]:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align")
-        return Tracer("matmul", (a, b), (a.shape[0], b.shape[1]), numpy.result_type(a.dtype, b.dtype))
+        return Tracer("matmul", (a, b), (a.shape[0], b.shape[1]), host.result_type(a.dtype, b.dtype))
 
     def matrix_transpose(self, x: Tracer, /) -> Tracer:
         if x.ndim < 2:
@@ -467,7 +466,7 @@ class TraceNamespace:
         for a in arrays:
             if a.ndim != first.ndim or any(a.shape[d] != first.shape[d] for d in range(a.ndim) if d != axis):
                 raise ValueError(f"concat: shapes {first.shape} and {a.shape} do not fit along axis {axis}")
-        dtype = numpy.result_type(*(a.dtype for a in arrays))
+        dtype = host.result_type(*(a.dtype for a in arrays))
         arrays = [a if a.dtype == dtype else self.astype(a, dtype) for a in arrays]
         shape = list(first.shape)
         shape[axis] = sum(a.shape[axis] for a in arrays)
@@ -475,6 +474,13 @@ class TraceNamespace:
 
     def stack(self, arrays: Sequence[Any], /, *, axis: int = 0) -> Tracer:
         return self.concat([self.expand_dims(_operand(a), axis=axis) for a in arrays], axis=axis)
+
+    # control flow (an extension of the standard, as JAX's lax.fori_loop)
+    def fori_loop(self, count: int, body: Callable[[Any, Any], Any], carry: Any) -> Any:
+        """``carry = body(i, carry)`` for i = 0 … count − 1, recorded as one :class:`Loop` of the running trace."""
+        if _ACTIVE is None:
+            raise TraceError("fori_loop on traced arrays runs only inside trace()")
+        return _ACTIVE.fori_loop(count, body, carry)
 
 
 def _namespace_function(op: str) -> Callable[..., Tracer]:
@@ -490,7 +496,7 @@ for _op in [*UNARY, *BINARY, *COMPARISONS]:
 TraceNamespace.divide = _namespace_function("divide")
 TraceNamespace.pow = _namespace_function("pow")
 
-#: The namespace traced code sees (``backend.xp`` while tracing, and ``namespace_of(tracer)``).
+#: The namespace traced code sees: ``namespace_of(tracer)``.
 TRACE_NAMESPACE = TraceNamespace()
 NAMESPACES[Tracer] = TRACE_NAMESPACE  # type: ignore[assignment]
 
@@ -599,7 +605,7 @@ class _Trace:
         inits = [_as_tracer(leaf) for leaf in leaves]
         if count <= 0:
             return carry
-        loop = Loop(count, Tracer("loop_index", (), (), numpy.int64), [], inits)
+        loop = Loop(count, Tracer("loop_index", (), (), host.int64), [], inits)
         loop.carries = [Tracer("carry", (), v.shape, v.dtype, {"slot": j}) for j, v in enumerate(inits)]
         self.open_loop = loop
         try:
@@ -628,52 +634,23 @@ def _as_tracer(x: Any) -> Tracer:
 
 
 @contextlib.contextmanager
-def _tracing(backends: Sequence[Any]) -> Iterator[_Trace]:
-    """Inside: each backend's ``xp`` is :data:`TRACE_NAMESPACE` and its ``fori_loop`` traces the body once.
-
-    A backend whose namespace is a :class:`SwitchableNamespace` switches it too, so code that
-    kept a reference to ``backend.xp`` before the trace records as well.
-    """
+def _tracing() -> Iterator[_Trace]:
+    """Inside: new Tracers are recorded into the yielded trace."""
     global _ACTIVE
     if _ACTIVE is not None:
         raise TraceError("a trace is already running")
     _ACTIVE = context = _Trace()
-    saved = [(b, b.__dict__.get("xp"), "fori_loop" in b.__dict__) for b in backends]
     try:
-        for backend, xp, _ in saved:
-            if isinstance(xp, SwitchableNamespace):
-                xp.target = TRACE_NAMESPACE
-            backend.xp = TRACE_NAMESPACE
-            backend.fori_loop = context.fori_loop
         yield context
     finally:
         _ACTIVE = None
-        for backend, xp, had_loop in reversed(saved):
-            backend.xp = xp
-            if isinstance(xp, SwitchableNamespace):
-                xp.target = xp.own
-            if not had_loop:
-                del backend.fori_loop
 
 
-class SwitchableNamespace:
-    """An array namespace that forwards to ``own``, or to the trace namespace while a trace runs."""
-
-    def __init__(self, own: Any) -> None:
-        self.own = self.target = own
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.target, name)
-
-    def __repr__(self) -> str:
-        return f"SwitchableNamespace({self.own!r})"
-
-
-def trace(fn: Callable[..., Any], args: Sequence[Any], backends: Sequence[Any] = ()) -> Program:
+def trace(fn: Callable[..., Any], args: Sequence[Any]) -> Program:
     """The :class:`Program` of ``fn(*args)``: ``args`` (pytrees of arrays) become input Tracers.
 
-    ``backends`` are the backend objects the function reaches (the model's): while tracing,
-    their namespace records and their ``fori_loop`` traces its body once.
+    ``fn`` must take its array namespace (and its ``fori_loop``) from its arrays: what it takes
+    from anywhere else computes eagerly, and meeting a Tracer there is a :class:`TraceError`.
     """
     leaves, treedef = flatten(tuple(args))
     inputs = []
@@ -681,7 +658,7 @@ def trace(fn: Callable[..., Any], args: Sequence[Any], backends: Sequence[Any] =
         if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
             raise TypeError(f"compile takes arrays as arguments, got a {type(leaf).__name__} (leaf {j})")
         inputs.append(Tracer("input", (), tuple(leaf.shape), leaf.dtype, {"slot": j}))
-    with _tracing(backends) as context:
+    with _tracing() as context:
         out = fn(*unflatten(treedef, inputs))
         out_leaves, out_tree = flatten(out)
         outputs = [_as_tracer(leaf) for leaf in out_leaves]
@@ -717,33 +694,33 @@ def numpy_op(op: str, attrs: dict, inputs: Sequence[Any], shape: Sequence[int], 
     if op in COMPARISONS:
         return COMPARISONS[op](*inputs)
     if op == "where":
-        return numpy.where(*inputs)
+        return host.where(*inputs)
     if op == "astype":
-        return numpy.astype(numpy.asarray(inputs[0]), numpy.dtype(attrs["dtype"]))
+        return host.astype(host.asarray(inputs[0]), host.dtype(attrs["dtype"]))
     if op in REDUCTIONS:
         x, axes, keepdims = inputs[0], tuple(attrs["axes"]), attrs["keepdims"]
         if op in {"argmax", "argmin"}:  # one axis, or the flat index over all of them
             if len(axes) == 1:
-                return getattr(numpy, op)(x, axis=axes[0], keepdims=keepdims)
-            return getattr(numpy, op)(numpy.reshape(x, (-1,))).reshape(shape)
-        return getattr(numpy, op)(x, axis=axes, keepdims=keepdims)
+                return getattr(host, op)(x, axis=axes[0], keepdims=keepdims)
+            return getattr(host, op)(host.reshape(x, (-1,))).reshape(shape)
+        return getattr(host, op)(x, axis=axes, keepdims=keepdims)
     if op == "matmul":
         return inputs[0] @ inputs[1]
     if op == "reshape":
-        return numpy.reshape(inputs[0], tuple(attrs["shape"]))
+        return host.reshape(inputs[0], tuple(attrs["shape"]))
     if op == "permute":
-        return numpy.permute_dims(inputs[0], tuple(attrs["axes"]))
+        return host.permute_dims(inputs[0], tuple(attrs["axes"]))
     if op == "broadcast":
-        return numpy.broadcast_to(inputs[0], tuple(attrs["shape"]))
+        return host.broadcast_to(inputs[0], tuple(attrs["shape"]))
     if op == "take":
-        return numpy.take(inputs[0], inputs[1], axis=attrs["axis"])
+        return host.take(inputs[0], inputs[1], axis=attrs["axis"])
     if op == "concat":
-        return numpy.concat(inputs, axis=attrs["axis"])
+        return host.concat(inputs, axis=attrs["axis"])
     if op == "getitem":
         return _basic_index(inputs[0], attrs["key"], [int(v) for v in inputs[1:]])
     if op in {"scalar", "full"}:
         value = attrs["value"]
-        return value if op == "scalar" else numpy.full(tuple(shape), value, dtype=numpy.dtype(dtype))
+        return value if op == "scalar" else host.full(tuple(shape), value, dtype=host.dtype(dtype))
     if op == "constant":
         return attrs["value"]
     raise ValueError(f"no NumPy evaluation for op {op!r}")
@@ -767,13 +744,13 @@ def _basic_index(x: Any, entries: Sequence[Sequence[Any]], traced: Sequence[int]
             _, start, step, size = entry
             stop = start + step * size
             key.append(slice(start, stop if stop >= 0 else None, step))
-    return numpy.asarray(x)[tuple(key)]
+    return host.asarray(x)[tuple(key)]
 
 
 def evaluate(program: Program, args: Sequence[Any]) -> Any:
     """``program`` run with NumPy on ``args`` (host arrays, the same pytrees as traced): the outputs' pytree."""
     leaves, _ = flatten(tuple(args))
-    values: dict[Tracer, Any] = {node: numpy.asarray(leaf) for node, leaf in zip(program.inputs, leaves, strict=True)}
+    values: dict[Tracer, Any] = {node: host.asarray(leaf) for node, leaf in zip(program.inputs, leaves, strict=True)}
     for segment in program.segments:
         if isinstance(segment, Straight):
             _run_nodes(segment.nodes, values)
@@ -781,12 +758,12 @@ def evaluate(program: Program, args: Sequence[Any]) -> Any:
         carried = [values[v] for v in segment.inits]
         for i in range(segment.count):
             local = dict(values)
-            local[segment.index] = numpy.int64(i)
+            local[segment.index] = host.int64(i)
             local.update(zip(segment.carries, carried, strict=True))
             _run_nodes(segment.body, local)
             carried = [local[v] for v in segment.outputs]
         values.update(zip(segment.results, carried, strict=True))
-    return unflatten(program.out_tree, [numpy.asarray(values[o]) for o in program.outputs])
+    return unflatten(program.out_tree, [host.asarray(values[o]) for o in program.outputs])
 
 
 def _run_nodes(nodes: Sequence[Tracer], values: dict[Tracer, Any]) -> None:
@@ -795,7 +772,7 @@ def _run_nodes(nodes: Sequence[Tracer], values: dict[Tracer, Any]) -> None:
             continue
         value = numpy_op(node.op, node.attrs, [values[i] for i in node.inputs], node.shape, node.dtype)
         if node.op != "scalar":
-            value = numpy.asarray(value)
+            value = host.asarray(value)
             if value.shape != node.shape or value.dtype != node.dtype:
                 raise AssertionError(f"{node}: NumPy computed {value.dtype}{value.shape}")
         values[node] = value
