@@ -192,6 +192,10 @@ class Backend:
         )
 
 
+class CollectiveError(RuntimeError):
+    """A data-parallel run lost a device or process in an all-reduce: the others cannot go on."""
+
+
 class Collective:
     """A backend's engine for data-parallel training: N devices run one program and all-reduce between them.
 

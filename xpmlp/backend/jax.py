@@ -15,12 +15,15 @@ Two of JAX's settings are process-wide flags; the backend touches them only wher
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
 from functools import cached_property
 from types import ModuleType
 from typing import Any
+
+import numpy
 
 from ._base import NAMESPACES, Array, Backend, Collective, cpu_name
 
@@ -122,6 +125,18 @@ class JaxBackend(Backend):
         return cpu_name() if self._platform == "cpu" else self._module.devices()[0].device_kind
 
 
+def request_cpu_devices(count: int) -> None:
+    """Ask JAX for ``count`` CPU devices: it must not have started yet (afterwards its count is fixed, and
+    :meth:`JaxBackend.collective` says how many it has). NumPy's global generator is left as it was."""
+    seeded = numpy.random.get_state()
+    try:
+        import jax
+    finally:
+        numpy.random.set_state(seeded)
+    with contextlib.suppress(RuntimeError):  # JAX has started: its device count stands
+        jax.config.update("jax_num_cpu_devices", count)
+
+
 def cpu_threads(cores: int) -> str:
     """How many CPU threads XLA computes with (for ``xpmlp info``): JAX has no setting, ``$XLA_FLAGS`` may."""
     flags = os.environ.get("XLA_FLAGS", "")
@@ -159,7 +174,12 @@ class JaxCollective(Collective):
         program = jax.shard_map(fn, mesh=self._mesh, in_specs=in_specs, out_specs=spec(), check_vma=False)
         compiled = jax.jit(program).lower(*self.place(example_args)).compile()
         shardings = compiled.input_shardings[0]
-        return lambda *args: compiled(*jax.device_put(args, shardings))
+
+        def run(*args: Any) -> Any:
+            return compiled(*jax.device_put(args, shardings))
+
+        run.compiled = compiled  # XLA's program, to read (its all-reduces: ``run.compiled.as_text()``)
+        return run
 
     def place(self, tree: Any) -> Any:
         return self._jax.device_put(tree, self._everywhere)

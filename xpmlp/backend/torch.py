@@ -10,7 +10,7 @@ from typing import Any
 import array_api_compat
 import numpy
 
-from ._base import Array, Backend, Collective
+from ._base import Array, Backend, Collective, CollectiveError
 
 
 class TorchBackend(Backend):
@@ -73,6 +73,30 @@ class TorchBackend(Backend):
         return super().device_name if self.device == "cpu" else self._module.cuda.get_device_name(self._device)
 
 
+def join_group(devices: int, rank: int, rendezvous: str | None, device: str, timeout: float) -> None:
+    """Join (create) the ``torch.distributed`` group of ``devices`` processes as ``rank``: gloo on the CPU,
+    NCCL on CUDA; at the file ``rendezvous``, or, when None, where torchrun's environment says."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo" if device == "cpu" else "nccl",
+        init_method="env://" if rendezvous is None else f"file://{rendezvous}",
+        rank=rank,
+        world_size=devices,
+        timeout=datetime.timedelta(seconds=timeout),
+    )
+
+
+def leave_group() -> None:
+    """Leave this process's ``torch.distributed`` group, if it is in one."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class TorchCollective(Collective):
     """``torch.distributed.all_reduce`` (a sum) in the group this process belongs to; the program runs eagerly."""
 
@@ -80,7 +104,14 @@ class TorchCollective(Collective):
         self._dist, self.devices, self.rank = dist, dist.get_world_size(), dist.get_rank()
 
     def reduce(self, x: Array) -> Array:
-        self._dist.all_reduce(x)  # in place, on an array the hook has just computed
+        try:
+            self._dist.all_reduce(x)  # in place, on an array the hook has just computed
+        except RuntimeError as exc:  # gloo's and NCCL's errors (DistBackendError is one)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CollectiveError(
+                f"data-parallel training stopped: process {self.rank} of {self.devices} lost its group in an "
+                f"all-reduce (another process ended?): {reason}"
+            ) from exc
         return x
 
     def columns(self, batches: numpy.ndarray) -> numpy.ndarray:
