@@ -11,7 +11,7 @@ import pytest
 from xpmlp import data
 from xpmlp.data import DATASETS, IDX_FILES, download_mnist, load_mnist, mnist_location
 
-from mnist_files import write_idx
+from support.mnist_files import write_idx
 
 
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "kmnist"])
