@@ -184,12 +184,21 @@ class Backend:
         """A human-readable name of the device the arrays live on."""
         return cpu_name()
 
-    def collective(self, devices: int) -> Collective:
-        """The engine that trains on ``devices`` devices at once; here, for a backend without one, a ValueError."""
-        raise ValueError(
+    #: Whether data-parallel training runs one process per device (torch.distributed) rather than one for all.
+    process_per_device: ClassVar[bool] = False
+
+    def devices_problem(self, devices: int) -> str | None:
+        """Why this backend cannot train on ``devices`` devices here, or None (always None for one)."""
+        if devices == 1:
+            return None
+        return (
             f"backend {self.name!r} has no collectives to train on devices={devices}; "
             "data-parallel training runs on backend 'jax' (XLA's collectives) or 'torch' (torch.distributed)"
         )
+
+    def collective(self, devices: int) -> Collective:
+        """The engine that trains on ``devices`` devices at once; ValueError where :meth:`devices_problem` says."""
+        raise ValueError(self.devices_problem(devices))
 
 
 class CollectiveError(RuntimeError):

@@ -109,15 +109,21 @@ class JaxBackend(Backend):
         JAX fixes its CPU device count when it starts: ``jax.config.update("jax_num_cpu_devices", N)``
         (or ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) must come before anything uses JAX.
         """
-        found = self._module.devices()
-        if len(found) < devices:
-            how = (
-                f"set jax.config.update('jax_num_cpu_devices', {devices}) before JAX starts (train.py --devices does)"
-                if self._platform == "cpu"
-                else "this machine has no more"
-            )
-            raise ValueError(f"devices={devices} but JAX has {len(found)} {self._platform} device(s): {how}")
-        return JaxCollective(self._module, found[:devices])
+        problem = self.devices_problem(devices)
+        if problem:
+            raise ValueError(problem)
+        return JaxCollective(self._module, self._module.devices()[:devices])
+
+    def devices_problem(self, devices: int) -> str | None:
+        found = len(self._module.devices())
+        if found >= devices:
+            return None
+        how = (
+            f"set jax.config.update('jax_num_cpu_devices', {devices}) before JAX starts (train.py --devices does)"
+            if self._platform == "cpu"
+            else "this machine has no more"
+        )
+        return f"devices={devices} but JAX has {found} {self._platform} device(s): {how}"
 
     @cached_property
     def device_name(self) -> str:

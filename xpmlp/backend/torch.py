@@ -51,12 +51,25 @@ class TorchBackend(Backend):
         if self.device != "cpu":
             self._module.cuda.synchronize(self._device)
 
+    process_per_device = True
+
+    def devices_problem(self, devices: int) -> str | None:
+        gpus = len(self.devices) - 1
+        if devices == 1 or self.device == "cpu":
+            return None  # gloo: as many CPU processes as asked
+        if devices > gpus:
+            return f"devices={devices} but torch sees {gpus} CUDA device(s) here (NCCL runs one process per GPU)"
+        return None
+
     def collective(self, devices: int) -> TorchCollective:
         """``torch.distributed`` over a process group of ``devices`` processes, one device each.
 
         The caller starts the processes and the group (``torchrun``, or ``init_process_group``
         with gloo on the CPU, NCCL on CUDA); each process trains on its backend's device.
         """
+        problem = self.devices_problem(devices)
+        if problem:
+            raise ValueError(problem)
         dist = self._module.distributed
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError(
