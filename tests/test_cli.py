@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import xpmlp
-from xpmlp.train import run
+from xpmlp.cli import run
 
 from support.cli import FAST
 from support.mnist_files import idx_bytes, synthetic
@@ -182,7 +182,7 @@ def test_resume_with_patience_equals_the_uninterrupted_run(tmp_path, overfitting
 
 
 def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
-    argv = [sys.executable, "-m", "xpmlp.train", "--data", str(data), "--out", str(tmp_path), "--epochs", "100000",
+    argv = [sys.executable, "-m", "xpmlp", "train", "--data", str(data), "--out", str(tmp_path), "--epochs", "100000",
             "--lr-decay", "1", *FAST]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -214,7 +214,7 @@ def test_diverged_training_is_one_line(tmp_path, data, capsys):
 
 
 def test_a_checkpoint_save_refuses_is_one_line_that_says_what_is_intact(tmp_path, data, monkeypatch, capsys):
-    import xpmlp.train as cli
+    import xpmlp.cli.runs as cli
 
     def refuses_the_second(*args, _calls=[], **kwargs):  # noqa: B006 (counts the calls)
         _calls.append(1)
@@ -240,7 +240,7 @@ def test_curves_have_integer_epochs_and_percent_errors():
     import matplotlib
 
     matplotlib.use("Agg")
-    from xpmlp.train import curves_figure
+    from xpmlp.cli.plots import curves_figure
 
     history = xpmlp.History([0.3, 0.14, 0.1], [0.083, 0.041, 0.0], [0.15, 0.12, 0.11], [0.039, 0.035, 0.034])
     fig = curves_figure(history)
@@ -280,7 +280,7 @@ def test_a_folder_that_holds_a_run_is_never_overwritten_silently(tmp_path, data,
 
 
 def test_a_second_run_is_refused_while_the_first_holds_the_lock(tmp_path, data, capsys):
-    from xpmlp.train import locked
+    from xpmlp.cli.runs import locked
 
     with locked(tmp_path):
         line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), *FAST])
@@ -353,7 +353,7 @@ def test_an_out_folder_that_takes_no_files_is_refused_before_training(tmp_path, 
 def test_a_failed_write_is_one_line_that_says_the_last_checkpoint_is_intact(tmp_path, data, monkeypatch, capsys):
     import errno
 
-    import xpmlp.train as cli
+    import xpmlp.cli.runs as cli
 
     saves = []
 
@@ -375,7 +375,7 @@ def test_a_failed_write_is_one_line_that_says_the_last_checkpoint_is_intact(tmp_
 def test_ctrl_c_while_writing_the_results_is_one_line_and_resume_writes_them(
     tmp_path, data, monkeypatch, capsys, where
 ):
-    import xpmlp.train as cli
+    import xpmlp.cli.runs as cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -397,7 +397,7 @@ def test_ctrl_c_while_writing_the_results_is_one_line_and_resume_writes_them(
 
 @pytest.mark.parametrize("resumed", [False, True])
 def test_ctrl_c_in_the_first_epoch_says_what_was_saved(tmp_path, data, monkeypatch, capsys, resumed):
-    import xpmlp.train as cli
+    import xpmlp.cli.command as cli
 
     flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", *FAST]
     if resumed:
@@ -439,7 +439,7 @@ def test_the_console_entry_points_exit_0_without_printing_the_metrics(tmp_path, 
 INTERRUPT_THE_COMPILER = """
 import os, signal, sys
 from xpmlp.backend.jax import JaxBackend
-from xpmlp.train import main
+from xpmlp.cli import main
 
 compiling = JaxBackend.compile
 

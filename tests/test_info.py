@@ -16,7 +16,7 @@ import pytest
 import xpmlp
 from xpmlp import BACKENDS
 from xpmlp.__main__ import main
-from xpmlp.train import main as train
+from xpmlp.cli import main as train
 
 from support.mnist_files import write_idx
 

@@ -13,7 +13,7 @@ import pytest
 
 import xpmlp
 from xpmlp import MLP, Identity, ReLU, SoftmaxCrossEntropy, fit, get_training_stats
-from xpmlp.train import run
+from xpmlp.cli import run
 from xpmlp.training import _epoch_order
 
 from support.mnist_files import write_idx

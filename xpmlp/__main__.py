@@ -10,7 +10,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
-        from .train import main as train
+        from .cli import main as train
 
         return train(argv[1:])
     parser = argparse.ArgumentParser(prog="xpmlp", description=__doc__)

@@ -21,18 +21,17 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .activations import Identity, ReLU, Sigmoid, Tanh
+from . import presets
 from .backend import get_backend, host
 from .checks import as_float, as_int
-from .init import zeros_bias_init
-from .loss import SoftmaxCrossEntropy, log_softmax
+from .loss import log_softmax
 from .mlp import MLP
+from .presets import DEFAULTS
 from .training import History, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
 
-ACTIVATIONS = {"relu": ReLU, "logistic": Sigmoid, "tanh": Tanh, "identity": Identity}
-WEIGHT_SCALES = {"he": lambda fan_in: math.sqrt(2.0 / fan_in), "normal": lambda fan_in: 1.0}
+ACTIVATIONS = presets.SKLEARN_ACTIVATIONS  # scikit-learn's names → xpmlp's
 LEARNING_RATES = ("exponential", "constant", "invscaling", "adaptive")
 SMALLEST_ADAPTIVE_RATE = 1e-6  # "adaptive" stops instead of going below (scikit-learn's bound)
 
@@ -127,29 +126,29 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        hidden_layer_sizes: int | Sequence[int] = (256, 128),
-        activation: str = "relu",
+        hidden_layer_sizes: int | Sequence[int] = DEFAULTS["hiddens"],
+        activation: str = DEFAULTS["activation"],
         *,
         solver: str = "sgd",
         alpha: float = 0.0,
-        batch_size: int | str = 100,
+        batch_size: int | str = DEFAULTS["batch_size"],
         learning_rate: str = "exponential",
-        learning_rate_init: float = 0.2,
-        lr_decay: float = 0.6,
+        learning_rate_init: float = DEFAULTS["lr"],
+        lr_decay: float = DEFAULTS["lr_decay"],
         power_t: float = 0.5,
-        max_iter: int = 10,
+        max_iter: int = DEFAULTS["epochs"],
         shuffle: bool = True,
         random_state: Any = None,
         tol: float = 1e-4,
         verbose: bool = False,
         warm_start: bool = False,
-        momentum: float = 0.9,
+        momentum: float = DEFAULTS["momentum"],
         nesterovs_momentum: bool = False,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 10,
         bn_layers: int | None = None,
-        init: str = "he",
+        init: str = DEFAULTS["init"],
         backend: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
@@ -247,8 +246,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {self.activation!r}")
-        if self.init not in WEIGHT_SCALES:
-            raise ValueError(f"init must be one of {', '.join(map(repr, WEIGHT_SCALES))}, got {self.init!r}")
+        if self.init not in presets.INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, presets.INITS))}, got {self.init!r}")
         for name in ("shuffle", "warm_start", "early_stopping"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -293,19 +292,17 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _build(self, n_features: int, input_dtype: Any, rng: Any) -> MLP:
         hiddens = self._hiddens()
-        scale = WEIGHT_SCALES[self.init]
         dtype = self.dtype or ("float32" if input_dtype == host.float32 else "float64")
-        return MLP(
+        return presets.build_mlp(
             n_features,
             len(self.classes_),
             hiddens,
-            [ACTIVATIONS[self.activation]() for _ in hiddens] + [Identity()],
-            lambda i, o: rng.standard_normal((i, o)) * scale(i),  # a local generator: global state is left alone
-            zeros_bias_init,
-            SoftmaxCrossEntropy(),
-            self.learning_rate_init,
-            self.momentum,
-            len(hiddens) if self.bn_layers is None else self.bn_layers,
+            activation=ACTIVATIONS[self.activation],
+            init=self.init,
+            lr=self.learning_rate_init,
+            momentum=self.momentum,
+            bn_layers=len(hiddens) if self.bn_layers is None else self.bn_layers,
+            rng=rng,  # a local generator: global state is left alone
             backend=self.backend,
             device=self.device,
             dtype=dtype,
@@ -327,7 +324,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         }
         asked = {
             "hidden_layer_sizes": self._hiddens(),
-            "activation": ACTIVATIONS[self.activation].__name__ if model.hiddens else None,
+            "activation": presets.ACTIVATIONS[ACTIVATIONS[self.activation]].__name__ if model.hiddens else None,
             "bn_layers": len(model.hiddens) if self.bn_layers is None else self.bn_layers,
             "backend": get_backend(self.backend, self.device),
         }
@@ -365,7 +362,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 print(f"Iteration {epoch - started}, loss = {h.train_loss[-1]:.8f}")
             self._count_no_improvement(h)
             if self.learning_rate == "exponential" and not incremental:
-                model.lr = self.learning_rate_init * self.lr_decay ** (epoch - started)
+                model.lr = presets.scheduled_lr(self.learning_rate_init, self.lr_decay, epoch - started)
             elif self.learning_rate == "invscaling":
                 model.lr = self.learning_rate_init / (self.t_ + 1) ** self.power_t
             if self._no_improvement_count <= self.n_iter_no_change:
@@ -434,6 +431,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def _batch_size(self, n: int) -> int:
         """``batch_size`` ("auto": min(200, n)) capped at n, grown while it would leave BatchNorm a batch of one."""
         size = min(200, n) if self.batch_size == "auto" else min(as_int("batch_size", self.batch_size, minimum=1), n)
-        while self.model_.num_bn_layers and size < n and n % size == 1:
+        while self.model_.num_bn_layers and 1 < size < n and presets.leaves_batch_of_one(n, size):
             size += 1
         return size

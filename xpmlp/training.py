@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from .backend import Array, as_host, fori_loop, host, namespace_of
 from .checks import as_int
 from .mlp import MLP
+from .presets import leaves_batch_of_one
 
 __all__ = [
     "CompiledEpoch",
@@ -532,7 +533,7 @@ def _interrupt_after() -> Iterator[None]:
 
 def _check_batchnorm_batches(mlp: MLP, n: int, batch_size: int) -> None:
     """Refuse a split whose mini-batches would give BatchNorm a batch of one (σ²_B = 0)."""
-    if mlp.num_bn_layers and (min(n, batch_size) == 1 or n % batch_size == 1):
+    if mlp.num_bn_layers and leaves_batch_of_one(n, batch_size):
         raise ValueError(
             f"batch_size {batch_size} splits {n} training examples into batches of which one has a single "
             "example, and BatchNorm cannot train on one (its variance is 0); choose another batch_size"

@@ -1,0 +1,103 @@
+"""The generated CUDA of a training epoch, for the networks the GPU targets name, without a GPU.
+
+An epoch of :func:`xpmlp.training.make_epoch` is traced on NumPy arrays of the right shapes,
+grouped into kernels and written as one CUDA module, exactly as the CuPy backend's ``compile``
+does before it hands the source to ``cupy.RawModule``. Used by tools/sass_report.py and by
+the NVRTC test (tests/compiler/test_nvrtc.py).
+
+Networks (``NETWORKS``): ``hw1``, the homework's 784-64-64-32-10 sigmoid (BN on layer 1 where
+``bn``), and ``default``, train.py's 784-256-128-10 ReLU (BN on both hidden layers where ``bn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+import xpmlp
+
+# the code generator, imported here only
+from xpmlp.backend.cuda import kernel_source, module_source
+from xpmlp.backend.fuse import KernelSpec, Plan, make_plan
+from xpmlp.backend.trace import trace
+from xpmlp.training import CompiledEpoch, DeviceSplit, make_epoch
+
+NETWORKS: dict[str, dict[str, Any]] = {
+    "hw1": {"hiddens": (64, 64, 32), "activation": xpmlp.Sigmoid, "bn": 1, "init": xpmlp.random_normal_weight_init},
+    "default": {"hiddens": (256, 128), "activation": xpmlp.ReLU, "bn": 2, "init": xpmlp.he_normal_weight_init},
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One compiled epoch: network, BN or not, dtype, batch size and the number of examples."""
+
+    network: str = "hw1"
+    bn: bool = True
+    dtype: str = "float32"
+    batch_size: int = 100
+    n: int = 250  # not a multiple of batch_size: the module holds the partial last batch's kernels too
+
+    @property
+    def label(self) -> str:
+        return f"{self.network}{'+bn' if self.bn else ''}-{self.dtype}-b{self.batch_size}-n{self.n}"
+
+
+def model(config: Config, backend: str = "numpy") -> xpmlp.MLP:
+    """The configuration's network with seeded initial weights."""
+    net = NETWORKS[config.network]
+    np.random.seed(0)
+    acts = [net["activation"]() for _ in net["hiddens"]] + [xpmlp.Identity()]
+    bn = net["bn"] if config.bn else 0
+    return xpmlp.MLP(784, 10, list(net["hiddens"]), acts, net["init"], xpmlp.zeros_bias_init,
+                     xpmlp.SoftmaxCrossEntropy(), 0.008, 0.9, bn, backend=backend, dtype=config.dtype)  # fmt: skip
+
+
+def examples(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random MNIST-shaped examples (the kernels depend on shapes only)."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, size=(n, 784)), rng.integers(0, 10, size=n)
+
+
+@cache
+def plan(config: Config) -> Plan:
+    """The grouped plan of one epoch of ``config`` (traced on NumPy; cached)."""
+    mlp = model(config)
+    data = DeviceSplit(mlp, examples(config.n), "training")
+    epoch = CompiledEpoch(mlp, data, config.batch_size)
+    args = epoch._inputs(np.arange(config.n))
+    # make_epoch built inside the trace: it takes the namespace that records
+    program = trace(lambda *a: make_epoch(mlp, config.n, config.batch_size)(*a), args, [mlp.backend])
+    return make_plan(program)
+
+
+def source(config: Config, names: Sequence[str] | None = None) -> str:
+    """The CUDA module of one epoch of ``config`` (of its kernels ``names`` only, where given), as the CuPy
+    backend hands it to ``cupy.RawModule``."""
+    specs = plan(config).kernels()
+    return module_source([s for s in specs if names is None or s.name in names])
+
+
+def kernel_sources(config: Config) -> dict[str, str]:
+    """The source of each kernel of one epoch of ``config``, by kernel name (without the module's prelude)."""
+    return {spec.name: kernel_source(spec) for spec in plan(config).kernels()}
+
+
+def step_kernels(config: Config) -> list[KernelSpec]:
+    """The kernels of one full training step (the epoch loop's body), in launch order."""
+    return plan(config).loops[0].kernels
+
+
+def configs(networks: tuple[str, ...] = ("hw1", "default")) -> list[Config]:
+    """Every configuration the GPU runs: each network ± BN, float32/float64, batch 100 and 1000, a partial batch."""
+    return [
+        Config(net, bn, dtype, batch, batch * 5 // 2)
+        for net in networks
+        for bn in (True, False)
+        for dtype in ("float32", "float64")
+        for batch in (100, 1000)
+    ]
