@@ -88,10 +88,19 @@ class TorchBackend(Backend):
 
 def join_group(devices: int, rank: int, rendezvous: str | None, device: str, timeout: float) -> None:
     """Join (create) the ``torch.distributed`` group of ``devices`` processes as ``rank``: gloo on the CPU,
-    NCCL on CUDA; at the file ``rendezvous``, or, when None, where torchrun's environment says."""
-    import datetime
+    NCCL on CUDA; at the file ``rendezvous``, or, when None, where torchrun's environment says.
 
+    As torchrun does, each process computes with one thread unless ``$OMP_NUM_THREADS`` says otherwise
+    (N processes of a core count each would fight over the cores).
+    """
+    import datetime
+    import os
+
+    import torch
     import torch.distributed as dist
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
 
     dist.init_process_group(
         "gloo" if device == "cpu" else "nccl",
