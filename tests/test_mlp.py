@@ -411,8 +411,8 @@ def test_parameters_and_velocities_are_views_of_one_buffer_each():
     model.forward(x)
     model.backward(y)
     model.step()
-    flat = model.training_state()
+    flat = model.training_state
     params = np.concatenate([p.ravel() for p, _ in model.parameters()])
-    np.testing.assert_array_equal(flat["params"], params)
-    np.testing.assert_array_equal(flat["velocity"], np.concatenate([v.ravel() for v in model.velocities]))
-    assert all(np.shares_memory(p, flat["params"]) for p, _ in model.parameters())
+    np.testing.assert_array_equal(flat.params, params)
+    np.testing.assert_array_equal(flat.velocity, np.concatenate([v.ravel() for v in model.velocities]))
+    assert all(np.shares_memory(p, flat.params) for p, _ in model.parameters())

@@ -21,9 +21,9 @@ import numpy as np
 import xpmlp
 
 # the code generator, imported here only
-from xpmlp.backend.cuda import kernel_source, module_source
-from xpmlp.backend.fuse import KernelSpec, Plan, make_plan
-from xpmlp.backend.trace import trace
+from xpmlp.compiler.cuda import kernel_source, module_source
+from xpmlp.compiler.fuse import KernelSpec, Plan, make_plan
+from xpmlp.compiler.trace import trace
 from xpmlp.training import CompiledEpoch, DeviceSplit, make_epoch
 
 NETWORKS: dict[str, dict[str, Any]] = {
@@ -70,8 +70,7 @@ def plan(config: Config) -> Plan:
     data = DeviceSplit(mlp, examples(config.n), "training")
     epoch = CompiledEpoch(mlp, data, config.batch_size)
     args = epoch._inputs(np.arange(config.n))
-    # make_epoch built inside the trace: it takes the namespace that records
-    program = trace(lambda *a: make_epoch(mlp, config.n, config.batch_size)(*a), args, [mlp.backend])
+    program = trace(make_epoch(mlp, config.n, config.batch_size), args)
     return make_plan(program)
 
 

@@ -27,7 +27,7 @@ from .checks import as_float, as_int
 from .loss import log_softmax
 from .mlp import MLP
 from .presets import DEFAULTS
-from .training import History, eval_mode, fit
+from .training import EarlyStopping, History, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
 
@@ -340,7 +340,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def _train(self, X: Any, labels: Any, epochs: int, incremental: bool) -> None:
         """``epochs`` epochs of :func:`xpmlp.fit`, with scikit-learn's schedules and stopping rule between them."""
         model, history = self.model_, self.history_
-        history.last_state = None  # go on from the model kept (early stopping's best), as scikit-learn does
         val = None
         if self.early_stopping:
             X, X_val, labels, val_labels = train_test_split(
@@ -388,9 +387,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 batch_size=batch_size,
                 seed=self._seed,
                 history=history,
-                # fit keeps the epoch of lowest validation loss and restores it at the end; with a patience of
-                # every epoch fit never stops by itself: the stop is scikit-learn's rule in after_epoch
-                patience=started + epochs if val is not None else None,
+                # the epoch of lowest validation loss is kept, and the next fit goes on from it, as scikit-learn
+                # does; fit never stops by itself (no patience): the stop is scikit-learn's rule in after_epoch
+                early_stopping=EarlyStopping(keep_best=True, resume="best") if val is not None else None,
                 progress=False,
                 callbacks=[after_epoch],
                 shuffle=self.shuffle,

@@ -26,6 +26,10 @@ class SoftmaxCrossEntropy:
     finite for any finite logits. ``ce.derivative()`` is ∂L/∂x = (Σⱼ yⱼ)·σ(x) − y,
     shape (N, C): σ(x) − y for one-hot or probability rows, and the exact gradient of
     the loss returned for any other targets.
+
+    ``forward`` writes out the log-sum-exp of :func:`log_softmax` rather than calling
+    it: it keeps e^(xⱼ − m) and s, so σ(x) = e^(x − m)/s for the derivative costs one
+    division, where going through log σ would take a second pass of exponentials.
     """
 
     def __init__(self) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from xpmlp import ReLU, Tanh
 from xpmlp.compiler.fuse import FUSE_ENV_VAR, fusion_enabled, make_plan, run_plan
-from xpmlp.compiler.trace import INDEX_OPS, Loop
+from xpmlp.compiler.program import INDEX_OPS, Loop
 
 from support.epochs import assert_close, traced_epoch
 from support.models import NETS, dataset, hw1, network

@@ -28,7 +28,8 @@ import numpy
 
 from ..compiler.cuda import module_source
 from ..compiler.fuse import THREADS, LoopPlan, Plan, make_plan
-from ..compiler.trace import flatten, trace, unflatten
+from ..compiler.program import flatten, unflatten
+from ..compiler.trace import trace
 
 __all__ = ["CapturedFunction", "capture"]
 

@@ -5,8 +5,8 @@ Three stages, each a module, each testable on a CPU:
 ``trace.py``
     :func:`~xpmlp.compiler.trace.trace` runs the epoch once on recording arrays (``Tracer``); the
     layers take their namespace from their arrays, so they record without a change. The result is a
-    :class:`~xpmlp.compiler.trace.Program` (straight parts and ``fori_loop`` bodies), and
-    :func:`~xpmlp.compiler.trace.evaluate` runs it with NumPy: the reference.
+    :class:`~xpmlp.compiler.program.Program` (``program.py``: straight parts and ``fori_loop``
+    bodies), which :func:`~xpmlp.compiler.program.evaluate` runs with NumPy: the reference.
 ``fuse.py``
     :func:`~xpmlp.compiler.fuse.make_plan` groups the program's operations into kernels (a matrix
     product with the work on its tiles, one-block tails, elementwise maps) and gives a buffer to every

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from ..backend import host
 from .fuse import THREADS, KernelSpec
-from .trace import ELEMENTWISE, INDEX_OPS, REDUCTIONS
+from .program import ELEMENTWISE, INDEX_OPS, REDUCTIONS
 
 __all__ = ["CTYPES", "PRELUDE", "descriptions", "kernel_source", "module_source"]
 

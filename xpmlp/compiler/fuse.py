@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..backend import host
-from .trace import ELEMENTWISE, INDEX_OPS, REDUCTIONS, Program, Straight, Tracer, flatten, numpy_op, unflatten
+from .program import ELEMENTWISE, INDEX_OPS, REDUCTIONS, Program, Straight, flatten, numpy_op, unflatten
+from .trace import Tracer
 
 __all__ = ["FUSE_ENV_VAR", "THREADS", "KernelSpec", "Plan", "fusion_enabled", "make_plan", "run_kernel", "run_plan"]
 
