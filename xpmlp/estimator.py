@@ -24,10 +24,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import presets
 from .backend import get_backend, host
 from .checks import as_float, as_int
+from .evaluation import check_outputs
 from .loss import log_softmax
 from .mlp import MLP
 from .presets import DEFAULTS
-from .training import EarlyStopping, History, eval_mode, fit
+from .training import EarlyStopping, History, check_inputs, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
 
@@ -191,9 +192,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         """Softmax probabilities (n_samples, n_classes), columns ordered as ``classes_``; eval mode."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=(host.float64, host.float32), reset=False)
-        with eval_mode(self.model_) as model:
-            logits = model.forward(X)
-        return host.asarray(model.backend.to_host(model.backend.xp.exp(log_softmax(logits))), dtype=host.float64)
+        model = self.model_
+        X = check_inputs(X, model.input_size, "predict", model.dtype)  # 1e39 is infinite in float32
+        with eval_mode(model), host.errstate(over="ignore", invalid="ignore"):  # checked below: no NumPy warning
+            proba = model.backend.to_host(model.backend.xp.exp(log_softmax(model.forward(X))))
+        proba = host.asarray(proba, dtype=host.float64)
+        check_outputs(model, host.count_nonzero(~host.isfinite(proba).all(axis=1)), len(proba), "predict")
+        return proba
 
     def predict(self, X: Any) -> Any:
         """The most probable class of each row, as a label from ``classes_``."""
