@@ -12,11 +12,13 @@ scalars, read back by the caller in one device→host copy an epoch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 from .backend import Array, as_host, fori_loop, host, namespace_of
 from .mlp import MLP
+from .presets import ACTIVATION_CLASSES, CRITERIA
 from .sparse import check_sparse_inputs, is_sparse, take_rows, to_device_csr
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
 ]
 
 Split = tuple[Any, Any]  # (x (N, features), integer labels (N,)), host NumPy
+PROGRAMS_KEPT = 16  # compiled epochs kept for models of the same structure (each holds its code, and on CuPy a graph)
+_PROGRAMS: OrderedDict[Hashable, Callable] = OrderedDict()  # program_key -> compiled epoch, least recent first
 
 
 def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
@@ -211,12 +215,41 @@ def _no_tick() -> None:
     pass
 
 
+def _leaves(tree: Any) -> list[Any]:
+    """The arrays of a tree of tuples (NamedTuples included), in order."""
+    return [leaf for item in tree for leaf in _leaves(item)] if isinstance(tree, tuple) else [tree]
+
+
+def program_key(mlp: MLP, n: int, batch_size: int, inputs: tuple) -> Hashable | None:
+    """Everything a compiled epoch of ``mlp`` bakes in, or None where a layer may hold more than its type says.
+
+    The backend's :attr:`~Backend.program_key` (name, device, its settings), the shape and
+    dtype of every input, the layer sizes and classes, BatchNorm's α and ε, and λ (l2, a
+    constant of the program); not the model object, nor lr and momentum (inputs). Only
+    built-in activations and losses, which hold no parameters, are known by their class.
+    """
+    layers = [*mlp.activations, mlp.criterion]
+    if not all(type(a) is ACTIVATION_CLASSES.get(type(a).__name__) for a in mlp.activations) or (
+        type(mlp.criterion) is not CRITERIA.get(type(mlp.criterion).__name__)
+    ):
+        return None
+    signature = tuple((tuple(a.shape), str(a.dtype)) for a in _leaves(inputs))
+    return (
+        type(mlp), mlp.backend.program_key, signature, n, batch_size, mlp.input_size, tuple(mlp.hiddens),
+        mlp.output_size, tuple(type(layer) for layer in layers),
+        tuple((type(bn), bn.alpha, bn.eps) for bn in mlp.bn_layers), mlp.l2,
+    )  # fmt: skip
+
+
 class CompiledEpoch:
     """:func:`make_epoch` for one model, split and batch size, compiled by the backend once.
 
     ``epoch(order, tick)`` trains one epoch over the host permutation ``order`` and
     makes the resulting state the model's; it returns the device sums [loss, errors].
     Where the backend runs the epoch eagerly, ``tick()`` runs after each batch.
+    A compiling backend's program is kept by :func:`program_key` (the last
+    :data:`PROGRAMS_KEPT`): another ``fit`` or ``partial_fit`` of a model of the same
+    structure, the same model or a new one, reuses it instead of compiling again.
     """
 
     def __init__(self, mlp: MLP, data: DeviceSplit, batch_size: int) -> None:
@@ -235,10 +268,19 @@ class CompiledEpoch:
         """Compile for epochs shaped like ``order`` (once); the seconds a compiling backend spent, else 0."""
         if self.run is not None:
             return 0.0
-        backend = self.mlp.backend
+        backend, inputs = self.mlp.backend, self._inputs(order)
+        key = program_key(self.mlp, self.data.n, self.batch_size, inputs) if backend.compiles else None
+        if key in _PROGRAMS:
+            _PROGRAMS.move_to_end(key)
+            self.run = _PROGRAMS[key]
+            return 0.0
         started = time.perf_counter()
         tick = (lambda: self.tick()) if self.ticks else None
-        self.run = backend.compile(make_epoch(self.mlp, self.data.n, self.batch_size, tick), *self._inputs(order))
+        self.run = backend.compile(make_epoch(self.mlp, self.data.n, self.batch_size, tick), *inputs)
+        if key is not None:
+            _PROGRAMS[key] = self.run
+            while len(_PROGRAMS) > PROGRAMS_KEPT:
+                _PROGRAMS.popitem(last=False)
         return time.perf_counter() - started if backend.compiles else 0.0
 
     def __call__(self, order: Any, tick: Callable[[], Any] | None = None) -> list[Array]:

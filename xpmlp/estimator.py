@@ -37,11 +37,12 @@ from .estimator_checks import (
     partial_fit_available,
     validation_split,
 )
+from .evaluation import check_outputs
 from .loss import SigmoidBinaryCrossEntropy, log_sigmoid, log_softmax
 from .mlp import MLP
 from .presets import DEFAULTS
 from .sparse import check_dense_batch_fits, is_sparse, take_rows, to_device_csr
-from .training import EVAL_CHUNK, EarlyStopping, History, eval_mode, fit
+from .training import EVAL_CHUNK, EarlyStopping, History, check_inputs, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
 
@@ -225,10 +226,15 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse=SPARSE_FORMATS, dtype=(host.float64, host.float32), reset=False)
-        with eval_mode(self.model_) as model:
+        model = self.model_
+        if not is_sparse(X):
+            X = check_inputs(X, model.input_size, "predict", model.dtype)  # 1e39 is infinite in float32
+        with eval_mode(model), host.errstate(over="ignore", invalid="ignore"):  # checked below: no NumPy warning
             logits = model.forward(X) if not is_sparse(X) else self._sparse_forward(X)
-        log_proba = log_sigmoid(logits) if self._multilabel else log_softmax(logits)
-        return host.asarray(model.backend.to_host(log_proba), dtype=host.float64)
+            log_proba = log_sigmoid(logits) if self._multilabel else log_softmax(logits)
+        log_proba = host.asarray(model.backend.to_host(log_proba), dtype=host.float64)
+        check_outputs(model, host.count_nonzero(~host.isfinite(log_proba).all(axis=1)), len(log_proba), "predict")
+        return log_proba
 
     def predict(self, X: Any) -> Any:
         """The most probable class of each row, as a label from ``classes_``.

@@ -177,7 +177,9 @@ class MLP:
         self.bn_layers = [BatchNorm(n, backend=self.backend, dtype=self.dtype) for n in sizes[1 : 1 + num_bn_layers]]
         bn_params = [(1, n) for n in sizes[1 : 1 + num_bn_layers] for _ in ("gamma", "beta")]
         #: where each parameter lives in the flat buffers, in :meth:`parameters` order
-        self._flat = FlatBuffer([w.shape for w in weights] + [b.shape for b in biases] + bn_params)
+        names = [f"{p}[{i}]" for p in ("W", "b") for i in range(nlayers)]
+        names += [f"bn_layers[{i}].{p}" for i in range(num_bn_layers) for p in ("gamma", "beta")]
+        self._flat = FlatBuffer([w.shape for w in weights] + [b.shape for b in biases] + bn_params, names)
         gammas_betas = [p for n in sizes[1 : 1 + num_bn_layers] for p in (host.ones(n), host.zeros(n))]  # γ = 1, β = 0
         flat = host.concatenate([host.reshape(p, (-1,)) for p in [*weights, *biases, *gammas_betas]])
         self._set_parameters(self.backend.asarray(flat, self.dtype, copy=True))
@@ -247,11 +249,26 @@ class MLP:
         """Make ``flat`` the parameter buffer: W, b and each BN's γ, β become views into it."""
         if flat is self._flat.buffer and self._flat.intact(self._parameter_arrays()):
             return  # the next step of an epoch: W, b, γ, β are its views already
-        views = self._flat.hold(flat)
+        self._hand_out(self._flat.hold(flat))
+
+    def _hand_out(self, params: Sequence[Array]) -> None:
+        """Make ``params`` (in :meth:`parameters` order) the model's W, b and each BN's γ, β."""
         n = self.nlayers
-        self.W, self.b = views[:n], views[n : 2 * n]
+        self.W, self.b = list(params[:n]), list(params[n : 2 * n])
         for i, bn in enumerate(self.bn_layers):
-            bn.gamma, bn.beta = views[2 * n + 2 * i], views[2 * n + 2 * i + 1]
+            bn.gamma, bn.beta = params[2 * n + 2 * i], params[2 * n + 2 * i + 1]
+
+    def _held_parameters(self) -> list[Array]:
+        """W, b, γ, β as the model holds them; a replaced one (``mlp.W[0] = a``) moved to the backend and dtype.
+
+        It is checked by shape, naming it (:meth:`FlatBuffer.checked`), and handed out again as converted.
+        """
+        held = self._parameter_arrays()
+        if self._flat.intact(held):
+            return held
+        held = self._flat.checked(held, lambda a: self.backend.asarray(a, self.dtype))
+        self._hand_out(held)
+        return held
 
     @property
     def training_state(self) -> TrainingState:
@@ -259,7 +276,7 @@ class MLP:
 
         The flat parameters are rebuilt if a parameter was replaced (``mlp.W[0] = ...``): see :class:`FlatBuffer`.
         """
-        params = self._flat.current(self._parameter_arrays())
+        params = self._flat.current(self._held_parameters())
         return TrainingState(params, self._velocity, tuple(bn.running for bn in self.bn_layers))
 
     @training_state.setter
@@ -351,7 +368,9 @@ class MLP:
 
     def forward(self, x: Any) -> Array:
         """Output activations (N, output_size) for inputs x (N, input_size)."""
-        return self._forward(self._check("forward input", x, self.input_size))
+        x = self._check("forward input", x, self.input_size)
+        self._held_parameters()  # a replaced parameter checked (the HW1 lists may be assigned to)
+        return self._forward(x)
 
     def _forward(self, x: Array) -> Array:
         matmul = namespace_of(x).matmul  # not `@`: a backend may set the product's precision (JAX on a GPU)
@@ -413,7 +432,7 @@ class MLP:
         """
         grads = self._flat.join(self._gradient_arrays())
         self._velocity = self.momentum * self._velocity - self.lr * grads
-        self._set_parameters(self._flat.current(self._parameter_arrays()) + self._velocity)
+        self._set_parameters(self._flat.current(self._held_parameters()) + self._velocity)
 
     def train(self) -> None:
         """BatchNorm normalises with batch statistics and updates running ones."""
