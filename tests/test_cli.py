@@ -647,3 +647,14 @@ def test_help_is_ascii_so_that_any_locale_prints_it(capsys):
         run(["--help"])
     out = capsys.readouterr().out
     assert info.value.code == 0 and "--lr-decay" in out and out.isascii()
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alone(tmp_path, data, capsys):
+    """The lock was opened through the link and truncated to a process id: the file it pointed to was lost."""
+    (tmp_path / "precious.txt").write_text("precious")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".train.lock").symlink_to(tmp_path / "precious.txt")
+    line = refused(capsys, ["--data", str(data), "--out", str(out), "--epochs", "1", *FAST])
+    assert "its lock file .train.lock is a symbolic link" in line
+    assert (tmp_path / "precious.txt").read_text() == "precious" and (out / ".train.lock").is_symlink()

@@ -232,9 +232,14 @@ def locked(out: Path) -> Iterator[None]:
     """
     path = out / LOCK
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a lock that is a symbolic link would truncate the file it points to
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
+            if path.is_symlink():
+                raise UsageError(
+                    f"--out {out}: its lock file {LOCK} is a symbolic link, not train.py's; remove it (the file it "
+                    "points to is left alone), or choose another --out"
+                ) from None
             raise UsageError(f"--out {out} does not take files ({exc.strerror}); choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
