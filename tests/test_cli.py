@@ -658,3 +658,12 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alon
     line = refused(capsys, ["--data", str(data), "--out", str(out), "--epochs", "1", *FAST])
     assert "its lock file .train.lock is a symbolic link" in line
     assert (tmp_path / "precious.txt").read_text() == "precious" and (out / ".train.lock").is_symlink()
+
+
+def test_a_closed_stderr_does_not_stop_the_run(tmp_path, data):
+    """``train.py ... 2>&-``: Python has no sys.stderr; the progress bar crashed the run (exit 1, nothing said)."""
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", "--hiddens", "16", "--bn-layers", "1"]
+    done = subprocess.run([sys.executable, "train.py", *flags, "--no-plots"], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2), timeout=300)  # fmt: skip
+    assert done.returncode == 0
+    assert len(xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["history"]["train_loss"]) == 1

@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     Its messages name ``prog``; default: the program run (``train.py``, ``xpmlp-train``), or
     ``train.py`` when ``argv`` is given.
     """
+    if sys.stderr is None:  # started with stderr closed (2>&-): the bar and the messages go nowhere, not the run
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the process)
     run(argv, prog or (Path(sys.argv[0]).name if argv is None and sys.argv[0] else "train.py"))
     return 0
 
