@@ -213,8 +213,8 @@ def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
 
 
 def test_diverged_training_is_one_line(tmp_path, data, capsys):
-    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", "--lr", "1e300", *FAST], 1)
-    assert "training diverged in epoch 1" in line and line.endswith("; nothing was saved")
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", "--lr", "1e38", *FAST], 1)
+    assert "training diverged in epoch 2" in line and line.endswith(f"{tmp_path / 'model.npz'} (epoch 1) is intact")
 
 
 def test_a_checkpoint_save_refuses_is_one_line_that_says_what_is_intact(tmp_path, data, monkeypatch, capsys):
@@ -300,7 +300,8 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, data):
 
 
 def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path, data):
-    for name in (".model.npz.k1ll3d.tmp", ".metrics.json.abc.tmp", ".other.tmp", "notes.txt"):
+    for name in (".model.npz.k1ll3d.tmp", ".metrics.json.abc.tmp", ".other.tmp", "notes.txt",
+                 ".model.npz.new.tmp", "..model.npz.new.tmp.k1ll3d.tmp"):  # fmt: skip
         (tmp_path / name).write_text("x")
     run(["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp", "metrics.json", "model.npz", "notes.txt"]
@@ -494,13 +495,26 @@ def test_a_closed_stdout_does_not_stop_the_run(tmp_path, data):
     assert len(state["history"]["train_loss"]) == 2 and (tmp_path / "metrics.json").is_file()
 
 
-def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(tmp_path, data, capsys):
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, FloatingPointError("training diverged in epoch 1")])
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(tmp_path, data, monkeypatch, capsys,
+                                                                           failure):  # fmt: skip
+    import xpmlp.cli.command as cli
+
     flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST]
     run(flags)
     (tmp_path / "curves.png").write_bytes(b"the old run's plot")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    line = refused(capsys, [*flags, "--overwrite", "--lr", "1e300"], 1)  # diverges in epoch 1
-    assert "training diverged in epoch 1" in line and line.endswith(f"(the old run in {tmp_path} is as it was)")
+
+    def fails_in_epoch_1(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(cli, "fit", fails_in_epoch_1)
+    with pytest.raises(SystemExit) as info:
+        run([*flags, "--overwrite"])
+    assert info.value.code == (130 if failure is KeyboardInterrupt else 1)
+    line = capsys.readouterr().err.strip()
+    assert "before epoch 1" in line or "diverged in epoch 1" in line
+    assert line.endswith(f"nothing was saved (the old run in {tmp_path} is as it was)")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 

@@ -31,6 +31,7 @@ from . import plots
 
 CHECKPOINT, METRICS, PLOTS = "model.npz", "metrics.json", ("curves.png", "confusion.png")
 OUTPUTS = (CHECKPOINT, *PLOTS, METRICS)  # in the order a run writes them: metrics.json says the run is complete
+REPLACEMENT = f".{CHECKPOINT}.new.tmp"  # --overwrite's first checkpoint, until the old run's files are gone
 LOCK = ".train.lock"  # held (flock) while a run writes the folder; the kernel releases it when the process dies
 
 RESUMED = ("batch_size", "seed", "hiddens", "activation", "bn_layers", "lr", "lr_decay", "momentum", "init", "dtype",
@@ -283,7 +284,7 @@ def prepare(out: Path) -> None:
             os.unlink(probe)
     except OSError as exc:
         raise UsageError(f"--out {out} does not take files ({exc.strerror}); choose another --out") from None
-    for name in (*OUTPUTS, "probe"):
+    for name in (*OUTPUTS, "probe", REPLACEMENT):
         for stale in out.glob(f".{name}.*.tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -355,7 +356,7 @@ def save_checkpoint(out: Path, mlp: MLP, config: dict[str, Any], history: Histor
     written beside the old one, the old run's other files removed, then it is renamed over.
     """
     state = {"args": config, "history": history.as_dict()}
-    target = out / (f".{CHECKPOINT}.new.tmp" if progress.replaces else CHECKPOINT)  # a stale one is removed
+    target = out / (REPLACEMENT if progress.replaces else CHECKPOINT)
     with uninterrupted():  # Ctrl-C as the file is renamed: progress.saved must say so
         try:
             write(target, lambda path: save(mlp, path, train_state=state, best_state=history.best_state,
