@@ -10,11 +10,14 @@ overwritten, and one run at a time writes it (a lock file while it runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,7 +41,6 @@ from .runs import (
     save_checkpoint,
     say,
     show,
-    terminate_as_interrupt,
 )
 
 INTERRUPTED, TERMINATED = 130, 143  # the shell's exit statuses for Ctrl-C (SIGINT) and SIGTERM
@@ -240,6 +242,31 @@ def lr_schedule(mlp: MLP, args: argparse.Namespace) -> Callable[[int, History], 
         mlp.lr = scheduled_lr(args.lr, args.lr_decay, epoch)
 
     return schedule
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[list[int]]:
+    """Inside the block SIGTERM acts as Ctrl-C (through SIGINT's handler: deferred wherever Ctrl-C is); yields them.
+
+    With SIGINT ignored (a background job) it raises KeyboardInterrupt at once. Main thread only.
+    """
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        came.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signum, frame)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def fail(message: str, status: int, prog: str) -> NoReturn:

@@ -47,33 +47,6 @@ class RunError(Exception):
 
 
 @contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[list[int]]:
-    """Inside the block SIGTERM acts as Ctrl-C: a KeyboardInterrupt, deferred wherever Ctrl-C is.
-
-    Yields the list of the SIGTERMs that came. SIGTERM goes through SIGINT's handler (a
-    deferring one while a checkpoint is written or XLA compiles); with SIGINT ignored
-    (a background job) it raises at once. The main thread only (Python's signals).
-    """
-    came: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield came
-        return
-
-    def terminate(signum: int, frame: Any) -> None:
-        came.append(signum)
-        handler = signal.getsignal(signal.SIGINT)
-        if not callable(handler):
-            raise KeyboardInterrupt
-        handler(signum, frame)
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield came
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
     """Ctrl-C (or SIGTERM) inside the block takes effect once it is done: a checkpoint written is one reported."""
     if threading.current_thread() is not threading.main_thread():
