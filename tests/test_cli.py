@@ -83,8 +83,11 @@ def refused(capsys, argv: list[str], status: int = 2) -> str:
         (["--hiddens", "1000000000000", "--bn-layers", "1"], "more than this machine's"),
         (["--lr-decay", "10", "--epochs", "400"], "overflows to infinity before epoch 400"),
         (["--epochs", "2000"], "--lr 0.2 with --lr-decay 0.6: the learning rate lr·decay^k underflows to 0"),
-        (["--lr", "1e-50"], "--lr must be 0 or at least 1.4e-45 in float32: 1e-50 is 0 there (nothing would train)"),
-        (["--lr", "1e39"], "--lr must be finite in float32 (at most 3.403e+38), got 1e+39"),
+        (
+            ["--lr", "1e-50"],
+            "--lr = 1e-50 is 0 in the model's float32 (its smallest is 1.401e-45): it would change nothing",
+        ),
+        (["--lr", "1e39"], "--lr = 1e+39 is infinite in the model's float32 (its largest is 3.403e+38)"),
         (["--lr", "0", "--lr-decay", "1e200"], "lr·decay^k is 0·∞, undefined (decay^k overflows to infinity)"),
         (["--lr-decay", "0.1", "--epochs", "50"], "underflows to 0 before epoch 50 (--epochs) in float32"),
         (["--lr", "1e300", "--lr-decay", "1e10", "--epochs", "3", "--dtype", "float64"], "overflows to infinity"),

@@ -245,6 +245,62 @@ def test_a_finished_early_stopping_run_resumed_with_more_epochs_equals_the_longe
         np.testing.assert_array_equal(host_state(parts)[key], value, err_msg=key)
 
 
+def test_early_stopping_without_keep_best_leaves_the_last_epochs_model():
+    train, val = unlearnable_run()
+    args = {"epochs": 40, "batch_size": 20, "seed": 0, "progress": False}
+    kept = fit(hw1_like(lr=0.2), train, val, patience=2, **args)
+    last = hw1_like(lr=0.2)
+    snapshots = {}
+    history = fit(last, train, val, early_stopping=xpmlp.EarlyStopping(2, keep_best=False), **args,
+                  callbacks=[lambda epoch, h: snapshots.update({epoch: host_state(last)})])  # fmt: skip
+    assert history.as_dict() | {"seconds": []} == kept.as_dict() | {"seconds": []}  # the same stop
+    assert history.best_state is None and history.last_state is None and history.best_epoch < history.epochs
+    for key, value in host_state(last).items():
+        np.testing.assert_array_equal(value, snapshots[history.epochs][key], err_msg=key)
+
+
+def test_early_stopping_that_resumes_from_the_best_goes_on_from_the_model_fit_returned():
+    """resume="best": a later fit with the same history starts from the kept epoch, as scikit-learn's warm start."""
+    train, val = unlearnable_run()
+    args = {"batch_size": 20, "seed": 2, "progress": False}
+    model = hw1_like(lr=0.2)
+    history = fit(model, train, val, epochs=7, early_stopping=xpmlp.EarlyStopping(resume="best"), **args)
+    assert history.best_epoch < 7 and history.last_state is None and not history.stopped_early
+    best = host_state(model)
+    model.lr = 0.0  # nothing moves but the momentum: the next epoch starts from the best epoch's parameters
+    fit(model, train, val, epochs=8, history=history, **args)
+    reference = hw1_like(lr=0.0)
+    reference.load_state_dict(best)
+    fit(reference, train, val, epochs=1, **args)
+    for key, value in host_state(reference).items():
+        if key.startswith(("W.", "b.")):
+            np.testing.assert_allclose(host_state(model)[key], value, rtol=1e-12, atol=1e-15, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"patience": 2, "early_stopping": xpmlp.EarlyStopping(2)}, TypeError, "not both"),
+        ({"early_stopping": 2}, TypeError, "early_stopping must be an EarlyStopping"),
+        ({"early_stopping": xpmlp.EarlyStopping(), "val": None}, ValueError, "validation"),
+    ],
+)
+def test_bad_early_stopping_arguments(kwargs, error, message):
+    train, val, _ = dataset()
+    with pytest.raises(error, match=message):
+        fit(hw1_like(), train, **{"val": val, "epochs": 1, "batch_size": 10, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [({"patience": -1}, ValueError, "patience"), ({"keep_best": 1}, TypeError, "keep_best"),
+     ({"resume": "first"}, ValueError, "resume")],
+)  # fmt: skip
+def test_early_stopping_checks_its_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        xpmlp.EarlyStopping(**kwargs)
+
+
 def test_a_callback_that_stops_training_leaves_the_best_epochs_model():
     train, val = unlearnable_run()
     model = hw1_like(lr=0.2)

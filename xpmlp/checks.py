@@ -2,6 +2,8 @@
 
 Integer-like values (Python ints, NumPy integers, anything with ``__index__``)
 are accepted where an int is asked for; bools, floats and strings are refused.
+A rate (learning rate, momentum, weight decay) is checked in the dtype the model
+computes in: 1e-50 is 0 in float32 and 1e39 infinite.
 """
 
 from __future__ import annotations
@@ -54,20 +56,24 @@ def as_float(
     return number
 
 
-def as_rate(name: str, value: Any, dtype: str) -> float:
-    """``value`` as a finite Python float >= 0 that keeps its meaning in ``dtype`` (the model's).
+def as_rate(name: str, value: Any, dtype: str, *, below: float | None = None) -> float:
+    """``value`` as a float ≥ 0 (and < ``below``) that stays so in ``dtype``: ValueError naming ``name`` otherwise.
 
-    A ValueError naming ``name`` where it would not: 1e-50 is 0 in float32 (nothing would
-    train), 1e39 is infinite there.
+    Refused: a rate that is infinite in ``dtype`` (1e39 in float32), one > 0 that
+    rounds to 0 there (1e-50 in float32: it would train nothing), and one that rounds
+    up to ``below`` (a momentum of 0.99999999 is 1.0 in float32).
     """
-    number = as_float(name, value, minimum=0.0)
-    with host.errstate(over="ignore", under="ignore"):  # found just below
+    number = as_float(name, value, minimum=0.0, below=below)
+    with host.errstate(over="ignore", under="ignore"):
         cast = float(host.asarray(number, dtype=dtype))
-    if number and not cast:
-        tiny = host.finfo(dtype).smallest_subnormal
-        raise ValueError(
-            f"{name} must be 0 or at least {tiny:.3g} in {dtype}: {number:g} is 0 there (nothing would train)"
-        )
+    limits = host.finfo(dtype)
     if math.isinf(cast):
-        raise ValueError(f"{name} must be finite in {dtype} (at most {host.finfo(dtype).max:.4g}), got {number:g}")
+        raise ValueError(f"{name} = {number} is infinite in the model's {dtype} (its largest is {limits.max:.4g})")
+    if number > 0 and cast == 0:
+        raise ValueError(
+            f"{name} = {number} is 0 in the model's {dtype} (its smallest is {limits.smallest_subnormal:.4g}): "
+            "it would change nothing"
+        )
+    if below is not None and cast >= below:
+        raise ValueError(f"{name} = {number} rounds to {cast} in the model's {dtype}; it must stay below {below}")
     return number

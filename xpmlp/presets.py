@@ -14,7 +14,7 @@ from typing import Any
 from .activations import Activation, Identity, ReLU, Sigmoid, Tanh
 from .backend import host
 from .init import he_normal_weight_init, random_normal_weight_init, zeros_bias_init
-from .loss import SoftmaxCrossEntropy
+from .loss import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from .mlp import MLP
 
 __all__ = [
@@ -34,7 +34,7 @@ ACTIVATIONS: dict[str, type[Activation]] = {"sigmoid": Sigmoid, "tanh": Tanh, "r
 SKLEARN_ACTIVATIONS = {("logistic" if name == "sigmoid" else name): name for name in ACTIVATIONS}
 #: the built-in activations and criteria by class name, as checkpoints store them
 ACTIVATION_CLASSES: dict[str, type[Activation]] = {cls.__name__: cls for cls in ACTIVATIONS.values()}
-CRITERIA: dict[str, type] = {cls.__name__: cls for cls in (SoftmaxCrossEntropy,)}
+CRITERIA: dict[str, type] = {cls.__name__: cls for cls in (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy)}
 #: weight inits by name: N(0, 1) as in HW1, He's N(0, 2/fan_in)
 INITS = {"normal": random_normal_weight_init, "he": he_normal_weight_init}
 
@@ -78,8 +78,10 @@ def build_mlp(
     backend: Any = None,
     device: str | None = None,
     dtype: str = "float64",
+    criterion: Any = None,
 ) -> MLP:
-    """An MLP of ``hiddens`` layers with the activation named ``activation``, an identity output, softmax CE.
+    """An MLP of ``hiddens`` layers with the activation named ``activation``, an identity output, softmax CE
+    (or ``criterion``, a loss instance).
 
     Weights drawn by ``INITS[init]`` from ``rng`` (a NumPy ``RandomState`` or ``Generator``;
     None: NumPy's global generator), biases 0; BatchNorm on the first ``bn_layers`` layers.
@@ -91,7 +93,7 @@ def build_mlp(
         [ACTIVATIONS[activation]() for _ in hiddens] + [Identity()],
         functools.partial(INITS[init], rng=rng),
         zeros_bias_init,
-        SoftmaxCrossEntropy(),
+        SoftmaxCrossEntropy() if criterion is None else criterion,
         lr,
         momentum,
         bn_layers,
