@@ -88,6 +88,7 @@ def refused(capsys, argv: list[str], status: int = 2) -> str:
             "--lr = 1e-50 is 0 in the model's float32 (its smallest is 1.401e-45): it would change nothing",
         ),
         (["--lr", "1e39"], "--lr = 1e+39 is infinite in the model's float32 (its largest is 3.403e+38)"),
+        (["--momentum", "0.99999999"], "--momentum = 0.99999999 rounds to 1.0 in the model's float32"),
         (["--lr", "0", "--lr-decay", "1e200"], "lr·decay^k is 0·∞, undefined (decay^k overflows to infinity)"),
         (["--lr-decay", "0.1", "--epochs", "50"], "underflows to 0 before epoch 50 (--epochs) in float32"),
         (["--lr", "1e300", "--lr-decay", "1e10", "--epochs", "3", "--dtype", "float64"], "overflows to infinity"),

@@ -161,6 +161,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
             )
         try:
             as_rate("--lr", args.lr, args.dtype)
+            as_rate("--momentum", args.momentum, args.dtype, below=1.0)  # 0.99999999 is 1.0 in float32
         except ValueError as exc:
             p.error(str(exc))
         for problem in (memory_problem(args.hiddens, args.dtype), schedule_problem(args)):
