@@ -46,8 +46,10 @@ def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
         for rows in _chunks(data.n):
             x = data.x[rows, ...] if data.dense else take_rows(data.x, mlp.backend.asarray(host.arange(data.n)[rows]))
             out = mlp.forward(x)
-            loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[rows, ...]))
-            errors = errors + _errors(xp, out, data.labels[rows, ...])
+            loss = mlp.criterion(out, data.one_hot[rows, ...])
+            weights = None if data.weights is None else data.weights[rows]  # u: the sums over n are weighted means
+            loss_sum = loss_sum + xp.sum(loss if weights is None else weights * loss)
+            errors = errors + _errors(xp, out, data.labels[rows, ...], weights)
     return [loss_sum, errors]
 
 
