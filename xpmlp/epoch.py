@@ -55,6 +55,16 @@ def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
     return labels
 
 
+def check_weights(weights: Any, n: int, name: str) -> Any:
+    """Sample weights w (n,), finite, ≥ 0 with Σ w > 0, as host float64 u = n·w/Σ w (their mean is 1)."""
+    w = as_host(weights).astype(host.float64)
+    if w.shape != (n,):
+        raise ValueError(f"{name} sample weights must have shape ({n},), got {w.shape}")
+    if not (host.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise ValueError(f"{name} sample weights must be finite and >= 0, not all 0")
+    return w * (n / w.sum())
+
+
 def check_inputs(x: Any, width: int, name: str, dtype: str = "float64") -> Any:
     """``x`` as a host array (N ≥ 1, width) in ``dtype``, all finite there; ValueError/TypeError naming ``name``.
 
@@ -96,7 +106,7 @@ class DeviceSplit:
     """
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
-        if not isinstance(split, (tuple, list)) or len(split) != 2:
+        if not isinstance(split, (tuple, list)) or len(split) not in (2, 3):
             raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
         self.dense = not is_sparse(split[0])
         x = (check_inputs if self.dense else check_sparse_inputs)(split[0], mlp.input_size, name, mlp.dtype)
@@ -106,6 +116,8 @@ class DeviceSplit:
         self.x = to(x, mlp.dtype) if self.dense else to_device_csr(mlp.backend, x, mlp.dtype)
         self.one_hot = to(labels if labels.ndim == 2 else host.eye(mlp.output_size)[labels], mlp.dtype)
         self.labels = to(labels.astype(host.int64))
+        #: sample weights u = N·w/Σ w (mean 1), or None: every example weighs 1 (the unweighted step)
+        self.weights = None if len(split) == 2 else to(check_weights(split[2], self.n, name), mlp.dtype)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Any:
@@ -113,19 +125,22 @@ def _epoch_order(seed: int, epoch: int, n: int) -> Any:
     return host.random.default_rng((seed, epoch)).permutation(n)
 
 
-def _errors(xp: Any, out: Array, labels: Array) -> Array:
-    """Number of rows whose arg-max output is not the label (an integer device scalar).
+def _errors(xp: Any, out: Array, labels: Array, weights: Array | None = None) -> Array:
+    """Number of rows whose arg-max output is not the label (an integer device scalar); their weights' sum.
 
     Multilabel (labels (N, L) of 0 and 1): rows with any label whose logit's sign is wrong (σ > 0.5 ⇔ z > 0),
     1 − scikit-learn's subset accuracy.
     """
-    if labels.ndim == 2:
-        return xp.count_nonzero(xp.any((out > 0) != (labels > 0), axis=1))
-    return xp.count_nonzero(xp.argmax(out, axis=1) != labels)
+    wrong = xp.any((out > 0) != (labels > 0), axis=1) if labels.ndim == 2 else xp.argmax(out, axis=1) != labels
+    if weights is not None:
+        return xp.sum(xp.where(wrong, weights, xp.zeros_like(weights)))
+    return xp.count_nonzero(wrong)
 
 
 def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
     """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
+    if data.weights is not None:  # weighted error counts are sums of weights
+        return mlp.backend.zeros((), mlp.dtype), mlp.backend.zeros((), mlp.dtype)
     return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[(0,) * data.labels.ndim])
 
 
@@ -143,11 +158,12 @@ def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick
     for start in range(0, data.n, batch_size):
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
         labels = xp.take(data.labels, idx, axis=0)
+        weights = None if data.weights is None else xp.take(data.weights, idx, axis=0)
         out = mlp.forward(take_rows(data.x, idx))
-        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
+        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0), weights)  # backward overwrites every gradient
         mlp.step()
         loss_sum = loss_sum + xp.sum(loss)
-        errors = errors + _errors(xp, out, labels)
+        errors = errors + _errors(xp, out, labels, weights)
         tick()
     return [loss_sum, errors]
 
@@ -162,6 +178,7 @@ class EpochData(NamedTuple):
     rest: Array  # (n mod batch_size,) row indices of the last, partial batch
     lr: Array  # 0-d
     momentum: Array  # 0-d
+    weights: Array | tuple  # (N,) sample weights, or () where every example weighs 1 (a pytree with no leaves)
 
 
 def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> EpochData:
@@ -175,6 +192,7 @@ def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> Epoc
         backend.asarray(order[cut:]),
         backend.asarray(host.asarray(mlp.lr), mlp.dtype),
         backend.asarray(host.asarray(mlp.momentum), mlp.dtype),
+        () if data.weights is None else data.weights,
     )
 
 
@@ -197,10 +215,11 @@ def make_epoch(
         xp = namespace_of(d.one_hot)
         state, loss_sum, errors = carry
         rows = take_rows(d.x, idx), xp.take(d.one_hot, idx, axis=0)
-        state, (loss, out) = step(state, rows, d.lr, d.momentum)
+        weights = None if isinstance(d.weights, tuple) else xp.take(d.weights, idx, axis=0)  # gathered like labels
+        state, (loss, out) = step(state, rows if weights is None else (*rows, weights), d.lr, d.momentum)
         if tick is not None:
             tick()
-        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0))
+        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0), weights)
 
     def epoch(carry: tuple, d: EpochData) -> tuple:
         step = mlp._scratch().stateless_step  # one scratch copy of the model an epoch, not one a step

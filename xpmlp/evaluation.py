@@ -50,14 +50,16 @@ def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     """
     xp = namespace_of(data.one_hot)
     loss_sum, errors = _zero_sums(mlp, data)
-    not_finite = errors
+    not_finite = xp.zeros_like(loss_sum)  # a count, in the loss's float dtype (errors may be weighted)
     with eval_mode(mlp), host.errstate(over="ignore", invalid="ignore"):  # outputs are checked: no NumPy warning
         for rows in _chunks(data.n):
             x = data.x[rows, ...] if data.dense else take_rows(data.x, mlp.backend.asarray(host.arange(data.n)[rows]))
             out = mlp.forward(x)
-            loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[rows, ...]))
-            errors = errors + _errors(xp, out, data.labels[rows, ...])
-            not_finite = not_finite + xp.count_nonzero(_not_finite_rows(xp, out))
+            loss = mlp.criterion(out, data.one_hot[rows, ...])
+            weights = None if data.weights is None else data.weights[rows]  # u: the sums over n are weighted means
+            loss_sum = loss_sum + xp.sum(loss if weights is None else weights * loss)
+            errors = errors + _errors(xp, out, data.labels[rows, ...], weights)
+            not_finite = not_finite + xp.sum(xp.astype(_not_finite_rows(xp, out), loss_sum.dtype))
     return [loss_sum, errors, not_finite]
 
 

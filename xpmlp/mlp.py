@@ -332,10 +332,10 @@ class MLP:
         """One training step as a pure function: ``(new state, (per-example loss (N,), output (N, C)))``.
 
         ``batch`` is ``(x, y)``, this backend's arrays in the model's dtype (one-hot ``y``;
-        torch does not promote float32 @ float64); ``lr``, ``momentum`` numbers or 0-d
-        arrays. It runs the very code of :meth:`forward`, :meth:`backward` and :meth:`step`
-        (in training mode), on a scratch copy of the model whose layer objects are copies
-        too (they keep their outputs for the backward pass), so the model is left as it
+        torch does not promote float32 @ float64), or ``(x, y, w)`` with sample weights w (N,);
+        ``lr``, ``momentum`` numbers or 0-d arrays. It runs the very code of :meth:`forward`,
+        :meth:`backward` and :meth:`step` (in training mode), on a scratch copy of the model
+        whose layer objects are copies too (they keep their outputs for the backward pass), so the model is left as it
         was and a compiler (``jax.jit``) can trace it: nothing is read back to the host and
         no array is mutated. A scratch copy's own ``stateless_step`` works on itself:
         :func:`~xpmlp.training.make_epoch` makes one an epoch, not one a step.
@@ -344,7 +344,7 @@ class MLP:
         worker.training_state = state
         worker._lr, worker._momentum, worker.train_mode = lr, momentum, True  # 0-d arrays under a trace
         out = worker._forward(batch[0])
-        loss = worker._backward(batch[1])
+        loss = worker._backward(*batch[1:])  # (y,) or (y, sample weights)
         worker.step()
         return worker.training_state, (loss, out)
 
@@ -386,23 +386,36 @@ class MLP:
     def __call__(self, x: Any) -> Array:
         return self.forward(x)
 
-    def backward(self, labels: Any) -> Array:
+    def backward(self, labels: Any, weights: Any = None) -> Array:
         """Gradients of the batch-mean loss into dW, db and each BN's dgamma, dbeta.
 
         ``labels`` are one-hot (N, output_size) for the last :meth:`forward`.
-        Returns the per-example loss (N,) that was differentiated.
+        Returns the per-example loss (N,) that was differentiated. With sample
+        ``weights`` w (N,), w ≥ 0 and Σ w > 0, the loss is the weighted mean
+        Σᵢ wᵢLᵢ / Σᵢ wᵢ: each example's loss and its ∂L/∂a_L scale by uᵢ = N·wᵢ/Σ w
+        (u = 1 for equal weights), and the returned per-example loss is uᵢ·Lᵢ, whose
+        mean is the weighted mean. BatchNorm's batch statistics stay unweighted.
         """
         if self.output is None:
             raise RuntimeError("MLP.backward() called before forward()")
         y = self._check("labels", labels, self.output_size)
         if y.shape[0] != self.output.shape[0]:
             raise ValueError(f"labels have {y.shape[0]} rows but the last forward had {self.output.shape[0]}")
-        return self._backward(y)
+        if weights is None:
+            return self._backward(y)
+        w = self.backend.asarray(weights, self.dtype)
+        if tuple(w.shape) != (y.shape[0],):
+            raise ValueError(f"weights must have shape ({y.shape[0]},), one per row, got {tuple(w.shape)}")
+        return self._backward(y, w)
 
-    def _backward(self, y: Array) -> Array:
+    def _backward(self, y: Array, weights: Array | None = None) -> Array:
         xp = namespace_of(y)
         loss = self.criterion(self.output, y)
-        delta = self.criterion.derivative() / y.shape[0]
+        delta = self.criterion.derivative()
+        if weights is not None:  # uᵢ = N·wᵢ/Σ w: the batch mean of uᵢ·Lᵢ is Σ wᵢLᵢ / Σ wᵢ
+            u = weights * (y.shape[0] / xp.sum(weights))
+            loss, delta = u * loss, delta * u[:, None]
+        delta = delta / y.shape[0]
         for i in reversed(range(self.nlayers)):
             delta = _through_activation(self.activations[i], delta)
             if i < self.num_bn_layers:
