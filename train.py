@@ -1,6 +1,6 @@
 """Train an MLP on MNIST (see ``python train.py --help``); e.g. ``XPMLP_BACKEND=cupy python train.py``."""
 
-from xpmlp.train import main
+from xpmlp.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

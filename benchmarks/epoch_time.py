@@ -465,7 +465,7 @@ def table(results: list[dict]) -> str:
 
 def time_to_accuracy(data_dir: str | None, backend: str, target: float = 0.98, max_epochs: int = 15) -> dict:
     """Seconds of training (validation included) until train.py's default reaches ``target`` val accuracy."""
-    from xpmlp.train import build, lr_schedule, parse_args
+    from xpmlp.cli.command import build, lr_schedule, parse_args
 
     args = parse_args(["--backend", backend, "--epochs", str(max_epochs)])
     model = build(args)
@@ -627,7 +627,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def chart(report: dict, path: Path) -> bool:
-    """A PNG of the epoch times: a panel per (dtype, batch, BN), a bar per row, log scale; False without matplotlib."""
+    """A PNG of the epoch times: a panel per (dtype, batch, BN), a bar per row, log scale; False without matplotlib
+    or without rows (``--phase gpu`` on a machine without a GPU)."""
+    if not report["rows"]:
+        return False
     try:
         import matplotlib
     except ImportError:

@@ -13,7 +13,7 @@ import pytest
 
 import xpmlp
 from xpmlp import MLP, Identity, ReLU, SoftmaxCrossEntropy, fit, get_training_stats
-from xpmlp.train import run
+from xpmlp.cli import run
 from xpmlp.training import _epoch_order
 
 from support.mnist_files import write_idx
@@ -245,6 +245,62 @@ def test_a_finished_early_stopping_run_resumed_with_more_epochs_equals_the_longe
         np.testing.assert_array_equal(host_state(parts)[key], value, err_msg=key)
 
 
+def test_early_stopping_without_keep_best_leaves_the_last_epochs_model():
+    train, val = unlearnable_run()
+    args = {"epochs": 40, "batch_size": 20, "seed": 0, "progress": False}
+    kept = fit(hw1_like(lr=0.2), train, val, patience=2, **args)
+    last = hw1_like(lr=0.2)
+    snapshots = {}
+    history = fit(last, train, val, early_stopping=xpmlp.EarlyStopping(2, keep_best=False), **args,
+                  callbacks=[lambda epoch, h: snapshots.update({epoch: host_state(last)})])  # fmt: skip
+    assert history.as_dict() | {"seconds": []} == kept.as_dict() | {"seconds": []}  # the same stop
+    assert history.best_state is None and history.last_state is None and history.best_epoch < history.epochs
+    for key, value in host_state(last).items():
+        np.testing.assert_array_equal(value, snapshots[history.epochs][key], err_msg=key)
+
+
+def test_early_stopping_that_resumes_from_the_best_goes_on_from_the_model_fit_returned():
+    """resume="best": a later fit with the same history starts from the kept epoch, as scikit-learn's warm start."""
+    train, val = unlearnable_run()
+    args = {"batch_size": 20, "seed": 2, "progress": False}
+    model = hw1_like(lr=0.2)
+    history = fit(model, train, val, epochs=7, early_stopping=xpmlp.EarlyStopping(resume="best"), **args)
+    assert history.best_epoch < 7 and history.last_state is None and not history.stopped_early
+    best = host_state(model)
+    model.lr = 0.0  # nothing moves but the momentum: the next epoch starts from the best epoch's parameters
+    fit(model, train, val, epochs=8, history=history, **args)
+    reference = hw1_like(lr=0.0)
+    reference.load_state_dict(best)
+    fit(reference, train, val, epochs=1, **args)
+    for key, value in host_state(reference).items():
+        if key.startswith(("W.", "b.")):
+            np.testing.assert_allclose(host_state(model)[key], value, rtol=1e-12, atol=1e-15, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"patience": 2, "early_stopping": xpmlp.EarlyStopping(2)}, TypeError, "not both"),
+        ({"early_stopping": 2}, TypeError, "early_stopping must be an EarlyStopping"),
+        ({"early_stopping": xpmlp.EarlyStopping(), "val": None}, ValueError, "validation"),
+    ],
+)
+def test_bad_early_stopping_arguments(kwargs, error, message):
+    train, val, _ = dataset()
+    with pytest.raises(error, match=message):
+        fit(hw1_like(), train, **{"val": val, "epochs": 1, "batch_size": 10, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [({"patience": -1}, ValueError, "patience"), ({"keep_best": 1}, TypeError, "keep_best"),
+     ({"resume": "first"}, ValueError, "resume")],
+)  # fmt: skip
+def test_early_stopping_checks_its_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        xpmlp.EarlyStopping(**kwargs)
+
+
 def test_a_callback_that_stops_training_leaves_the_best_epochs_model():
     train, val = unlearnable_run()
     model = hw1_like(lr=0.2)
@@ -308,3 +364,15 @@ def test_ctrl_c_while_jax_compiles_is_raised_once_the_compiler_is_done():
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "KeyboardInterrupt after ['compiled']"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_batch_size_beyond_the_data_is_one_batch_of_every_row(compiled):
+    """10**20 (more than any array dimension) trains as batch_size=N does: one batch of all N rows."""
+    train, val, _ = dataset()
+    whole, beyond = hw1_like(), hw1_like()
+    expected = fit(whole, train, val, epochs=2, batch_size=len(train[0]), seed=0, progress=False, compiled=compiled)
+    got = fit(beyond, train, val, epochs=2, batch_size=10**20, seed=0, progress=False, compiled=compiled)
+    assert got.train_loss == expected.train_loss and got.val_loss == expected.val_loss
+    for key, value in whole.state_dict().items():
+        np.testing.assert_array_equal(beyond.state_dict()[key], value, err_msg=key)

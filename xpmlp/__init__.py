@@ -11,9 +11,10 @@ from .batchnorm import BatchNorm
 from .data import load_mnist
 from .init import he_normal_weight_init, random_normal_weight_init, zeros_bias_init
 from .io import load, load_checkpoint, save
-from .loss import SoftmaxCrossEntropy
+from .loss import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from .mlp import MLP
-from .training import History, confusion_matrix, evaluate, fit, get_training_stats, predict
+from .state import TrainingState
+from .training import EarlyStopping, History, confusion_matrix, evaluate, fit, get_training_stats, predict
 
 __version__ = "0.1.0"
 
@@ -36,12 +37,15 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BatchNorm",
+    "EarlyStopping",
     "History",
     "Identity",
     "ReLU",
     "Sigmoid",
+    "SigmoidBinaryCrossEntropy",
     "SoftmaxCrossEntropy",
     "Tanh",
+    "TrainingState",
     "confusion_matrix",
     "evaluate",
     "fit",

@@ -18,17 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from .activations import Identity, ReLU, Sigmoid, Tanh
 from .backend import Backend, float_dtype_name, host
 from .checks import as_float
-from .loss import SoftmaxCrossEntropy
 from .mlp import MLP
+from .presets import ACTIVATION_CLASSES, CRITERIA
 
 __all__ = ["atomic_write", "load", "load_checkpoint", "save"]
 
 FORMAT, VERSION = "xpmlp-checkpoint", 1
-ACTIVATIONS = {cls.__name__: cls for cls in (Identity, Sigmoid, Tanh, ReLU)}
-CRITERIA = {cls.__name__: cls for cls in (SoftmaxCrossEntropy,)}
 CONFIG_KEY, STATE_KEY = "__config__", "__train_state__"
 EXTRA_STATES = ("best", "last")  # early stopping's best epoch, and the last epoch when the best was restored
 ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
@@ -61,8 +58,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
 
 def _config(model: MLP) -> dict[str, Any]:
-    for obj, known in [(a, ACTIVATIONS) for a in model.activations] + [(model.criterion, CRITERIA)]:
-        if type(obj).__name__ not in known or type(obj) is not known[type(obj).__name__]:
+    for obj, known in [(a, ACTIVATION_CLASSES) for a in model.activations] + [(model.criterion, CRITERIA)]:
+        if known.get(type(obj).__name__) is not type(obj):
             raise ValueError(f"cannot checkpoint {type(obj).__name__}: only built-in layers ({', '.join(known)}) are")
     return {
         "format": FORMAT,
@@ -162,7 +159,7 @@ def _read(path: Path) -> dict[str, Any]:
             return {k: npz[k] for k in npz.files}
     except ValueError as exc:  # NumPy's refusal of object arrays, or _check_members'
         raise ValueError(f"{path}: refused, not an .npz checkpoint of plain arrays ({exc})") from exc
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError) as exc:  # RuntimeError: encrypted
         raise ValueError(f"{path}: not a readable .npz checkpoint ({exc})") from exc
 
 
@@ -226,7 +223,7 @@ def load_checkpoint(
             sizes[0],
             sizes[-1],
             sizes[1:-1],
-            [ACTIVATIONS[name]() for name in config["activations"]],
+            [ACTIVATION_CLASSES[name]() for name in config["activations"]],
             zeros_weights,
             zeros_bias,
             CRITERIA[config["criterion"]](),

@@ -17,18 +17,18 @@ are views into it), so the update is four operations for the whole network.
 from __future__ import annotations
 
 import contextlib
-import math
-import operator
+import copy
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import accumulate, pairwise
+from collections.abc import Callable, Iterable, Sequence
+from itertools import pairwise
 from typing import Any
 
 from .activations import Activation, Identity
 from .backend import Array, Backend, float_dtype_name, get_backend, host, namespace_of
 from .batchnorm import BatchNorm
-from .checks import as_float, as_int
+from .checks import as_float, as_int, as_rate
 from .loss import SoftmaxCrossEntropy
+from .state import FlatBuffer, TrainingState
 
 __all__ = ["MLP"]
 
@@ -119,6 +119,8 @@ class MLP:
         ``"float32"`` or ``"float64"``; ``None`` keeps the init functions' dtype.
     """
 
+    _is_scratch = False  # True on :meth:`_scratch`'s copies, which :meth:`stateless_step` may change
+
     def __init__(
         self,
         input_size: int,
@@ -170,19 +172,16 @@ class MLP:
         self.nlayers = nlayers
         self.activations = activations
         self.criterion = criterion
-        self.lr, self.momentum, self.l2 = lr, momentum, l2
+        self.lr, self.momentum, self.l2 = lr, momentum, l2  # checked again in the model's dtype
         self.num_bn_layers = num_bn_layers
         self.bn_layers = [BatchNorm(n, backend=self.backend, dtype=self.dtype) for n in sizes[1 : 1 + num_bn_layers]]
         bn_params = [(1, n) for n in sizes[1 : 1 + num_bn_layers] for _ in ("gamma", "beta")]
-        shapes = [w.shape for w in weights] + [b.shape for b in biases] + bn_params
-        ends = list(accumulate(math.prod(shape) for shape in shapes))
-        #: (start, stop, shape) of every parameter in the flat buffer, in :meth:`parameters` order.
-        self.layout = [(stop - math.prod(shape), stop, shape) for stop, shape in zip(ends, shapes, strict=True)]
-        self._params: Array | None = None
+        #: where each parameter lives in the flat buffers, in :meth:`parameters` order
+        self._flat = FlatBuffer([w.shape for w in weights] + [b.shape for b in biases] + bn_params)
         gammas_betas = [p for n in sizes[1 : 1 + num_bn_layers] for p in (host.ones(n), host.zeros(n))]  # γ = 1, β = 0
         flat = host.concatenate([host.reshape(p, (-1,)) for p in [*weights, *biases, *gammas_betas]])
         self._set_parameters(self.backend.asarray(flat, self.dtype, copy=True))
-        self._velocity = self.backend.zeros((ends[-1],), self.dtype)
+        self._velocity = self.backend.zeros((self._flat.size,), self.dtype)
         xp = self.backend.xp
         self.dW = [xp.zeros_like(w) for w in self.W]
         self.db = [xp.zeros_like(b) for b in self.b]
@@ -202,6 +201,33 @@ class MLP:
             f"backend={self.backend.name!r}, device={self.backend.device!r}, dtype={self.dtype!r})"
         )
 
+    @property
+    def lr(self) -> float:
+        """Learning rate η ≥ 0 of :meth:`step`; a new one is checked in the model's dtype (:func:`checks.as_rate`)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = as_rate("lr", value, self.dtype)
+
+    @property
+    def momentum(self) -> float:
+        """Momentum μ in [0, 1) of :meth:`step`, checked in the model's dtype as :attr:`lr` is."""
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        self._momentum = as_rate("momentum", value, self.dtype, below=1.0)
+
+    @property
+    def l2(self) -> float:
+        """Weight decay λ ≥ 0 (see the class docstring), checked in the model's dtype as :attr:`lr` is."""
+        return self._l2
+
+    @l2.setter
+    def l2(self, value: float) -> None:
+        self._l2 = as_rate("l2", value, self.dtype)
+
     def parameters(self) -> list[tuple[Array, Array]]:
         """(parameter, gradient) pairs: every W, b, then every BN's γ, β."""
         return list(zip(self._parameter_arrays(), self._gradient_arrays(), strict=True))
@@ -215,35 +241,34 @@ class MLP:
     @property
     def velocities(self) -> list[Array]:
         """The momentum buffer v of each parameter (views into one flat array), in :meth:`parameters` order."""
-        return self._views(self._velocity)
-
-    def _views(self, flat: Array) -> list[Array]:
-        """``flat`` cut into arrays shaped like the parameters (views where the library has them)."""
-        xp = namespace_of(flat)
-        return [xp.reshape(flat[start:stop], shape) for start, stop, shape in self.layout]
-
-    def _flatten(self, arrays: Sequence[Array]) -> Array:
-        """One flat array of ``arrays`` (shaped like the parameters), in :meth:`parameters` order."""
-        xp = namespace_of(arrays[0])
-        return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+        return self._flat.cut(self._velocity)
 
     def _set_parameters(self, flat: Array) -> None:
         """Make ``flat`` the parameter buffer: W, b and each BN's γ, β become views into it."""
-        if flat is self._params and self._flat_parameters() is flat:
-            return  # the next step of an epoch: the views are already these
-        views = self._views(flat)
+        if flat is self._flat.buffer and self._flat.intact(self._parameter_arrays()):
+            return  # the next step of an epoch: W, b, γ, β are its views already
+        views = self._flat.hold(flat)
         n = self.nlayers
         self.W, self.b = views[:n], views[n : 2 * n]
         for i, bn in enumerate(self.bn_layers):
             bn.gamma, bn.beta = views[2 * n + 2 * i], views[2 * n + 2 * i + 1]
-        self._params, self._param_views = flat, views
 
-    def _flat_parameters(self) -> Array:
-        """The flat parameter buffer; rebuilt if a parameter was replaced (``mlp.W[0] = ...``) since it was set."""
-        current = self._parameter_arrays()
-        if all(map(operator.is_, current, self._param_views)):
-            return self._params
-        return self._flatten(current)
+    @property
+    def training_state(self) -> TrainingState:
+        """What a training step reads and replaces; assigning one makes its arrays the model's own (unchecked).
+
+        The flat parameters are rebuilt if a parameter was replaced (``mlp.W[0] = ...``): see :class:`FlatBuffer`.
+        """
+        params = self._flat.current(self._parameter_arrays())
+        return TrainingState(params, self._velocity, tuple(bn.running for bn in self.bn_layers))
+
+    @training_state.setter
+    def training_state(self, state: TrainingState) -> None:
+        params, velocity, running = state
+        self._set_parameters(params)
+        self._velocity = velocity
+        for bn, statistics in zip(self.bn_layers, running, strict=True):
+            bn.running = statistics
 
     def state_dict(self) -> dict[str, Array]:
         """Every array that defines the model's future: parameters, momentum buffers, BN running statistics."""
@@ -273,73 +298,49 @@ class MLP:
 
         Every name and shape is checked first: on error the model is left untouched.
         """
-        self.assign_state(self.checked_state(state))
-
-    def assign_state(self, state: dict[str, Array]) -> None:
-        """Make ``state``'s arrays (this backend's, :meth:`state_dict`'s names) the model's own, unchecked."""
+        state = self.checked_state(state)
         n = self.nlayers
+        xp = self.backend.xp  # the checked copies are this backend's arrays
         params = [state[f"W.{i}"] for i in range(n)] + [state[f"b.{i}"] for i in range(n)]
-        for i, bn in enumerate(self.bn_layers):
-            params += [state[f"bn.{i}.gamma"], state[f"bn.{i}.beta"]]
-            bn.running_mean, bn.running_var = state[f"bn.{i}.running_mean"], state[f"bn.{i}.running_var"]
-        self._set_parameters(self._flatten(params))
-        self._velocity = self._flatten([state[f"velocity.{i}"] for i in range(len(self.layout))])
-
-    def training_state(self) -> dict[str, Array]:
-        """What a training step reads and replaces: ``params`` and ``velocity`` (flat), each BN's ``running``."""
-        return self._training_state(self._flat_parameters())
-
-    def _training_state(self, params: Array) -> dict[str, Array]:
-        state = {"params": params, "velocity": self._velocity}
-        return state | {f"bn.{i}.running": bn.running for i, bn in enumerate(self.bn_layers)}
-
-    def assign_training_state(self, state: dict[str, Array]) -> None:
-        """Make a :meth:`training_state` the model's own (unchecked)."""
-        self._set_parameters(state["params"])
-        self._velocity = state["velocity"]
-        for i, bn in enumerate(self.bn_layers):
-            bn.running = state[f"bn.{i}.running"]
+        params += [state[f"bn.{i}.{k}"] for i in range(len(self.bn_layers)) for k in ("gamma", "beta")]
+        velocity = [state[f"velocity.{i}"] for i in range(len(self._flat.layout))]
+        running = tuple(
+            xp.concat([state[f"bn.{i}.running_mean"], state[f"bn.{i}.running_var"]]) for i in range(len(self.bn_layers))
+        )
+        self.training_state = TrainingState(self._flat.join(params), self._flat.join(velocity), running)
 
     def stateless_step(
-        self, state: dict[str, Array], x: Array, y: Array, lr: Any, momentum: Any
-    ) -> tuple[dict[str, Array], Array, Array]:
-        """One training step as a pure function: ``(new state, per-example loss (N,), output (N, C))``.
+        self, state: TrainingState, batch: tuple[Array, Array], lr: Any, momentum: Any
+    ) -> tuple[TrainingState, tuple[Array, Array]]:
+        """One training step as a pure function: ``(new state, (per-example loss (N,), output (N, C)))``.
 
-        ``state`` is a :meth:`training_state`; ``x``, ``y`` a batch of this backend's
-        arrays in the model's dtype (one-hot ``y``; torch does not promote float32 @
-        float64); ``lr``, ``momentum`` numbers or 0-d arrays. It runs the very code of
-        :meth:`forward`, :meth:`backward` and :meth:`step` (in training mode) on
-        ``state`` and leaves the model as it was, so a compiler (``jax.jit``) can
-        trace it: nothing is read back to the host and no array is mutated.
+        ``batch`` is ``(x, y)``, this backend's arrays in the model's dtype (one-hot ``y``;
+        torch does not promote float32 @ float64); ``lr``, ``momentum`` numbers or 0-d
+        arrays. It runs the very code of :meth:`forward`, :meth:`backward` and :meth:`step`
+        (in training mode), on a scratch copy of the model whose layer objects are copies
+        too (they keep their outputs for the backward pass), so the model is left as it
+        was and a compiler (``jax.jit``) can trace it: nothing is read back to the host and
+        no array is mutated. A scratch copy's own ``stateless_step`` works on itself:
+        :func:`~xpmlp.training.make_epoch` makes one an epoch, not one a step.
         """
-        with self.unchanged():
-            return self.train_step(state, x, y, lr, momentum)
+        worker = self if self._is_scratch else self._scratch()
+        worker.training_state = state
+        worker._lr, worker._momentum, worker.train_mode = lr, momentum, True  # 0-d arrays under a trace
+        out = worker._forward(batch[0])
+        loss = worker._backward(batch[1])
+        worker.step()
+        return worker.training_state, (loss, out)
 
-    def train_step(
-        self, state: dict[str, Array], x: Array, y: Array, lr: Any, momentum: Any
-    ) -> tuple[dict[str, Array], Array, Array]:
-        """:meth:`stateless_step` without restoring the model: call it inside :meth:`unchanged`."""
-        self.assign_training_state(state)
-        self.lr, self.momentum, self.train_mode = lr, momentum, True
-        out = self._forward(x)
-        loss = self._backward(y)
-        self.step()
-        return self._training_state(self._params), loss, out  # step() has just made W, b, γ, β its views
-
-    @contextlib.contextmanager
-    def unchanged(self) -> Iterator[MLP]:
-        """Inside the block the model and its layers may change; afterwards every attribute is as it was.
-
-        Lists are copied too (``dW[i] = ...`` replaces an element): a traced value must not stay behind.
-        """
-        objects = [self, *self.activations, *self.bn_layers, self.criterion]
-        saved = [{k: list(v) if isinstance(v, list) else v for k, v in vars(obj).items()} for obj in objects]
-        try:
-            yield self
-        finally:
-            for obj, attributes in zip(objects, saved, strict=True):
-                vars(obj).clear()
-                vars(obj).update(attributes)
+    def _scratch(self) -> MLP:
+        """A copy of the model whose lists and layer objects are copies: what runs on it leaves the model alone."""
+        scratch = copy.copy(self)
+        scratch.W, scratch.b, scratch.dW, scratch.db = list(self.W), list(self.b), list(self.dW), list(self.db)
+        scratch.activations = [copy.copy(a) for a in self.activations]
+        scratch.bn_layers = [copy.copy(bn) for bn in self.bn_layers]
+        scratch.criterion = copy.copy(self.criterion)
+        scratch._flat = copy.copy(self._flat)
+        scratch._is_scratch = True
+        return scratch
 
     def _check(self, name: str, x: Any, width: int) -> Array:
         """``x`` as a (N, width) array of the model's backend and dtype."""
@@ -410,9 +411,9 @@ class MLP:
         New arrays replace the old (no in-place update: JAX arrays are immutable);
         W, b, γ and β become views into the new parameter buffer.
         """
-        grads = self._flatten(self._gradient_arrays())
+        grads = self._flat.join(self._gradient_arrays())
         self._velocity = self.momentum * self._velocity - self.lr * grads
-        self._set_parameters(self._flat_parameters() + self._velocity)
+        self._set_parameters(self._flat.current(self._parameter_arrays()) + self._velocity)
 
     def train(self) -> None:
         """BatchNorm normalises with batch statistics and updates running ones."""

@@ -1,10 +1,9 @@
-"""Training loops: ``get_training_stats`` (HW1 §2.8) and the friendlier ``fit``.
+"""Training loops: ``get_training_stats`` (HW1 §2.8) and the friendlier ``fit``, with :class:`EarlyStopping`.
 
-The data move to the model's device once. Each epoch draws a permutation on the
-host from (seed, epoch) — so a resumed run shuffles exactly as an uninterrupted
-one — and gathers every mini-batch on the device. Per-batch loss and error
-counts accumulate in device scalars; an epoch's training and validation
-statistics are read back together, in one device→host copy.
+``fit`` is a loop of named steps over the epochs of :mod:`xpmlp.epoch` (the data
+on the device, one compiled program an epoch where the backend compiles); an
+epoch's training and validation statistics are read back together, in one
+device→host copy.
 """
 
 from __future__ import annotations
@@ -16,19 +15,39 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-from .backend import Array, as_host, fori_loop, host, namespace_of
+from .backend import Array, host
 from .checks import as_int
+from .epoch import (
+    CompiledEpoch,
+    DeviceSplit,
+    EpochData,
+    Split,
+    _epoch_order,
+    _read_sums,
+    check_inputs,
+    check_labels,
+    epoch_data,
+    make_epoch,
+    train_epoch,
+)
+from .evaluation import EVAL_CHUNK, _eval_sums, confusion_matrix, eval_mode, evaluate, predict
 from .mlp import MLP
+from .presets import leaves_batch_of_one
 
-__all__ = [
+__all__ = [  # the epoch and evaluation names too, where callers found them before they had modules of their own
+    "EVAL_CHUNK",
     "CompiledEpoch",
     "DeviceSplit",
+    "EarlyStopping",
     "EpochData",
     "History",
+    "check_inputs",
+    "check_labels",
     "confusion_matrix",
     "epoch_data",
+    "eval_mode",
     "evaluate",
     "fit",
     "get_training_stats",
@@ -36,9 +55,6 @@ __all__ = [
     "predict",
     "train_epoch",
 ]
-
-Split = tuple[Any, Any]  # (x (N, features), integer labels (N,)), host NumPy
-EVAL_CHUNK = 10_000  # rows per forward pass when evaluating (bounds device memory)
 
 
 @dataclass
@@ -73,267 +89,57 @@ class History:
         return {k: v for k, v in asdict(self).items() if k not in ("best_state", "last_state")}
 
 
-def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
-    """``labels`` as host integer class indices (n,) in [0, classes); ValueError naming ``name`` otherwise."""
-    labels = as_host(labels)
-    if labels.shape != (n,):
-        raise ValueError(f"{name} labels must have shape ({n},), got {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"{name} labels must be integer class indices, got dtype {labels.dtype}")
-    if n and not (labels.min() >= 0 and labels.max() < classes):
-        raise ValueError(f"{name} labels must lie in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
-    return labels
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Early stopping on the validation loss, for :func:`fit`.
 
-
-def check_inputs(x: Any, width: int, name: str, dtype: str = "float64") -> Any:
-    """``x`` as a host array (N ≥ 1, width) in ``dtype``, all finite there; ValueError/TypeError naming ``name``.
-
-    Finiteness is checked after the cast to ``dtype`` (the model's), on what the
-    device will hold: 1e39 is finite in float64 but infinite in float32.
-    """
-    try:
-        x = as_host(x)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} inputs must be a numeric array: {exc}") from exc
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"{name} inputs must be real numbers, got dtype {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != width:
-        raise ValueError(f"{name} inputs must have shape (N, {width}), got {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} split is empty: it needs at least one example")
-    with host.errstate(over="ignore"):  # a float64 beyond float32's range becomes ±inf: found just below
-        cast = x.astype(dtype, copy=False)
-    if cast.dtype.kind == "f" and not host.isfinite(cast).all():
-        bad_rows = ~host.isfinite(cast).all(axis=1)
-        given = x[bad_rows]
-        if given.dtype.kind == "f" and not host.isfinite(given).all():
-            bad = int(host.count_nonzero(~host.isfinite(x).all(axis=1)))
-            raise ValueError(f"{name} inputs hold NaN or infinite values (in {bad} of {x.shape[0]} rows)")
-        raise ValueError(
-            f"{name} inputs overflow {dtype}: {int(host.count_nonzero(bad_rows))} of {x.shape[0]} rows hold values "
-            f"beyond ±{host.finfo(dtype).max:.4g}, which are infinite in the model's {dtype}; rescale them"
-        )
-    return cast
-
-
-class DeviceSplit:
-    """One split on the model's device: inputs, integer labels and one-hot targets.
-
-    Checked once on the host, before anything moves: (N ≥ 1, input_size) inputs,
-    finite in the model's dtype, and integer labels in [0, output_size).
+    Parameters
+    ----------
+    patience
+        Stop after this many epochs without a lower validation loss; ``None``: never
+        stop, only track the best epoch (``history.best_epoch``).
+    keep_best
+        The model ``fit`` returns is the best epoch's (the lowest validation loss),
+        whether training stopped early, the epochs ran out or a callback stopped it, as
+        in scikit-learn and skorch. False: the last epoch's.
+    resume
+        Where a later :func:`fit` with the same history goes on from when ``keep_best``
+        gave the model an earlier epoch's state: ``"last"``, the last epoch trained (kept
+        in ``history.last_state``), so a resumed run equals an uninterrupted one; or
+        ``"best"``, the model as ``fit`` left it (scikit-learn's ``warm_start``).
     """
 
-    def __init__(self, mlp: MLP, split: Split, name: str) -> None:
-        if not isinstance(split, (tuple, list)) or len(split) != 2:
-            raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
-        x = check_inputs(split[0], mlp.input_size, name, mlp.dtype)
-        labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
-        to = mlp.backend.asarray
-        self.n = x.shape[0]
-        self.x = to(x, mlp.dtype)
-        self.one_hot = to(host.eye(mlp.output_size)[labels], mlp.dtype)
-        self.labels = to(labels.astype(host.int64))
+    patience: int | None = None
+    keep_best: bool = True
+    resume: str = "last"
 
+    def __post_init__(self) -> None:
+        if self.patience is not None:
+            object.__setattr__(self, "patience", as_int("patience", self.patience, minimum=0))
+        if not isinstance(self.keep_best, bool):
+            raise TypeError(f"keep_best must be True or False, got {self.keep_best!r}")
+        if self.resume not in ("last", "best"):
+            raise ValueError(f"resume must be 'last' or 'best', got {self.resume!r}")
 
-def _epoch_order(seed: int, epoch: int, n: int) -> Any:
-    """The host permutation of epoch ``epoch`` (0-based) for ``seed``."""
-    return host.random.default_rng((seed, epoch)).permutation(n)
+    def after_epoch(self, mlp: MLP, history: History, last: bool) -> None:
+        """Note the epoch ``history`` just recorded: a new best, or the stop; at the end, :meth:`restore`."""
+        losses = history.val_loss
+        if history.best_epoch is None or losses[-1] < losses[history.best_epoch - 1]:
+            history.best_epoch = history.epochs
+            if self.keep_best:
+                history.best_state = _copy(mlp)
+        elif self.patience is not None and history.epochs - history.best_epoch >= self.patience:
+            history.stopped_early = True
+        if history.stopped_early or last:  # before the callbacks: they see (and save) the model fit returns
+            self.restore(mlp, history)
 
-
-def _errors(xp: Any, out: Array, labels: Array) -> Array:
-    """Number of rows whose arg-max output is not the label (an integer device scalar)."""
-    return xp.count_nonzero(xp.argmax(out, axis=1) != labels)
-
-
-def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
-    """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
-    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[0])
-
-
-def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
-    """Device sums as Python floats, in one device->host read."""
-    xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
-    return mlp.backend.to_host(xp.stack([xp.astype(s, dtype) for s in sums])).tolist()
-
-
-def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
-    """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
-    xp = namespace_of(data.x)
-    mlp.train()
-    loss_sum, errors = _zero_sums(mlp, data)
-    for start in range(0, data.n, batch_size):
-        idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
-        labels = xp.take(data.labels, idx, axis=0)
-        out = mlp.forward(xp.take(data.x, idx, axis=0))
-        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
-        mlp.step()
-        loss_sum = loss_sum + xp.sum(loss)
-        errors = errors + _errors(xp, out, labels)
-        tick()
-    return [loss_sum, errors]
-
-
-class EpochData(NamedTuple):
-    """What a compiled epoch reads: the split, this epoch's batches of row indices, the hyperparameters."""
-
-    x: Array
-    one_hot: Array
-    labels: Array
-    batches: Array  # (full batches, batch_size) row indices
-    rest: Array  # (n mod batch_size,) row indices of the last, partial batch
-    lr: Array  # 0-d
-    momentum: Array  # 0-d
-
-
-def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> EpochData:
-    """The epoch's inputs on the device: the host permutation ``order`` cut into batches, lr and momentum."""
-    backend, cut = mlp.backend, data.n - data.n % batch_size
-    return EpochData(
-        data.x,
-        data.one_hot,
-        data.labels,
-        backend.asarray(order[:cut].reshape(-1, batch_size)),
-        backend.asarray(order[cut:]),
-        backend.asarray(host.asarray(mlp.lr), mlp.dtype),
-        backend.asarray(host.asarray(mlp.momentum), mlp.dtype),
-    )
-
-
-def make_epoch(
-    mlp: MLP, n: int, batch_size: int, tick: Callable[[], Any] | None = None
-) -> Callable[[tuple, EpochData], tuple]:
-    """One epoch of :meth:`MLP.stateless_step` as a pure function, ready for :meth:`Backend.compile`.
-
-    ``epoch((state, loss_sum, errors), data) -> (state, loss_sum, errors)``, where
-    ``state`` is a :meth:`MLP.training_state`: the full batches run in the
-    :func:`~xpmlp.backend.fori_loop` of the data's namespace (a traced loop where a
-    compiler traces the epoch), then the partial one, each gathering its own rows from
-    the device-resident split. No host reads; the model is left as it was. Every
-    namespace comes from the arrays the function is given, so a compiler can trace it.
-    ``tick()`` runs after each batch (for a backend that runs the epoch eagerly).
-    """
-    full, rest = divmod(n, batch_size)
-
-    def batch(idx: Array, carry: tuple, d: EpochData) -> tuple:
-        state, loss_sum, errors = carry
-        xp = namespace_of(d.x)
-        x, y = xp.take(d.x, idx, axis=0), xp.take(d.one_hot, idx, axis=0)
-        state, loss, out = mlp.train_step(state, x, y, d.lr, d.momentum)
-        if tick is not None:
-            tick()
-        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0))
-
-    def epoch(carry: tuple, d: EpochData) -> tuple:
-        with mlp.unchanged():  # once per epoch, not per step
-            if full:
-                carry = fori_loop(namespace_of(d.x), full, lambda i, c: batch(d.batches[i, :], c, d), carry)
-            return batch(d.rest, carry, d) if rest else carry
-
-    return epoch
-
-
-def _no_tick() -> None:
-    pass
-
-
-class CompiledEpoch:
-    """:func:`make_epoch` for one model, split and batch size, compiled by the backend once.
-
-    ``epoch(order, tick)`` trains one epoch over the host permutation ``order`` and
-    makes the resulting state the model's; it returns the device sums [loss, errors].
-    Where the backend runs the epoch eagerly, ``tick()`` runs after each batch.
-    """
-
-    def __init__(self, mlp: MLP, data: DeviceSplit, batch_size: int) -> None:
-        self.mlp, self.data, self.batch_size = mlp, data, batch_size
-        self.run: Callable[[tuple, EpochData], tuple] | None = None
-        self.tick: Callable[[], Any] = _no_tick
-        #: whether ``tick`` runs per batch (the backend runs the epoch eagerly)
-        self.ticks = not mlp.backend.compiles
-
-    def _inputs(self, order: Any) -> tuple[tuple, EpochData]:
-        mlp = self.mlp
-        carry = (mlp.training_state(), *_zero_sums(mlp, self.data))
-        return carry, epoch_data(mlp, self.data, order, self.batch_size)
-
-    def compile(self, order: Any) -> float:
-        """Compile for epochs shaped like ``order`` (once); the seconds a compiling backend spent, else 0."""
-        if self.run is not None:
-            return 0.0
-        backend = self.mlp.backend
-        started = time.perf_counter()
-        tick = (lambda: self.tick()) if self.ticks else None
-        self.run = backend.compile(make_epoch(self.mlp, self.data.n, self.batch_size, tick), *self._inputs(order))
-        return time.perf_counter() - started if backend.compiles else 0.0
-
-    def __call__(self, order: Any, tick: Callable[[], Any] | None = None) -> list[Array]:
-        self.compile(order)
-        self.tick = tick or _no_tick
-        state, *sums = self.run(*self._inputs(order))
-        self.mlp.assign_training_state(state)
-        return sums
-
-
-@contextlib.contextmanager
-def eval_mode(mlp: MLP) -> Iterator[MLP]:
-    """``mlp`` in eval mode (BatchNorm's running statistics) inside the block; its mode is restored after."""
-    was_training = mlp.train_mode
-    mlp.eval()
-    try:
-        yield mlp
-    finally:
-        if was_training:
-            mlp.train()
-
-
-def _chunks(n: int) -> Iterator[slice]:
-    """Row slices of at most EVAL_CHUNK covering n rows (stops within bounds, as the standard asks)."""
-    return (slice(start, min(start + EVAL_CHUNK, n)) for start in range(0, n, EVAL_CHUNK))
-
-
-def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
-    """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
-    xp = namespace_of(data.x)
-    loss_sum, errors = _zero_sums(mlp, data)
-    with eval_mode(mlp):
-        for rows in _chunks(data.n):
-            out = mlp.forward(data.x[rows, ...])
-            loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[rows, ...]))
-            errors = errors + _errors(xp, out, data.labels[rows])
-    return [loss_sum, errors]
-
-
-def evaluate(mlp: MLP, x: Any, labels: Any) -> tuple[float, float]:
-    """(mean loss, error rate) of ``mlp`` in eval mode on integer-labelled data."""
-    data = DeviceSplit(mlp, (x, labels), "evaluation")
-    loss_sum, errors = _read_sums(mlp, _eval_sums(mlp, data))
-    return loss_sum / data.n, errors / data.n
-
-
-def predict(mlp: MLP, x: Any) -> Any:
-    """Predicted classes (host NumPy ints) in eval mode; restores the mode."""
-    backend = mlp.backend
-    if isinstance(x, backend.array_type) and not isinstance(x, host.ndarray):  # on the device: checked there
-        if x.ndim != 2 or x.shape[1] != mlp.input_size or x.shape[0] == 0:
-            raise ValueError(f"predict inputs must have shape (N, {mlp.input_size}) with N >= 1, got {tuple(x.shape)}")
-        x = backend.asarray(x, mlp.dtype)
-        if not bool(backend.to_host(backend.xp.all(backend.xp.isfinite(x)))):  # after the cast: one read
-            raise ValueError(f"predict inputs hold NaN or infinite values (in the model's {mlp.dtype})")
-    else:
-        x = backend.asarray(check_inputs(x, mlp.input_size, "predict", mlp.dtype))
-    with eval_mode(mlp):
-        parts = [backend.xp.argmax(mlp.forward(x[rows, ...]), axis=1) for rows in _chunks(x.shape[0])]
-    return backend.to_host(backend.xp.concat(parts))
-
-
-def confusion_matrix(mlp: MLP, x: Any, labels: Any) -> Any:
-    """(C, C) counts: rows are predicted classes, columns true classes (HW1 §2.8)."""
-    classes = mlp.output_size
-    predicted = predict(mlp, x)
-    labels = check_labels(labels, predicted.shape[0], classes, "confusion_matrix")
-    counts = host.zeros((classes, classes), dtype=host.int64)
-    host.add.at(counts, (predicted, labels), 1)
-    return counts
+    def restore(self, mlp: MLP, history: History) -> None:
+        """With ``keep_best``, the model takes the best epoch's state; a run that may go on keeps its last state."""
+        if not self.keep_best or history.best_epoch == history.epochs:
+            return
+        if self.resume == "last" and not history.stopped_early:
+            history.last_state = _copy(mlp)
+        mlp.load_state_dict(history.best_state)
 
 
 def fit(
@@ -346,6 +152,7 @@ def fit(
     seed: int | None = None,
     history: History | None = None,
     patience: int | None = None,
+    early_stopping: EarlyStopping | None = None,
     progress: bool | None = None,
     callbacks: Sequence[Callable[[int, History], Any]] = (),
     compiled: bool = True,
@@ -361,12 +168,13 @@ def fit(
         Shuffling seed: epoch k uses the permutation of ``default_rng((seed, k))``.
         ``None`` draws one from NumPy's global generator (so ``numpy.random.seed`` applies).
     history
-        A previous run's history: training resumes after its last epoch.
+        A previous run's history: training resumes after its last epoch (from
+        ``history.last_state`` where early stopping kept one).
     patience
-        Early stopping: stop after this many epochs without a lower validation
-        loss. The model ``fit`` returns is then always the best epoch's
-        (``history.best_epoch``, the lowest validation loss), whether training
-        stopped early or the epochs ran out, as in scikit-learn and skorch.
+        Short for ``early_stopping=EarlyStopping(patience)``: stop after this many
+        epochs without a lower validation loss, and return the best epoch's model.
+    early_stopping
+        An :class:`EarlyStopping` (it needs ``val``).
     progress
         A tqdm bar per epoch (``None``: only on a terminal).
     callbacks
@@ -388,82 +196,142 @@ def fit(
         When an epoch's training loss or the parameters after it are not finite,
         naming the epoch (the model then holds that epoch's parameters).
     """
-    from tqdm.auto import tqdm
-
+    stopping = _early_stopping(patience, early_stopping, val)
     epochs = as_int("epochs", epochs, minimum=0)
     batch_size = as_int("batch_size", batch_size, minimum=1)
-    if patience is not None:
-        patience = as_int("patience", patience, minimum=0)
-        if val is None:
-            raise ValueError("early stopping (patience) needs a validation set")
     seed = int(host.random.randint(2**31)) if seed is None else as_int("seed", seed, minimum=0)
-    history = History() if history is None else history
-    if not isinstance(history, History):
-        raise TypeError(f"history must be a History, got {type(history).__name__}")
-    if patience is not None and history.best_epoch is not None and history.best_state is None:
-        raise ValueError("history has a best_epoch but no best_state: early stopping cannot resume from it")
+    history = _checked_history(history, stopping)
     for callback in callbacks:
         if not callable(callback):
             raise TypeError(f"callbacks must be callables callback(epoch, history), got {callback!r}")
     train_data = DeviceSplit(mlp, train, "training")
     val_data = None if val is None else DeviceSplit(mlp, val, "validation")
     _check_batchnorm_batches(mlp, train_data.n, batch_size)
-    backend, xp = mlp.backend, mlp.backend.xp
-    batches = -(-train_data.n // batch_size)
-    first = epochs if history.stopped_early else history.epochs  # a run that stopped early is finished
-    if history.last_state is not None and first < epochs:  # continue from the last epoch, not the best one kept
-        mlp.load_state_dict(history.last_state)
-        history.last_state = None
-    run_epoch = CompiledEpoch(mlp, train_data, batch_size) if compiled else None
-    was_training = mlp.train_mode  # left as found: eval-mode models train in training mode, then return to eval
-    try:
+    batch_size = min(batch_size, train_data.n)  # a larger one is one batch of every row (and no array dimension)
+    first = _first_epoch(mlp, history, epochs, stopping)
+    run_epoch = _EpochRunner(mlp, train_data, val_data, batch_size, compiled, progress)
+    with _mode_kept(mlp):  # eval-mode models train in training mode, then return to eval
         for epoch in range(first, epochs):
             order = _epoch_order(seed, epoch, train_data.n) if shuffle else host.arange(train_data.n)
-            if run_epoch is not None:
-                with _interrupt_after():
-                    history.compile_seconds += run_epoch.compile(order)  # before the epoch's clock starts
-            started = time.perf_counter()
-            per_batch = run_epoch is None or run_epoch.ticks
-            with _progress(tqdm, progress, epoch, epochs, batches if per_batch else None, history) as tick:
-                if run_epoch is None:
-                    sums = train_epoch(mlp, train_data, backend.asarray(order), batch_size, tick)
-                else:
-                    sums = run_epoch(order, tick)
-                if val_data is not None:
-                    sums += _eval_sums(mlp, val_data)
-                sums.append(xp.max(xp.abs(mlp.training_state()["params"])))  # NaN or inf once one diverged
-                stats = _read_sums(mlp, sums)  # the epoch's one device->host read
-            if not (math.isfinite(stats[0]) and math.isfinite(stats[-1])):
-                what = "its parameters are no longer finite"
-                if not math.isfinite(stats[0]):
-                    what = f"its training loss is {stats[0] / train_data.n}"
-                raise FloatingPointError(
-                    f"training diverged in epoch {epoch + 1}: {what} (lower the learning rate, or add BatchNorm)"
-                )
-            history.train_loss.append(stats[0] / train_data.n)
-            history.train_error.append(stats[1] / train_data.n)
-            if val_data is not None:
-                history.val_loss.append(stats[2] / val_data.n)
-                history.val_error.append(stats[3] / val_data.n)
-            history.seconds.append(time.perf_counter() - started)
-            last = epoch + 1 == epochs
-            if patience is not None:
-                losses = history.val_loss
-                if history.best_epoch is None or losses[-1] < losses[history.best_epoch - 1]:
-                    history.best_epoch = epoch + 1
-                    history.best_state = _copy(mlp)
-                elif epoch + 1 - history.best_epoch >= patience:
-                    history.stopped_early = True
-                if history.stopped_early or last:  # before the callbacks: they see (and save) the model fit returns
-                    _keep_best(mlp, history)
-            stop = [callback(epoch + 1, history) for callback in callbacks]  # a list: every callback runs
-            if history.stopped_early or any(stop):
-                if patience is not None and not (history.stopped_early or last):  # a callback stopped training
-                    _keep_best(mlp, history)
+            stats, seconds = run_epoch(epoch, epochs, order, history)
+            _check_finite(stats, epoch, train_data.n)
+            _record(history, stats, seconds, train_data.n, None if val_data is None else val_data.n)
+            if _stops(mlp, history, stopping, callbacks, last=epoch + 1 == epochs):
                 break
+    return history
+
+
+def _early_stopping(patience: int | None, early_stopping: EarlyStopping | None, val: Split | None) -> Any:
+    """The run's :class:`EarlyStopping` (``patience`` is short for one), or None."""
+    if patience is not None:
+        if early_stopping is not None:
+            raise TypeError("give patience or early_stopping, not both (patience=n is EarlyStopping(n))")
+        early_stopping = EarlyStopping(patience)
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise TypeError(f"early_stopping must be an EarlyStopping, got {type(early_stopping).__name__}")
+    if early_stopping is not None and val is None:
+        raise ValueError("early stopping (patience) needs a validation set")
+    return early_stopping
+
+
+def _checked_history(history: History | None, stopping: EarlyStopping | None) -> History:
+    """``history``, or a new one; refused when early stopping cannot resume from it."""
+    history = History() if history is None else history
+    if not isinstance(history, History):
+        raise TypeError(f"history must be a History, got {type(history).__name__}")
+    keeps_best = stopping is not None and stopping.keep_best
+    if keeps_best and history.best_epoch is not None and history.best_state is None:
+        raise ValueError("history has a best_epoch but no best_state: early stopping cannot resume from it")
+    return history
+
+
+def _first_epoch(mlp: MLP, history: History, epochs: int, stopping: EarlyStopping | None) -> int:
+    """The 0-based epoch training resumes at; the model goes on from ``history.last_state`` if it should."""
+    first = epochs if history.stopped_early else history.epochs  # a run that stopped early is finished
+    resumes_last = stopping is None or stopping.resume == "last"
+    if resumes_last and history.last_state is not None and first < epochs:  # the last epoch, not the best kept
+        mlp.load_state_dict(history.last_state)
+        history.last_state = None
+    return first
+
+
+class _EpochRunner:
+    """One epoch of :func:`fit` at a time: training, then validation, read back in one device→host copy."""
+
+    def __init__(
+        self, mlp: MLP, train: DeviceSplit, val: DeviceSplit | None, batch_size: int, compiled: bool, progress: Any
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.mlp, self.train, self.val, self.batch_size, self.progress, self.tqdm = (
+            mlp, train, val, batch_size, progress, tqdm,
+        )  # fmt: skip
+        self.compiled = CompiledEpoch(mlp, train, batch_size) if compiled else None
+
+    def __call__(self, epoch: int, epochs: int, order: Any, history: History) -> tuple[list[float], float]:
+        """``([train loss sum, errors, (val loss sum, errors,) max |parameter|], seconds)`` of epoch ``epoch``."""
+        mlp, xp = self.mlp, self.mlp.backend.xp
+        if self.compiled is not None:
+            with _interrupt_after():
+                history.compile_seconds += self.compiled.compile(order)  # before the epoch's clock starts
+        started = time.perf_counter()
+        batches = -(-self.train.n // self.batch_size) if self.compiled is None or self.compiled.ticks else None
+        with _progress(self.tqdm, self.progress, epoch, epochs, batches, history) as tick:
+            if self.compiled is None:
+                sums = train_epoch(mlp, self.train, mlp.backend.asarray(order), self.batch_size, tick)
+            else:
+                sums = self.compiled(order, tick)
+            if self.val is not None:
+                sums += _eval_sums(mlp, self.val)
+            sums.append(xp.max(xp.abs(mlp.training_state.params)))  # NaN or inf once one diverged
+            stats = _read_sums(mlp, sums)  # the epoch's one device->host read
+        return stats, time.perf_counter() - started
+
+
+def _check_finite(stats: list[float], epoch: int, n: int) -> None:
+    """FloatingPointError naming epoch ``epoch`` (0-based) if its loss or its parameters are not finite."""
+    if math.isfinite(stats[0]) and math.isfinite(stats[-1]):
+        return
+    what = "its parameters are no longer finite"
+    if not math.isfinite(stats[0]):
+        what = f"its training loss is {stats[0] / n}"
+    raise FloatingPointError(
+        f"training diverged in epoch {epoch + 1}: {what} (lower the learning rate, or add BatchNorm)"
+    )
+
+
+def _record(history: History, stats: list[float], seconds: float, n_train: int, n_val: int | None) -> None:
+    """Append an epoch's means (from its sums) and its seconds to ``history``."""
+    history.train_loss.append(stats[0] / n_train)
+    history.train_error.append(stats[1] / n_train)
+    if n_val is not None:
+        history.val_loss.append(stats[2] / n_val)
+        history.val_error.append(stats[3] / n_val)
+    history.seconds.append(seconds)
+
+
+def _stops(
+    mlp: MLP, history: History, stopping: EarlyStopping | None, callbacks: Sequence[Callable], last: bool
+) -> bool:
+    """Early stopping's note of the epoch, then every callback; whether training stops here."""
+    if stopping is not None:
+        stopping.after_epoch(mlp, history, last)
+    stop = [callback(history.epochs, history) for callback in callbacks]  # a list: every callback runs
+    if not (history.stopped_early or any(stop)):
+        return False
+    if stopping is not None and not (history.stopped_early or last):  # a callback stopped training
+        stopping.restore(mlp, history)
+    return True
+
+
+@contextlib.contextmanager
+def _mode_kept(mlp: MLP) -> Iterator[MLP]:
+    """Inside the block the model may change mode (training does); afterwards it is in the mode it was in."""
+    was_training = mlp.train_mode
+    try:
+        yield mlp
     finally:
         (mlp.train if was_training else mlp.eval)()
-    return history
 
 
 @contextlib.contextmanager
@@ -497,14 +365,6 @@ def _copy(mlp: MLP) -> dict[str, Array]:
     return {k: mlp.backend.xp.asarray(v, copy=True) for k, v in mlp.state_dict().items()}
 
 
-def _keep_best(mlp: MLP, history: History) -> None:
-    """Early stopping's end: the model takes the best epoch's state; a run that may go on keeps its last state."""
-    if history.best_epoch == history.epochs:
-        return
-    history.last_state = None if history.stopped_early else _copy(mlp)
-    mlp.load_state_dict(history.best_state)
-
-
 @contextlib.contextmanager
 def _interrupt_after() -> Iterator[None]:
     """Ctrl-C inside the block raises KeyboardInterrupt when the block is done, not inside it.
@@ -532,7 +392,7 @@ def _interrupt_after() -> Iterator[None]:
 
 def _check_batchnorm_batches(mlp: MLP, n: int, batch_size: int) -> None:
     """Refuse a split whose mini-batches would give BatchNorm a batch of one (σ²_B = 0)."""
-    if mlp.num_bn_layers and (min(n, batch_size) == 1 or n % batch_size == 1):
+    if mlp.num_bn_layers and leaves_batch_of_one(n, batch_size):
         raise ValueError(
             f"batch_size {batch_size} splits {n} training examples into batches of which one has a single "
             "example, and BatchNorm cannot train on one (its variance is 0); choose another batch_size"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import xpmlp
-from xpmlp.train import run
+from xpmlp.cli import run
 
 from conftest import TOL, rel_err
 from support.cli import FAST

@@ -44,7 +44,7 @@ def train_epochs(model, train, batch_size, epochs=2):
     data = DeviceSplit(model, train, "training")
     run = CompiledEpoch(model, data, batch_size)
     sums = [run(_epoch_order(0, epoch, data.n)) for epoch in range(epochs)]
-    return (model.training_state(), sums), run
+    return (model.training_state, sums), run
 
 
 @pytest.mark.parametrize("activation", [None, "relu"])
@@ -86,11 +86,12 @@ def test_one_capture_then_replays(fake_gpu):
     before = gpu.launches
     first = compiled(*args)
     assert gpu.launches - before == launches_per_epoch and gpu.graphs == 1
-    kept = {k: v.copy() for k, v in first[0].items()}
+    arrays = lambda state: [state.params, state.velocity, *state.running]  # noqa: E731
+    kept = [v.copy() for v in arrays(first[0])]
     second = compiled(first, args[1])  # the state carried into a second epoch
-    for k, v in first[0].items():
-        np.testing.assert_array_equal(v, kept[k])  # what a call returned is not overwritten by the next
-    assert not np.array_equal(second[0]["params"], first[0]["params"])
+    for v, copy in zip(arrays(first[0]), kept, strict=True):
+        np.testing.assert_array_equal(v, copy)  # what a call returned is not overwritten by the next
+    assert not np.array_equal(second[0].params, first[0].params)
     with pytest.raises(ValueError, match="compiled for"):
         compiled(args[0], args[1]._replace(lr=np.zeros(2)))
 
@@ -156,10 +157,10 @@ def test_captured_epochs_equal_eager_epochs_on_the_gpu(cupy_backend, dtype, tol,
     for epoch in range(2):
         _, args = epoch_inputs(model, train, batch_size, epoch)
         state, *epoch_sums = eager(*args)
-        model.assign_training_state(state)
+        model.training_state = state
         sums.append(epoch_sums)
     host = cupy_backend.to_host
-    as_host = lambda tree: {k: host(v) for k, v in tree.items()}  # noqa: E731
+    as_host = lambda state: [host(v) for v in (state.params, state.velocity, *state.running)]  # noqa: E731
     assert_close((as_host(got[0]), [[host(s) for s in e] for e in got[1]]),
-                 (as_host(model.training_state()), [[host(s) for s in e] for e in sums]), tol)  # fmt: skip
+                 (as_host(model.training_state), [[host(s) for s in e] for e in sums]), tol)  # fmt: skip
     assert run.run.kernels_per_step <= 20

@@ -117,11 +117,11 @@ def test_an_epoch_built_before_the_trace_records_and_nothing_is_patched():
     model = network()
     n, args = epoch_inputs(model, train, 40)
     epoch = make_epoch(model, n, 40)
-    backend_before, params_before = dict(vars(model.backend)), model.training_state()["params"]
+    backend_before, params_before = dict(vars(model.backend)), model.training_state.params
     program = trace(epoch, args)
     assert vars(model.backend).keys() == backend_before.keys()
     assert all(vars(model.backend)[k] is v for k, v in backend_before.items())
-    assert model.training_state()["params"] is params_before
+    assert model.training_state.params is params_before
     assert_close(evaluate(program, args), epoch(*args), 1e-12)
     assert all(isinstance(o, Tracer) for o in program.outputs)
     assert sum(type(s).__name__ == "Loop" for s in program.segments) == 1  # the full batches: one traced loop

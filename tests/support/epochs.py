@@ -6,13 +6,13 @@ import numpy as np
 
 from xpmlp.compiler.program import flatten
 from xpmlp.compiler.trace import trace
-from xpmlp.training import DeviceSplit, _epoch_order, _zero_sums, epoch_data, make_epoch
+from xpmlp.epoch import DeviceSplit, _epoch_order, _zero_sums, epoch_data, make_epoch
 
 
 def epoch_inputs(model, train, batch_size, epoch=0):
     """(carry, EpochData) of one epoch of ``make_epoch`` for ``model``: what fit's CompiledEpoch passes."""
     data = DeviceSplit(model, train, "training")
-    carry = (model.training_state(), *_zero_sums(model, data))
+    carry = (model.training_state, *_zero_sums(model, data))
     return data.n, (carry, epoch_data(model, data, _epoch_order(0, epoch, data.n), batch_size))
 
 

@@ -1,0 +1,101 @@
+"""The generated CUDA of a training epoch, for the networks the GPU targets name, without a GPU.
+
+An epoch of :func:`xpmlp.training.make_epoch` is traced on NumPy arrays of the right shapes,
+grouped into kernels and written as one CUDA module, exactly as the CuPy backend's ``compile``
+does before it hands the source to ``cupy.RawModule``. Used by tools/sass_report.py and by
+the NVRTC test (tests/compiler/test_nvrtc.py).
+
+Networks (``NETWORKS``, from xpmlp.presets): ``hw1``, the homework's 784-64-64-32-10 sigmoid (BN on
+layer 1 where ``bn``), and ``default``, train.py's 784-256-128-10 ReLU (BN on both hidden layers
+where ``bn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+import xpmlp
+
+# the code generator, imported here only
+from xpmlp.compiler.cuda import kernel_source, module_source
+from xpmlp.compiler.fuse import KernelSpec, Plan, make_plan
+from xpmlp.compiler.trace import flatten, trace
+from xpmlp.presets import DEFAULTS, HW1, build_mlp
+from xpmlp.training import CompiledEpoch, DeviceSplit, make_epoch
+
+__all__ = ["NETWORKS", "Config", "configs", "flatten", "kernel_sources", "model", "plan", "source", "step_kernels"]
+
+#: the networks by name: the homework's and train.py's default (xpmlp.presets)
+NETWORKS: dict[str, dict[str, Any]] = {"hw1": HW1, "default": DEFAULTS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One compiled epoch: network, BN or not, dtype, batch size and the number of examples."""
+
+    network: str = "hw1"
+    bn: bool = True
+    dtype: str = "float32"
+    batch_size: int = 100
+    n: int = 250  # not a multiple of batch_size: the module holds the partial last batch's kernels too
+
+    @property
+    def label(self) -> str:
+        return f"{self.network}{'+bn' if self.bn else ''}-{self.dtype}-b{self.batch_size}-n{self.n}"
+
+
+def model(config: Config, backend: str = "numpy") -> xpmlp.MLP:
+    """The configuration's network, its initial weights drawn from a generator seeded 0."""
+    net = NETWORKS[config.network]
+    return build_mlp(784, 10, net["hiddens"], activation=net["activation"], init=net["init"], lr=net["lr"],
+                     momentum=net["momentum"], bn_layers=net["bn_layers"] if config.bn else 0,
+                     rng=np.random.default_rng(0), backend=backend, dtype=config.dtype)  # fmt: skip
+
+
+def examples(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random MNIST-shaped examples (the kernels depend on shapes only)."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, size=(n, 784)), rng.integers(0, 10, size=n)
+
+
+@cache
+def plan(config: Config) -> Plan:
+    """The grouped plan of one epoch of ``config`` (traced on NumPy; cached)."""
+    mlp = model(config)
+    data = DeviceSplit(mlp, examples(config.n), "training")
+    epoch = CompiledEpoch(mlp, data, config.batch_size)
+    args = epoch._inputs(np.arange(config.n))
+    return make_plan(trace(make_epoch(mlp, config.n, config.batch_size), args))
+
+
+def source(config: Config, names: Sequence[str] | None = None) -> str:
+    """The CUDA module of one epoch of ``config`` (of its kernels ``names`` only, where given), as the CuPy
+    backend hands it to ``cupy.RawModule``."""
+    specs = plan(config).kernels()
+    return module_source([s for s in specs if names is None or s.name in names])
+
+
+def kernel_sources(config: Config) -> dict[str, str]:
+    """The source of each kernel of one epoch of ``config``, by kernel name (without the module's prelude)."""
+    return {spec.name: kernel_source(spec) for spec in plan(config).kernels()}
+
+
+def step_kernels(config: Config) -> list[KernelSpec]:
+    """The kernels of one full training step (the epoch loop's body), in launch order."""
+    return plan(config).loops[0].kernels
+
+
+def configs(networks: tuple[str, ...] = ("hw1", "default")) -> list[Config]:
+    """Every configuration the GPU runs: each network ± BN, float32/float64, batch 100 and 1000, a partial batch."""
+    return [
+        Config(net, bn, dtype, batch, batch * 5 // 2)
+        for net in networks
+        for bn in (True, False)
+        for dtype in ("float32", "float64")
+        for batch in (100, 1000)
+    ]

@@ -1,0 +1,249 @@
+"""One epoch of training on the device: the split moved once, the batches gathered there, sums kept there.
+
+The data move to the model's device once (:class:`DeviceSplit`, checked on the
+host first). Each epoch draws a permutation on the host from (seed, epoch) — so a
+resumed run shuffles exactly as an uninterrupted one — and gathers every
+mini-batch on the device. Per-batch loss and error counts accumulate in device
+scalars, read back by the caller in one device→host copy an epoch.
+:func:`make_epoch` is the epoch as a pure function of a
+:class:`~xpmlp.state.TrainingState`, which :class:`CompiledEpoch` compiles once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .backend import Array, as_host, fori_loop, host, namespace_of
+from .mlp import MLP
+from .sparse import check_sparse_inputs, is_sparse, take_rows, to_device_csr
+
+__all__ = [
+    "CompiledEpoch",
+    "DeviceSplit",
+    "EpochData",
+    "Split",
+    "check_inputs",
+    "check_labels",
+    "epoch_data",
+    "make_epoch",
+    "train_epoch",
+]
+
+Split = tuple[Any, Any]  # (x (N, features), integer labels (N,)), host NumPy
+
+
+def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
+    """``labels`` as host integer class indices (n,) in [0, classes), or a multilabel indicator (n, classes) of
+    0 and 1; ValueError naming ``name`` otherwise."""
+    labels = as_host(labels)
+    if labels.ndim == 2 and labels.shape == (n, classes) and labels.dtype.kind in "biu":
+        if not host.isin(labels, (0, 1)).all():
+            raise ValueError(f"{name} labels of shape (N, {classes}) must be a multilabel indicator of 0 and 1")
+        return labels.astype(host.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"{name} labels must have shape ({n},), got {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{name} labels must be integer class indices, got dtype {labels.dtype}")
+    if n and not (labels.min() >= 0 and labels.max() < classes):
+        raise ValueError(f"{name} labels must lie in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
+    return labels
+
+
+def check_inputs(x: Any, width: int, name: str, dtype: str = "float64") -> Any:
+    """``x`` as a host array (N ≥ 1, width) in ``dtype``, all finite there; ValueError/TypeError naming ``name``.
+
+    Finiteness is checked after the cast to ``dtype`` (the model's), on what the
+    device will hold: 1e39 is finite in float64 but infinite in float32.
+    """
+    try:
+        x = as_host(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} inputs must be a numeric array: {exc}") from exc
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} inputs must be real numbers, got dtype {x.dtype}")
+    if x.ndim != 2 or x.shape[1] != width:
+        raise ValueError(f"{name} inputs must have shape (N, {width}), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} split is empty: it needs at least one example")
+    with host.errstate(over="ignore"):  # a float64 beyond float32's range becomes ±inf: found just below
+        cast = x.astype(dtype, copy=False)
+    if cast.dtype.kind == "f" and not host.isfinite(cast).all():
+        bad_rows = ~host.isfinite(cast).all(axis=1)
+        given = x[bad_rows]
+        if given.dtype.kind == "f" and not host.isfinite(given).all():
+            bad = int(host.count_nonzero(~host.isfinite(x).all(axis=1)))
+            raise ValueError(f"{name} inputs hold NaN or infinite values (in {bad} of {x.shape[0]} rows)")
+        raise ValueError(
+            f"{name} inputs overflow {dtype}: {int(host.count_nonzero(bad_rows))} of {x.shape[0]} rows hold values "
+            f"beyond ±{host.finfo(dtype).max:.4g}, which are infinite in the model's {dtype}; rescale them"
+        )
+    return cast
+
+
+class DeviceSplit:
+    """One split on the model's device: inputs, integer labels and one-hot targets.
+
+    Checked once on the host, before anything moves: (N ≥ 1, input_size) inputs,
+    finite in the model's dtype, and integer labels in [0, output_size), or a
+    multilabel indicator (N, output_size), which is its own target. SciPy sparse
+    inputs stay sparse on the device (:mod:`xpmlp.sparse`; ``dense`` is False).
+    """
+
+    def __init__(self, mlp: MLP, split: Split, name: str) -> None:
+        if not isinstance(split, (tuple, list)) or len(split) != 2:
+            raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
+        self.dense = not is_sparse(split[0])
+        x = (check_inputs if self.dense else check_sparse_inputs)(split[0], mlp.input_size, name, mlp.dtype)
+        labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
+        to = mlp.backend.asarray
+        self.n = x.shape[0]
+        self.x = to(x, mlp.dtype) if self.dense else to_device_csr(mlp.backend, x, mlp.dtype)
+        self.one_hot = to(labels if labels.ndim == 2 else host.eye(mlp.output_size)[labels], mlp.dtype)
+        self.labels = to(labels.astype(host.int64))
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> Any:
+    """The host permutation of epoch ``epoch`` (0-based) for ``seed``."""
+    return host.random.default_rng((seed, epoch)).permutation(n)
+
+
+def _errors(xp: Any, out: Array, labels: Array) -> Array:
+    """Number of rows whose arg-max output is not the label (an integer device scalar).
+
+    Multilabel (labels (N, L) of 0 and 1): rows with any label whose logit's sign is wrong (σ > 0.5 ⇔ z > 0),
+    1 − scikit-learn's subset accuracy.
+    """
+    if labels.ndim == 2:
+        return xp.count_nonzero(xp.any((out > 0) != (labels > 0), axis=1))
+    return xp.count_nonzero(xp.argmax(out, axis=1) != labels)
+
+
+def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
+    """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
+    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[(0,) * data.labels.ndim])
+
+
+def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
+    """Device sums as Python floats, in one device->host read."""
+    xp, dtype = mlp.backend.xp, mlp.backend.dtype(mlp.dtype)
+    return mlp.backend.to_host(xp.stack([xp.astype(s, dtype) for s in sums])).tolist()
+
+
+def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
+    """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
+    xp = namespace_of(data.one_hot)
+    mlp.train()
+    loss_sum, errors = _zero_sums(mlp, data)
+    for start in range(0, data.n, batch_size):
+        idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
+        labels = xp.take(data.labels, idx, axis=0)
+        out = mlp.forward(take_rows(data.x, idx))
+        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
+        mlp.step()
+        loss_sum = loss_sum + xp.sum(loss)
+        errors = errors + _errors(xp, out, labels)
+        tick()
+    return [loss_sum, errors]
+
+
+class EpochData(NamedTuple):
+    """What a compiled epoch reads: the split, this epoch's batches of row indices, the hyperparameters."""
+
+    x: Array
+    one_hot: Array
+    labels: Array
+    batches: Array  # (full batches, batch_size) row indices
+    rest: Array  # (n mod batch_size,) row indices of the last, partial batch
+    lr: Array  # 0-d
+    momentum: Array  # 0-d
+
+
+def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> EpochData:
+    """The epoch's inputs on the device: the host permutation ``order`` cut into batches, lr and momentum."""
+    backend, cut = mlp.backend, data.n - data.n % batch_size
+    return EpochData(
+        data.x,
+        data.one_hot,
+        data.labels,
+        backend.asarray(order[:cut].reshape(-1, batch_size)),
+        backend.asarray(order[cut:]),
+        backend.asarray(host.asarray(mlp.lr), mlp.dtype),
+        backend.asarray(host.asarray(mlp.momentum), mlp.dtype),
+    )
+
+
+def make_epoch(
+    mlp: MLP, n: int, batch_size: int, tick: Callable[[], Any] | None = None
+) -> Callable[[tuple, EpochData], tuple]:
+    """One epoch of :meth:`MLP.stateless_step` as a pure function, ready for :meth:`Backend.compile`.
+
+    ``epoch((state, loss_sum, errors), data) -> (state, loss_sum, errors)``, where
+    ``state`` is a :class:`~xpmlp.state.TrainingState`: the full batches run in the
+    :func:`~xpmlp.backend.fori_loop` of the data's namespace (a traced loop where a
+    compiler traces the epoch), then the partial one, each gathering its own rows from
+    the device-resident split. No host reads; the model is left as it was. Every
+    namespace comes from the arrays the function is given, so a compiler can trace it.
+    ``tick()`` runs after each batch (for a backend that runs the epoch eagerly).
+    """
+    full, rest = divmod(n, batch_size)
+
+    def batch(step: Callable, idx: Array, carry: tuple, d: EpochData) -> tuple:
+        xp = namespace_of(d.one_hot)
+        state, loss_sum, errors = carry
+        rows = take_rows(d.x, idx), xp.take(d.one_hot, idx, axis=0)
+        state, (loss, out) = step(state, rows, d.lr, d.momentum)
+        if tick is not None:
+            tick()
+        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0))
+
+    def epoch(carry: tuple, d: EpochData) -> tuple:
+        step = mlp._scratch().stateless_step  # one scratch copy of the model an epoch, not one a step
+        if full:
+            carry = fori_loop(namespace_of(d.one_hot), full, lambda i, c: batch(step, d.batches[i, :], c, d), carry)
+        return batch(step, d.rest, carry, d) if rest else carry
+
+    return epoch
+
+
+def _no_tick() -> None:
+    pass
+
+
+class CompiledEpoch:
+    """:func:`make_epoch` for one model, split and batch size, compiled by the backend once.
+
+    ``epoch(order, tick)`` trains one epoch over the host permutation ``order`` and
+    makes the resulting state the model's; it returns the device sums [loss, errors].
+    Where the backend runs the epoch eagerly, ``tick()`` runs after each batch.
+    """
+
+    def __init__(self, mlp: MLP, data: DeviceSplit, batch_size: int) -> None:
+        self.mlp, self.data, self.batch_size = mlp, data, batch_size
+        self.run: Callable[[tuple, EpochData], tuple] | None = None
+        self.tick: Callable[[], Any] = _no_tick
+        #: whether ``tick`` runs per batch (the backend runs the epoch eagerly)
+        self.ticks = not mlp.backend.compiles
+
+    def _inputs(self, order: Any) -> tuple[tuple, EpochData]:
+        mlp = self.mlp
+        carry = (mlp.training_state, *_zero_sums(mlp, self.data))
+        return carry, epoch_data(mlp, self.data, order, self.batch_size)
+
+    def compile(self, order: Any) -> float:
+        """Compile for epochs shaped like ``order`` (once); the seconds a compiling backend spent, else 0."""
+        if self.run is not None:
+            return 0.0
+        backend = self.mlp.backend
+        started = time.perf_counter()
+        tick = (lambda: self.tick()) if self.ticks else None
+        self.run = backend.compile(make_epoch(self.mlp, self.data.n, self.batch_size, tick), *self._inputs(order))
+        return time.perf_counter() - started if backend.compiles else 0.0
+
+    def __call__(self, order: Any, tick: Callable[[], Any] | None = None) -> list[Array]:
+        self.compile(order)
+        self.tick = tick or _no_tick
+        state, *sums = self.run(*self._inputs(order))
+        self.mlp.training_state = state
+        return sums

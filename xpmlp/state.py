@@ -1,0 +1,77 @@
+"""A model's training state as values: :class:`TrainingState`, and the flat buffer its parameters live in.
+
+A training step reads and replaces exactly three things: the parameters, their
+momentum buffers and each BatchNorm layer's running statistics. Held together in
+one :class:`TrainingState`, a step is a pure function ``(state, batch) -> (state,
+stats)`` that a compiler (``jax.jit``, the CuPy tracer) can trace and loop over.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from itertools import accumulate
+from typing import NamedTuple
+
+from .backend import Array, namespace_of
+
+__all__ = ["FlatBuffer", "TrainingState"]
+
+
+class TrainingState(NamedTuple):
+    """What a training step reads and replaces (a pytree: JAX and the CuPy tracer carry it through a loop).
+
+    ``params`` and ``velocity`` are flat (every W, b, then each BN's γ, β, in
+    :meth:`MLP.parameters` order); ``running`` holds each BN layer's running mean over
+    its running variance, (2, fan_in).
+    """
+
+    params: Array
+    velocity: Array
+    running: tuple[Array, ...]
+
+
+class FlatBuffer:
+    """Where each of several arrays lives in one flat array: the cuts, and the arrays as views of it.
+
+    ``layout`` lists ``(start, stop, shape)`` of each array. :meth:`hold` makes a flat
+    array the buffer and returns its views (views where the library has them; JAX's
+    immutable arrays are sliced).
+
+    The replaced-view rule: the HW1 API hands out the parameters in lists that may be
+    assigned to (``mlp.W[0] = a``). The buffer stands for the parameters only while
+    every array the model holds *is* (``is``, not ``==``) the view :meth:`hold` gave it;
+    once one was replaced, :meth:`current` joins the arrays as they are into a new flat
+    array, so the replacement is what the next step updates.
+    """
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        ends = list(accumulate(math.prod(shape) for shape in shapes))
+        #: (start, stop, shape) of every array in the flat buffer
+        self.layout = [(stop - math.prod(shape), stop, shape) for stop, shape in zip(ends, shapes, strict=True)]
+        self.size = ends[-1]
+        self.buffer: Array | None = None
+        self.views: list[Array] = []
+
+    def cut(self, flat: Array) -> list[Array]:
+        """``flat`` cut into arrays of the layout's shapes (views where the library has them)."""
+        xp = namespace_of(flat)
+        return [xp.reshape(flat[start:stop], shape) for start, stop, shape in self.layout]
+
+    def join(self, arrays: Sequence[Array]) -> Array:
+        """One flat array of ``arrays`` (of the layout's shapes), in order."""
+        xp = namespace_of(arrays[0])
+        return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+
+    def hold(self, flat: Array) -> list[Array]:
+        """Make ``flat`` the buffer; returns its views, to be the arrays the model holds."""
+        self.buffer, self.views = flat, self.cut(flat)
+        return self.views
+
+    def intact(self, held: Sequence[Array]) -> bool:
+        """Whether ``held`` are exactly the buffer's views (none was replaced)."""
+        return len(held) == len(self.views) and all(map(lambda a, v: a is v, held, self.views))
+
+    def current(self, held: Sequence[Array]) -> Array:
+        """The flat array of ``held``: the buffer itself while none was replaced, else a new one joined from them."""
+        return self.buffer if self.intact(held) else self.join(held)
