@@ -90,6 +90,40 @@ def test_a_split_on_another_scale_than_the_training_split_is_refused(tmp_path):
         load_mnist(tmp_path, download=False)
 
 
+@pytest.mark.parametrize("other", ["val", "test"])
+def test_a_split_in_0_1_beside_grey_level_training_pixels_is_refused(tmp_path, other):
+    """Training pixels 0-255 and another split in [0, 1]: that split was once divided by 255 again, silently."""
+    write_npy(tmp_path, {"train": 1, "val": 1, "test": 1} | {other: 255})
+    with pytest.raises(ValueError, match=rf"{other}_\*\.npy: pixels in \[0, 1\] .* every split must use the same"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_grey_level_splits_whose_pixels_stay_within_1_are_grey_levels(tmp_path):
+    """Float pixels that are whole numbers (0 and 1 here) fit grey levels: not refused, scaled as the training split."""
+    write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
+    np.save(tmp_path / "test_data.npy", (np.load(tmp_path / "test_data.npy") > 128).astype(np.float64))
+    (_, _), (_, _), (sx, _) = load_mnist(tmp_path, download=False)
+    assert set(np.unique(sx)) <= {0.0, np.float32(1 / 255)}
+
+
+def test_pixels_beyond_the_grey_levels_are_refused(tmp_path):
+    write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
+    x = np.load(tmp_path / "val_data.npy")
+    x[0, 0] = 300
+    np.save(tmp_path / "val_data.npy", x)
+    with pytest.raises(ValueError, match=r"val_\*\.npy: pixels reach 300, beyond the grey levels 0-255"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_a_csv_test_split_in_0_1_beside_grey_level_training_pixels_is_refused(tmp_path):
+    for name, n, scale in (("mnist_train.csv", 30, 1), ("mnist_test.csv", 8, 255)):
+        x, y = synthetic(n, seed=n)
+        rows = np.column_stack([y, x.reshape(n, -1) / scale])
+        (tmp_path / name).write_text("\n".join(",".join(f"{v:.6g}" for v in r) for r in rows) + "\n")
+    with pytest.raises(ValueError, match=r"mnist_test\.csv: pixels in \[0, 1\]"):
+        load_mnist(tmp_path, download=False, validation_size=10)
+
+
 @pytest.mark.parametrize("value", [-0.5, np.nan])
 def test_pixels_that_are_negative_or_not_numbers_are_refused(tmp_path, value):
     write_npy(tmp_path, {"train": 255, "val": 255, "test": 255})

@@ -163,3 +163,15 @@ def test_what_train_py_does_without_data_is_what_the_report_says(capsys, monkeyp
     with pytest.raises(SystemExit) as exit_info:
         train(["--epochs", "1", "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2 and "train.py: error:" in capsys.readouterr().err
+
+
+def test_info_into_a_closed_pipe_exits_quietly():
+    """``xpmlp info --json | head``: head has what it wanted; no traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "xpmlp", "info", "--json"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=300)  # fmt: skip
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")

@@ -289,6 +289,30 @@ def test_bad_constructor_arguments(kwargs, message):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"lr": 1e-50}, r"lr = 1e-50 is 0 in the model's float32 .* it would change nothing"),
+        ({"lr": 1e39}, r"lr = 1e\+39 is infinite in the model's float32"),
+        ({"l2": 1e-50}, r"l2 = 1e-50 is 0 in the model's float32"),
+        ({"momentum": 0.99999999}, r"momentum = 0.99999999 rounds to 1.0 in the model's float32; it must stay below"),
+    ],
+)
+def test_rates_are_checked_in_the_models_dtype(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MLP(**constructor_args(**kwargs, dtype="float32"))
+    model = MLP(**constructor_args(**kwargs, dtype="float64"))  # the same numbers are fine in float64
+    assert getattr(model, next(iter(kwargs))) == next(iter(kwargs.values()))
+
+
+def test_a_rate_set_later_is_checked_and_a_refused_one_leaves_the_model_as_it_was():
+    model = MLP(**constructor_args(dtype="float32", momentum=0.5))
+    for name, value in (("lr", 1e-50), ("lr", -1.0), ("momentum", 1.0), ("l2", float("nan"))):
+        with pytest.raises(ValueError, match=name):
+            setattr(model, name, value)
+    assert (model.lr, model.momentum, model.l2) == (0.1, 0.5, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
         ({"activations": [Sigmoid, Sigmoid, Identity]}, r"activations\[0\] is the class Sigmoid; pass an instance"),
         ({"activations": [Sigmoid(), "relu", Identity()]}, r"activations\[1\] must be an activation instance"),
         ({"activations": Sigmoid()}, "activations must be a list"),

@@ -152,24 +152,42 @@ def _check_pair(x: Any, y: Any, where: str) -> Split:
     return x, y.astype(host.int64, copy=False)
 
 
+def _grey_levels(x: Any) -> bool | None:
+    """Whether pixels ``x`` are grey levels 0-255 (True), values in [0, 1] (False), or could be either (None).
+
+    Integer pixels, or any above 1, are grey levels; floats within [0, 1] with a
+    fraction among them are not (grey levels are whole numbers); whole-number floats
+    within [0, 1] (only 0 and 1) fit both.
+    """
+    if x.dtype.kind in "iu" or bool(x.size and x.max() > 1.0):
+        return True
+    return False if bool(x.size and (x != host.floor(x)).any()) else None
+
+
 def _scaled(splits: Sequence[tuple[Any, Any, str]]) -> tuple[Split, ...]:
     """Each checked ``(x, y, where)`` with float32 pixels in [0, 1], all scaled alike.
 
-    The first (training) split decides: integer pixels, or floats above 1, are grey
-    levels 0-255 and every split is divided by 255; floats within [0, 1] are kept
-    as they are. A split that then exceeds 1 is on another scale: a ValueError.
+    The first (training) split decides: grey levels 0-255 (integers, or floats above
+    1) and every split is divided by 255, else every split is kept as it is. A split
+    whose own pixels say the other scale is a ValueError naming it, in both
+    directions: grey levels beside a training split in [0, 1], and fractions in
+    [0, 1] beside a training split in grey levels (which ÷255 would shrink again).
     """
-    first = splits[0][0]
-    grey_levels = first.dtype.kind in "iu" or bool(first.size and first.max() > 1.0)
+    grey_levels = bool(_grey_levels(splits[0][0]))
+    training = "grey levels 0-255" if grey_levels else "values in [0, 1]"
     scaled = []
     for x, y, where in splits:
-        x = x.astype(host.float32) / host.float32(255) if grey_levels else x.astype(host.float32, copy=False)
-        if x.size and x.max() > 1.0:
+        own = _grey_levels(x)
+        if own is not None and own != grey_levels:
+            found = "integer pixels" if x.dtype.kind in "iu" else f"pixels reach {x.max():.4g}"
+            if not own:
+                found = f"pixels in [0, 1] with fractions (max {x.max():.4g}), not grey levels,"
             raise ValueError(
-                f"{where}: pixels reach {x.max():.4g} after the scaling the training split decided "
-                f"({'÷255: grey levels 0-255' if grey_levels else 'none: values in [0, 1]'}); "
-                "every split must use the same scale"
+                f"{where}: {found} but the training split holds {training}; every split must use the same scale"
             )
+        x = x.astype(host.float32) / host.float32(255) if grey_levels else x.astype(host.float32, copy=False)
+        if x.size and x.max() > 1:
+            raise ValueError(f"{where}: pixels reach {x.max() * 255:.4g}, beyond the grey levels 0-255")
         scaled.append((x, y))
     return tuple(scaled)
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from .backend import Array, Collective, as_host, fori_loop, host, namespace_of
 from .mlp import MLP
 from .parallel import ONE_DEVICE, Shards
+from .sparse import check_sparse_inputs, is_sparse, take_rows, to_device_csr
 
 __all__ = [
     "CompiledEpoch",
@@ -35,8 +36,13 @@ Split = tuple[Any, Any]  # (x (N, features), integer labels (N,)), host NumPy
 
 
 def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
-    """``labels`` as host integer class indices (n,) in [0, classes); ValueError naming ``name`` otherwise."""
+    """``labels`` as host integer class indices (n,) in [0, classes), or a multilabel indicator (n, classes) of
+    0 and 1; ValueError naming ``name`` otherwise."""
     labels = as_host(labels)
+    if labels.ndim == 2 and labels.shape == (n, classes) and labels.dtype.kind in "biu":
+        if not host.isin(labels, (0, 1)).all():
+            raise ValueError(f"{name} labels of shape (N, {classes}) must be a multilabel indicator of 0 and 1")
+        return labels.astype(host.int64)
     if labels.shape != (n,):
         raise ValueError(f"{name} labels must have shape ({n},), got {labels.shape}")
     if labels.dtype.kind not in "iu":
@@ -81,18 +87,21 @@ class DeviceSplit:
     """One split on the model's device: inputs, integer labels and one-hot targets.
 
     Checked once on the host, before anything moves: (N ≥ 1, input_size) inputs,
-    finite in the model's dtype, and integer labels in [0, output_size).
+    finite in the model's dtype, and integer labels in [0, output_size), or a
+    multilabel indicator (N, output_size), which is its own target. SciPy sparse
+    inputs stay sparse on the device (:mod:`xpmlp.sparse`; ``dense`` is False).
     """
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
         if not isinstance(split, (tuple, list)) or len(split) != 2:
             raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
-        x = check_inputs(split[0], mlp.input_size, name, mlp.dtype)
+        self.dense = not is_sparse(split[0])
+        x = (check_inputs if self.dense else check_sparse_inputs)(split[0], mlp.input_size, name, mlp.dtype)
         labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
         to = mlp.backend.asarray
         self.n = x.shape[0]
-        self.x = to(x, mlp.dtype)
-        self.one_hot = to(host.eye(mlp.output_size)[labels], mlp.dtype)
+        self.x = to(x, mlp.dtype) if self.dense else to_device_csr(mlp.backend, x, mlp.dtype)
+        self.one_hot = to(labels if labels.ndim == 2 else host.eye(mlp.output_size)[labels], mlp.dtype)
         self.labels = to(labels.astype(host.int64))
 
 
@@ -102,13 +111,19 @@ def _epoch_order(seed: int, epoch: int, n: int) -> Any:
 
 
 def _errors(xp: Any, out: Array, labels: Array) -> Array:
-    """Number of rows whose arg-max output is not the label (an integer device scalar)."""
+    """Number of rows whose arg-max output is not the label (an integer device scalar).
+
+    Multilabel (labels (N, L) of 0 and 1): rows with any label whose logit's sign is wrong (σ > 0.5 ⇔ z > 0),
+    1 − scikit-learn's subset accuracy.
+    """
+    if labels.ndim == 2:
+        return xp.count_nonzero(xp.any((out > 0) != (labels > 0), axis=1))
     return xp.count_nonzero(xp.argmax(out, axis=1) != labels)
 
 
 def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
     """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
-    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[0])
+    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[(0,) * data.labels.ndim])
 
 
 def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
@@ -119,13 +134,13 @@ def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
 
 def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
     """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
-    xp = namespace_of(data.x)
+    xp = namespace_of(data.one_hot)
     mlp.train()
     loss_sum, errors = _zero_sums(mlp, data)
     for start in range(0, data.n, batch_size):
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
         labels = xp.take(data.labels, idx, axis=0)
-        out = mlp.forward(xp.take(data.x, idx, axis=0))
+        out = mlp.forward(take_rows(data.x, idx))
         loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
         mlp.step()
         loss_sum = loss_sum + xp.sum(loss)
@@ -188,9 +203,9 @@ def make_epoch(
     shards = ONE_DEVICE if collective is None else Shards(collective.devices, collective.rank, collective.reduce)
 
     def batch(step: Callable, idx: Array, carry: tuple, d: EpochData) -> tuple:
-        xp = namespace_of(d.x)
+        xp = namespace_of(d.one_hot)
         state, loss_sum, errors = carry
-        rows = xp.take(d.x, idx, axis=0), xp.take(d.one_hot, idx, axis=0)
+        rows = take_rows(d.x, idx), xp.take(d.one_hot, idx, axis=0)
         state, (loss, out) = step(state, rows, d.lr, d.momentum)
         if tick is not None:
             tick()
@@ -201,7 +216,7 @@ def make_epoch(
         step = scratch.stateless_step
         if full:
             scratch.use_shards(shards)
-            carry = fori_loop(namespace_of(d.x), full, lambda i, c: batch(step, d.batches[i, :], c, d), carry)
+            carry = fori_loop(namespace_of(d.one_hot), full, lambda i, c: batch(step, d.batches[i, :], c, d), carry)
             carry = carry[0], shards.allsum(carry[1]), shards.allsum(carry[2])
             scratch.use_shards(ONE_DEVICE)
         return batch(step, d.rest, carry, d) if rest else carry

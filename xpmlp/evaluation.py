@@ -14,6 +14,7 @@ from typing import Any
 from .backend import Array, host, namespace_of
 from .epoch import DeviceSplit, _errors, _read_sums, _zero_sums, check_inputs, check_labels
 from .mlp import MLP
+from .sparse import take_rows
 
 __all__ = ["EVAL_CHUNK", "confusion_matrix", "eval_mode", "evaluate", "predict"]
 
@@ -39,13 +40,14 @@ def _chunks(n: int) -> Iterator[slice]:
 
 def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
     """Device sums [loss, errors] over a split in eval mode; restores the mode. No host reads."""
-    xp = namespace_of(data.x)
+    xp = namespace_of(data.one_hot)
     loss_sum, errors = _zero_sums(mlp, data)
     with eval_mode(mlp):
         for rows in _chunks(data.n):
-            out = mlp.forward(data.x[rows, ...])
+            x = data.x[rows, ...] if data.dense else take_rows(data.x, mlp.backend.asarray(host.arange(data.n)[rows]))
+            out = mlp.forward(x)
             loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[rows, ...]))
-            errors = errors + _errors(xp, out, data.labels[rows])
+            errors = errors + _errors(xp, out, data.labels[rows, ...])
     return [loss_sum, errors]
 
 

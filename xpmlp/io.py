@@ -159,7 +159,7 @@ def _read(path: Path) -> dict[str, Any]:
             return {k: npz[k] for k in npz.files}
     except ValueError as exc:  # NumPy's refusal of object arrays, or _check_members'
         raise ValueError(f"{path}: refused, not an .npz checkpoint of plain arrays ({exc})") from exc
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError) as exc:  # RuntimeError: encrypted
         raise ValueError(f"{path}: not a readable .npz checkpoint ({exc})") from exc
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from .activations import Activation, Identity
 from .backend import Array, Backend, float_dtype_name, get_backend, host, namespace_of
 from .batchnorm import BatchNorm
-from .checks import as_float, as_int
+from .checks import as_float, as_int, as_rate
 from .loss import SoftmaxCrossEntropy
 from .parallel import ONE_DEVICE, Shards
 from .state import FlatBuffer, TrainingState
@@ -180,7 +180,7 @@ class MLP:
         self.nlayers = nlayers
         self.activations = activations
         self.criterion = criterion
-        self.lr, self.momentum, self.l2 = lr, momentum, l2
+        self.lr, self.momentum, self.l2 = lr, momentum, l2  # checked again in the model's dtype
         self.num_bn_layers = num_bn_layers
         self.bn_layers = [BatchNorm(n, backend=self.backend, dtype=self.dtype) for n in sizes[1 : 1 + num_bn_layers]]
         bn_params = [(1, n) for n in sizes[1 : 1 + num_bn_layers] for _ in ("gamma", "beta")]
@@ -210,6 +210,33 @@ class MLP:
             f"MLP({sizes}, [{acts}], bn={self.num_bn_layers}, lr={self.lr}, momentum={self.momentum}{l2}, "
             f"backend={self.backend.name!r}, device={self.backend.device!r}, dtype={self.dtype!r})"
         )
+
+    @property
+    def lr(self) -> float:
+        """Learning rate η ≥ 0 of :meth:`step`; a new one is checked in the model's dtype (:func:`checks.as_rate`)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = as_rate("lr", value, self.dtype)
+
+    @property
+    def momentum(self) -> float:
+        """Momentum μ in [0, 1) of :meth:`step`, checked in the model's dtype as :attr:`lr` is."""
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value: float) -> None:
+        self._momentum = as_rate("momentum", value, self.dtype, below=1.0)
+
+    @property
+    def l2(self) -> float:
+        """Weight decay λ ≥ 0 (see the class docstring), checked in the model's dtype as :attr:`lr` is."""
+        return self._l2
+
+    @l2.setter
+    def l2(self, value: float) -> None:
+        self._l2 = as_rate("l2", value, self.dtype)
 
     def parameters(self) -> list[tuple[Array, Array]]:
         """(parameter, gradient) pairs: every W, b, then every BN's γ, β."""
@@ -308,7 +335,7 @@ class MLP:
         """
         worker = self if self._is_scratch else self._scratch()
         worker.training_state = state
-        worker.lr, worker.momentum, worker.train_mode = lr, momentum, True
+        worker._lr, worker._momentum, worker.train_mode = lr, momentum, True  # 0-d arrays under a trace
         out = worker._forward(batch[0])
         loss = worker._backward(batch[1])
         worker.step()

@@ -216,6 +216,7 @@ def fit(
     train_data = DeviceSplit(mlp, train, "training")
     val_data = None if val is None else DeviceSplit(mlp, val, "validation")
     _check_batchnorm_batches(mlp, train_data.n, batch_size)
+    batch_size = min(batch_size, train_data.n)  # a larger one is one batch of every row (and no array dimension)
     first = _first_epoch(mlp, history, epochs, stopping)
     run_epoch = _EpochRunner(mlp, train_data, val_data, batch_size, compiled, progress, collective)
     with _mode_kept(mlp):  # eval-mode models train in training mode, then return to eval

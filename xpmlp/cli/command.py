@@ -19,8 +19,10 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .. import presets
 from ..backend import Backend, BackendUnavailableError, CollectiveError, get_backend, host, prepare_devices
-from ..data import DATASETS, load_mnist
+from ..checks import as_rate
+from ..data import DATASETS, load_mnist, mnist_location
 from ..mlp import MLP
 from ..presets import ACTIVATIONS, DEFAULTS, HW1, INITS, build_mlp, leaves_batch_of_one, scheduled_lr
 from ..training import EVAL_CHUNK, History, fit
@@ -31,22 +33,23 @@ from .runs import (
     Progress,
     RunError,
     UsageError,
-    holds_run,
     results,
     resume,
     run_folder,
     save_checkpoint,
+    say,
     show,
+    terminate_as_interrupt,
 )
 
-INTERRUPTED = 130  # the shell's exit status for Ctrl-C
+INTERRUPTED, TERMINATED = 130, 143  # the shell's exit statuses for Ctrl-C (SIGINT) and SIGTERM
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, answering a mistake in one line (no usage block): ``train.py: error: ...``, exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see {self.prog} --help)", 2)
+        fail(f"{message} (see {self.prog} --help)", 2, self.prog)
 
 
 def _number(kind: type, check: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
@@ -90,12 +93,13 @@ def _folder(text: str) -> str:
     return str(Path(text).expanduser())
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argparse.Namespace:
     """The flags, checked (one-line error and exit 2 on a mistake), with defaults filled in.
 
-    ``args.given`` names the configuration flags the user set (``--hw1`` sets its own).
+    ``args.given`` names the configuration flags the user set (``--hw1`` sets its own);
+    ``args.prog`` is ``prog``, the name the messages start with.
     """
-    p = Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=COUNT, help=f"total epochs (default {DEFAULTS['epochs']})")
     p.add_argument("--batch-size", type=POSITIVE, help=f"mini-batch size (default {DEFAULTS['batch_size']})")
     hiddens = show(DEFAULTS["hiddens"])
@@ -108,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--lr-decay",
         type=DECAY,
-        help=f"learning rate of epoch k (0-based): lr·decay^k (default {DEFAULTS['lr_decay']})",
+        help=f"learning rate of epoch k (0-based): lr*decay^k (default {DEFAULTS['lr_decay']})",  # ASCII: any locale
     )
     p.add_argument("--momentum", type=MOMENTUM, help=f"momentum (default {DEFAULTS['momentum']})")
     p.add_argument("--init", choices=INITS, help="weight init: N(0,1) as in HW1, or He N(0, 2/fan_in) (default he)")
@@ -151,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and confusion.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    args.prog = p.prog
     preset = HW1 if args.hw1 else {}
     args.given = {key for key in {*DEFAULTS, *RESUMED} if getattr(args, key) is not None} | set(preset)
     for key, value in {**DEFAULTS, "seed": 0, **preset}.items():
@@ -165,23 +170,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 f"--bn-layers {args.bn_layers} needs at least {args.bn_layers} hidden layers, but --hiddens {layers} "
                 f"has {len(args.hiddens)}: pass --bn-layers {len(args.hiddens)} (or fewer), or more --hiddens"
             )
-        for problem in (
-            memory_problem(args.hiddens, args.dtype),
-            schedule_problem(args.lr, args.lr_decay, args.epochs),
-        ):
+        try:
+            as_rate("--lr", args.lr, args.dtype)
+        except ValueError as exc:
+            p.error(str(exc))
+        for problem in (memory_problem(args.hiddens, args.dtype), schedule_problem(args)):
             if problem:
                 p.error(problem)
     prepare_devices(args.backend, args.devices)  # before the backend starts: JAX fixes its CPU devices then
-    try:
-        backend = get_backend(args.backend, args.device)
-    except (ValueError, TypeError, BackendUnavailableError) as exc:
-        p.error(str(exc))
-    args.backend, args.device = backend.name, backend.device
-    problem = devices_problem(backend, args)
-    if problem:
-        p.error(problem)
+    if not args.resume or args.backend is not None or os.environ.get("XPMLP_BACKEND", "").strip():
+        # (else the resumed run goes on on the backend and device it trained on: read from its checkpoint)
+        try:
+            backend = get_backend(args.backend, args.device)
+        except (ValueError, TypeError, BackendUnavailableError) as exc:
+            p.error(str(exc))
+        args.backend, args.device = backend.name, backend.device
+        args.backends = [{"backend": backend.name, "device": backend.device, "from_epoch": 1}]
+        problem = devices_problem(backend, args)
+        if problem:
+            p.error(problem)
+    elif args.devices > 1:
+        p.error(f"--resume --devices {args.devices}: name the --backend to train on (jax or torch)")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
+    try:
+        taken = out.exists() and not out.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        p.error(f"--out {out}: {exc.strerror}; choose another --out")
+    if taken:
         p.error(f"--out {out} is a file, not a folder; name a folder (it is created if absent)")
     return args
 
@@ -219,20 +234,12 @@ def memory_problem(hiddens: list[int], dtype: str) -> str | None:
     )
 
 
-def schedule_problem(lr: float, decay: float, epochs: int) -> str | None:
-    """Why the rate lr·decay^k of some epoch k < ``epochs`` would overflow to inf or underflow to 0, or None."""
-    if lr == 0 or decay == 1 or epochs <= 1:
-        return None
-    try:
-        last = lr * decay ** (epochs - 1)  # the extreme one: decay^k is monotone in k
-    except OverflowError:
-        last = math.inf
-    if 0 < last < math.inf:
-        return None
-    what = "overflows to infinity" if decay > 1 else "underflows to 0"
-    return (
-        f"--lr {lr} with --lr-decay {decay}: the learning rate lr·decay^k {what} before epoch {epochs} "
-        "(--epochs); train fewer --epochs, or bring --lr-decay closer to 1"
+def schedule_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--lr`` and ``--lr-decay`` give some epoch no learning rate in ``--dtype``, or None."""
+    what = presets.schedule_problem(args.lr, args.lr_decay, args.epochs, args.dtype)
+    return what and (
+        f"--lr {args.lr} with --lr-decay {args.lr_decay}: the learning rate lr·decay^k {what} before epoch "
+        f"{args.epochs} (--epochs) in {args.dtype}; train fewer --epochs, or bring --lr-decay closer to 1"
     )
 
 
@@ -263,43 +270,49 @@ def lr_schedule(mlp: MLP, args: argparse.Namespace) -> Callable[[int, History], 
     return schedule
 
 
-def fail(message: str, status: int) -> NoReturn:
-    """One line on stderr, then exit with ``status``."""
-    print(f"train.py: error: {' '.join(message.split())}", file=sys.stderr)
+def fail(message: str, status: int, prog: str) -> NoReturn:
+    """One line on stderr, ``prog: error: message``, then exit with ``status``."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(status)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130)."""
-    run(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130).
+
+    Its messages name ``prog``; default: the program run (``train.py``, ``xpmlp-train``), or
+    ``train.py`` when ``argv`` is given.
+    """
+    run(argv, prog or (Path(sys.argv[0]).name if argv is None and sys.argv[0] else "train.py"))
     return 0
 
 
-def run(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None, prog: str = "train.py") -> dict[str, Any]:
     """Run train.py and return its metrics; every user mistake ends in one line on stderr and exit status 2.
 
     A run that cannot go on (diverged, a write failed) exits 1; Ctrl-C exits 130. Each says
     in its one line what was saved.
     """
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     progress = Progress(Path(args.out))
-    try:
-        with processes(args.backend, args.device, args.devices, sys.argv[1:] if argv is None else argv) as group:
-            args.rank = group.rank
-            return train(args, progress)
-    except UsageError as exc:
-        fail(str(exc), 2)
-    except (RunError, FloatingPointError, CollectiveError) as exc:
-        fail(f"{exc}; {progress.state()}", 1)
-    except KeyboardInterrupt:
-        if progress.trained:
-            message = f"interrupted while writing the results; {progress.state()}: rerun with --resume to write them"
-        elif progress.saved is None:
-            message = "interrupted before epoch 1 was saved; nothing was saved"
-        else:
-            message = f"interrupted after epoch {progress.saved}; rerun with --resume to continue ({progress.state()})"
-        print(f"\ntrain.py: {message}", file=sys.stderr)
-        raise SystemExit(INTERRUPTED) from None
+    with terminate_as_interrupt() as terminated:
+        try:
+            with processes(args.backend, args.device, args.devices, sys.argv[1:] if argv is None else argv) as group:
+                args.rank = group.rank
+                return train(args, progress)
+        except UsageError as exc:
+            fail(str(exc), 2, prog)
+        except (RunError, FloatingPointError, CollectiveError) as exc:
+            fail(f"{exc}; {progress.state()}", 1, prog)
+        except KeyboardInterrupt:
+            what = "terminated" if terminated else "interrupted"
+            if progress.trained:
+                message = f"{what} while writing the results; {progress.state()}: rerun with --resume to write them"
+            elif progress.saved is None:
+                message = f"{what} before epoch 1 was saved; {progress.state()}"
+            else:
+                message = f"{what} after epoch {progress.saved}; rerun with --resume to continue ({progress.state()})"
+            print(f"\n{prog}: {message}", file=sys.stderr)
+            raise SystemExit(TERMINATED if terminated else INTERRUPTED) from None
 
 
 def train(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
@@ -314,11 +327,10 @@ def train(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
 
 def train_in(args: argparse.Namespace, out: Path, progress: Progress, writes: bool = True) -> dict[str, Any]:
-    """train.py in the locked, writable folder ``out`` (without ``writes``: only trains, prints nothing)."""
-    say = print if writes else lambda *_, **__: None
+    """train.py in the locked, writable folder ``out`` (without ``writes``: it only trains)."""
     if args.resume:
         mlp, history = resume(args, out, progress)
-        problem = schedule_problem(args.lr, args.lr_decay, args.epochs)
+        problem = schedule_problem(args)
         if problem:
             raise UsageError(problem)
         say(f"resuming {out / CHECKPOINT} after epoch {history.epochs}")
@@ -330,14 +342,12 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress, writes: bo
         (train_split, val, test) = load_mnist(args.data, download=not explicit, dataset=args.dataset)
     except (OSError, ValueError) as exc:
         raise UsageError(f"{exc}" + (" (or --data)" if explicit else "")) from None
+    args.data = str(mnist_location(args.data, args.dataset)[0])  # metrics.json records it: $XPMLP_DATA, the cache
     batch_problem(mlp, len(train_split[0]), args.batch_size)
-    if args.overwrite and writes:
-        for name in holds_run(out):
-            (out / name).unlink()
     config = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("resume", "overwrite", "quiet", "no_plots", "given", "no_compile", "rank")
+        if k not in ("resume", "overwrite", "quiet", "no_plots", "given", "no_compile", "prog", "rank")
     }
     say(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train_split[0])} training images")
 
@@ -350,15 +360,12 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress, writes: bo
         nonlocal compiled_before
         checkpoint(h)  # first: a printed epoch is a saved one (Ctrl-C after its line resumes after it)
         if h.compile_seconds > compiled_before:
-            print(
-                f"compiled the training epoch in {h.compile_seconds - compiled_before:.2f} s (not in the epoch times)"
-            )
+            say(f"compiled the training epoch in {h.compile_seconds - compiled_before:.2f} s (not in the epoch times)")
             compiled_before = h.compile_seconds
-        print(
+        say(
             f"epoch {epoch:3d}/{args.epochs}  train loss {h.train_loss[-1]:.4f} error {h.train_error[-1]:6.2%}  "
             f"val loss {h.val_loss[-1]:.4f} error {h.val_error[-1]:6.2%}  {h.seconds[-1]:6.2f} s"
-            + (f"  (stopped early: restored epoch {h.best_epoch})" if h.stopped_early else ""),
-            flush=True,
+            + (f"  (stopped early: restored epoch {h.best_epoch})" if h.stopped_early else "")
         )
 
     schedule = lr_schedule(mlp, args)
