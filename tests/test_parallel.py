@@ -100,6 +100,10 @@ def test_a_step_costs_three_all_reduces_per_batchnorm_layer_and_one_more(jax_res
     assert int(jax_results["hlo_all_reduces"]) == 2 * PER_STEP + PER_EPOCH
 
 
+def test_mlpclassifier_on_two_devices_fits_what_one_does(jax_results):
+    assert rel(jax_results["estimator.2"], jax_results["estimator.1"]) <= 1e-12
+
+
 def test_xla_partitioner_given_only_sharded_batches_computes_the_same(jax_results, reference):
     """A second oracle: the one-device program, partitioned by XLA itself, with its own all-reduces."""
     assert rel(jax_results["partitioner.2"], reference["state"]) <= 1e-12
@@ -198,6 +202,15 @@ def test_a_backend_without_collectives_refuses_naming_those_with(backend):
     mlp = _hw1(backend)
     with pytest.raises(ValueError, match=r"no collectives.*'jax'.*'torch'"):
         xpmlp.fit(mlp, worker.data(200), epochs=1, batch_size=100, progress=False, devices=2)
+
+
+def test_mlpclassifier_without_collectives_refuses_before_fitting():
+    from xpmlp.estimator import MLPClassifier
+
+    x, y = worker.data(200)
+    clf = MLPClassifier((8,), batch_size=100, max_iter=1, backend="numpy", devices=2)
+    with pytest.raises(ValueError, match="no collectives"):
+        clf.fit(x, y)
 
 
 def test_devices_must_divide_the_batch_size_and_need_the_compiled_epoch():

@@ -94,9 +94,22 @@ def jax_main(out: str, devices: list[int]) -> None:
     epoch.compile(np.arange(4 * BATCH))
     results["hlo_all_reduces"] = np.array(epoch.run.compiled.as_text().count(" all-reduce("))
     results[f"partitioner.{devices[0]}"], results["partitioner_all_reduces"] = partitioned("jax", devices[0])
+    for n in (1, devices[0]):
+        results[f"estimator.{n}"] = estimator("jax", n)
     unsynced()
     results[f"unsynced.{devices[0]}"], _ = train("jax", "float64", devices[0])
     np.savez(os.path.join(out, "0.npz"), **results)
+
+
+def estimator(backend: str, devices: int) -> np.ndarray:
+    """MLPClassifier(devices=N) on 300 rows, 3 epochs: its coefficients, flat."""
+    from xpmlp.estimator import MLPClassifier
+
+    x, y = data(300)
+    clf = MLPClassifier((32,), batch_size=BATCH, max_iter=3, random_state=0, backend=backend, dtype="float64",
+                        devices=devices)  # fmt: skip
+    clf.fit(x, y)
+    return np.concatenate([c.ravel() for c in [*clf.coefs_, *clf.intercepts_]])
 
 
 def partitioned(backend: str, devices: int) -> tuple[np.ndarray, np.ndarray]:
