@@ -16,8 +16,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
-from .backend import Array, as_host, fori_loop, host, namespace_of
+from .backend import Array, Collective, as_host, fori_loop, host, namespace_of
 from .mlp import MLP
+from .parallel import ONE_DEVICE, Shards
 from .presets import ACTIVATION_CLASSES, CRITERIA
 from .sparse import check_sparse_inputs, is_sparse, take_rows, to_device_csr
 
@@ -181,14 +182,20 @@ class EpochData(NamedTuple):
     weights: Array | tuple  # (N,) sample weights, or () where every example weighs 1 (a pytree with no leaves)
 
 
-def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> EpochData:
-    """The epoch's inputs on the device: the host permutation ``order`` cut into batches, lr and momentum."""
+def epoch_data(
+    mlp: MLP, data: DeviceSplit, order: Any, batch_size: int, collective: Collective | None = None
+) -> EpochData:
+    """The epoch's inputs on the device: the host permutation ``order`` cut into batches, lr and momentum.
+
+    With a ``collective``, ``batches`` holds the columns this process's devices gather.
+    """
     backend, cut = mlp.backend, data.n - data.n % batch_size
+    batches = order[:cut].reshape(-1, batch_size)
     return EpochData(
         data.x,
         data.one_hot,
         data.labels,
-        backend.asarray(order[:cut].reshape(-1, batch_size)),
+        backend.asarray(batches if collective is None else collective.columns(batches)),
         backend.asarray(order[cut:]),
         backend.asarray(host.asarray(mlp.lr), mlp.dtype),
         backend.asarray(host.asarray(mlp.momentum), mlp.dtype),
@@ -197,7 +204,7 @@ def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> Epoc
 
 
 def make_epoch(
-    mlp: MLP, n: int, batch_size: int, tick: Callable[[], Any] | None = None
+    mlp: MLP, n: int, batch_size: int, tick: Callable[[], Any] | None = None, collective: Collective | None = None
 ) -> Callable[[tuple, EpochData], tuple]:
     """One epoch of :meth:`MLP.stateless_step` as a pure function, ready for :meth:`Backend.compile`.
 
@@ -208,8 +215,14 @@ def make_epoch(
     the device-resident split. No host reads; the model is left as it was. Every
     namespace comes from the arrays the function is given, so a compiler can trace it.
     ``tick()`` runs after each batch (for a backend that runs the epoch eagerly).
+
+    With a ``collective`` the function runs on each of its devices: the full batches
+    are split among them by columns of ``batches``, every sum over a batch is summed
+    over the devices (:mod:`xpmlp.parallel`), and so is the epoch's [loss, errors];
+    the partial last batch is computed whole on every device, as on one.
     """
     full, rest = divmod(n, batch_size)
+    shards = ONE_DEVICE if collective is None else Shards(collective.devices, collective.rank, collective.reduce)
 
     def batch(step: Callable, idx: Array, carry: tuple, d: EpochData) -> tuple:
         xp = namespace_of(d.one_hot)
@@ -222,9 +235,13 @@ def make_epoch(
         return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0), weights)
 
     def epoch(carry: tuple, d: EpochData) -> tuple:
-        step = mlp._scratch().stateless_step  # one scratch copy of the model an epoch, not one a step
+        scratch = mlp._scratch()  # one scratch copy of the model an epoch, not one a step
+        step = scratch.stateless_step
         if full:
+            scratch.use_shards(shards)
             carry = fori_loop(namespace_of(d.one_hot), full, lambda i, c: batch(step, d.batches[i, :], c, d), carry)
+            carry = carry[0], shards.allsum(carry[1]), shards.allsum(carry[2])
+            scratch.use_shards(ONE_DEVICE)
         return batch(step, d.rest, carry, d) if rest else carry
 
     return epoch
@@ -271,8 +288,12 @@ class CompiledEpoch:
     structure, the same model or a new one, reuses it instead of compiling again.
     """
 
-    def __init__(self, mlp: MLP, data: DeviceSplit, batch_size: int) -> None:
-        self.mlp, self.data, self.batch_size = mlp, data, batch_size
+    def __init__(self, mlp: MLP, data: DeviceSplit, batch_size: int, collective: Collective | None = None) -> None:
+        self.mlp, self.data, self.batch_size, self.collective = mlp, data, batch_size, collective
+        #: the split where the program reads it (on every device of a collective: placed there once)
+        self.split = (data.x, data.one_hot, data.labels)
+        if collective is not None:
+            self.split = collective.place(self.split)
         self.run: Callable[[tuple, EpochData], tuple] | None = None
         self.tick: Callable[[], Any] = _no_tick
         #: whether ``tick`` runs per batch (the backend runs the epoch eagerly)
@@ -281,21 +302,31 @@ class CompiledEpoch:
     def _inputs(self, order: Any) -> tuple[tuple, EpochData]:
         mlp = self.mlp
         carry = (mlp.training_state, *_zero_sums(mlp, self.data))
-        return carry, epoch_data(mlp, self.data, order, self.batch_size)
+        d = epoch_data(mlp, self.data, order, self.batch_size, self.collective)
+        return carry, d._replace(x=self.split[0], one_hot=self.split[1], labels=self.split[2])
 
     def compile(self, order: Any) -> float:
         """Compile for epochs shaped like ``order`` (once); the seconds a compiling backend spent, else 0."""
         if self.run is not None:
             return 0.0
         backend, inputs = self.mlp.backend, self._inputs(order)
-        key = program_key(self.mlp, self.data.n, self.batch_size, inputs) if backend.compiles else None
+        key = (
+            program_key(self.mlp, self.data.n, self.batch_size, inputs)
+            if backend.compiles and not self.collective
+            else None
+        )
         if key in _PROGRAMS:
             _PROGRAMS.move_to_end(key)
             self.run = _PROGRAMS[key]
             return 0.0
         started = time.perf_counter()
         tick = (lambda: self.tick()) if self.ticks else None
-        self.run = backend.compile(make_epoch(self.mlp, self.data.n, self.batch_size, tick), *inputs)
+        epoch = make_epoch(self.mlp, self.data.n, self.batch_size, tick, self.collective)
+        if self.collective is None:
+            self.run = backend.compile(epoch, *inputs)
+        else:  # only the index matrix is split among the devices
+            sharded = (False, EpochData(*(name == "batches" for name in EpochData._fields)))
+            self.run = self.collective.compile(epoch, sharded, *inputs)
         if key is not None:
             _PROGRAMS[key] = self.run
             while len(_PROGRAMS) > PROGRAMS_KEPT:
@@ -305,6 +336,7 @@ class CompiledEpoch:
     def __call__(self, order: Any, tick: Callable[[], Any] | None = None) -> list[Array]:
         self.compile(order)
         self.tick = tick or _no_tick
-        state, *sums = self.run(*self._inputs(order))
+        result = self.run(*self._inputs(order))
+        state, *sums = result if self.collective is None else self.collective.local(result)
         self.mlp.training_state = state
         return sums

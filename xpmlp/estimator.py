@@ -112,6 +112,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         Where to train (see :func:`xpmlp.get_backend`); default ``$XPMLP_BACKEND``/NumPy.
     dtype
         ``"float32"`` or ``"float64"``; None: float32 for float32 input, else float64.
+    devices
+        Data-parallel training on this many devices (:func:`xpmlp.fit`'s ``devices``: JAX's devices, or
+        one torch process per device); the batch size must be a multiple. The result is one device's.
 
     Attributes
     ----------
@@ -172,6 +175,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         backend: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        devices: int = 1,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -198,6 +202,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.backend = backend
         self.device = device
         self.dtype = dtype
+        self.devices = devices
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
         """Train on ``X`` (n_samples, n_features) and labels ``y``: a new network, or with warm_start the fitted one.
@@ -385,6 +390,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 progress=False,
                 callbacks=[after_epoch],
                 shuffle=self.shuffle,
+                devices=self.devices,
             )
         finally:
             self._publish(history.epochs - started)

@@ -9,6 +9,13 @@ normalise zᵢ with BatchNorm; then aᵢ = fᵢ(zᵢ). The loss is the batch mea
 
 With ``l2`` = λ > 0 the objective gains λ/2·Σᵢ‖Wᵢ‖², so ∂L/∂Wᵢ gains λ·Wᵢ.
 
+Data-parallel over N devices (:mod:`xpmlp.parallel`), each holding a shard B_k of
+the global batch of m rows: the first δ is ∂L/∂a_L divided by the global m, BatchNorm
+sums over the whole batch (its docstring), and ∂L/∂Wᵢ = AR(aᵢ₋₁ᵀ·δ over B_k),
+∂L/∂bᵢ = AR(Σ_{B_k} δ) in one all-reduce of every (W, b) gradient, before λ·Wᵢ is
+added; the update then runs identically on every device. A step costs 3 all-reduces
+per BatchNorm layer + 1.
+
 ``step`` applies momentum to every W, b, γ, β:  v ← μ·v − η·∂L/∂p;  p ← p + v.
 All parameters live in one flat array and all velocities in another (W, b, γ, β
 are views into it), so the update is four operations for the whole network.
@@ -28,6 +35,7 @@ from .backend import Array, Backend, float_dtype_name, get_backend, host, namesp
 from .batchnorm import BatchNorm
 from .checks import as_float, as_int, as_rate
 from .loss import SoftmaxCrossEntropy
+from .parallel import ONE_DEVICE, Shards
 from .state import FlatBuffer, TrainingState
 
 __all__ = ["MLP"]
@@ -188,6 +196,8 @@ class MLP:
         self.dW = [xp.zeros_like(w) for w in self.W]
         self.db = [xp.zeros_like(b) for b in self.b]
         self.train_mode = True
+        #: the data-parallel hook (:mod:`xpmlp.parallel`); :meth:`use_shards` sets it here and in every BN layer
+        self.shards: Shards = ONE_DEVICE
         self.input: Array | None = None
         self.output: Array | None = None
         for layer in [*activations, criterion]:  # released when this model is garbage-collected
@@ -412,22 +422,35 @@ class MLP:
         xp = namespace_of(y)
         loss = self.criterion(self.output, y)
         delta = self.criterion.derivative()
-        if weights is not None:  # uᵢ = N·wᵢ/Σ w: the batch mean of uᵢ·Lᵢ is Σ wᵢLᵢ / Σ wᵢ
-            u = weights * (y.shape[0] / xp.sum(weights))
+        m = self.shards.rows(y.shape[0])  # the batch's rows, on every device together
+        if weights is not None:  # uᵢ = m·wᵢ/Σ w: the batch mean of uᵢ·Lᵢ is Σ wᵢLᵢ / Σ wᵢ
+            u = weights * (m / self.shards.allsum(xp.sum(weights)))
             loss, delta = u * loss, delta * u[:, None]
-        delta = delta / y.shape[0]
+        delta = delta / m
         for i in reversed(range(self.nlayers)):
             delta = _through_activation(self.activations[i], delta)
             if i < self.num_bn_layers:
                 delta = self.bn_layers[i].backward(delta)
             a_prev = self.input if i == 0 else self.activations[i - 1].state
             self.dW[i] = xp.matmul(a_prev.T, delta)
-            if self.l2:
-                self.dW[i] = self.dW[i] + self.l2 * self.W[i]
             self.db[i] = xp.sum(delta, axis=0, keepdims=True)
             if i > 0:
                 delta = xp.matmul(delta, self.W[i].T)
+        n = self.nlayers
+        summed = self.shards.allsum_each([*self.dW, *self.db])  # over the devices' shards; on one, as they are
+        self.dW, self.db = summed[:n], summed[n:]
+        if self.l2:
+            self.dW = [dw + self.l2 * w for dw, w in zip(self.dW, self.W, strict=True)]
         return loss
+
+    def use_shards(self, shards: Shards) -> None:
+        """Sum over ``shards`` (each device's part of the global batch) wherever a step sums over the batch.
+
+        See :mod:`xpmlp.parallel`; the model and every BN layer hold it as ``shards``.
+        """
+        self.shards = shards
+        for bn in self.bn_layers:
+            bn.shards = shards
 
     def zero_grads(self) -> None:
         """Set every gradient to zero."""

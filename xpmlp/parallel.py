@@ -22,9 +22,10 @@ import math
 from collections.abc import Callable, Sequence
 from itertools import accumulate, pairwise
 
-from .backend import Array, namespace_of
+from .backend import Array, Backend, Collective, namespace_of
+from .checks import as_int
 
-__all__ = ["ONE_DEVICE", "Shards"]
+__all__ = ["ONE_DEVICE", "Shards", "collective_for"]
 
 
 class Shards:
@@ -92,6 +93,20 @@ class _OneDevice(Shards):
 
     def allsum_each(self, arrays: Sequence[Array]) -> list[Array]:
         return list(arrays)
+
+
+def collective_for(backend: Backend, devices: int, batch_size: int, compiled: bool) -> Collective | None:
+    """``backend``'s engine to train on ``devices`` > 1 (None for one); ValueError for what cannot run."""
+    devices = as_int("devices", devices, minimum=1)
+    if devices == 1:
+        return None
+    if batch_size % devices:
+        raise ValueError(
+            f"devices={devices} must divide batch_size={batch_size}: each device takes an equal share of every batch"
+        )
+    if not compiled:
+        raise ValueError(f"devices={devices} trains through the compiled epoch; compiled=False runs on one device")
+    return backend.collective(devices)
 
 
 #: The hook on one device (the default of every layer).

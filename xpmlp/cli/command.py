@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import presets
-from ..backend import BackendUnavailableError, get_backend, host
+from ..backend import Backend, BackendUnavailableError, CollectiveError, get_backend, host, prepare_devices
 from ..checks import as_rate
-from ..data import load_mnist, mnist_location
+from ..data import DATASETS, load_mnist, mnist_location
 from ..mlp import MLP
 from ..presets import ACTIVATIONS, DEFAULTS, HW1, INITS, build_mlp, leaves_batch_of_one, scheduled_lr
 from ..training import EVAL_CHUNK, History, fit
+from .parallel import processes
 from .runs import (
     CHECKPOINT,
     RESUMED,
@@ -125,6 +126,12 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
         type=_folder,
         help="MNIST folder (default $XPMLP_DATA, else ~/.cache/xpmlp/mnist, downloaded if absent)",
     )
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="mnist",
+        help="MNIST or a data set in its format (default mnist; the others in ~/.cache/xpmlp/<dataset>)",
+    )
     p.add_argument("--out", type=_folder, default="runs/latest", help="output folder (default runs/latest)")
     p.add_argument("--resume", action="store_true", help=f"continue the run whose {CHECKPOINT} is in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files) with a new one")
@@ -134,6 +141,12 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
     p.add_argument("--device", help="cpu | cuda | cuda:N (default $XPMLP_DEVICE, else the backend's own)")
     p.add_argument(
         "--no-compile", action="store_true", help="train with the eager HW1 loop instead of the compiled epoch"
+    )
+    p.add_argument(
+        "--devices",
+        type=POSITIVE,
+        default=1,
+        help="data-parallel on N devices, each a share of every batch (jax: its devices; torch: N processes)",
     )
     p.add_argument(
         "--hw1",
@@ -167,6 +180,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
         for problem in (memory_problem(args.hiddens, args.dtype), schedule_problem(args)):
             if problem:
                 p.error(problem)
+    prepare_devices(args.backend, args.devices)  # before the backend starts: JAX fixes its CPU devices then
     if not args.resume or args.backend is not None or os.environ.get("XPMLP_BACKEND", "").strip():
         # (else the resumed run goes on on the backend and device it trained on: read from its checkpoint)
         try:
@@ -175,6 +189,11 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
             p.error(str(exc))
         args.backend, args.device = backend.name, backend.device
         args.backends = [{"backend": backend.name, "device": backend.device, "from_epoch": 1}]
+        problem = devices_problem(backend, args)
+        if problem:
+            p.error(problem)
+    elif args.devices > 1:
+        p.error(f"--resume --devices {args.devices}: name the --backend to train on (jax or torch)")
     out = Path(args.out)
     try:
         taken = out.exists() and not out.is_dir()
@@ -183,6 +202,15 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
     if taken:
         p.error(f"--out {out} is a file, not a folder; name a folder (it is created if absent)")
     return args
+
+
+def devices_problem(backend: Backend, args: argparse.Namespace) -> str | None:
+    """Why ``--devices`` cannot train here, or None."""
+    if args.devices > 1 and args.no_compile:
+        return f"--devices {args.devices} trains through the compiled epoch: drop --no-compile (or --devices)"
+    if args.batch_size % args.devices:
+        return f"--devices {args.devices} must divide --batch-size {args.batch_size} (each device takes a share)"
+    return backend.devices_problem(args.devices)
 
 
 def memory_problem(hiddens: list[int], dtype: str) -> str | None:
@@ -298,10 +326,12 @@ def run(argv: list[str] | None = None, prog: str = "train.py") -> dict[str, Any]
     progress = Progress(Path(args.out))
     with terminate_as_interrupt() as terminated:
         try:
-            return train(args, progress)
+            with processes(args.backend, args.device, args.devices, sys.argv[1:] if argv is None else argv) as group:
+                args.rank = group.rank
+                return train(args, progress)
         except UsageError as exc:
             fail(str(exc), 2, prog)
-        except (RunError, FloatingPointError) as exc:
+        except (RunError, FloatingPointError, CollectiveError) as exc:
             fail(f"{exc}; {progress.state()}", 1, prog)
         except KeyboardInterrupt:
             what = "terminated" if terminated else "interrupted"
@@ -316,13 +346,18 @@ def run(argv: list[str] | None = None, prog: str = "train.py") -> dict[str, Any]
 
 
 def train(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    """train.py on checked flags: the folder, the run, the data, the epochs, the results."""
+    """train.py on checked flags: the folder, the run, the data, the epochs, the results.
+
+    A data-parallel run's other processes (``args.rank`` > 0) train alongside, writing nothing.
+    """
+    if args.rank:
+        return train_in(args, Path(args.out), progress, writes=False)
     with run_folder(args, progress) as out:
         return train_in(args, out, progress)
 
 
-def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[str, Any]:
-    """train.py in the locked, writable folder ``out``."""
+def train_in(args: argparse.Namespace, out: Path, progress: Progress, writes: bool = True) -> dict[str, Any]:
+    """train.py in the locked, writable folder ``out`` (without ``writes``: it only trains)."""
     if args.resume:
         mlp, history = resume(args, out, progress)
         problem = schedule_problem(args)
@@ -333,16 +368,16 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
         mlp, history = build(args), History()
     backend = get_backend(mlp.backend)
     explicit = args.data is not None or bool(os.environ.get("XPMLP_DATA"))
-    try:
-        (train_split, val, test) = load_mnist(args.data, download=not explicit)  # a folder named is not filled
+    try:  # a folder named is not filled
+        (train_split, val, test) = load_mnist(args.data, download=not explicit, dataset=args.dataset)
     except (OSError, ValueError) as exc:
         raise UsageError(f"{exc}" + (" (or --data)" if explicit else "")) from None
-    args.data = str(mnist_location(args.data)[0])  # what metrics.json records: also $XPMLP_DATA's or the cache's
+    args.data = str(mnist_location(args.data, args.dataset)[0])  # metrics.json records it: $XPMLP_DATA, the cache
     batch_problem(mlp, len(train_split[0]), args.batch_size)
     config = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("resume", "overwrite", "quiet", "no_plots", "given", "no_compile", "prog")
+        if k not in ("resume", "overwrite", "quiet", "no_plots", "given", "no_compile", "prog", "rank")
     }
     say(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train_split[0])} training images")
 
@@ -376,10 +411,13 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
             seed=args.seed,
             history=history,
             patience=args.patience,
-            progress=False if args.quiet else None,
-            callbacks=[schedule, report],
+            progress=False if args.quiet or not writes else None,
+            callbacks=[schedule, report] if writes else [schedule],
             compiled=not args.no_compile,
+            devices=args.devices,
         )
+    if not writes:
+        return {}
     checkpoint(history)  # also when no epoch ran (--epochs 0, or the results of a finished run)
     progress.trained = True
     return results(args, out, mlp, history, test, config)
