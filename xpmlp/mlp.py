@@ -194,6 +194,22 @@ class MLP:
             with contextlib.suppress(TypeError):
                 _OWNERS[layer] = weakref.ref(self)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """An unpickled or deep-copied model: W, b, γ, β views of its flat buffer again, its layers its own.
+
+        Pickle and deepcopy copy each array apart (NumPy's views, and torch's when pickled, become
+        arrays of their own), so an in-place change of ``mlp.W[0]`` would no longer reach the
+        buffer :meth:`step` updates, and the parameters would take twice their memory.
+        """
+        vars(self).update(state)
+        params = self._flat.current(self._parameter_arrays())
+        self._flat.buffer = None  # W, b, γ, β are not views of the copied buffer: cut it again
+        self._set_parameters(params)
+        for layer in [*self.activations, self.criterion]:
+            if _owner(layer) is None:  # a deep copy's own layers (a shallow copy shares the original's)
+                with contextlib.suppress(TypeError):
+                    _OWNERS[layer] = weakref.ref(self)
+
     def __repr__(self) -> str:
         sizes = "-".join(str(n) for n in [self.input_size, *self.hiddens, self.output_size])
         acts = ", ".join(repr(a) for a in self.activations)
@@ -350,7 +366,8 @@ class MLP:
 
     def _scratch(self) -> MLP:
         """A copy of the model whose lists and layer objects are copies: what runs on it leaves the model alone."""
-        scratch = copy.copy(self)
+        scratch = object.__new__(type(self))  # not copy.copy: __setstate__ would cut new views
+        vars(scratch).update(vars(self))
         scratch.W, scratch.b, scratch.dW, scratch.db = list(self.W), list(self.b), list(self.dW), list(self.db)
         scratch.activations = [copy.copy(a) for a in self.activations]
         scratch.bn_layers = [copy.copy(bn) for bn in self.bn_layers]
