@@ -64,6 +64,18 @@ def _check_layers(activations: Iterable[Any], criterion: Any, nlayers: int) -> l
     return activations
 
 
+def _check_initial_values(weights: Sequence[Any], biases: Sequence[Any], dtype: str) -> None:
+    """ValueError naming the init function whose array for a layer is not real numbers finite in ``dtype``."""
+    for name, arrays in (("weight_init_fn", weights), ("bias_init_fn", biases)):
+        for k, a in enumerate(arrays):
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"{name} returned an array of dtype {a.dtype} for layer {k}; real numbers are needed")
+            with host.errstate(over="ignore", invalid="ignore"):  # 1e39 becomes inf in float32: refused below
+                finite = a.dtype.kind != "f" or bool(host.isfinite(a.astype(dtype)).all())
+            if not finite:
+                raise ValueError(f"{name} returned NaN or values infinite in {dtype} for layer {k}")
+
+
 def _through_activation(act: Activation, delta: Array) -> Array:
     """δ ⊙ f′(z): the gradient through an activation (Identity's f′ = 1 costs nothing)."""
     return delta if type(act) is Identity else delta * act.derivative()
@@ -166,6 +178,7 @@ class MLP:
             found = host.result_type(*weights, *biases)
             dtype = found.name if found.name in ("float32", "float64") else "float64"
         self.dtype = float_dtype_name(dtype)
+        _check_initial_values(weights, biases, self.dtype)
 
         self.input_size, self.output_size = input_size, output_size
         self.hiddens = hiddens
