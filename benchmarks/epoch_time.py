@@ -627,7 +627,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def chart(report: dict, path: Path) -> bool:
-    """A PNG of the epoch times: a panel per (dtype, batch, BN), a bar per row, log scale; False without matplotlib."""
+    """A PNG of the epoch times: a panel per (dtype, batch, BN), a bar per row, log scale; False without matplotlib
+    or without rows (``--phase gpu`` on a machine without a GPU)."""
+    if not report["rows"]:
+        return False
     try:
         import matplotlib
     except ImportError:

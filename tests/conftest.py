@@ -16,6 +16,7 @@ they share lives in ``tests/support/``:
 ``support.products``     ``GEMMS``: the kinds of matrix product a step computes
 ``support.cuda_host``    the generated CUDA compiled with g++ and run on the CPU (blocks in turn)
 ``support.fake_cupy``    a stand-in for CuPy that enforces a GPU's rules, for the compiled epoch without a GPU
+``support.data_parallel`` one process of a data-parallel run (JAX's forced devices, a torch gloo rank)
 
 Here: the ``backend`` and ``dtype`` fixtures, ``data`` (from ``support.cli``), ``TOL``, ``rel_err``
 and ``numerical_grad``.

@@ -442,3 +442,17 @@ def test_zero_grads_gives_every_gradient_the_shape_of_its_parameter(backend):
     before = snapshot(model)
     model.step()  # zero gradients and zero velocities: nothing moves
     assert_untouched(model, before)
+
+
+def test_a_rate_is_checked_in_the_models_dtype():
+    """``checks.as_rate``: what the rate is where it is used; 1e-50 is 0 and 1e39 infinite in float32."""
+    from xpmlp.checks import as_rate
+
+    assert as_rate("lr", 1e-50, "float64") == 1e-50 and as_rate("lr", 0, "float32") == 0.0
+    assert as_rate("lr", 1e-45, "float32") == 1e-45  # a subnormal float32: small, not 0
+    with pytest.raises(ValueError, match=r"lr = 1e-50 is 0 in the model's float32 \(its smallest is 1.401e-45\)"):
+        as_rate("lr", 1e-50, "float32")
+    with pytest.raises(
+        ValueError, match=r"lr = 1e\+39 is infinite in the model's float32 \(its largest is 3.403e\+38\)"
+    ):
+        as_rate("lr", 1e39, "float32")

@@ -10,7 +10,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +76,22 @@ def refused(capsys, argv: list[str], status: int = 2) -> str:
         (["--activation", "gelu"], "--activation"),
         (["--seed", str(2**32)], "argument --seed: '4294967296' is not an integer in [0, 2**32 - 1]"),
         (["--out", ""], "argument --out: an empty name is no folder"),
+        (["--out", "x" * 300], "File name too long; choose another --out"),
         (["--data", " "], "argument --data: an empty name is no folder"),
         (["--resume", "--overwrite"], "--resume continues the run in --out and --overwrite replaces it"),
         (["--hiddens", "100000000,100000000"], "parameters need about"),
         (["--hiddens", "1000000000000", "--bn-layers", "1"], "more than this machine's"),
         (["--lr-decay", "10", "--epochs", "400"], "overflows to infinity before epoch 400"),
         (["--epochs", "2000"], "--lr 0.2 with --lr-decay 0.6: the learning rate lr·decay^k underflows to 0"),
+        (
+            ["--lr", "1e-50"],
+            "--lr = 1e-50 is 0 in the model's float32 (its smallest is 1.401e-45): it would change nothing",
+        ),
+        (["--lr", "1e39"], "--lr = 1e+39 is infinite in the model's float32 (its largest is 3.403e+38)"),
+        (["--momentum", "0.99999999"], "--momentum = 0.99999999 rounds to 1.0 in the model's float32"),
+        (["--lr", "0", "--lr-decay", "1e200"], "lr·decay^k is 0·∞, undefined (decay^k overflows to infinity)"),
+        (["--lr-decay", "0.1", "--epochs", "50"], "underflows to 0 before epoch 50 (--epochs) in float32"),
+        (["--lr", "1e300", "--lr-decay", "1e10", "--epochs", "3", "--dtype", "float64"], "overflows to infinity"),
     ],
 )
 def test_bad_flags_get_one_line_before_anything_is_read_or_written(tmp_path, capsys, flags, words):
@@ -192,10 +201,9 @@ def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
     ) as proc:
-        for line in proc.stdout:
+        for line in proc.stdout:  # an event, not a clock: an epoch's line is printed once its checkpoint is saved
             if line.startswith("epoch"):
                 break
-        time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -209,8 +217,8 @@ def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
 
 
 def test_diverged_training_is_one_line(tmp_path, data, capsys):
-    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", "--lr", "1e300", *FAST], 1)
-    assert "training diverged in epoch 1" in line and line.endswith("; nothing was saved")
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", "--lr", "1e38", *FAST], 1)
+    assert "training diverged in epoch 2" in line and line.endswith(f"{tmp_path / 'model.npz'} (epoch 1) is intact")
 
 
 def test_a_checkpoint_save_refuses_is_one_line_that_says_what_is_intact(tmp_path, data, monkeypatch, capsys):
@@ -296,7 +304,8 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, data):
 
 
 def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path, data):
-    for name in (".model.npz.k1ll3d.tmp", ".metrics.json.abc.tmp", ".other.tmp", "notes.txt"):
+    for name in (".model.npz.k1ll3d.tmp", ".metrics.json.abc.tmp", ".other.tmp", "notes.txt",
+                 ".model.npz.new.tmp", "..model.npz.new.tmp.k1ll3d.tmp"):  # fmt: skip
         (tmp_path / name).write_text("x")
     run(["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp", "metrics.json", "model.npz", "notes.txt"]
@@ -469,3 +478,210 @@ def test_ctrl_c_while_jax_compiles_a_resumed_run_exits_130_with_the_checkpoint_i
         "metrics.json",
         "model.npz",
     ]
+
+
+def closed_pipe_run(command: list[str]) -> subprocess.CompletedProcess:
+    """``command | head -1`` once head has gone: every write to stdout fails (EPIPE)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300)
+    finally:
+        os.close(write)
+
+
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path, data):
+    """``train.py ... | head -1``: the lines go nowhere, the run trains on and writes its files."""
+    done = closed_pipe_run([sys.executable, "-m", "xpmlp", "train", "--data", str(data), "--out", str(tmp_path),
+                            "--epochs", "2", *FAST])  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    _, state = xpmlp.load_checkpoint(tmp_path / "model.npz")
+    assert len(state["history"]["train_loss"]) == 2 and (tmp_path / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, FloatingPointError("training diverged in epoch 1")])
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(tmp_path, data, monkeypatch, capsys,
+                                                                           failure):  # fmt: skip
+    import xpmlp.cli.command as cli
+
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST]
+    run(flags)
+    (tmp_path / "curves.png").write_bytes(b"the old run's plot")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def fails_in_epoch_1(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(cli, "fit", fails_in_epoch_1)
+    with pytest.raises(SystemExit) as info:
+        run([*flags, "--overwrite"])
+    assert info.value.code == (130 if failure is KeyboardInterrupt else 1)
+    line = capsys.readouterr().err.strip()
+    assert "before epoch 1" in line or "diverged in epoch 1" in line
+    assert line.endswith(f"nothing was saved (the old run in {tmp_path} is as it was)")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("name", ["model.npz", "metrics.json"])
+@pytest.mark.parametrize("how", [[], ["--overwrite"], ["--resume"]])
+def test_an_output_name_that_is_a_folder_is_one_line(tmp_path, data, capsys, name, how):
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST]
+    if name != "model.npz":
+        run(flags)
+        (tmp_path / name).unlink()
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "notes.txt").write_text("not train.py's")
+    line = refused(capsys, [*flags, *how])
+    assert (f"{name} is not a file" in line) or (how == ["--resume"] and "there is no checkpoint" in line)
+    assert (tmp_path / name / "notes.txt").read_text() == "not train.py's"
+
+
+def test_resume_goes_on_where_the_run_trained_unless_told_otherwise(tmp_path, data, monkeypatch, capsys):
+    monkeypatch.delenv("XPMLP_BACKEND", raising=False)
+    monkeypatch.delenv("XPMLP_DEVICE", raising=False)
+    flags = ["--data", str(data), "--out", str(tmp_path), *FAST]
+    run([*flags, "--epochs", "1", "--backend", "array_api_strict"])
+    metrics = run([*flags, "--epochs", "2", "--resume"])
+    assert metrics["backend"] == "array_api_strict" and capsys.readouterr().err == ""
+    assert xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["args"]["backend"] == "array_api_strict"
+    metrics = run([*flags, "--epochs", "3", "--resume", "--backend", "numpy"])  # told otherwise
+    assert metrics["backend"] == "numpy" and metrics["config"]["backends"] == [
+        {"backend": "array_api_strict", "device": "cpu", "from_epoch": 1},
+        {"backend": "numpy", "device": "cpu", "from_epoch": 3},
+    ]
+    err = capsys.readouterr().err
+    assert "the run trained on array_api_strict (cpu) until epoch 2; it goes on on numpy (cpu)" in err
+
+
+def test_resume_of_a_run_whose_backend_cannot_run_here_is_one_line(tmp_path, data, monkeypatch, capsys):
+    try:
+        xpmlp.get_backend("cupy")
+        pytest.skip("CuPy runs here")
+    except xpmlp.BackendUnavailableError:
+        pass
+    monkeypatch.delenv("XPMLP_BACKEND", raising=False)
+    flags = ["--data", str(data), "--out", str(tmp_path), *FAST]
+    run([*flags, "--epochs", "1"])
+    model, state = xpmlp.load_checkpoint(tmp_path / "model.npz")
+    state["args"] |= {"backend": "cupy", "device": "cuda:0", "backends": None}  # as a GPU machine wrote it
+    xpmlp.save(model, tmp_path / "model.npz", train_state=state)
+    line = refused(capsys, [*flags, "--epochs", "2", "--resume"])
+    assert f"--resume: the run in {tmp_path} trained on cupy (cuda:0), which cannot run here" in line
+    assert "pass --backend (and --device)" in line
+
+
+@pytest.mark.parametrize(
+    ("argv0", "how", "prog"),
+    [("/venv/bin/xpmlp-train", "console script", "xpmlp-train"), ("train.py", "console script", "train.py"),
+     ("/x/xpmlp/__main__.py", "python -m xpmlp train", "xpmlp train")],
+)  # fmt: skip
+def test_messages_name_the_program_that_was_run(monkeypatch, capsys, argv0, how, prog):
+    import xpmlp.__main__
+    from xpmlp.cli import main
+
+    monkeypatch.setattr(sys, "argv", [argv0, "--epochs", "-1"])
+    with pytest.raises(SystemExit) as info:
+        main() if how == "console script" else xpmlp.__main__.main(["train", "--epochs", "-1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: argument --epochs") and err.endswith(f"(see {prog} --help)\n"), err
+
+
+def test_a_full_disk_while_plotting_names_the_file(tmp_path, data, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    import errno
+
+    import xpmlp.cli.plots as plots
+
+    def full_disk(path, write):
+        if Path(path).name == "confusion.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return xpmlp.io.atomic_write(path, write)
+
+    monkeypatch.setattr(plots, "atomic_write", full_disk)
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", "--hiddens", "16", "--bn-layers", "1"]
+    line = refused(capsys, [*flags, "--quiet"], 1)
+    assert f"cannot write to {tmp_path / 'confusion.png'} (No space left on device)" in line
+    assert (tmp_path / "curves.png").is_file() and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "what"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_as_a_checkpoint_is_renamed_reports_that_checkpoint(tmp_path, data, monkeypatch, capsys, sent,
+                                                                     status, what):  # fmt: skip
+    """Ctrl-C or SIGTERM right after the rename: the line names the epoch the file holds (it said the one before)."""
+    import xpmlp.cli.runs as cli
+
+    saves = []
+
+    def save_then_signal(*args, **kwargs):
+        path = xpmlp.save(*args, **kwargs)
+        saves.append(path)
+        if len(saves) == 2:
+            signal.raise_signal(sent)
+        return path
+
+    monkeypatch.setattr(cli, "save", save_then_signal)
+    with pytest.raises(SystemExit) as info:
+        run(["--data", str(data), "--out", str(tmp_path), "--epochs", "5", *FAST])
+    assert info.value.code == status
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"train.py: {what} after epoch 2; rerun with --resume to continue ({tmp_path / 'model.npz'} (epoch 2) "
+        "is intact)"
+    ]
+    assert len(xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["history"]["train_loss"]) == 2
+    assert not (tmp_path / ".train.lock").exists()
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_releases_the_lock(tmp_path, data):
+    argv = [sys.executable, "-m", "xpmlp", "train", "--data", str(data), "--out", str(tmp_path), "--epochs", "100000",
+            "--lr-decay", "1", *FAST]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        for line in proc.stdout:  # the first epoch saved and reported
+            if line.startswith("epoch"):
+                break
+        proc.terminate()
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xpmlp train: terminated after epoch "), err
+    epochs = int(lines[0].split("terminated after epoch ")[1].split(";")[0])
+    assert len(xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["history"]["train_loss"]) == epochs >= 1
+    assert not (tmp_path / ".train.lock").exists()
+
+
+def test_the_files_record_the_data_folder_also_when_it_came_from_xpmlp_data(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("XPMLP_DATA", str(data))
+    metrics = run(["--out", str(tmp_path), "--epochs", "0", *FAST])
+    assert metrics["config"]["data"] == str(data)
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["data"] == str(data)
+
+
+def test_help_is_ascii_so_that_any_locale_prints_it(capsys):
+    """PYTHONIOENCODING=ascii (or a C locale without UTF-8) printed a UnicodeEncodeError for lr·decay^k."""
+    with pytest.raises(SystemExit) as info:
+        run(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "--lr-decay" in out and out.isascii()
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alone(tmp_path, data, capsys):
+    """The lock was opened through the link and truncated to a process id: the file it pointed to was lost."""
+    (tmp_path / "precious.txt").write_text("precious")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".train.lock").symlink_to(tmp_path / "precious.txt")
+    line = refused(capsys, ["--data", str(data), "--out", str(out), "--epochs", "1", *FAST])
+    assert "its lock file .train.lock is a symbolic link" in line
+    assert (tmp_path / "precious.txt").read_text() == "precious" and (out / ".train.lock").is_symlink()
+
+
+def test_a_closed_stderr_does_not_stop_the_run(tmp_path, data):
+    """``train.py ... 2>&-``: Python has no sys.stderr; the progress bar crashed the run (exit 1, nothing said)."""
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", "--hiddens", "16", "--bn-layers", "1"]
+    done = subprocess.run([sys.executable, "train.py", *flags, "--no-plots"], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2), timeout=300)  # fmt: skip
+    assert done.returncode == 0
+    assert len(xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["history"]["train_loss"]) == 1

@@ -10,6 +10,9 @@ from sklearn.datasets import load_digits
 
 from xpmlp import MLPClassifier
 
+# fits of a few epochs run out of max_iter on purpose; the warning itself is tested in test_estimator_sklearn.py
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 SMALL = {"hidden_layer_sizes": (16,), "random_state": 0, "dtype": "float64"}
 MEMORISES = {**SMALL, "hidden_layer_sizes": (64,), "lr_decay": 1.0}
 

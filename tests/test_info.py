@@ -110,7 +110,10 @@ def test_an_invalid_xpmlp_backend_is_flagged(capsys, monkeypatch):
 def test_a_missing_xpmlp_device_is_flagged(capsys, monkeypatch):
     monkeypatch.setenv("XPMLP_BACKEND", "numpy")
     monkeypatch.setenv("XPMLP_DEVICE", "cuda:7")
-    assert "default backend: INVALID ($XPMLP_BACKEND='numpy'): " in info(capsys)
+    out = info(capsys)
+    assert "default backend: INVALID ($XPMLP_BACKEND='numpy'): " in out
+    # numpy runs: only the device is wrong (it said "numpy cannot run")
+    assert "  numpy             runs, but not as $XPMLP_DEVICE says: $XPMLP_DEVICE='cuda:7' is not available" in out
 
 
 def test_thread_counts_of_blas_torch_and_jax(capsys, monkeypatch):
@@ -163,3 +166,15 @@ def test_what_train_py_does_without_data_is_what_the_report_says(capsys, monkeyp
     with pytest.raises(SystemExit) as exit_info:
         train(["--epochs", "1", "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2 and "train.py: error:" in capsys.readouterr().err
+
+
+def test_info_into_a_closed_pipe_exits_quietly():
+    """``xpmlp info --json | head``: head has what it wanted; no traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "xpmlp", "info", "--json"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=300)  # fmt: skip
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")

@@ -423,3 +423,18 @@ def test_the_temporary_file_of_a_save_lies_beside_its_target(tmp_path):
     xio.atomic_write(folder / "m.npz", write)
     assert len(seen) == 1 and seen[0].startswith(".m.npz.") and seen[0].endswith(".tmp")
     assert [p.name for p in folder.iterdir()] == ["m.npz"]
+
+
+def test_a_checkpoint_marked_encrypted_is_a_value_error_naming_it(tmp_path):
+    """zipfile raises RuntimeError for an encrypted member: one ValueError naming the file, as for any damage."""
+    import struct
+
+    save(trained(), tmp_path / "m.npz")
+    data = bytearray((tmp_path / "m.npz").read_bytes())
+    start = 0
+    while (start := data.find(b"PK\x01\x02", start) + 1) > 0:  # every central-directory entry: the encrypted bit
+        flags = struct.unpack_from("<H", data, start - 1 + 8)[0]
+        struct.pack_into("<H", data, start - 1 + 8, flags | 1)
+    (tmp_path / "locked.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"locked\.npz: not a readable \.npz checkpoint \(File .* is encrypted"):
+        load(tmp_path / "locked.npz")

@@ -364,3 +364,15 @@ def test_ctrl_c_while_jax_compiles_is_raised_once_the_compiler_is_done():
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "KeyboardInterrupt after ['compiled']"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_batch_size_beyond_the_data_is_one_batch_of_every_row(compiled):
+    """10**20 (more than any array dimension) trains as batch_size=N does: one batch of all N rows."""
+    train, val, _ = dataset()
+    whole, beyond = hw1_like(), hw1_like()
+    expected = fit(whole, train, val, epochs=2, batch_size=len(train[0]), seed=0, progress=False, compiled=compiled)
+    got = fit(beyond, train, val, epochs=2, batch_size=10**20, seed=0, progress=False, compiled=compiled)
+    assert got.train_loss == expected.train_loss and got.val_loss == expected.val_loss
+    for key, value in whole.state_dict().items():
+        np.testing.assert_array_equal(beyond.state_dict()[key], value, err_msg=key)

@@ -11,6 +11,7 @@ outputs a thread, issue 0.5; register-blocked micro-tiles aim for ≥ 4.
 
     python tools/sass_report.py                       # HW1+BN float32 batch 100/1000, default+BN batch 100
     python tools/sass_report.py --json out/sass.json  # the table (Markdown) on stdout, the rows as JSON
+    python tools/sass_report.py --nvrtc               # the cubins CuPy makes (NVRTC through RawModule's path)
 
 nvcc comes with the CUDA toolkit; cuobjdump too, else from the nvidia-cuda-cuobjdump wheel
 (``pip install 'xpmlp[sass]'``). :func:`fmas_per_shared_load` is what a test reuses.
@@ -22,12 +23,14 @@ import argparse
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cupy_nvrtc
 import step_kernels
 
 ARCH = "sm_90"
@@ -142,15 +145,28 @@ def _within(address: int, spans: list[tuple[int, int]]) -> bool:
     return any(begin <= address <= end for begin, end in spans)
 
 
+def straight_segments(instructions: list[Instruction], spans: list[tuple[int, int]]) -> list[Loop]:
+    """The code outside every loop in ``spans``, cut at each barrier (``BAR``) and loop: its straight runs."""
+    segments, run = [], []
+    for ins in [*instructions, None]:
+        if ins is None or ins.opcode.startswith("BAR") or _within(ins.address, spans):
+            if run:
+                segment = _region(run, run[0].address, run[-1].address, [])
+                segment.looped = False
+                segments.append(segment)
+            run = []
+        else:
+            run.append(ins)
+    return segments
+
+
 def main_loop(instructions: list[Instruction]) -> Loop | None:
-    """The loop whose own body issues the most FMAs, among those that also load shared memory; where no loop
-    does both (a GEMM of one k-step has its loop unrolled away), the code outside every loop if it does.
-    None where nothing does both."""
+    """The loop whose own body issues the most FMAs, among those that also load shared memory. Where no loop
+    does both (a GEMM of one k-step has its loop unrolled away): the straight run between barriers, outside
+    every loop, that does, with the most FMAs. None where nothing does both."""
     found = loops(instructions)
-    addresses = [i.address for i in instructions]
-    outside = _region(instructions, 0, max(addresses, default=0), [(loop.begin, loop.end) for loop in found])
-    outside.looped = False
-    for candidates in (found, [outside]):
+    straight = straight_segments(instructions, [(loop.begin, loop.end) for loop in found])
+    for candidates in (found, straight):
         best = max((c for c in candidates if c.fmas and c.shared_loads), key=lambda c: c.fmas, default=None)
         if best is not None:
             return best
@@ -171,25 +187,55 @@ def compile_cubin(source: str, folder: Path) -> tuple[Path, str]:
     return cubin, done.stdout + done.stderr
 
 
-def disassemble(cubin: Path) -> str:
-    """``cuobjdump -sass`` of a cubin."""
+def disassemble(cubin: Path, what: str = "-sass") -> str:
+    """``cuobjdump -sass`` (or another of its dumps) of a cubin."""
     cuobjdump = find_tool("cuobjdump")
     if cuobjdump is None:
         raise FileNotFoundError("cuobjdump is not installed (pip install nvidia-cuda-cuobjdump)")
-    return subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    return subprocess.run([cuobjdump, what, str(cubin)], capture_output=True, text=True, check=True).stdout
 
 
-def analyse(cubin_or_source: bytes | str | Path) -> tuple[dict[str, list[Instruction]], dict[str, Resources]]:
-    """Each kernel's SASS and (where compiled from source here) its ptxas resources."""
+def _whole_elf(elf: bytes) -> bytes:
+    """``elf`` with zero bytes added up to the end of its program header table, where it is shorter.
+
+    CuPy 14.2's ``nvrtc.getCUBIN`` drops a cubin's last byte (a zero, of the last program header's
+    alignment): the driver loads it, cuobjdump refuses it.
+    """
+    if elf[:5] != b"\x7fELF\x02":
+        return elf
+    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    return elf + b"\0" * max(0, phoff + phentsize * phnum - len(elf))
+
+
+def parse_res_usage(text: str) -> dict[str, Resources]:
+    """``cuobjdump -res-usage``: per kernel, registers, shared memory (as the cubin records it), stack, and its
+    local memory counted as spills (local memory holds spills, and local arrays: 0 means no spill)."""
+    out = {}
+    for name, fields in re.findall(r"Function (\S+):\s*\n\s*(.*)", text):
+        values = dict(re.findall(r"(\w+(?:\[\d+\])?):(\d+)", fields))
+        out[name] = Resources(int(values["REG"]), int(values["SHARED"]), int(values["STACK"]), int(values["LOCAL"]))
+    return out
+
+
+def analyse(
+    cubin_or_source: bytes | str | Path, compiler: str = "nvcc"
+) -> tuple[dict[str, list[Instruction]], dict[str, Resources]]:
+    """Each kernel's SASS and resources: a source compiled with nvcc (resources from ptxas's report) or with
+    NVRTC as CuPy's RawModule does (tools/cupy_nvrtc.py); a cubin's resources from ``cuobjdump -res-usage``."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        if isinstance(cubin_or_source, str):
+        if isinstance(cubin_or_source, str) and compiler == "nvcc":
             cubin, log = compile_cubin(cubin_or_source, folder)
+            return parse_sass(disassemble(cubin)), parse_ptxas(log)
+        if isinstance(cubin_or_source, str):
+            (compiled,) = cupy_nvrtc.compile_like_rawmodule([cubin_or_source])
+            data = compiled.cubin
         else:
-            cubin, log = folder / "given.cubin", ""
             data = cubin_or_source.read_bytes() if isinstance(cubin_or_source, Path) else cubin_or_source
-            cubin.write_bytes(data)
-        return parse_sass(disassemble(cubin)), parse_ptxas(log)
+        cubin = folder / "given.cubin"
+        cubin.write_bytes(_whole_elf(data))
+        return parse_sass(disassemble(cubin)), parse_res_usage(disassemble(cubin, "-res-usage"))
 
 
 def fmas_per_shared_load(cubin_or_source: bytes | str | Path) -> dict[str, float]:
@@ -219,11 +265,12 @@ class Row:
     spill_bytes: int
 
 
-def report(configs: list[step_kernels.Config]) -> list[Row]:
-    """One row per kernel of each configuration's training step (the epoch loop's body), in launch order."""
+def report(configs: list[step_kernels.Config], compiler: str = "nvcc") -> list[Row]:
+    """One row per kernel of each configuration's training step (the epoch loop's body), in launch order;
+    ``compiler``: nvcc, or nvrtc (what CuPy runs; spills are then the kernel's local memory)."""
     rows = []
     for config in configs:
-        functions, resources = analyse(step_kernels.source(config))
+        functions, resources = analyse(step_kernels.source(config), compiler)
         for spec in step_kernels.step_kernels(config):
             loop, res = main_loop(functions[spec.name]), resources[spec.name]
             g = spec.gemm
@@ -250,7 +297,10 @@ def markdown(rows: list[Row]) -> str:
             f"{r.loop_fmas} / {r.loop_shared_loads} / {r.loop_global_loads} | {r.registers} | {r.shared_bytes} "
             f"| {r.stack_bytes} | {r.spill_bytes} |"
         )
-    lines.append("\n\\* no loop: the k-loop's one step unrolled; counted over the code outside every loop.")
+    lines.append(
+        "\n\\* no loop does both: counted over the straight run between barriers, outside every loop, with the "
+        "most FMAs (a GEMM of one k-step, its loop unrolled away)."
+    )
     return "\n".join(lines)
 
 
@@ -258,11 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     p.add_argument("--all", action="store_true", help="every configuration of the NVRTC test, not three")
+    p.add_argument("--nvrtc", action="store_true", help="compile as CuPy does (NVRTC) instead of with nvcc")
     args = p.parse_args(argv)
     C = step_kernels.Config
     configs = step_kernels.configs() if args.all else [C(), C(batch_size=1000, n=2500), C(network="default")]
+    compiler = "nvrtc" if args.nvrtc else "nvcc"
+    if args.nvrtc and (why := cupy_nvrtc.unavailable()):
+        print(f"sass_report: {why}", file=sys.stderr)
+        return 2
     try:
-        rows = report(configs)
+        rows = report(configs, compiler)
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"sass_report: {exc}", file=sys.stderr)
         return 2
@@ -270,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"arch": ARCH, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+        tmp.write_text(json.dumps({"arch": ARCH, "compiler": compiler, "rows": [asdict(r) for r in rows]}, indent=1))
         tmp.replace(args.json)
     return 0
 

@@ -5,8 +5,9 @@ grouped into kernels and written as one CUDA module, exactly as the CuPy backend
 does before it hands the source to ``cupy.RawModule``. Used by tools/sass_report.py and by
 the NVRTC test (tests/compiler/test_nvrtc.py).
 
-Networks (``NETWORKS``): ``hw1``, the homework's 784-64-64-32-10 sigmoid (BN on layer 1 where
-``bn``), and ``default``, train.py's 784-256-128-10 ReLU (BN on both hidden layers where ``bn``).
+Networks (``NETWORKS``, from xpmlp.presets): ``hw1``, the homework's 784-64-64-32-10 sigmoid (BN on
+layer 1 where ``bn``), and ``default``, train.py's 784-256-128-10 ReLU (BN on both hidden layers
+where ``bn``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import xpmlp
 from xpmlp.compiler.cuda import kernel_source, module_source
 from xpmlp.compiler.fuse import KernelSpec, Plan, make_plan
 from xpmlp.compiler.trace import trace
+from xpmlp.presets import DEFAULTS, HW1, build_mlp
 from xpmlp.training import CompiledEpoch, DeviceSplit, make_epoch
 
-NETWORKS: dict[str, dict[str, Any]] = {
-    "hw1": {"hiddens": (64, 64, 32), "activation": xpmlp.Sigmoid, "bn": 1, "init": xpmlp.random_normal_weight_init},
-    "default": {"hiddens": (256, 128), "activation": xpmlp.ReLU, "bn": 2, "init": xpmlp.he_normal_weight_init},
-}
+__all__ = ["NETWORKS", "Config", "configs", "kernel_sources", "model", "plan", "source", "step_kernels"]
+
+#: the networks by name: the homework's and train.py's default (xpmlp.presets)
+NETWORKS: dict[str, dict[str, Any]] = {"hw1": HW1, "default": DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,11 @@ class Config:
 
 
 def model(config: Config, backend: str = "numpy") -> xpmlp.MLP:
-    """The configuration's network with seeded initial weights."""
+    """The configuration's network, its initial weights drawn from a generator seeded 0."""
     net = NETWORKS[config.network]
-    np.random.seed(0)
-    acts = [net["activation"]() for _ in net["hiddens"]] + [xpmlp.Identity()]
-    bn = net["bn"] if config.bn else 0
-    return xpmlp.MLP(784, 10, list(net["hiddens"]), acts, net["init"], xpmlp.zeros_bias_init,
-                     xpmlp.SoftmaxCrossEntropy(), 0.008, 0.9, bn, backend=backend, dtype=config.dtype)  # fmt: skip
+    return build_mlp(784, 10, net["hiddens"], activation=net["activation"], init=net["init"], lr=net["lr"],
+                     momentum=net["momentum"], bn_layers=net["bn_layers"] if config.bn else 0,
+                     rng=np.random.default_rng(0), backend=backend, dtype=config.dtype)  # fmt: skip
 
 
 def examples(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +70,7 @@ def plan(config: Config) -> Plan:
     data = DeviceSplit(mlp, examples(config.n), "training")
     epoch = CompiledEpoch(mlp, data, config.batch_size)
     args = epoch._inputs(np.arange(config.n))
-    program = trace(make_epoch(mlp, config.n, config.batch_size), args)
-    return make_plan(program)
+    return make_plan(trace(make_epoch(mlp, config.n, config.batch_size), args))
 
 
 def source(config: Config, names: Sequence[str] | None = None) -> str:

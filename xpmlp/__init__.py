@@ -11,7 +11,7 @@ from .batchnorm import BatchNorm
 from .data import load_mnist
 from .init import he_normal_weight_init, random_normal_weight_init, zeros_bias_init
 from .io import load, load_checkpoint, save
-from .loss import SoftmaxCrossEntropy
+from .loss import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from .mlp import MLP
 from .state import TrainingState
 from .training import EarlyStopping, History, confusion_matrix, evaluate, fit, get_training_stats, predict
@@ -42,6 +42,7 @@ __all__ = [
     "Identity",
     "ReLU",
     "Sigmoid",
+    "SigmoidBinaryCrossEntropy",
     "SoftmaxCrossEntropy",
     "Tanh",
     "TrainingState",

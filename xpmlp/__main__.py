@@ -12,17 +12,18 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         from .cli import main as train
 
-        return train(argv[1:])
+        return train(argv[1:], prog="xpmlp train")
     parser = argparse.ArgumentParser(prog="xpmlp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions, backends, devices and data location, for bug reports")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     commands.add_parser("train", help="train on MNIST (python -m xpmlp train --help)")
     args = parser.parse_args(argv)
+    from .cli.runs import say
     from .info import format_report, report
 
     found = report()
-    print(json.dumps(found, indent=2) if args.json else format_report(found))
+    say(json.dumps(found, indent=2) if args.json else format_report(found))  # | head: what head took is enough
     return 0
 
 

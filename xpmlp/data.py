@@ -1,7 +1,9 @@
-"""MNIST: the four original IDX files, the homework's .npy files, or CSV.
+"""MNIST and the data sets in its format: the four original IDX files, the homework's .npy files, or CSV.
 
 ``load_mnist`` returns the homework split as host NumPy arrays: the first 50,000
 training images train, the last 10,000 validate, the 10,000 t10k images test.
+``dataset=`` picks MNIST, Fashion-MNIST (Zalando's clothes) or Kuzushiji-MNIST
+(KMNIST, cursive Japanese): the same four file names, 28×28 grey levels, 10 classes.
 """
 
 from __future__ import annotations
@@ -14,12 +16,22 @@ import tempfile
 import urllib.request
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .backend import host
 
-__all__ = ["DEFAULT_CACHE", "IDX_FILES", "MIRRORS", "download_mnist", "load_mnist", "mnist_location", "read_idx"]
+__all__ = [
+    "DATASETS",
+    "DEFAULT_CACHE",
+    "IDX_FILES",
+    "MIRRORS",
+    "download_mnist",
+    "load_mnist",
+    "mnist_location",
+    "read_idx",
+]
 
 #: The original files and the sha256 of each (gzipped) file.
 IDX_FILES = {
@@ -34,6 +46,58 @@ MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
 DEFAULT_CACHE = Path("~/.cache/xpmlp/mnist")
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """A data set in MNIST's four IDX files: its name, each file's published checksum, its mirrors."""
+
+    title: str
+    checksums: dict[str, tuple[str, str]]  # file -> (hashlib algorithm, hex digest)
+    mirrors: tuple[str, ...]
+
+
+#: The data sets ``dataset=`` names. MNIST's files carry sha256 sums; Fashion-MNIST's and KMNIST's the
+#: md5 sums their authors publish (github.com/zalandoresearch/fashion-mnist, github.com/rois-codh/kmnist).
+DATASETS = {
+    "mnist": IdxDataset("MNIST", {name: ("sha256", digest) for name, digest in IDX_FILES.items()}, MIRRORS),
+    "fashion-mnist": IdxDataset(
+        "Fashion-MNIST",
+        {
+            "train-images-idx3-ubyte.gz": ("md5", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+            "train-labels-idx1-ubyte.gz": ("md5", "25c81989df183df01b3e8a0aad5dffbe"),
+            "t10k-images-idx3-ubyte.gz": ("md5", "bef4ecab320f06d8554ea6380940ec79"),
+            "t10k-labels-idx1-ubyte.gz": ("md5", "bb300cfdad3c16e7a12a480ee83cd310"),
+        },
+        (
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        ),
+    ),
+    "kmnist": IdxDataset(
+        "Kuzushiji-MNIST",
+        {
+            "train-images-idx3-ubyte.gz": ("md5", "bdb82020997e1d708af4cf47b453dcf7"),
+            "train-labels-idx1-ubyte.gz": ("md5", "e144d726b3acfaa3e44228e80efcd344"),
+            "t10k-images-idx3-ubyte.gz": ("md5", "5c965bf0a639b31b8f53240b1b52f4d7"),
+            "t10k-labels-idx1-ubyte.gz": ("md5", "7320c461ea6c1c855c0b718fb2a4b134"),
+        },
+        ("https://codh.rois.ac.jp/kmnist/dataset/kmnist/", "http://codh.rois.ac.jp/kmnist/dataset/kmnist/"),
+    ),
+}
+
+
+def _dataset(name: str) -> IdxDataset:
+    """The data set called ``name``; ValueError naming those there are."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def _mirrors(name: str) -> Sequence[str]:
+    return MIRRORS if name == "mnist" else DATASETS[name].mirrors  # MNIST's read when called: tests replace it
+
+
 NPY_FILES = ("train_data", "train_labels", "val_data", "val_labels", "test_data", "test_labels")
 CSV_FILES = ("mnist_train.csv", "mnist_test.csv")
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
@@ -142,12 +206,12 @@ def _idx_name(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _load_idx(directory: Path, validation_size: int, verify: bool) -> tuple[Split, Split, Split]:
+def _load_idx(directory: Path, validation_size: int, verify: bool, dataset: str) -> tuple[Split, Split, Split]:
     paths = {name: _idx_name(directory, name) for name in IDX_FILES}
     if verify:
         for name, path in paths.items():
             if path is not None and path.suffix == ".gz":
-                _verify(path, IDX_FILES[name])
+                _verify(path, DATASETS[dataset].checksums[name])
     train_x = read_idx(paths["train-images-idx3-ubyte.gz"], IMAGE_MAGIC)
     train_y = read_idx(paths["train-labels-idx1-ubyte.gz"], LABEL_MAGIC)
     test_x = read_idx(paths["t10k-images-idx3-ubyte.gz"], IMAGE_MAGIC)
@@ -190,32 +254,41 @@ def _load_csv(directory: Path, validation_size: int) -> tuple[Split, Split, Spli
     return (*_split_train(*train, validation_size, str(paths[0])), test)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _verify(path: Path, sha256: str) -> None:
-    found = _sha256(path)
-    if found != sha256:
-        raise ValueError(f"{path}: checksum mismatch (sha256 {found}, expected {sha256}); the file is damaged")
+def _verify(path: Path, checksum: tuple[str, str]) -> None:
+    algorithm, expected = checksum
+    found = _digest(path, algorithm)
+    if found != expected:
+        raise ValueError(f"{path}: checksum mismatch ({algorithm} {found}, expected {expected}); the file is damaged")
 
 
-def download_mnist(directory: str | os.PathLike, mirrors: Sequence[str] = MIRRORS, timeout: float = 30) -> Path:
-    """Fetch the four original IDX files into ``directory``, verifying each sha256.
+def download_mnist(
+    directory: str | os.PathLike,
+    mirrors: Sequence[str] | None = None,
+    timeout: float = 30,
+    *,
+    dataset: str = "mnist",
+) -> Path:
+    """Fetch ``dataset``'s four original IDX files into ``directory``, verifying each checksum.
 
     Each file is written to a temporary name in ``directory`` and renamed only
     once complete and verified: no partial file is ever left behind, and folders
     created for a download that fails are removed again.
     """
+    checksums = _dataset(dataset).checksums
+    mirrors = _mirrors(dataset) if mirrors is None else mirrors
     directory = Path(directory).expanduser()
     created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        _download(directory, mirrors, timeout)
+        _download(directory, mirrors, timeout, checksums)
     except BaseException:
         for folder in created:  # innermost first; only the ones left empty
             with contextlib.suppress(OSError):
@@ -224,10 +297,10 @@ def download_mnist(directory: str | os.PathLike, mirrors: Sequence[str] = MIRROR
     return directory
 
 
-def _download(directory: Path, mirrors: Sequence[str], timeout: float) -> None:
-    for name, sha256 in IDX_FILES.items():
+def _download(directory: Path, mirrors: Sequence[str], timeout: float, checksums: dict[str, tuple[str, str]]) -> None:
+    for name, checksum in checksums.items():
         target = directory / name
-        if target.is_file() and _sha256(target) == sha256:
+        if target.is_file() and _digest(target, checksum[0]) == checksum[1]:
             continue
         failures = []
         for mirror in mirrors:
@@ -236,7 +309,7 @@ def _download(directory: Path, mirrors: Sequence[str], timeout: float) -> None:
                 with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + name, timeout=timeout) as response:
                     while chunk := response.read(1 << 20):
                         out.write(chunk)
-                _verify(Path(tmp), sha256)
+                _verify(Path(tmp), checksum)
                 os.replace(tmp, target)
                 break
             except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
@@ -248,9 +321,14 @@ def _download(directory: Path, mirrors: Sequence[str], timeout: float) -> None:
             raise OSError(f"could not download {name} into {directory}: " + "; ".join(failures))
 
 
-def mnist_location(path: str | os.PathLike | None = None) -> tuple[Path, str | None]:
-    """The folder :func:`load_mnist` reads and the format complete there: ``"idx"``, ``"npy"``, ``"csv"`` or None."""
-    directory = Path(path or os.environ.get("XPMLP_DATA") or DEFAULT_CACHE).expanduser()
+def mnist_location(path: str | os.PathLike | None = None, dataset: str = "mnist") -> tuple[Path, str | None]:
+    """The folder :func:`load_mnist` reads and the format complete there: ``"idx"``, ``"npy"``, ``"csv"`` or None.
+
+    ``$XPMLP_DATA`` names MNIST's folder; another data set's default is ``~/.cache/xpmlp/<dataset>``.
+    """
+    _dataset(dataset)
+    default = os.environ.get("XPMLP_DATA") if dataset == "mnist" else None
+    directory = Path(path or default or DEFAULT_CACHE.parent / dataset).expanduser()
     if all(_idx_name(directory, name) for name in IDX_FILES):
         return directory, "idx"
     if all((directory / f"{name}.npy").is_file() for name in NPY_FILES):
@@ -266,6 +344,7 @@ def load_mnist(
     download: bool = True,
     verify: bool = False,
     validation_size: int = 10_000,
+    dataset: str = "mnist",
 ) -> tuple[Split, Split, Split]:
     """``((train_x, train_y), (val_x, val_y), (test_x, test_y))`` as host NumPy arrays.
 
@@ -276,25 +355,28 @@ def load_mnist(
     the four IDX files (gzipped or not), the homework's six .npy files, or
     ``mnist_train.csv`` / ``mnist_test.csv`` (label first). If none is there and
     ``download`` is true, the IDX files are fetched from public mirrors and
-    verified. ``verify`` checks the sha256 of local original .gz files too. The
+    verified. ``verify`` checks the checksums of local original .gz files too. The
     last ``validation_size`` training images (IDX, CSV) form the validation set.
+    ``dataset``: ``"mnist"``, ``"fashion-mnist"`` or ``"kmnist"`` (:data:`DATASETS`), read
+    the same way; without ``path`` the others live in ``~/.cache/xpmlp/<dataset>``.
     """
-    directory, found = mnist_location(path)
+    directory, found = mnist_location(path, dataset)
+    title = DATASETS[dataset].title
     if found == "idx":
-        return _load_idx(directory, validation_size, verify)
+        return _load_idx(directory, validation_size, verify, dataset)
     if found == "npy":
         return _load_npy(directory)
     if found == "csv":
         return _load_csv(directory, validation_size)
     how = (
-        f"Put the four files {', '.join(IDX_FILES)} (from any MNIST mirror), or the homework's "
+        f"Put the four files {', '.join(IDX_FILES)} (from any {title} mirror), or the homework's "
         f"{', '.join(n + '.npy' for n in NPY_FILES)}, or {' and '.join(CSV_FILES)} into {directory}, "
         "or point load_mnist(path=...) / $XPMLP_DATA at the folder that holds them."
     )
     if not download:
-        raise OSError(f"no MNIST files found in {directory}. {how}")
+        raise OSError(f"no {title} files found in {directory}. {how}")
     try:
-        download_mnist(directory, MIRRORS)
+        download_mnist(directory, dataset=dataset)
     except OSError as exc:
-        raise OSError(f"no MNIST files found in {directory}, and downloading failed ({exc}). {how}") from exc
-    return _load_idx(directory, validation_size, verify=False)
+        raise OSError(f"no {title} files found in {directory}, and downloading failed ({exc}). {how}") from exc
+    return _load_idx(directory, validation_size, verify=False, dataset=dataset)

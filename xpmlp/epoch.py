@@ -16,9 +16,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
-from .backend import Array, as_host, fori_loop, host, namespace_of
+from .backend import Array, Collective, as_host, fori_loop, host, namespace_of
 from .mlp import MLP
+from .parallel import ONE_DEVICE, Shards
 from .presets import ACTIVATION_CLASSES, CRITERIA
+from .sparse import check_sparse_inputs, is_sparse, take_rows, to_device_csr
 
 __all__ = [
     "CompiledEpoch",
@@ -38,8 +40,13 @@ _PROGRAMS: OrderedDict[Hashable, Callable] = OrderedDict()  # program_key -> com
 
 
 def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
-    """``labels`` as host integer class indices (n,) in [0, classes); ValueError naming ``name`` otherwise."""
+    """``labels`` as host integer class indices (n,) in [0, classes), or a multilabel indicator (n, classes) of
+    0 and 1; ValueError naming ``name`` otherwise."""
     labels = as_host(labels)
+    if labels.ndim == 2 and labels.shape == (n, classes) and labels.dtype.kind in "biu":
+        if not host.isin(labels, (0, 1)).all():
+            raise ValueError(f"{name} labels of shape (N, {classes}) must be a multilabel indicator of 0 and 1")
+        return labels.astype(host.int64)
     if labels.shape != (n,):
         raise ValueError(f"{name} labels must have shape ({n},), got {labels.shape}")
     if labels.dtype.kind not in "iu":
@@ -47,6 +54,16 @@ def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
     if n and not (labels.min() >= 0 and labels.max() < classes):
         raise ValueError(f"{name} labels must lie in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
     return labels
+
+
+def check_weights(weights: Any, n: int, name: str) -> Any:
+    """Sample weights w (n,), finite, ≥ 0 with Σ w > 0, as host float64 u = n·w/Σ w (their mean is 1)."""
+    w = as_host(weights).astype(host.float64)
+    if w.shape != (n,):
+        raise ValueError(f"{name} sample weights must have shape ({n},), got {w.shape}")
+    if not (host.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise ValueError(f"{name} sample weights must be finite and >= 0, not all 0")
+    return w * (n / w.sum())
 
 
 def check_inputs(x: Any, width: int, name: str, dtype: str = "float64") -> Any:
@@ -84,19 +101,24 @@ class DeviceSplit:
     """One split on the model's device: inputs, integer labels and one-hot targets.
 
     Checked once on the host, before anything moves: (N ≥ 1, input_size) inputs,
-    finite in the model's dtype, and integer labels in [0, output_size).
+    finite in the model's dtype, and integer labels in [0, output_size), or a
+    multilabel indicator (N, output_size), which is its own target. SciPy sparse
+    inputs stay sparse on the device (:mod:`xpmlp.sparse`; ``dense`` is False).
     """
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
-        if not isinstance(split, (tuple, list)) or len(split) != 2:
+        if not isinstance(split, (tuple, list)) or len(split) not in (2, 3):
             raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
-        x = check_inputs(split[0], mlp.input_size, name, mlp.dtype)
+        self.dense = not is_sparse(split[0])
+        x = (check_inputs if self.dense else check_sparse_inputs)(split[0], mlp.input_size, name, mlp.dtype)
         labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
         to = mlp.backend.asarray
         self.n = x.shape[0]
-        self.x = to(x, mlp.dtype)
-        self.one_hot = to(host.eye(mlp.output_size)[labels], mlp.dtype)
+        self.x = to(x, mlp.dtype) if self.dense else to_device_csr(mlp.backend, x, mlp.dtype)
+        self.one_hot = to(labels if labels.ndim == 2 else host.eye(mlp.output_size)[labels], mlp.dtype)
         self.labels = to(labels.astype(host.int64))
+        #: sample weights u = N·w/Σ w (mean 1), or None: every example weighs 1 (the unweighted step)
+        self.weights = None if len(split) == 2 else to(check_weights(split[2], self.n, name), mlp.dtype)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Any:
@@ -104,14 +126,23 @@ def _epoch_order(seed: int, epoch: int, n: int) -> Any:
     return host.random.default_rng((seed, epoch)).permutation(n)
 
 
-def _errors(xp: Any, out: Array, labels: Array) -> Array:
-    """Number of rows whose arg-max output is not the label (an integer device scalar)."""
-    return xp.count_nonzero(xp.argmax(out, axis=1) != labels)
+def _errors(xp: Any, out: Array, labels: Array, weights: Array | None = None) -> Array:
+    """Number of rows whose arg-max output is not the label (an integer device scalar); their weights' sum.
+
+    Multilabel (labels (N, L) of 0 and 1): rows with any label whose logit's sign is wrong (σ > 0.5 ⇔ z > 0),
+    1 − scikit-learn's subset accuracy.
+    """
+    wrong = xp.any((out > 0) != (labels > 0), axis=1) if labels.ndim == 2 else xp.argmax(out, axis=1) != labels
+    if weights is not None:
+        return xp.sum(xp.where(wrong, weights, xp.zeros_like(weights)))
+    return xp.count_nonzero(wrong)
 
 
 def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
     """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
-    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[0])
+    if data.weights is not None:  # weighted error counts are sums of weights
+        return mlp.backend.zeros((), mlp.dtype), mlp.backend.zeros((), mlp.dtype)
+    return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[(0,) * data.labels.ndim])
 
 
 def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
@@ -122,17 +153,18 @@ def _read_sums(mlp: MLP, sums: list[Array]) -> list[float]:
 
 def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick: Callable[[], Any]) -> list[Array]:
     """One pass of momentum SGD; returns device sums [loss, errors]. No host reads."""
-    xp = namespace_of(data.x)
+    xp = namespace_of(data.one_hot)
     mlp.train()
     loss_sum, errors = _zero_sums(mlp, data)
     for start in range(0, data.n, batch_size):
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
         labels = xp.take(data.labels, idx, axis=0)
-        out = mlp.forward(xp.take(data.x, idx, axis=0))
-        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
+        weights = None if data.weights is None else xp.take(data.weights, idx, axis=0)
+        out = mlp.forward(take_rows(data.x, idx))
+        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0), weights)  # backward overwrites every gradient
         mlp.step()
         loss_sum = loss_sum + xp.sum(loss)
-        errors = errors + _errors(xp, out, labels)
+        errors = errors + _errors(xp, out, labels, weights)
         tick()
     return [loss_sum, errors]
 
@@ -147,24 +179,32 @@ class EpochData(NamedTuple):
     rest: Array  # (n mod batch_size,) row indices of the last, partial batch
     lr: Array  # 0-d
     momentum: Array  # 0-d
+    weights: Array | tuple  # (N,) sample weights, or () where every example weighs 1 (a pytree with no leaves)
 
 
-def epoch_data(mlp: MLP, data: DeviceSplit, order: Any, batch_size: int) -> EpochData:
-    """The epoch's inputs on the device: the host permutation ``order`` cut into batches, lr and momentum."""
+def epoch_data(
+    mlp: MLP, data: DeviceSplit, order: Any, batch_size: int, collective: Collective | None = None
+) -> EpochData:
+    """The epoch's inputs on the device: the host permutation ``order`` cut into batches, lr and momentum.
+
+    With a ``collective``, ``batches`` holds the columns this process's devices gather.
+    """
     backend, cut = mlp.backend, data.n - data.n % batch_size
+    batches = order[:cut].reshape(-1, batch_size)
     return EpochData(
         data.x,
         data.one_hot,
         data.labels,
-        backend.asarray(order[:cut].reshape(-1, batch_size)),
+        backend.asarray(batches if collective is None else collective.columns(batches)),
         backend.asarray(order[cut:]),
         backend.asarray(host.asarray(mlp.lr), mlp.dtype),
         backend.asarray(host.asarray(mlp.momentum), mlp.dtype),
+        () if data.weights is None else data.weights,
     )
 
 
 def make_epoch(
-    mlp: MLP, n: int, batch_size: int, tick: Callable[[], Any] | None = None
+    mlp: MLP, n: int, batch_size: int, tick: Callable[[], Any] | None = None, collective: Collective | None = None
 ) -> Callable[[tuple, EpochData], tuple]:
     """One epoch of :meth:`MLP.stateless_step` as a pure function, ready for :meth:`Backend.compile`.
 
@@ -175,22 +215,33 @@ def make_epoch(
     the device-resident split. No host reads; the model is left as it was. Every
     namespace comes from the arrays the function is given, so a compiler can trace it.
     ``tick()`` runs after each batch (for a backend that runs the epoch eagerly).
+
+    With a ``collective`` the function runs on each of its devices: the full batches
+    are split among them by columns of ``batches``, every sum over a batch is summed
+    over the devices (:mod:`xpmlp.parallel`), and so is the epoch's [loss, errors];
+    the partial last batch is computed whole on every device, as on one.
     """
     full, rest = divmod(n, batch_size)
+    shards = ONE_DEVICE if collective is None else Shards(collective.devices, collective.rank, collective.reduce)
 
     def batch(step: Callable, idx: Array, carry: tuple, d: EpochData) -> tuple:
+        xp = namespace_of(d.one_hot)
         state, loss_sum, errors = carry
-        xp = namespace_of(d.x)
-        rows = xp.take(d.x, idx, axis=0), xp.take(d.one_hot, idx, axis=0)
-        state, (loss, out) = step(state, rows, d.lr, d.momentum)
+        rows = take_rows(d.x, idx), xp.take(d.one_hot, idx, axis=0)
+        weights = None if isinstance(d.weights, tuple) else xp.take(d.weights, idx, axis=0)  # gathered like labels
+        state, (loss, out) = step(state, rows if weights is None else (*rows, weights), d.lr, d.momentum)
         if tick is not None:
             tick()
-        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0))
+        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0), weights)
 
     def epoch(carry: tuple, d: EpochData) -> tuple:
-        step = mlp._scratch().stateless_step  # one scratch copy of the model an epoch, not one a step
+        scratch = mlp._scratch()  # one scratch copy of the model an epoch, not one a step
+        step = scratch.stateless_step
         if full:
-            carry = fori_loop(namespace_of(d.x), full, lambda i, c: batch(step, d.batches[i, :], c, d), carry)
+            scratch.use_shards(shards)
+            carry = fori_loop(namespace_of(d.one_hot), full, lambda i, c: batch(step, d.batches[i, :], c, d), carry)
+            carry = carry[0], shards.allsum(carry[1]), shards.allsum(carry[2])
+            scratch.use_shards(ONE_DEVICE)
         return batch(step, d.rest, carry, d) if rest else carry
 
     return epoch
@@ -237,8 +288,12 @@ class CompiledEpoch:
     structure, the same model or a new one, reuses it instead of compiling again.
     """
 
-    def __init__(self, mlp: MLP, data: DeviceSplit, batch_size: int) -> None:
-        self.mlp, self.data, self.batch_size = mlp, data, batch_size
+    def __init__(self, mlp: MLP, data: DeviceSplit, batch_size: int, collective: Collective | None = None) -> None:
+        self.mlp, self.data, self.batch_size, self.collective = mlp, data, batch_size, collective
+        #: the split where the program reads it (on every device of a collective: placed there once)
+        self.split = (data.x, data.one_hot, data.labels)
+        if collective is not None:
+            self.split = collective.place(self.split)
         self.run: Callable[[tuple, EpochData], tuple] | None = None
         self.tick: Callable[[], Any] = _no_tick
         #: whether ``tick`` runs per batch (the backend runs the epoch eagerly)
@@ -247,21 +302,31 @@ class CompiledEpoch:
     def _inputs(self, order: Any) -> tuple[tuple, EpochData]:
         mlp = self.mlp
         carry = (mlp.training_state, *_zero_sums(mlp, self.data))
-        return carry, epoch_data(mlp, self.data, order, self.batch_size)
+        d = epoch_data(mlp, self.data, order, self.batch_size, self.collective)
+        return carry, d._replace(x=self.split[0], one_hot=self.split[1], labels=self.split[2])
 
     def compile(self, order: Any) -> float:
         """Compile for epochs shaped like ``order`` (once); the seconds a compiling backend spent, else 0."""
         if self.run is not None:
             return 0.0
         backend, inputs = self.mlp.backend, self._inputs(order)
-        key = program_key(self.mlp, self.data.n, self.batch_size, inputs) if backend.compiles else None
+        key = (
+            program_key(self.mlp, self.data.n, self.batch_size, inputs)
+            if backend.compiles and not self.collective
+            else None
+        )
         if key in _PROGRAMS:
             _PROGRAMS.move_to_end(key)
             self.run = _PROGRAMS[key]
             return 0.0
         started = time.perf_counter()
         tick = (lambda: self.tick()) if self.ticks else None
-        self.run = backend.compile(make_epoch(self.mlp, self.data.n, self.batch_size, tick), *inputs)
+        epoch = make_epoch(self.mlp, self.data.n, self.batch_size, tick, self.collective)
+        if self.collective is None:
+            self.run = backend.compile(epoch, *inputs)
+        else:  # only the index matrix is split among the devices
+            sharded = (False, EpochData(*(name == "batches" for name in EpochData._fields)))
+            self.run = self.collective.compile(epoch, sharded, *inputs)
         if key is not None:
             _PROGRAMS[key] = self.run
             while len(_PROGRAMS) > PROGRAMS_KEPT:
@@ -271,6 +336,7 @@ class CompiledEpoch:
     def __call__(self, order: Any, tick: Callable[[], Any] | None = None) -> list[Array]:
         self.compile(order)
         self.tick = tick or _no_tick
-        state, *sums = self.run(*self._inputs(order))
+        result = self.run(*self._inputs(order))
+        state, *sums = result if self.collective is None else self.collective.local(result)
         self.mlp.training_state = state
         return sums

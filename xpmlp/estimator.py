@@ -12,28 +12,43 @@ Needs scikit-learn (``pip install 'xpmlp[sklearn]'``).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import presets
-from .backend import get_backend, host
-from .checks import as_float, as_int
+from .backend import host
+from .estimator_checks import (
+    ACTIVATIONS,
+    PARAMETER_CONSTRAINTS,
+    check_classes,
+    check_parameters,
+    check_targets,
+    check_warm_start,
+    hidden_sizes,
+    partial_fit_available,
+    training_batch_size,
+    validation_split,
+    weighted_split,
+)
 from .evaluation import check_outputs
-from .loss import log_softmax
+from .loss import SigmoidBinaryCrossEntropy, log_sigmoid, log_softmax
 from .mlp import MLP
 from .presets import DEFAULTS
-from .training import EarlyStopping, History, check_inputs, eval_mode, fit
+from .sparse import check_dense_batch_fits, is_sparse, sparse_forward
+from .training import EVAL_CHUNK, EarlyStopping, History, check_inputs, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
 
-ACTIVATIONS = presets.SKLEARN_ACTIVATIONS  # scikit-learn's names → xpmlp's
-LEARNING_RATES = ("exponential", "constant", "invscaling", "adaptive")
+SPARSE_FORMATS = ("csr", "csc")  # as scikit-learn's MLPClassifier; each becomes CSR on the device
+
 SMALLEST_ADAPTIVE_RATE = 1e-6  # "adaptive" stops instead of going below (scikit-learn's bound)
 
 
@@ -71,12 +86,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     nesterovs_momentum
         Only False: xpmlp's momentum is classical (True is refused).
     max_iter
-        Most epochs (passes over the training data) of a fit.
+        Most epochs (passes over the training data) of a fit; a fit that reaches it before the ``tol`` rule
+        stops training warns ``sklearn.exceptions.ConvergenceWarning``, in scikit-learn's words.
     shuffle
         Shuffle the training rows each epoch (seeded by ``random_state``); False: their given order.
     tol, n_iter_no_change
         Stop when, ``n_iter_no_change`` + 1 epochs in a row, the training loss (with ``early_stopping``:
-        the validation accuracy) has not improved on the best so far by ``tol`` (scikit-learn's rule).
+        the validation accuracy) has not improved on the best so far by ``tol`` (scikit-learn's rule);
+        ``n_iter_no_change=np.inf`` switches the rule off.
     early_stopping, validation_fraction
         Hold out a stratified ``validation_fraction`` of the training data; the model kept at the end is
         the epoch of lowest validation loss (:func:`xpmlp.fit` restores it, as ``train.py`` does).
@@ -95,6 +112,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         Where to train (see :func:`xpmlp.get_backend`); default ``$XPMLP_BACKEND``/NumPy.
     dtype
         ``"float32"`` or ``"float64"``; None: float32 for float32 input, else float64.
+    devices
+        Data-parallel training on this many devices (:func:`xpmlp.fit`'s ``devices``: JAX's devices, or
+        one torch process per device); the batch size must be a multiple. The result is one device's.
 
     Attributes
     ----------
@@ -125,6 +145,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         :func:`xpmlp.fit`'s per-epoch statistics, over every call.
     """
 
+    _parameter_constraints = PARAMETER_CONSTRAINTS
+
     def __init__(
         self,
         hidden_layer_sizes: int | Sequence[int] = DEFAULTS["hiddens"],
@@ -147,12 +169,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         nesterovs_momentum: bool = False,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
-        n_iter_no_change: int = 10,
+        n_iter_no_change: int | float = 10,
         bn_layers: int | None = None,
         init: str = DEFAULTS["init"],
         backend: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        devices: int = 1,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -179,56 +202,92 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.backend = backend
         self.device = device
         self.dtype = dtype
+        self.devices = devices
 
-    def fit(self, X: Any, y: Any) -> MLPClassifier:
-        """Train on ``X`` (n_samples, n_features) and labels ``y``: a new network, or with warm_start the fitted one."""
-        return self._fit(X, y, classes=None, incremental=False)
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
+        """Train on ``X`` (n_samples, n_features) and labels ``y``: a new network, or with warm_start the fitted one.
 
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
-        """One pass over ``X``, ``y`` at the current rate; the first call needs ``classes`` (all labels to come)."""
-        return self._fit(X, y, classes=classes, incremental=True)
+        ``sample_weight`` (n_samples,), w ≥ 0: each batch's loss is Σ wᵢLᵢ / Σ wᵢ (scikit-learn's), rows of weight 0
+        are left out, early stopping's validation score is the weighted accuracy; BatchNorm's statistics stay
+        unweighted.
+        """
+        return self._fit(X, y, sample_weight, classes=None, incremental=False)
+
+    @available_if(lambda estimator: partial_fit_available(estimator.solver))
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None) -> MLPClassifier:
+        """One pass over ``X``, ``y`` at the current rate; the first call needs ``classes`` (all labels to come).
+
+        ``sample_weight`` as in :meth:`fit`; the order of the arguments is scikit-learn's.
+
+        Only with ``solver="sgd"`` (otherwise there is no such attribute, as scikit-learn has none for
+        ``"lbfgs"``). BatchNorm cannot train on one sample: online learning one sample at a time needs
+        ``bn_layers=0`` (a call with one sample, or ``batch_size=1``, says so).
+        """
+        return self._fit(X, y, sample_weight, classes=classes, incremental=True)
 
     def predict_proba(self, X: Any) -> Any:
-        """Softmax probabilities (n_samples, n_classes), columns ordered as ``classes_``; eval mode."""
+        """Softmax probabilities (n_samples, n_classes), columns ordered as ``classes_``; eval mode.
+
+        Multilabel: each label's logistic probability σ(zⱼ), (n_samples, n_labels), as scikit-learn's.
+        """
+        return host.exp(self.predict_log_proba(X))
+
+    def predict_log_proba(self, X: Any) -> Any:
+        """log σ(z) of the output logits z (n_samples, n_classes), the log-softmax: finite where σ(z) rounds to 0.
+
+        Multilabel: log σ(zⱼ) = −softplus(−zⱼ) of each label's logistic output.
+        """
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=(host.float64, host.float32), reset=False)
+        X = validate_data(self, X, accept_sparse=SPARSE_FORMATS, dtype=(host.float64, host.float32), reset=False)
         model = self.model_
-        X = check_inputs(X, model.input_size, "predict", model.dtype)  # 1e39 is infinite in float32
+        if not is_sparse(X):
+            X = check_inputs(X, model.input_size, "predict", model.dtype)  # 1e39 is infinite in float32
         with eval_mode(model), host.errstate(over="ignore", invalid="ignore"):  # checked below: no NumPy warning
-            proba = model.backend.to_host(model.backend.xp.exp(log_softmax(model.forward(X))))
-        proba = host.asarray(proba, dtype=host.float64)
-        check_outputs(model, host.count_nonzero(~host.isfinite(proba).all(axis=1)), len(proba), "predict")
-        return proba
+            logits = model.forward(X) if not is_sparse(X) else sparse_forward(model, X, EVAL_CHUNK)
+            log_proba = log_sigmoid(logits) if self._multilabel else log_softmax(logits)
+        log_proba = host.asarray(model.backend.to_host(log_proba), dtype=host.float64)
+        check_outputs(model, host.count_nonzero(~host.isfinite(log_proba).all(axis=1)), len(log_proba), "predict")
+        return log_proba
 
     def predict(self, X: Any) -> Any:
-        """The most probable class of each row, as a label from ``classes_``."""
+        """The most probable class of each row, as a label from ``classes_``.
+
+        Multilabel: the indicator (n_samples, n_labels) of the labels whose probability is above 0.5.
+        """
         proba = self.predict_proba(X)
+        if self._multilabel:
+            return (proba > 0.5).astype(host.int64)
         return self.classes_[host.argmax(proba, axis=1)]
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.input_tags.sparse = True
+        return tags
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
 
-    def _fit(self, X: Any, y: Any, classes: Any, incremental: bool) -> MLPClassifier:
+    def _fit(self, X: Any, y: Any, sample_weight: Any, classes: Any, incremental: bool) -> MLPClassifier:
         """fit and partial_fit: every check first; a failed first call leaves the estimator as it was."""
-        self._check_parameters(incremental)
+        check_parameters(self, incremental)
         first = not hasattr(self, "model_") or (not incremental and not self.warm_start)
         before = dict(vars(self))
         try:
-            X, y = validate_data(self, X, y, dtype=(host.float64, host.float32), reset=first)
-            check_classification_targets(y)
+            X, y = validate_data(self, X, y, accept_sparse=SPARSE_FORMATS, dtype=(host.float64, host.float32),
+                                 reset=first, multi_output=True)  # fmt: skip
+            y, multilabel = check_targets(y)
+            if first and incremental and classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
             if first:
-                if incremental and classes is None:
-                    raise ValueError("classes must be passed on the first call to partial_fit")
-                self._start(X, y if classes is None else classes)
-            elif classes is not None and not host.array_equal(host.unique(host.asarray(classes)), self.classes_):
-                raise ValueError(f"classes={classes!r} differs from the first call's classes {self.classes_!r}")
-            unseen = host.setdiff1d(y, self.classes_)
-            if unseen.size:
-                raise ValueError(f"y holds labels {unseen!r} that are not in classes {self.classes_!r}")
+                self._multilabel = multilabel
+                self._start(X, unique_labels(y) if classes is None or multilabel else classes)
             if not first and not incremental:
-                self._check_warm_start(y)
-            labels = host.searchsorted(self.classes_, y)
-            self._train(X, labels, 1 if incremental else self.max_iter, incremental)
+                check_warm_start(self)
+            check_classes(self, y, None if first else classes, warm_start=not first and not incremental)
+            labels = y.astype(host.int64) if multilabel else host.searchsorted(self.classes_, y)
+            split = (X, labels) if sample_weight is None else weighted_split(X, labels, sample_weight)
+            self._train(split, 1 if incremental else self.max_iter, incremental)
         except BaseException:
             if first:  # nothing of a failed start stays behind: the estimator is as it was
                 vars(self).clear()
@@ -236,56 +295,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             raise
         return self
 
-    def _check_parameters(self, incremental: bool) -> None:
-        """Refuse what xpmlp cannot honour, naming the parameter, before anything changes."""
-        if self.solver != "sgd":
-            hint = " (xpmlp trains by momentum SGD only)" if self.solver in ("adam", "lbfgs") else ""
-            raise ValueError(f"solver must be 'sgd', got {self.solver!r}{hint}")
-        if self.nesterovs_momentum is not False:
-            raise ValueError(
-                f"nesterovs_momentum must be False: xpmlp's momentum is classical, got {self.nesterovs_momentum!r}"
-            )
-        if self.learning_rate not in LEARNING_RATES:
-            raise ValueError(
-                f"learning_rate must be one of {', '.join(map(repr, LEARNING_RATES))}, got {self.learning_rate!r}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {self.activation!r}")
-        if self.init not in presets.INITS:
-            raise ValueError(f"init must be one of {', '.join(map(repr, presets.INITS))}, got {self.init!r}")
-        for name in ("shuffle", "warm_start", "early_stopping"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.early_stopping and incremental:
-            raise ValueError("partial_fit does not support early_stopping=True (as in scikit-learn)")
-        self._hiddens()
-        if self.batch_size != "auto":
-            as_int("batch_size", self.batch_size, minimum=1)
-        as_float("alpha", self.alpha, minimum=0.0)
-        as_float("learning_rate_init", self.learning_rate_init, minimum=0.0)
-        as_float("lr_decay", self.lr_decay, minimum=0.0, maximum=1.0)
-        as_float("power_t", self.power_t, minimum=0.0)
-        as_float("momentum", self.momentum, minimum=0.0, below=1.0)
-        as_float("tol", self.tol, minimum=0.0)
-        as_int("max_iter", self.max_iter, minimum=1)
-        as_int("n_iter_no_change", self.n_iter_no_change, minimum=1)
-        if self.early_stopping:
-            fraction = as_float("validation_fraction", self.validation_fraction, minimum=0.0, below=1.0)
-            if fraction == 0.0:
-                raise ValueError("validation_fraction must be > 0 with early_stopping=True")
-
-    def _hiddens(self) -> list[int]:
-        """``hidden_layer_sizes`` as a list of ints >= 1: an int is one layer; 2.5, "64" or True are refused."""
-        sizes = self.hidden_layer_sizes
-        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
-            sizes = [sizes]
-        return [as_int(f"hidden_layer_sizes[{i}]", h, minimum=1) for i, h in enumerate(sizes)]
-
     def _start(self, X: Any, classes: Any) -> None:
         """A new network for ``X``'s features and the labels in ``classes``; a new run's statistics and seed."""
-        self.classes_ = host.unique(host.asarray(classes))
-        if len(self.classes_) < 2:
-            raise ValueError(f"MLPClassifier needs at least 2 classes; y has 1 class ({self.classes_[0]!r})")
+        self.classes_ = host.unique(host.asarray(classes))  # one class: one output, σ = 1, loss and gradient 0
         rng = check_random_state(self.random_state)
         self.model_ = self._build(X.shape[1], X.dtype, rng)
         self.history_ = History()
@@ -296,7 +308,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self._best_score = -math.inf
 
     def _build(self, n_features: int, input_dtype: Any, rng: Any) -> MLP:
-        hiddens = self._hiddens()
+        hiddens = hidden_sizes(self.hidden_layer_sizes)
         dtype = self.dtype or ("float32" if input_dtype == host.float32 else "float64")
         return presets.build_mlp(
             n_features,
@@ -311,53 +323,29 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             backend=self.backend,
             device=self.device,
             dtype=dtype,
+            criterion=SigmoidBinaryCrossEntropy() if self._multilabel else None,  # None: softmax cross-entropy
         )
 
-    def _check_warm_start(self, y: Any) -> None:
-        """Refuse labels or parameters that the fitted network cannot continue with."""
-        model = self.model_
-        if not host.array_equal(host.unique(y), self.classes_):
-            raise ValueError(
-                f"warm_start continues a network fitted on classes {self.classes_!r}; y has {host.unique(y)!r}"
-            )
-        activation = type(model.activations[0]).__name__ if model.hiddens else None
-        fitted = {
-            "hidden_layer_sizes": model.hiddens,
-            "activation": activation,
-            "bn_layers": model.num_bn_layers,
-            "backend": model.backend,
-        }
-        asked = {
-            "hidden_layer_sizes": self._hiddens(),
-            "activation": presets.ACTIVATIONS[ACTIVATIONS[self.activation]].__name__ if model.hiddens else None,
-            "bn_layers": len(model.hiddens) if self.bn_layers is None else self.bn_layers,
-            "backend": get_backend(self.backend, self.device),
-        }
-        if self.dtype is not None:
-            fitted["dtype"], asked["dtype"] = model.dtype, self.dtype
-        changed = [name for name in fitted if fitted[name] != asked[name]]
-        if changed:
-            raise ValueError(
-                f"warm_start continues the fitted network, but {', '.join(changed)} changed since it was fitted; "
-                "set warm_start=False to train a new one"
-            )
-
-    def _train(self, X: Any, labels: Any, epochs: int, incremental: bool) -> None:
-        """``epochs`` epochs of :func:`xpmlp.fit`, with scikit-learn's schedules and stopping rule between them."""
+    def _train(self, split: tuple, epochs: int, incremental: bool) -> None:
+        """``epochs`` epochs of :func:`xpmlp.fit` on ``split`` (X, labels[, weights]), with scikit-learn's schedules
+        and stopping rule between them."""
         model, history = self.model_, self.history_
         val = None
         if self.early_stopping:
-            X, X_val, labels, val_labels = train_test_split(
-                X, labels, test_size=self.validation_fraction, random_state=self._seed, stratify=labels
-            )
-            val = (X_val, val_labels)
-        model.momentum = float(self.momentum)  # checked in _check_parameters
+            split, val = validation_split(split, len(self.classes_), self.validation_fraction, self._seed)
+        X = split[0]
+        batch_size = training_batch_size(
+            self, X.shape[0], "partial_fit" if incremental else "fit"
+        )  # before anything changes
+        if is_sparse(X):
+            check_dense_batch_fits(batch_size, X.shape[1], X.dtype.itemsize)
+        model.momentum = float(self.momentum)  # checked in check_parameters
         if not incremental:  # scikit-learn starts a new optimizer each fit: the initial rate, no velocity
             model.lr = float(self.learning_rate_init)
             state = model.state_dict()
             zero = model.backend.xp.zeros_like
             model.load_state_dict({k: zero(v) if k.startswith("velocity") else v for k, v in state.items()})
-        n_train, started, batch_size = len(X), history.epochs, self._batch_size(len(X))
+        n_train, started = X.shape[0], history.epochs
         model.l2 = float(self.alpha) / batch_size
 
         def after_epoch(epoch: int, h: History) -> bool:  # scikit-learn's iteration end; True stops
@@ -372,10 +360,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             if self._no_improvement_count <= self.n_iter_no_change:
                 return False
             what = "Validation score" if self.early_stopping else "Training loss"
-            message = f"{what} did not improve more than tol={self.tol} for {self.n_iter_no_change} consecutive epochs."
+            message = (
+                f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
+            )
             if self.learning_rate != "adaptive" or model.lr <= SMALLEST_ADAPTIVE_RATE:
                 if self.verbose:
                     print(f"{message} Stopping.")
+                converged.append(not incremental)
                 return not incremental
             model.lr /= 5.0
             self._no_improvement_count = 0
@@ -383,10 +374,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 print(f"{message} Setting learning rate to {model.lr:f}")
             return False
 
+        converged: list[bool] = []
         try:
             fit(
                 model,
-                (X, labels),
+                split,
                 val,
                 epochs=started + epochs,
                 batch_size=batch_size,
@@ -398,9 +390,17 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 progress=False,
                 callbacks=[after_epoch],
                 shuffle=self.shuffle,
+                devices=self.devices,
             )
         finally:
             self._publish(history.epochs - started)
+        if not incremental and not converged and self.n_iter_ == self.max_iter:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization hasn't "
+                "converged yet.",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
 
     def _count_no_improvement(self, h: History) -> None:
         """Update scikit-learn's count of epochs in a row without an improvement by ``tol``."""
@@ -428,13 +428,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.best_validation_score_ = self.validation_scores_[best - 1] if self.validation_scores_ else None
         self.n_layers_ = model.nlayers + 1
         self.n_outputs_ = model.output_size
-        self.out_activation_ = "softmax"
+        self.out_activation_ = "logistic" if self._multilabel else "softmax"
         self.coefs_ = [host.array(to_host(w)) for w in model.W]
         self.intercepts_ = [host.array(to_host(b)).reshape(-1) for b in model.b]
-
-    def _batch_size(self, n: int) -> int:
-        """``batch_size`` ("auto": min(200, n)) capped at n, grown while it would leave BatchNorm a batch of one."""
-        size = min(200, n) if self.batch_size == "auto" else min(as_int("batch_size", self.batch_size, minimum=1), n)
-        while self.model_.num_bn_layers and 1 < size < n and presets.leaves_batch_of_one(n, size):
-            size += 1
-        return size

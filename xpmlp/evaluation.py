@@ -14,6 +14,7 @@ from typing import Any
 from .backend import Array, host, namespace_of
 from .epoch import DeviceSplit, _errors, _read_sums, _zero_sums, check_inputs, check_labels
 from .mlp import MLP
+from .sparse import take_rows
 
 __all__ = ["EVAL_CHUNK", "check_outputs", "confusion_matrix", "eval_mode", "evaluate", "predict"]
 
@@ -47,15 +48,18 @@ def _eval_sums(mlp: MLP, data: DeviceSplit) -> list[Array]:
 
     No host reads.
     """
-    xp = namespace_of(data.x)
+    xp = namespace_of(data.one_hot)
     loss_sum, errors = _zero_sums(mlp, data)
-    not_finite = errors
+    not_finite = xp.zeros_like(loss_sum)  # a count, in the loss's float dtype (errors may be weighted)
     with eval_mode(mlp), host.errstate(over="ignore", invalid="ignore"):  # outputs are checked: no NumPy warning
         for rows in _chunks(data.n):
-            out = mlp.forward(data.x[rows, ...])
-            loss_sum = loss_sum + xp.sum(mlp.criterion(out, data.one_hot[rows, ...]))
-            errors = errors + _errors(xp, out, data.labels[rows])
-            not_finite = not_finite + xp.count_nonzero(_not_finite_rows(xp, out))
+            x = data.x[rows, ...] if data.dense else take_rows(data.x, mlp.backend.asarray(host.arange(data.n)[rows]))
+            out = mlp.forward(x)
+            loss = mlp.criterion(out, data.one_hot[rows, ...])
+            weights = None if data.weights is None else data.weights[rows]  # u: the sums over n are weighted means
+            loss_sum = loss_sum + xp.sum(loss if weights is None else weights * loss)
+            errors = errors + _errors(xp, out, data.labels[rows, ...], weights)
+            not_finite = not_finite + xp.sum(xp.astype(_not_finite_rows(xp, out), loss_sum.dtype))
     return [loss_sum, errors, not_finite]
 
 

@@ -1,10 +1,10 @@
-"""Softmax cross-entropy with the log-sum-exp trick (seed 003, appendix A)."""
+"""Softmax cross-entropy with the log-sum-exp trick (seed 003, appendix A); binary cross-entropy per label."""
 
 from __future__ import annotations
 
 from .backend import Array, namespace_of
 
-__all__ = ["SoftmaxCrossEntropy", "log_softmax"]
+__all__ = ["Criterion", "SigmoidBinaryCrossEntropy", "SoftmaxCrossEntropy", "log_sigmoid", "log_softmax"]
 
 
 def log_softmax(x: Array) -> Array:
@@ -14,7 +14,31 @@ def log_softmax(x: Array) -> Array:
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
 
 
-class SoftmaxCrossEntropy:
+def log_sigmoid(x: Array) -> Array:
+    """log σ(x) = min(x, 0) − log(1 + e^(−|x|)) elementwise: finite for finite x (= −softplus(−x))."""
+    xp = namespace_of(x)
+    return xp.minimum(x, xp.zeros_like(x)) - xp.log1p(xp.exp(-xp.abs(x)))
+
+
+class Criterion:
+    """The base of the losses (HW1's ``Criterion``): ``criterion(x, y)`` is ``forward``; shapes checked alike."""
+
+    def __call__(self, x: Array, y: Array) -> Array:
+        return self.forward(x, y)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def _check_shapes(self, x: Array, y: Array) -> None:
+        """ValueError unless logits x are (N, C) and the labels y have their shape."""
+        if x.ndim != 2 or tuple(y.shape) != tuple(x.shape):
+            raise ValueError(
+                f"{type(self).__name__} expects logits (N, C) and labels of the same shape; "
+                f"got logits {tuple(x.shape)} and labels {tuple(y.shape)}"
+            )
+
+
+class SoftmaxCrossEntropy(Criterion):
     """L(x, y) = −Σⱼ yⱼ log σ(x)ⱼ per example, with σ the softmax over classes.
 
     ``ce(x, y)``: logits x (N, C) and one-hot (or any non-negative) targets y (N, C)
@@ -39,18 +63,8 @@ class SoftmaxCrossEntropy:
         self.loss: Array | None = None
         self._total: Array | None = None
 
-    def __call__(self, x: Array, y: Array) -> Array:
-        return self.forward(x, y)
-
-    def __repr__(self) -> str:
-        return "SoftmaxCrossEntropy()"
-
     def forward(self, x: Array, y: Array) -> Array:
-        if x.ndim != 2 or tuple(y.shape) != tuple(x.shape):
-            raise ValueError(
-                f"SoftmaxCrossEntropy expects logits (N, C) and labels of the same shape; "
-                f"got logits {tuple(x.shape)} and labels {tuple(y.shape)}"
-            )
+        self._check_shapes(x, y)
         xp = namespace_of(x)
         shifted = x - xp.max(x, axis=1, keepdims=True)
         e = xp.exp(shifted)
@@ -66,3 +80,38 @@ class SoftmaxCrossEntropy:
         if self.sm is None:
             raise RuntimeError("SoftmaxCrossEntropy.derivative() called before forward()")
         return self.sm * self._total - self.labels
+
+
+class SigmoidBinaryCrossEntropy(Criterion):
+    """L(x, y) = −Σⱼ [yⱼ log σ(xⱼ) + (1 − yⱼ) log(1 − σ(xⱼ))] per example: one logistic output per label.
+
+    ``bce(x, y)``: logits x (N, L) and targets y (N, L) in [0, 1] (a multilabel indicator) give the
+    per-example loss (N,), summed over the labels as scikit-learn's binary log-loss. With
+    log σ(x) = −softplus(−x), log(1 − σ(x)) = −softplus(x) and softplus(x) = max(x, 0) + log(1 + e^(−|x|)),
+
+        L = Σⱼ softplus(xⱼ) − yⱼ·xⱼ,
+
+    finite for any finite logits (e^(−|x|) ≤ 1 never overflows). ``bce.derivative()`` is
+    ∂L/∂x = σ(x) − y, shape (N, L), with σ(x) = 1/(1 + e^(−|x|)) for x ≥ 0 and e^(−|x|)/(1 + e^(−|x|)) below.
+    """
+
+    def __init__(self) -> None:
+        self.logits: Array | None = None
+        self.labels: Array | None = None
+        self.sigmoid: Array | None = None
+        self.loss: Array | None = None
+
+    def forward(self, x: Array, y: Array) -> Array:
+        self._check_shapes(x, y)
+        xp = namespace_of(x)
+        e = xp.exp(-xp.abs(x))  # in (0, 1]
+        softplus = xp.maximum(x, xp.zeros_like(x)) + xp.log1p(e)
+        self.logits, self.labels = x, y
+        self.sigmoid = xp.where(x >= 0, xp.ones_like(x), e) / (1 + e)
+        self.loss = xp.sum(softplus - y * x, axis=1)
+        return self.loss
+
+    def derivative(self) -> Array:
+        if self.sigmoid is None:
+            raise RuntimeError("SigmoidBinaryCrossEntropy.derivative() called before forward()")
+        return self.sigmoid - self.labels

@@ -9,6 +9,13 @@ normalise zᵢ with BatchNorm; then aᵢ = fᵢ(zᵢ). The loss is the batch mea
 
 With ``l2`` = λ > 0 the objective gains λ/2·Σᵢ‖Wᵢ‖², so ∂L/∂Wᵢ gains λ·Wᵢ.
 
+Data-parallel over N devices (:mod:`xpmlp.parallel`), each holding a shard B_k of
+the global batch of m rows: the first δ is ∂L/∂a_L divided by the global m, BatchNorm
+sums over the whole batch (its docstring), and ∂L/∂Wᵢ = AR(aᵢ₋₁ᵀ·δ over B_k),
+∂L/∂bᵢ = AR(Σ_{B_k} δ) in one all-reduce of every (W, b) gradient, before λ·Wᵢ is
+added; the update then runs identically on every device. A step costs 3 all-reduces
+per BatchNorm layer + 1.
+
 ``step`` applies momentum to every W, b, γ, β:  v ← μ·v − η·∂L/∂p;  p ← p + v.
 All parameters live in one flat array and all velocities in another (W, b, γ, β
 are views into it), so the update is four operations for the whole network.
@@ -28,6 +35,7 @@ from .backend import Array, Backend, float_dtype_name, get_backend, host, namesp
 from .batchnorm import BatchNorm
 from .checks import as_float, as_int, as_rate
 from .loss import SoftmaxCrossEntropy
+from .parallel import ONE_DEVICE, Shards
 from .state import FlatBuffer, TrainingState
 
 __all__ = ["MLP"]
@@ -201,6 +209,8 @@ class MLP:
         self.dW = [xp.zeros_like(w) for w in self.W]
         self.db = [xp.zeros_like(b) for b in self.b]
         self.train_mode = True
+        #: the data-parallel hook (:mod:`xpmlp.parallel`); :meth:`use_shards` sets it here and in every BN layer
+        self.shards: Shards = ONE_DEVICE
         self.input: Array | None = None
         self.output: Array | None = None
         for layer in [*activations, criterion]:  # released when this model is garbage-collected
@@ -361,10 +371,10 @@ class MLP:
         """One training step as a pure function: ``(new state, (per-example loss (N,), output (N, C)))``.
 
         ``batch`` is ``(x, y)``, this backend's arrays in the model's dtype (one-hot ``y``;
-        torch does not promote float32 @ float64); ``lr``, ``momentum`` numbers or 0-d
-        arrays. It runs the very code of :meth:`forward`, :meth:`backward` and :meth:`step`
-        (in training mode), on a scratch copy of the model whose layer objects are copies
-        too (they keep their outputs for the backward pass), so the model is left as it
+        torch does not promote float32 @ float64), or ``(x, y, w)`` with sample weights w (N,);
+        ``lr``, ``momentum`` numbers or 0-d arrays. It runs the very code of :meth:`forward`,
+        :meth:`backward` and :meth:`step` (in training mode), on a scratch copy of the model
+        whose layer objects are copies too (they keep their outputs for the backward pass), so the model is left as it
         was and a compiler (``jax.jit``) can trace it: nothing is read back to the host and
         no array is mutated. A scratch copy's own ``stateless_step`` works on itself:
         :func:`~xpmlp.training.make_epoch` makes one an epoch, not one a step.
@@ -373,7 +383,7 @@ class MLP:
         worker.training_state = state
         worker._lr, worker._momentum, worker.train_mode = lr, momentum, True  # 0-d arrays under a trace
         out = worker._forward(batch[0])
-        loss = worker._backward(batch[1])
+        loss = worker._backward(*batch[1:])  # (y,) or (y, sample weights)
         worker.step()
         return worker.training_state, (loss, out)
 
@@ -416,35 +426,61 @@ class MLP:
     def __call__(self, x: Any) -> Array:
         return self.forward(x)
 
-    def backward(self, labels: Any) -> Array:
+    def backward(self, labels: Any, weights: Any = None) -> Array:
         """Gradients of the batch-mean loss into dW, db and each BN's dgamma, dbeta.
 
         ``labels`` are one-hot (N, output_size) for the last :meth:`forward`.
-        Returns the per-example loss (N,) that was differentiated.
+        Returns the per-example loss (N,) that was differentiated. With sample
+        ``weights`` w (N,), w ≥ 0 and Σ w > 0, the loss is the weighted mean
+        Σᵢ wᵢLᵢ / Σᵢ wᵢ: each example's loss and its ∂L/∂a_L scale by uᵢ = N·wᵢ/Σ w
+        (u = 1 for equal weights), and the returned per-example loss is uᵢ·Lᵢ, whose
+        mean is the weighted mean. BatchNorm's batch statistics stay unweighted.
         """
         if self.output is None:
             raise RuntimeError("MLP.backward() called before forward()")
         y = self._check("labels", labels, self.output_size)
         if y.shape[0] != self.output.shape[0]:
             raise ValueError(f"labels have {y.shape[0]} rows but the last forward had {self.output.shape[0]}")
-        return self._backward(y)
+        if weights is None:
+            return self._backward(y)
+        w = self.backend.asarray(weights, self.dtype)
+        if tuple(w.shape) != (y.shape[0],):
+            raise ValueError(f"weights must have shape ({y.shape[0]},), one per row, got {tuple(w.shape)}")
+        return self._backward(y, w)
 
-    def _backward(self, y: Array) -> Array:
+    def _backward(self, y: Array, weights: Array | None = None) -> Array:
         xp = namespace_of(y)
         loss = self.criterion(self.output, y)
-        delta = self.criterion.derivative() / y.shape[0]
+        delta = self.criterion.derivative()
+        m = self.shards.rows(y.shape[0])  # the batch's rows, on every device together
+        if weights is not None:  # uᵢ = m·wᵢ/Σ w: the batch mean of uᵢ·Lᵢ is Σ wᵢLᵢ / Σ wᵢ
+            u = weights * (m / self.shards.allsum(xp.sum(weights)))
+            loss, delta = u * loss, delta * u[:, None]
+        delta = delta / m
         for i in reversed(range(self.nlayers)):
             delta = _through_activation(self.activations[i], delta)
             if i < self.num_bn_layers:
                 delta = self.bn_layers[i].backward(delta)
             a_prev = self.input if i == 0 else self.activations[i - 1].state
             self.dW[i] = xp.matmul(a_prev.T, delta)
-            if self.l2:
-                self.dW[i] = self.dW[i] + self.l2 * self.W[i]
             self.db[i] = xp.sum(delta, axis=0, keepdims=True)
             if i > 0:
                 delta = xp.matmul(delta, self.W[i].T)
+        n = self.nlayers
+        summed = self.shards.allsum_each([*self.dW, *self.db])  # over the devices' shards; on one, as they are
+        self.dW, self.db = summed[:n], summed[n:]
+        if self.l2:
+            self.dW = [dw + self.l2 * w for dw, w in zip(self.dW, self.W, strict=True)]
         return loss
+
+    def use_shards(self, shards: Shards) -> None:
+        """Sum over ``shards`` (each device's part of the global batch) wherever a step sums over the batch.
+
+        See :mod:`xpmlp.parallel`; the model and every BN layer hold it as ``shards``.
+        """
+        self.shards = shards
+        for bn in self.bn_layers:
+            bn.shards = shards
 
     def zero_grads(self) -> None:
         """Set every gradient to zero."""

@@ -7,15 +7,26 @@ BatchNorm's batch-of-one rule, and the defaults (train.py's and ``MLPClassifier`
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from .activations import Activation, Identity, ReLU, Sigmoid, Tanh
+from .backend import host
 from .init import he_normal_weight_init, random_normal_weight_init, zeros_bias_init
-from .loss import SoftmaxCrossEntropy
+from .loss import SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from .mlp import MLP
 
-__all__ = ["ACTIVATIONS", "DEFAULTS", "HW1", "INITS", "build_mlp", "leaves_batch_of_one", "scheduled_lr"]
+__all__ = [
+    "ACTIVATIONS",
+    "DEFAULTS",
+    "HW1",
+    "INITS",
+    "build_mlp",
+    "leaves_batch_of_one",
+    "schedule_problem",
+    "scheduled_lr",
+]
 
 #: hidden activations by name (train.py's ``--activation``)
 ACTIVATIONS: dict[str, type[Activation]] = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "identity": Identity}
@@ -23,7 +34,7 @@ ACTIVATIONS: dict[str, type[Activation]] = {"sigmoid": Sigmoid, "tanh": Tanh, "r
 SKLEARN_ACTIVATIONS = {("logistic" if name == "sigmoid" else name): name for name in ACTIVATIONS}
 #: the built-in activations and criteria by class name, as checkpoints store them
 ACTIVATION_CLASSES: dict[str, type[Activation]] = {cls.__name__: cls for cls in ACTIVATIONS.values()}
-CRITERIA: dict[str, type] = {cls.__name__: cls for cls in (SoftmaxCrossEntropy,)}
+CRITERIA: dict[str, type] = {cls.__name__: cls for cls in (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy)}
 #: weight inits by name: N(0, 1) as in HW1, He's N(0, 2/fan_in)
 INITS = {"normal": random_normal_weight_init, "he": he_normal_weight_init}
 
@@ -67,8 +78,10 @@ def build_mlp(
     backend: Any = None,
     device: str | None = None,
     dtype: str = "float64",
+    criterion: Any = None,
 ) -> MLP:
-    """An MLP of ``hiddens`` layers with the activation named ``activation``, an identity output, softmax CE.
+    """An MLP of ``hiddens`` layers with the activation named ``activation``, an identity output, softmax CE
+    (or ``criterion``, a loss instance).
 
     Weights drawn by ``INITS[init]`` from ``rng`` (a NumPy ``RandomState`` or ``Generator``;
     None: NumPy's global generator), biases 0; BatchNorm on the first ``bn_layers`` layers.
@@ -80,7 +93,7 @@ def build_mlp(
         [ACTIVATIONS[activation]() for _ in hiddens] + [Identity()],
         functools.partial(INITS[init], rng=rng),
         zeros_bias_init,
-        SoftmaxCrossEntropy(),
+        SoftmaxCrossEntropy() if criterion is None else criterion,
         lr,
         momentum,
         bn_layers,
@@ -93,6 +106,28 @@ def build_mlp(
 def scheduled_lr(lr: float, decay: float, epoch: int) -> float:
     """The learning rate of epoch ``epoch`` (0-based) of the exponential schedule: lr·decay^epoch."""
     return lr * decay**epoch
+
+
+def schedule_problem(lr: float, decay: float, epochs: int, dtype: str) -> str | None:
+    """How lr·decay^k fails to be a rate in ``dtype`` (the model's) for some epoch k < ``epochs``, or None.
+
+    decay^k is monotone in k: the last epoch's rate is the extreme one. A rate that
+    overflows ("overflows to infinity") or that is 0 in ``dtype`` although lr is not
+    ("underflows to 0") is one; lr = 0 stays 0, unless decay^k itself overflows (0·∞).
+    """
+    if epochs <= 1 or decay == 1:
+        return None
+    try:
+        factor = decay ** (epochs - 1)
+    except OverflowError:
+        factor = math.inf
+    if math.isinf(factor):
+        return "overflows to infinity" if lr else "is 0·∞, undefined (decay^k overflows to infinity)"
+    with host.errstate(over="ignore", under="ignore"):  # found just below
+        last = float(host.asarray(lr * factor, dtype=dtype))
+    if math.isinf(last):
+        return "overflows to infinity"
+    return "underflows to 0" if lr and not last else None
 
 
 def leaves_batch_of_one(n: int, batch_size: int) -> bool:

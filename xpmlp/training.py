@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .backend import Array, host
+from .backend import Array, Collective, host
 from .checks import as_int
 from .epoch import (
     CompiledEpoch,
@@ -34,6 +34,7 @@ from .epoch import (
 )
 from .evaluation import EVAL_CHUNK, _eval_sums, confusion_matrix, eval_mode, evaluate, predict
 from .mlp import MLP
+from .parallel import collective_for
 from .presets import leaves_batch_of_one
 
 __all__ = [  # the epoch and evaluation names too, where callers found them before they had modules of their own
@@ -157,6 +158,7 @@ def fit(
     callbacks: Sequence[Callable[[int, History], Any]] = (),
     compiled: bool = True,
     shuffle: bool = True,
+    devices: int = 1,
 ) -> History:
     """Train ``mlp`` until ``epochs`` epochs are done (counting those in ``history``).
 
@@ -189,6 +191,12 @@ def fit(
         both leave the model in the mode (training or eval) it was in.
     shuffle
         False: every epoch takes the training rows in their given order (``seed`` is not used).
+    devices
+        Data-parallel training on this many devices (JAX: its devices, in this process; torch: one
+        process per device in a ``torch.distributed`` group, each calling ``fit`` alike). Each device
+        gathers its ``batch_size / devices`` columns of the same batches, and BatchNorm's statistics and
+        every gradient are summed over them (:mod:`xpmlp.parallel`), so the model trains exactly as on
+        one device; validation runs on one. ``batch_size`` must be a multiple; needs ``compiled``.
 
     Raises
     ------
@@ -204,11 +212,13 @@ def fit(
     for callback in callbacks:
         if not callable(callback):
             raise TypeError(f"callbacks must be callables callback(epoch, history), got {callback!r}")
+    collective = collective_for(mlp.backend, devices, batch_size, compiled)
     train_data = DeviceSplit(mlp, train, "training")
     val_data = None if val is None else DeviceSplit(mlp, val, "validation")
     _check_batchnorm_batches(mlp, train_data.n, batch_size)
+    batch_size = min(batch_size, train_data.n)  # a larger one is one batch of every row (and no array dimension)
     first = _first_epoch(mlp, history, epochs, stopping)
-    run_epoch = _EpochRunner(mlp, train_data, val_data, batch_size, compiled, progress)
+    run_epoch = _EpochRunner(mlp, train_data, val_data, batch_size, compiled, progress, collective)
     with _mode_kept(mlp):  # eval-mode models train in training mode, then return to eval
         for epoch in range(first, epochs):
             order = _epoch_order(seed, epoch, train_data.n) if shuffle else host.arange(train_data.n)
@@ -258,14 +268,21 @@ class _EpochRunner:
     """One epoch of :func:`fit` at a time: training, then validation, read back in one device→host copy."""
 
     def __init__(
-        self, mlp: MLP, train: DeviceSplit, val: DeviceSplit | None, batch_size: int, compiled: bool, progress: Any
+        self,
+        mlp: MLP,
+        train: DeviceSplit,
+        val: DeviceSplit | None,
+        batch_size: int,
+        compiled: bool,
+        progress: Any,
+        collective: Collective | None,
     ) -> None:
         from tqdm.auto import tqdm
 
         self.mlp, self.train, self.val, self.batch_size, self.progress, self.tqdm = (
             mlp, train, val, batch_size, progress, tqdm,
         )  # fmt: skip
-        self.compiled = CompiledEpoch(mlp, train, batch_size) if compiled else None
+        self.compiled = CompiledEpoch(mlp, train, batch_size, collective) if compiled else None
 
     def __call__(self, epoch: int, epochs: int, order: Any, history: History) -> tuple[list[float], float]:
         """``([train loss, errors, (val loss, errors, non-finite rows,) max |parameter|], seconds)`` of an epoch."""

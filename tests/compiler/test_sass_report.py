@@ -3,8 +3,8 @@
 A GEMM's main loop should issue several FMAs per shared-memory load instruction; the report
 finds that loop by its backward branch and counts its own instructions. These kernels pin the
 count: one load per operand and one FMA a step (0.5), two 128-bit loads feeding a 4×4 register
-tile (8.0), the double version (DFMA, 64-bit loads), a loop nested in the FMA loop, and code
-with no loop at all.
+tile (8.0), the double version (DFMA, 64-bit loads), a loop nested in the FMA loop, a k-step
+unrolled away (no loop: the straight run between barriers), and code with no loop at all.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import cupy_nvrtc
 import sass_report
 import step_kernels
 
@@ -95,6 +96,21 @@ extern "C" __global__ void no_loop(const float* __restrict__ a, float* __restric
   out[threadIdx.x] = s[threadIdx.x ^ 1] * a[threadIdx.x] + 1.0f;
 }
 
+extern "C" __global__ void one_k_step(const float* __restrict__ a, float* __restrict__ out) {
+  __shared__ float sa[256], sb[256];
+  const int t = threadIdx.x;
+  sa[t] = a[t];
+  sb[t] = a[256 + t];
+  __syncthreads();
+  float acc = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) acc += sa[(t + k) & 255] * sb[(t * 3 + k) & 255];  // unrolled away: no loop
+  __syncthreads();
+  sa[t] = acc;
+  __syncthreads();
+  out[t] = sa[t ^ 1] * 2.0f + 1.0f;  // after a barrier: not the product's step
+}
+
 extern "C" __global__ void no_shared(float* __restrict__ p, int n) {
   for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = p[i] * 2.0f + 1.0f;
 }
@@ -114,8 +130,9 @@ def test_fmas_per_shared_load_in_the_main_loop(analysed):
     assert loops["register_tile"].fmas == 16 and loops["register_tile"].shared_loads == 2
     assert loops["double_loop"].fmas == 1 and loops["double_loop"].shared_loads == 2
     assert loops["fmas_around_a_copy_loop"].fmas == 1 and loops["fmas_around_a_copy_loop"].shared_loads == 2
-    assert all(loop.looped for name, loop in loops.items() if name not in ("no_loop", "no_shared"))
+    assert all(loop.looped for name, loop in loops.items() if name not in ("no_loop", "one_k_step", "no_shared"))
     assert not loops["no_loop"].looped and loops["no_loop"].fmas == 1
+    assert not loops["one_k_step"].looped and (loops["one_k_step"].fmas, loops["one_k_step"].shared_loads) == (8, 16)
     assert loops["no_shared"] is None
     assert sass_report.fmas_per_shared_load(KERNELS) == {
         "one_fma_two_loads": 0.5,
@@ -123,6 +140,7 @@ def test_fmas_per_shared_load_in_the_main_loop(analysed):
         "double_loop": 0.5,
         "fmas_around_a_copy_loop": 0.5,
         "no_loop": 1.0,
+        "one_k_step": 0.5,
     }
 
 
@@ -135,6 +153,35 @@ def test_registers_and_static_shared_memory_from_ptxas(analysed):
     assert resources["no_shared"].shared_bytes == 0
     assert all(8 <= r.registers <= 255 and r.spill_stores == r.spill_loads == 0 for r in resources.values())
     assert resources["register_tile"].registers > resources["one_fma_two_loads"].registers  # 16 accumulators
+
+
+@needs_cuda_tools
+@pytest.mark.skipif(cupy_nvrtc.unavailable() is not None, reason=str(cupy_nvrtc.unavailable()))
+def test_the_cubin_cupy_makes_reads_the_same(analysed):
+    """NVRTC through CuPy's RawModule path: the same main loops; resources from ``cuobjdump -res-usage``."""
+    (compiled,) = cupy_nvrtc.compile_like_rawmodule([KERNELS])
+    functions, resources = sass_report.analyse(compiled.cubin)
+    assert sass_report.fmas_per_shared_load(compiled.cubin) == sass_report.fmas_per_shared_load(KERNELS)
+    assert set(resources) == set(functions) == set(analysed[0])
+    for name, res in resources.items():
+        assert res.registers == analysed[1][name].registers > 0 and res.spill_stores == 0  # no local memory
+        assert res.shared_bytes >= analysed[1][name].shared_bytes  # the cubin counts what the system reserves
+
+
+def test_resources_from_cuobjdump_res_usage():
+    text = """
+Resource usage:
+ Common:
+  GLOBAL:0
+ Function big:
+  REG:255 STACK:48 SHARED:9216 LOCAL:76 CONSTANT[0]:664 TEXTURE:0 SURFACE:0 SAMPLER:0
+ Function small:
+  REG:12 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:372 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+    assert sass_report.parse_res_usage(text) == {
+        "big": sass_report.Resources(255, 9216, 48, 76),
+        "small": sass_report.Resources(12, 0, 0, 0),
+    }
 
 
 def test_spills_and_stack_from_a_ptxas_log():

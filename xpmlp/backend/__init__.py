@@ -48,6 +48,8 @@ from ._base import (
     Array,
     Backend,
     BackendUnavailableError,
+    Collective,
+    CollectiveError,
     as_host,
     choices,
     cpu_name,
@@ -71,6 +73,8 @@ __all__ = [
     "Array",
     "Backend",
     "BackendUnavailableError",
+    "Collective",
+    "CollectiveError",
     "as_host",
     "cpu_name",
     "float_dtype_name",
@@ -79,6 +83,7 @@ __all__ = [
     "host",
     "install_line",
     "namespace_of",
+    "prepare_devices",
 ]
 
 _CLASSES: dict[str, type[Backend]] = {
@@ -86,6 +91,18 @@ _CLASSES: dict[str, type[Backend]] = {
 }
 NAMESPACES[host.ndarray] = NUMPY_NAMESPACE  # (here `numpy` names the submodule)
 _BACKENDS: dict[tuple[str, str], Backend] = {}
+
+
+def prepare_devices(backend: str | None, devices: int) -> None:
+    """What training on ``devices`` devices needs before backend ``backend`` (name or ``$XPMLP_BACKEND``) starts.
+
+    JAX fixes its CPU device count when it starts: this asks it for ``devices`` first.
+    """
+    name = (backend or os.environ.get(ENV_VAR, "") or "numpy").strip().lower().replace("-", "_")
+    if devices > 1 and name == "jax":
+        from .jax import request_cpu_devices
+
+        request_cpu_devices(devices)
 
 
 def install_line(name: str) -> str:

@@ -189,6 +189,60 @@ class Backend:
         """A human-readable name of the device the arrays live on."""
         return cpu_name()
 
+    #: Whether data-parallel training runs one process per device (torch.distributed) rather than one for all.
+    process_per_device: ClassVar[bool] = False
+
+    def devices_problem(self, devices: int) -> str | None:
+        """Why this backend cannot train on ``devices`` devices here, or None (always None for one)."""
+        if devices == 1:
+            return None
+        return (
+            f"backend {self.name!r} has no collectives to train on devices={devices}; "
+            "data-parallel training runs on backend 'jax' (XLA's collectives) or 'torch' (torch.distributed)"
+        )
+
+    def collective(self, devices: int) -> Collective:
+        """The engine that trains on ``devices`` devices at once; ValueError where :meth:`devices_problem` says."""
+        raise ValueError(self.devices_problem(devices))
+
+
+class CollectiveError(RuntimeError):
+    """A data-parallel run lost a device or process in an all-reduce: the others cannot go on."""
+
+
+class Collective:
+    """A backend's engine for data-parallel training: N devices run one program and all-reduce between them.
+
+    Attributes ``devices`` (N) and ``rank`` (this process's first device, 0 … N − 1).
+    """
+
+    devices: int
+    rank: int
+
+    def reduce(self, x: Array) -> Array:
+        """Σ over the devices of ``x``, on every device (it may reuse ``x``'s memory)."""
+        raise NotImplementedError
+
+    def columns(self, batches: numpy.ndarray) -> numpy.ndarray:
+        """The columns of the host (batches, batch size) index matrix that this process's devices gather."""
+        raise NotImplementedError
+
+    def compile(self, fn: Callable[..., Any], sharded: Any, *example_args: Any) -> Callable[..., Any]:
+        """``fn`` run on every device, compiled for ``example_args``.
+
+        ``sharded`` mirrors ``example_args`` (a prefix pytree of booleans): True marks an index matrix whose
+        columns are split among the devices; every other array is the same on all of them.
+        """
+        raise NotImplementedError
+
+    def place(self, tree: Any) -> Any:
+        """``tree``'s arrays where :meth:`compile`'s program reads them (once for data that stays)."""
+        return tree
+
+    def local(self, tree: Any) -> Any:
+        """``tree``'s arrays (the same on every device) on the backend's one device again."""
+        return tree
+
 
 #: The namespace of each array type met so far.
 NAMESPACES: dict[type, ModuleType] = {}

@@ -15,6 +15,7 @@ Two of JAX's settings are process-wide flags; the backend touches them only wher
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -22,7 +23,9 @@ from functools import cached_property
 from types import ModuleType
 from typing import Any
 
-from ._base import NAMESPACES, Backend, cpu_name
+import numpy
+
+from ._base import NAMESPACES, Array, Backend, Collective, cpu_name
 
 #: Overrides the matrix-product precision of xpmlp's JAX computations.
 PRECISION_ENV_VAR = "XPMLP_JAX_MATMUL_PRECISION"
@@ -105,10 +108,44 @@ class JaxBackend(Backend):
         """
         return self._module.jit(fn).lower(*example_args).compile()
 
+    def collective(self, devices: int) -> JaxCollective:
+        """XLA's collectives over the first ``devices`` of JAX's devices, in this one process.
+
+        JAX fixes its CPU device count when it starts: ``jax.config.update("jax_num_cpu_devices", N)``
+        (or ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) must come before anything uses JAX.
+        """
+        problem = self.devices_problem(devices)
+        if problem:
+            raise ValueError(problem)
+        return JaxCollective(self._module, self._module.devices()[:devices])
+
+    def devices_problem(self, devices: int) -> str | None:
+        found = len(self._module.devices())
+        if found >= devices:
+            return None
+        how = (
+            f"set jax.config.update('jax_num_cpu_devices', {devices}) before JAX starts (train.py --devices does)"
+            if self._platform == "cpu"
+            else "this machine has no more"
+        )
+        return f"devices={devices} but JAX has {found} {self._platform} device(s): {how}"
+
     @cached_property
     def device_name(self) -> str:
         """The GPU's name (e.g. ``NVIDIA H100 80GB HBM3``) where JAX runs on one, else the CPU's."""
         return cpu_name() if self._platform == "cpu" else self._module.devices()[0].device_kind
+
+
+def request_cpu_devices(count: int) -> None:
+    """Ask JAX for ``count`` CPU devices: it must not have started yet (afterwards its count is fixed, and
+    :meth:`JaxBackend.collective` says how many it has). NumPy's global generator is left as it was."""
+    seeded = numpy.random.get_state()
+    try:
+        import jax
+    finally:
+        numpy.random.set_state(seeded)
+    with contextlib.suppress(RuntimeError):  # JAX has started: its device count stands
+        jax.config.update("jax_num_cpu_devices", count)
 
 
 def cpu_threads(cores: int) -> str:
@@ -117,3 +154,46 @@ def cpu_threads(cores: int) -> str:
     limited = "intra_op_parallelism_threads" in flags or "xla_cpu_multi_thread_eigen" in flags
     count = f"as XLA_FLAGS={flags!r} sets them" if limited else f"{cores} threads, one per usable core"
     return f"{count} (XLA's CPU thread pool; JAX has no setting of its own)"
+
+
+class JaxCollective(Collective):
+    """``shard_map`` over a one-axis mesh of devices; the all-reduce is ``lax.psum`` over that axis.
+
+    One process drives every device (several processes run the same program under
+    ``jax.distributed.initialize``). The program's inputs are replicated on the mesh but for the
+    index matrices, whose columns are split along the mesh's axis.
+    """
+
+    AXIS = "batch"
+
+    def __init__(self, jax: ModuleType, devices: list[Any]) -> None:
+        self._jax, self.devices, self.rank = jax, len(devices), 0
+        self._home = devices[0]
+        self._mesh = jax.sharding.Mesh(devices, (self.AXIS,))
+        self._everywhere = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+
+    def reduce(self, x: Array) -> Array:
+        return self._jax.lax.psum(x, self.AXIS)
+
+    def columns(self, batches: Any) -> Any:
+        return batches  # shard_map hands each device its own columns
+
+    def compile(self, fn: Callable[..., Any], sharded: Any, *example_args: Any) -> Callable[..., Any]:
+        jax, spec = self._jax, self._jax.sharding.PartitionSpec
+        in_specs = jax.tree.map(lambda split: spec(None, self.AXIS) if split else spec(), sharded)
+        # check_vma off: a replicated output may be computed from sharded values (the all-reduced sums)
+        program = jax.shard_map(fn, mesh=self._mesh, in_specs=in_specs, out_specs=spec(), check_vma=False)
+        compiled = jax.jit(program).lower(*self.place(example_args)).compile()
+        shardings = compiled.input_shardings[0]
+
+        def run(*args: Any) -> Any:
+            return compiled(*jax.device_put(args, shardings))
+
+        run.compiled = compiled  # XLA's program, to read (its all-reduces: ``run.compiled.as_text()``)
+        return run
+
+    def place(self, tree: Any) -> Any:
+        return self._jax.device_put(tree, self._everywhere)
+
+    def local(self, tree: Any) -> Any:
+        return self._jax.device_put(tree, self._home)

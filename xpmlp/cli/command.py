@@ -10,42 +10,48 @@ overwritten, and one run at a time writes it (a lock file while it runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..backend import BackendUnavailableError, get_backend, host
-from ..data import load_mnist
+from .. import presets
+from ..backend import Backend, BackendUnavailableError, CollectiveError, get_backend, host, prepare_devices
+from ..checks import as_rate
+from ..data import DATASETS, load_mnist, mnist_location
 from ..mlp import MLP
 from ..presets import ACTIVATIONS, DEFAULTS, HW1, INITS, build_mlp, leaves_batch_of_one, scheduled_lr
 from ..training import EVAL_CHUNK, History, fit
+from .parallel import processes
 from .runs import (
     CHECKPOINT,
     RESUMED,
     Progress,
     RunError,
     UsageError,
-    holds_run,
     results,
     resume,
     run_folder,
     save_checkpoint,
+    say,
     show,
 )
 
-INTERRUPTED = 130  # the shell's exit status for Ctrl-C
+INTERRUPTED, TERMINATED = 130, 143  # the shell's exit statuses for Ctrl-C (SIGINT) and SIGTERM
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, answering a mistake in one line (no usage block): ``train.py: error: ...``, exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see {self.prog} --help)", 2)
+        fail(f"{message} (see {self.prog} --help)", 2, self.prog)
 
 
 def _number(kind: type, check: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
@@ -89,12 +95,13 @@ def _folder(text: str) -> str:
     return str(Path(text).expanduser())
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argparse.Namespace:
     """The flags, checked (one-line error and exit 2 on a mistake), with defaults filled in.
 
-    ``args.given`` names the configuration flags the user set (``--hw1`` sets its own).
+    ``args.given`` names the configuration flags the user set (``--hw1`` sets its own);
+    ``args.prog`` is ``prog``, the name the messages start with.
     """
-    p = Parser(prog="train.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=COUNT, help=f"total epochs (default {DEFAULTS['epochs']})")
     p.add_argument("--batch-size", type=POSITIVE, help=f"mini-batch size (default {DEFAULTS['batch_size']})")
     hiddens = show(DEFAULTS["hiddens"])
@@ -107,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--lr-decay",
         type=DECAY,
-        help=f"learning rate of epoch k (0-based): lr·decay^k (default {DEFAULTS['lr_decay']})",
+        help=f"learning rate of epoch k (0-based): lr*decay^k (default {DEFAULTS['lr_decay']})",  # ASCII: any locale
     )
     p.add_argument("--momentum", type=MOMENTUM, help=f"momentum (default {DEFAULTS['momentum']})")
     p.add_argument("--init", choices=INITS, help="weight init: N(0,1) as in HW1, or He N(0, 2/fan_in) (default he)")
@@ -118,6 +125,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data",
         type=_folder,
         help="MNIST folder (default $XPMLP_DATA, else ~/.cache/xpmlp/mnist, downloaded if absent)",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="mnist",
+        help="MNIST or a data set in its format (default mnist; the others in ~/.cache/xpmlp/<dataset>)",
     )
     p.add_argument("--out", type=_folder, default="runs/latest", help="output folder (default runs/latest)")
     p.add_argument("--resume", action="store_true", help=f"continue the run whose {CHECKPOINT} is in --out")
@@ -130,6 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-compile", action="store_true", help="train with the eager HW1 loop instead of the compiled epoch"
     )
     p.add_argument(
+        "--devices",
+        type=POSITIVE,
+        default=1,
+        help="data-parallel on N devices, each a share of every batch (jax: its devices; torch: N processes)",
+    )
+    p.add_argument(
         "--hw1",
         action="store_true",
         help="the homework's network: 784-64-64-32-10 sigmoid, BN on layer 1, "
@@ -138,6 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and confusion.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    args.prog = p.prog
     preset = HW1 if args.hw1 else {}
     args.given = {key for key in {*DEFAULTS, *RESUMED} if getattr(args, key) is not None} | set(preset)
     for key, value in {**DEFAULTS, "seed": 0, **preset}.items():
@@ -152,21 +172,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 f"--bn-layers {args.bn_layers} needs at least {args.bn_layers} hidden layers, but --hiddens {layers} "
                 f"has {len(args.hiddens)}: pass --bn-layers {len(args.hiddens)} (or fewer), or more --hiddens"
             )
-        for problem in (
-            memory_problem(args.hiddens, args.dtype),
-            schedule_problem(args.lr, args.lr_decay, args.epochs),
-        ):
+        try:
+            as_rate("--lr", args.lr, args.dtype)
+            as_rate("--momentum", args.momentum, args.dtype, below=1.0)  # 0.99999999 is 1.0 in float32
+        except ValueError as exc:
+            p.error(str(exc))
+        for problem in (memory_problem(args.hiddens, args.dtype), schedule_problem(args)):
             if problem:
                 p.error(problem)
-    try:
-        backend = get_backend(args.backend, args.device)
-    except (ValueError, TypeError, BackendUnavailableError) as exc:
-        p.error(str(exc))
-    args.backend, args.device = backend.name, backend.device
+    prepare_devices(args.backend, args.devices)  # before the backend starts: JAX fixes its CPU devices then
+    if not args.resume or args.backend is not None or os.environ.get("XPMLP_BACKEND", "").strip():
+        # (else the resumed run goes on on the backend and device it trained on: read from its checkpoint)
+        try:
+            backend = get_backend(args.backend, args.device)
+        except (ValueError, TypeError, BackendUnavailableError) as exc:
+            p.error(str(exc))
+        args.backend, args.device = backend.name, backend.device
+        args.backends = [{"backend": backend.name, "device": backend.device, "from_epoch": 1}]
+        problem = devices_problem(backend, args)
+        if problem:
+            p.error(problem)
+    elif args.devices > 1:
+        p.error(f"--resume --devices {args.devices}: name the --backend to train on (jax or torch)")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
+    try:
+        taken = out.exists() and not out.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        p.error(f"--out {out}: {exc.strerror}; choose another --out")
+    if taken:
         p.error(f"--out {out} is a file, not a folder; name a folder (it is created if absent)")
     return args
+
+
+def devices_problem(backend: Backend, args: argparse.Namespace) -> str | None:
+    """Why ``--devices`` cannot train here, or None."""
+    if args.devices > 1 and args.no_compile:
+        return f"--devices {args.devices} trains through the compiled epoch: drop --no-compile (or --devices)"
+    if args.batch_size % args.devices:
+        return f"--devices {args.devices} must divide --batch-size {args.batch_size} (each device takes a share)"
+    return backend.devices_problem(args.devices)
 
 
 def memory_problem(hiddens: list[int], dtype: str) -> str | None:
@@ -193,20 +237,12 @@ def memory_problem(hiddens: list[int], dtype: str) -> str | None:
     )
 
 
-def schedule_problem(lr: float, decay: float, epochs: int) -> str | None:
-    """Why the rate lr·decay^k of some epoch k < ``epochs`` would overflow to inf or underflow to 0, or None."""
-    if lr == 0 or decay == 1 or epochs <= 1:
-        return None
-    try:
-        last = lr * decay ** (epochs - 1)  # the extreme one: decay^k is monotone in k
-    except OverflowError:
-        last = math.inf
-    if 0 < last < math.inf:
-        return None
-    what = "overflows to infinity" if decay > 1 else "underflows to 0"
-    return (
-        f"--lr {lr} with --lr-decay {decay}: the learning rate lr·decay^k {what} before epoch {epochs} "
-        "(--epochs); train fewer --epochs, or bring --lr-decay closer to 1"
+def schedule_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--lr`` and ``--lr-decay`` give some epoch no learning rate in ``--dtype``, or None."""
+    what = presets.schedule_problem(args.lr, args.lr_decay, args.epochs, args.dtype)
+    return what and (
+        f"--lr {args.lr} with --lr-decay {args.lr_decay}: the learning rate lr·decay^k {what} before epoch "
+        f"{args.epochs} (--epochs) in {args.dtype}; train fewer --epochs, or bring --lr-decay closer to 1"
     )
 
 
@@ -237,75 +273,113 @@ def lr_schedule(mlp: MLP, args: argparse.Namespace) -> Callable[[int, History], 
     return schedule
 
 
-def fail(message: str, status: int) -> NoReturn:
-    """One line on stderr, then exit with ``status``."""
-    print(f"train.py: error: {' '.join(message.split())}", file=sys.stderr)
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[list[int]]:
+    """Inside the block SIGTERM acts as Ctrl-C (through SIGINT's handler: deferred wherever Ctrl-C is); yields them.
+
+    With SIGINT ignored (a background job) it raises KeyboardInterrupt at once. Main thread only.
+    """
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        came.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signum, frame)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fail(message: str, status: int, prog: str) -> NoReturn:
+    """One line on stderr, ``prog: error: message``, then exit with ``status``."""
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(status)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130)."""
-    run(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130).
+
+    Its messages name ``prog``; default: the program run (``train.py``, ``xpmlp-train``), or
+    ``train.py`` when ``argv`` is given.
+    """
+    if sys.stderr is None:  # started with stderr closed (2>&-): the bar and the messages go nowhere, not the run
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the process)
+    run(argv, prog or (Path(sys.argv[0]).name if argv is None and sys.argv[0] else "train.py"))
     return 0
 
 
-def run(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None, prog: str = "train.py") -> dict[str, Any]:
     """Run train.py and return its metrics; every user mistake ends in one line on stderr and exit status 2.
 
     A run that cannot go on (diverged, a write failed) exits 1; Ctrl-C exits 130. Each says
     in its one line what was saved.
     """
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     progress = Progress(Path(args.out))
-    try:
-        return train(args, progress)
-    except UsageError as exc:
-        fail(str(exc), 2)
-    except (RunError, FloatingPointError) as exc:
-        fail(f"{exc}; {progress.state()}", 1)
-    except KeyboardInterrupt:
-        if progress.trained:
-            message = f"interrupted while writing the results; {progress.state()}: rerun with --resume to write them"
-        elif progress.saved is None:
-            message = "interrupted before epoch 1 was saved; nothing was saved"
-        else:
-            message = f"interrupted after epoch {progress.saved}; rerun with --resume to continue ({progress.state()})"
-        print(f"\ntrain.py: {message}", file=sys.stderr)
-        raise SystemExit(INTERRUPTED) from None
+    with terminate_as_interrupt() as terminated:
+        try:
+            with processes(args.backend, args.device, args.devices, sys.argv[1:] if argv is None else argv) as group:
+                args.rank = group.rank
+                return train(args, progress)
+        except UsageError as exc:
+            fail(str(exc), 2, prog)
+        except (RunError, FloatingPointError, CollectiveError) as exc:
+            fail(f"{exc}; {progress.state()}", 1, prog)
+        except KeyboardInterrupt:
+            what = "terminated" if terminated else "interrupted"
+            if progress.trained:
+                message = f"{what} while writing the results; {progress.state()}: rerun with --resume to write them"
+            elif progress.saved is None:
+                message = f"{what} before epoch 1 was saved; {progress.state()}"
+            else:
+                message = f"{what} after epoch {progress.saved}; rerun with --resume to continue ({progress.state()})"
+            print(f"\n{prog}: {message}", file=sys.stderr)
+            raise SystemExit(TERMINATED if terminated else INTERRUPTED) from None
 
 
 def train(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
-    """train.py on checked flags: the folder, the run, the data, the epochs, the results."""
+    """train.py on checked flags: the folder, the run, the data, the epochs, the results.
+
+    A data-parallel run's other processes (``args.rank`` > 0) train alongside, writing nothing.
+    """
+    if args.rank:
+        return train_in(args, Path(args.out), progress, writes=False)
     with run_folder(args, progress) as out:
         return train_in(args, out, progress)
 
 
-def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[str, Any]:
-    """train.py in the locked, writable folder ``out``."""
+def train_in(args: argparse.Namespace, out: Path, progress: Progress, writes: bool = True) -> dict[str, Any]:
+    """train.py in the locked, writable folder ``out`` (without ``writes``: it only trains)."""
     if args.resume:
         mlp, history = resume(args, out, progress)
-        problem = schedule_problem(args.lr, args.lr_decay, args.epochs)
+        problem = schedule_problem(args)
         if problem:
             raise UsageError(problem)
-        print(f"resuming {out / CHECKPOINT} after epoch {history.epochs}")
+        say(f"resuming {out / CHECKPOINT} after epoch {history.epochs}")
     else:
         mlp, history = build(args), History()
     backend = get_backend(mlp.backend)
     explicit = args.data is not None or bool(os.environ.get("XPMLP_DATA"))
-    try:
-        (train_split, val, test) = load_mnist(args.data, download=not explicit)  # a folder named is not filled
+    try:  # a folder named is not filled
+        (train_split, val, test) = load_mnist(args.data, download=not explicit, dataset=args.dataset)
     except (OSError, ValueError) as exc:
         raise UsageError(f"{exc}" + (" (or --data)" if explicit else "")) from None
+    args.data = str(mnist_location(args.data, args.dataset)[0])  # metrics.json records it: $XPMLP_DATA, the cache
     batch_problem(mlp, len(train_split[0]), args.batch_size)
-    if args.overwrite:
-        for name in holds_run(out):
-            (out / name).unlink()
     config = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("resume", "overwrite", "quiet", "no_plots", "given", "no_compile")
+        if k not in ("resume", "overwrite", "quiet", "no_plots", "given", "no_compile", "prog", "rank")
     }
-    print(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train_split[0])} training images")
+    say(f"{mlp}\non {backend.name}, {backend.device} ({backend.device_name}); {len(train_split[0])} training images")
 
     def checkpoint(h: History) -> None:
         save_checkpoint(out, mlp, config, h, progress)
@@ -316,15 +390,12 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
         nonlocal compiled_before
         checkpoint(h)  # first: a printed epoch is a saved one (Ctrl-C after its line resumes after it)
         if h.compile_seconds > compiled_before:
-            print(
-                f"compiled the training epoch in {h.compile_seconds - compiled_before:.2f} s (not in the epoch times)"
-            )
+            say(f"compiled the training epoch in {h.compile_seconds - compiled_before:.2f} s (not in the epoch times)")
             compiled_before = h.compile_seconds
-        print(
+        say(
             f"epoch {epoch:3d}/{args.epochs}  train loss {h.train_loss[-1]:.4f} error {h.train_error[-1]:6.2%}  "
             f"val loss {h.val_loss[-1]:.4f} error {h.val_error[-1]:6.2%}  {h.seconds[-1]:6.2f} s"
-            + (f"  (stopped early: restored epoch {h.best_epoch})" if h.stopped_early else ""),
-            flush=True,
+            + (f"  (stopped early: restored epoch {h.best_epoch})" if h.stopped_early else "")
         )
 
     schedule = lr_schedule(mlp, args)
@@ -340,10 +411,13 @@ def train_in(args: argparse.Namespace, out: Path, progress: Progress) -> dict[st
             seed=args.seed,
             history=history,
             patience=args.patience,
-            progress=False if args.quiet else None,
-            callbacks=[schedule, report],
+            progress=False if args.quiet or not writes else None,
+            callbacks=[schedule, report] if writes else [schedule],
             compiled=not args.no_compile,
+            devices=args.devices,
         )
+    if not writes:
+        return {}
     checkpoint(history)  # also when no epoch ran (--epochs 0, or the results of a finished run)
     progress.trained = True
     return results(args, out, mlp, history, test, config)

@@ -11,20 +11,28 @@ from ..io import atomic_write
 from ..training import History
 
 
-def plot(out: Path, history: History, confusion: Any) -> list[str]:
-    """curves.png (loss and error, train vs validation) and confusion.png, written atomically; the names written."""
+def figures(history: History, confusion: Any) -> dict[str, Any]:
+    """The figures by file name: curves.png (loss and error, train vs validation) and confusion.png.
+
+    Empty (a line on stderr says so) without matplotlib. Write each with :func:`save`.
+    """
     try:
         import matplotlib
     except ImportError:
         print("matplotlib is not installed: no plots (pip install 'xpmlp[plot]')", file=sys.stderr)
-        return []
+        return {}
     matplotlib.use("Agg")
+    return {"curves.png": curves_figure(history), "confusion.png": confusion_figure(confusion)}
+
+
+def save(fig: Any, path: Path) -> None:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and release it."""
     import matplotlib.pyplot as plt
 
-    for name, fig in (("curves.png", curves_figure(history)), ("confusion.png", confusion_figure(confusion))):
-        atomic_write(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    finally:
         plt.close(fig)
-    return ["curves.png", "confusion.png"]
 
 
 def curves_figure(history: History) -> Any:

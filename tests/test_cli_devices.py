@@ -1,0 +1,99 @@
+"""train.py --devices N (issue 24): N devices train the one-device run; mistakes are one line; a lost process too."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpmlp
+from xpmlp.cli import run
+
+from support.mnist_files import write_idx
+
+#: float64, so that N devices and one agree to rounding; 4 full batches an epoch
+FLAGS = ["--hiddens", "16", "--bn-layers", "1", "--batch-size", "100", "--dtype", "float64", "--quiet", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 training images (the last 10,000 of 10,400 validate) and 50 test images."""
+    folder = tmp_path_factory.mktemp("mnist")
+    write_idx(folder, n_train=10_400, n_test=50)
+    return folder
+
+
+def _train_py(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "xpmlp", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _state(folder: Path) -> np.ndarray:
+    mlp, _ = xpmlp.load_checkpoint(folder / "model.npz")
+    return np.concatenate([np.asarray(mlp.backend.to_host(v)).ravel() for v in mlp.state_dict().values()])
+
+
+@pytest.fixture(scope="module")
+def one_device(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("one")
+    run(["--data", str(images), "--out", str(out), "--epochs", "2", "--backend", "numpy", *FLAGS])
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_two_devices_train_what_one_does_and_the_checkpoint_resumes_on_one(backend, images, one_device, tmp_path):
+    pytest.importorskip(backend)
+    done = _train_py("--data", str(images), "--out", str(tmp_path), "--epochs", "1", "--backend", backend,
+                     "--devices", "2", *FLAGS)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "model.npz"]  # written once, by rank 0
+    metrics = run(["--data", str(images), "--out", str(tmp_path), "--resume", "--epochs", "2", "--quiet"])  # 1 device
+    found, reference = _state(tmp_path), _state(one_device)
+    assert np.max(np.abs(found - reference)) <= 1e-12 * np.max(np.abs(reference))
+    expected = json.loads((one_device / "metrics.json").read_text())
+    assert metrics["history"]["train_loss"] == pytest.approx(expected["history"]["train_loss"], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--devices", "2", "--backend", "numpy"], "no collectives to train on devices=2; data-parallel training"),
+        (["--devices", "3", "--backend", "torch"], "--devices 3 must divide --batch-size 100"),
+        (["--devices", "2", "--backend", "torch", "--no-compile"], "trains through the compiled epoch"),
+    ],
+)
+def test_devices_that_cannot_train_are_one_line_before_anything_is_written(flags, words, images, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(["--data", str(images), "--out", str(tmp_path / "run"), *FLAGS, *flags])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_process_ends_the_run_in_one_line_and_the_saved_epoch_resumes(images, tmp_path):
+    pytest.importorskip("torch")
+    command = [sys.executable, "-m", "xpmlp", "train", "--data", str(images), "--out", str(tmp_path), "--epochs",
+               "100000", "--lr-decay", "1", "--backend", "torch", "--devices", "2", *FLAGS]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        for line in proc.stdout:
+            if line.startswith("epoch"):
+                break
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1  # the helper train.py started: the other process of the group
+        os.kill(int(children[0]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=200)
+    assert proc.returncode == 1, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "lost its group" in err, err
+    _, saved = xpmlp.load_checkpoint(tmp_path / "model.npz")
+    epochs = len(saved["history"]["train_loss"])
+    assert epochs >= 1 and f"epoch {epochs}" in err
+    metrics = run(["--data", str(images), "--out", str(tmp_path), "--resume", "--epochs", str(epochs + 1), "--quiet"])
+    assert len(metrics["history"]["train_loss"]) == epochs + 1
