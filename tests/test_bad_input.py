@@ -123,6 +123,61 @@ def test_device_arrays_that_overflow_the_models_dtype_are_refused_by_predict():
         xpmlp.predict(model, torch.asarray(x))  # a float64 tensor: finite until it is cast to the model's float32
 
 
+def overflowing_model(backend):
+    """float32 weights whose output layer overflows on any of the data set's (finite) inputs."""
+    model = hw1_like(backend, dtype="float32")
+    state = snapshot(model)
+    model.load_state_dict({**state, "W.2": np.full_like(state["W.2"], 3e38)})  # 8 sigmoid units · 3e38: inf
+    return model
+
+
+def test_outputs_that_overflow_are_refused_by_predict_and_evaluate(backend):
+    """Finite inputs, a forward pass that overflows: once class 0 and an error rate, without a word on torch and JAX."""
+    model = overflowing_model(backend)
+    x, labels = dataset()[2]
+    message = r"the model's outputs are not finite for 30 of 30 rows, though the inputs are: its float32 forward"
+    for call in (xpmlp.predict, xpmlp.confusion_matrix):
+        with pytest.raises(ValueError, match="predict: " + message):
+            call(model, *((x,) if call is xpmlp.predict else (x, labels)))
+    with pytest.raises(ValueError, match="evaluate: " + message):
+        xpmlp.evaluate(model, x, labels)
+    with pytest.raises(ValueError, match="predict: " + message):
+        xpmlp.predict(model, model.backend.asarray(x, "float32"))  # device inputs: the same one read
+
+
+def test_predict_reads_the_device_once(monkeypatch):
+    pytest.importorskip("torch")
+    model = hw1_like("torch", dtype="float32")
+    reads = []
+    to_host = type(model.backend).to_host
+    monkeypatch.setattr(type(model.backend), "to_host", lambda self, a: reads.append(1) or to_host(self, a))
+    x = dataset()[2][0]
+    np.testing.assert_array_equal(xpmlp.predict(model, model.backend.asarray(x, "float32")), xpmlp.predict(model, x))
+    assert len(reads) == 2  # one a call, the device input's finiteness included
+
+
+def test_validation_outputs_that_overflow_stop_fit_naming_the_epoch():
+    model = MLP(784, 10, [16], [xpmlp.ReLU(), Identity()], xpmlp.he_normal_weight_init, xpmlp.zeros_bias_init,
+                SoftmaxCrossEntropy(), 0.05, dtype="float32")  # fmt: skip
+    train, (vx, vy), _ = dataset()
+    vx = np.full_like(vx, 3e38)  # finite in float32; ReLU lets x·W (~4e38) through: inf
+    with pytest.raises(FloatingPointError, match="epoch 1: the model's outputs are not finite for 40 validation"):
+        fit(model, train, (vx, vy), epochs=2, batch_size=20, seed=0, progress=False)
+
+
+def test_the_estimator_refuses_inputs_beyond_float32_and_outputs_that_overflow():
+    """Both once gave the first class (NaN probabilities)."""
+    pytest.importorskip("sklearn")
+    train, _, (x, _) = dataset()
+    clf = xpmlp.MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, dtype="float32").fit(*train)
+    with pytest.raises(ValueError, match="predict inputs overflow float32: 1 of 30 rows"):
+        clf.predict(np.vstack([np.full((1, 784), 1e39), x[1:]]))
+    state = snapshot(clf.model_)
+    clf.model_.load_state_dict({**state, "W.1": np.full_like(state["W.1"], 3e38)})
+    with pytest.raises(ValueError, match="predict: the model's outputs are not finite for"):
+        clf.predict_proba(x)
+
+
 def small(activations=None, criterion=None):
     acts = activations or [Sigmoid(), Identity()]
     return MLP(6, 3, [4], acts, xpmlp.random_normal_weight_init, xpmlp.zeros_bias_init,

@@ -88,6 +88,7 @@ def refused(capsys, argv: list[str], status: int = 2) -> str:
             "--lr = 1e-50 is 0 in the model's float32 (its smallest is 1.401e-45): it would change nothing",
         ),
         (["--lr", "1e39"], "--lr = 1e+39 is infinite in the model's float32 (its largest is 3.403e+38)"),
+        (["--momentum", "0.99999999"], "--momentum = 0.99999999 rounds to 1.0 in the model's float32"),
         (["--lr", "0", "--lr-decay", "1e200"], "lr·decay^k is 0·∞, undefined (decay^k overflows to infinity)"),
         (["--lr-decay", "0.1", "--epochs", "50"], "underflows to 0 before epoch 50 (--epochs) in float32"),
         (["--lr", "1e300", "--lr-decay", "1e10", "--epochs", "3", "--dtype", "float64"], "overflows to infinity"),
@@ -216,8 +217,8 @@ def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
 
 
 def test_diverged_training_is_one_line(tmp_path, data, capsys):
-    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", "--lr", "1e300", *FAST], 1)
-    assert "training diverged in epoch 1" in line and line.endswith("; nothing was saved")
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "3", "--lr", "1e38", *FAST], 1)
+    assert "training diverged in epoch 2" in line and line.endswith(f"{tmp_path / 'model.npz'} (epoch 1) is intact")
 
 
 def test_a_checkpoint_save_refuses_is_one_line_that_says_what_is_intact(tmp_path, data, monkeypatch, capsys):
@@ -303,7 +304,8 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, data):
 
 
 def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path, data):
-    for name in (".model.npz.k1ll3d.tmp", ".metrics.json.abc.tmp", ".other.tmp", "notes.txt"):
+    for name in (".model.npz.k1ll3d.tmp", ".metrics.json.abc.tmp", ".other.tmp", "notes.txt",
+                 ".model.npz.new.tmp", "..model.npz.new.tmp.k1ll3d.tmp"):  # fmt: skip
         (tmp_path / name).write_text("x")
     run(["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp", "metrics.json", "model.npz", "notes.txt"]
@@ -497,13 +499,26 @@ def test_a_closed_stdout_does_not_stop_the_run(tmp_path, data):
     assert len(state["history"]["train_loss"]) == 2 and (tmp_path / "metrics.json").is_file()
 
 
-def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(tmp_path, data, capsys):
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, FloatingPointError("training diverged in epoch 1")])
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(tmp_path, data, monkeypatch, capsys,
+                                                                           failure):  # fmt: skip
+    import xpmlp.cli.command as cli
+
     flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST]
     run(flags)
     (tmp_path / "curves.png").write_bytes(b"the old run's plot")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    line = refused(capsys, [*flags, "--overwrite", "--lr", "1e300"], 1)  # diverges in epoch 1
-    assert "training diverged in epoch 1" in line and line.endswith(f"(the old run in {tmp_path} is as it was)")
+
+    def fails_in_epoch_1(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(cli, "fit", fails_in_epoch_1)
+    with pytest.raises(SystemExit) as info:
+        run([*flags, "--overwrite"])
+    assert info.value.code == (130 if failure is KeyboardInterrupt else 1)
+    line = capsys.readouterr().err.strip()
+    assert "before epoch 1" in line or "diverged in epoch 1" in line
+    assert line.endswith(f"nothing was saved (the old run in {tmp_path} is as it was)")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
@@ -650,3 +665,24 @@ def test_help_is_ascii_so_that_any_locale_prints_it(capsys):
         run(["--help"])
     out = capsys.readouterr().out
     assert info.value.code == 0 and "--lr-decay" in out and out.isascii()
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alone(tmp_path, data, capsys):
+    """The lock was opened through the link and truncated to a process id: the file it pointed to was lost."""
+    (tmp_path / "precious.txt").write_text("precious")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".train.lock").symlink_to(tmp_path / "precious.txt")
+    line = refused(capsys, ["--data", str(data), "--out", str(out), "--epochs", "1", *FAST])
+    assert "its lock file .train.lock is a symbolic link" in line
+    assert (tmp_path / "precious.txt").read_text() == "precious" and (out / ".train.lock").is_symlink()
+
+
+def test_a_closed_stderr_does_not_stop_the_run(tmp_path, data):
+    """``train.py ... 2>&-``: Python has no sys.stderr; the progress bar crashed the run (exit 1, nothing said)."""
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", "--hiddens", "16", "--bn-layers", "1"]
+    closed = ["sh", "-c", 'exec "$@" 2>&-', "sh"]  # the shell closes it: no Python code runs in a forked child
+    done = subprocess.run([*closed, sys.executable, "train.py", *flags, "--no-plots"], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, timeout=300)  # fmt: skip
+    assert done.returncode == 0
+    assert len(xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["history"]["train_loss"]) == 1

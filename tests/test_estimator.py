@@ -39,7 +39,16 @@ CHECKED = [MLPClassifier(), MLPClassifier(backend="array_api_strict")]
 CHECKED += [MLPClassifier(backend=name) for name in ("torch", "jax") if importlib.util.find_spec(name)]
 
 
-@parametrize_with_checks(CHECKED)
+# Mini-batch SGD with BatchNorm: weighting a row by k is not repeating it k times (the copies land in other batches
+# and move BatchNorm's statistics); scikit-learn runs these two checks on its own MLPClassifier with lbfgs only.
+NOT_REPETITION = "mini-batch SGD: a weight of k is not k copies of the row (other batches, BatchNorm's statistics)"
+WEIGHTS_ARE_NOT_REPEATS = {
+    "check_sample_weight_equivalence_on_dense_data": NOT_REPETITION,
+    "check_sample_weight_equivalence_on_sparse_data": NOT_REPETITION,
+}
+
+
+@parametrize_with_checks(CHECKED, expected_failed_checks=lambda estimator: WEIGHTS_ARE_NOT_REPEATS)
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 

@@ -110,7 +110,10 @@ def test_an_invalid_xpmlp_backend_is_flagged(capsys, monkeypatch):
 def test_a_missing_xpmlp_device_is_flagged(capsys, monkeypatch):
     monkeypatch.setenv("XPMLP_BACKEND", "numpy")
     monkeypatch.setenv("XPMLP_DEVICE", "cuda:7")
-    assert "default backend: INVALID ($XPMLP_BACKEND='numpy'): " in info(capsys)
+    out = info(capsys)
+    assert "default backend: INVALID ($XPMLP_BACKEND='numpy'): " in out
+    # numpy runs: only the device is wrong (it said "numpy cannot run")
+    assert "  numpy             runs, but not as $XPMLP_DEVICE says: $XPMLP_DEVICE='cuda:7' is not available" in out
 
 
 def test_thread_counts_of_blas_torch_and_jax(capsys, monkeypatch):

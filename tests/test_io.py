@@ -192,6 +192,42 @@ def test_best_state_round_trip(tmp_path):
         np.testing.assert_array_equal(state["best_state"][key], value, err_msg=key)
 
 
+def with_zip_flag(data: bytes, bit: int) -> bytes:
+    """``data`` (a zip archive) with general-purpose flag ``bit`` set on every member, local and central headers."""
+    damaged = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = damaged.find(signature)
+        while start >= 0:
+            flags = int.from_bytes(damaged[start + offset : start + offset + 2], "little") | bit
+            damaged[start + offset : start + offset + 2] = flags.to_bytes(2, "little")
+            start = damaged.find(signature, start + 4)
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize(("bit", "was"), [(1, "RuntimeError"), (1 << 5, "NotImplementedError"),
+                                          (1 << 6, "NotImplementedError")])  # fmt: skip
+def test_every_failure_of_the_zip_reader_is_a_value_error_naming_the_file(tmp_path, bit, was):
+    """Encrypted, patched or strongly encrypted members: the zip reader's own errors once escaped (as ``was``)."""
+    save(trained(), tmp_path / "m.npz")
+    (tmp_path / "flag.npz").write_bytes(with_zip_flag((tmp_path / "m.npz").read_bytes(), bit))
+    with pytest.raises(ValueError, match=rf"flag\.npz: not a readable \.npz checkpoint \({was}: "):
+        load(tmp_path / "flag.npz")
+
+
+def test_a_path_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    """``save("~/m.npz")`` once wrote a folder named ``~`` in the working directory."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    model = trained()
+    assert save(model, "~/runs/m.npz") == home / "runs" / "m.npz"
+    assert not (work / "~").exists()
+    np.testing.assert_array_equal(load("~/runs/m.npz").W[0], model.W[0])
+    assert load_checkpoint("~/runs/m.npz")[1] is None
+
+
 CONFIG = {"format": "xpmlp-checkpoint", "version": 1, "input_size": 2, "output_size": 2, "hiddens": [2],
           "activations": ["Identity", "Identity"], "criterion": "SoftmaxCrossEntropy", "lr": 0.1, "momentum": 0,
           "num_bn_layers": 1, "bn_alpha": [0.9], "dtype": "float64"}  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import xpmlp
 from xpmlp import (
     MLP,
     Identity,
@@ -427,6 +428,48 @@ def test_a_replaced_parameter_is_what_step_updates():
             m.step()
     for key, value in reference.state_dict().items():
         np.testing.assert_array_equal(model.state_dict()[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "message"),
+    [
+        ("W", (4, 5), r"W\[0\] was replaced by an array of shape \(4, 5\); it must be \(5, 4\) \(its transpose: PyT"),
+        ("W", (5, 3), r"W\[0\] was replaced by an array of shape \(5, 3\); it must be \(5, 4\)$"),
+        ("b", (4,), r"b\[0\] was replaced by an array of shape \(4,\); it must be \(1, 4\)"),
+    ],
+)
+def test_a_replaced_parameter_of_another_shape_is_refused_naming_it(name, shape, message):
+    """PyTorch's (out, in) layout was once reshaped into the flat buffer without a word; a wrong size broadcast."""
+    x, y = batch()
+    train = (x, y.argmax(axis=1))
+    for run in ("step", "fit", "forward"):
+        model = small_mlp(2, Sigmoid, 1)
+        getattr(model, name)[0] = np.zeros(shape)
+        with pytest.raises(ValueError, match=message):
+            if run == "step":
+                model.step()
+            elif run == "fit":
+                xpmlp.fit(model, train, epochs=1, batch_size=3, progress=False)
+            else:
+                model.forward(x)
+
+
+def test_a_replaced_parameter_from_another_library_is_moved_to_the_models_backend():
+    torch = pytest.importorskip("torch")
+    x, y = batch()
+    models = [small_mlp(2, Sigmoid, 1, momentum=0.5) for _ in range(2)]
+    models[0].W[1] = np.full((4, 3), 0.25)
+    models[1].W[1] = torch.full((4, 3), 0.25, dtype=torch.float32)
+    for m in models:
+        for _ in range(2):
+            m.forward(x)
+            m.backward(y)
+            m.step()
+    for key, value in models[0].state_dict().items():
+        np.testing.assert_array_equal(models[1].state_dict()[key], value, err_msg=key)
+    models[0].b[1] = "zeros"
+    with pytest.raises(TypeError, match=r"b\[1\] was replaced by str, not an array of numbers"):
+        models[0].step()
 
 
 def test_parameters_and_velocities_are_views_of_one_buffer_each():

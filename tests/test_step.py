@@ -98,11 +98,18 @@ def test_an_epoch_is_a_pure_function():
     assert_states_close(host_state(model), before, 0.0)
 
 
-def test_jax_compiles_the_epoch_once_and_reports_the_time(monkeypatch):
-    backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")
+def counted_compiles(monkeypatch, backend) -> list:
+    """A fresh cache of compiled epochs, and a list that grows by one at each compile of ``backend``."""
     compiles = []
     original = type(backend).compile
     monkeypatch.setattr(type(backend), "compile", lambda self, *a: compiles.append(1) or original(self, *a))
+    monkeypatch.setattr(xpmlp.epoch, "_PROGRAMS", type(xpmlp.epoch._PROGRAMS)())
+    return compiles
+
+
+def test_jax_compiles_the_epoch_once_and_reports_the_time(monkeypatch):
+    backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")
+    compiles = counted_compiles(monkeypatch, backend)
     train, val, _ = dataset()
     model = hw1_like("jax", dtype="float32")
     history = fit(model, train, val, epochs=3, batch_size=16, seed=0, progress=False,
@@ -112,3 +119,40 @@ def test_jax_compiles_the_epoch_once_and_reports_the_time(monkeypatch):
     # nothing traced is left behind on the model's objects
     leftovers = [vars(obj) for obj in (model, *model.activations, *model.bn_layers, model.criterion)]
     assert not any("Tracer" in type(v).__name__ for attrs in leftovers for v in attrs.values())
+
+
+def test_jax_compiles_once_for_every_fit_of_models_of_one_structure(monkeypatch):
+    """fit and partial_fit once compiled a new XLA program each call (20 partial_fit calls: ~20 s on JAX)."""
+    backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")
+    compiles = counted_compiles(monkeypatch, backend)
+    train, val, _ = dataset()
+    args = {"batch_size": 16, "seed": 0, "progress": False}
+    model = hw1_like("jax", dtype="float32")
+    history = fit(model, train, val, epochs=1, **args)
+    fit(model, train, val, epochs=2, history=history, **args)  # the same model again
+    fresh = hw1_like("jax", dtype="float32", seed=1)  # another model of the same structure
+    cached = fit(fresh, train, val, epochs=2, **args)
+    assert len(compiles) == 1 and cached.compile_seconds == 0
+    monkeypatch.setattr(xpmlp.epoch, "_PROGRAMS", type(xpmlp.epoch._PROGRAMS)())
+    again = hw1_like("jax", dtype="float32", seed=1)
+    compiled = fit(again, train, val, epochs=2, **args)  # compiled for it alone: the same numbers
+    assert len(compiles) == 2 and compiled.train_loss == cached.train_loss and compiled.val_loss == cached.val_loss
+    np.testing.assert_array_equal(host_state(fresh)["W.0"], host_state(again)["W.0"])
+    fit(hw1_like("jax", dtype="float32"), train, val, epochs=1, **{**args, "batch_size": 20})  # other shapes
+    l2 = hw1_like("jax", dtype="float32")
+    l2.l2 = 1e-3  # a constant of the program
+    fit(l2, train, val, epochs=1, **args)
+    monkeypatch.setenv("XPMLP_JAX_MATMUL_PRECISION", "high")  # written into the program's products
+    fit(hw1_like(type(backend)(), dtype="float32"), train, val, epochs=1, **args)
+    assert len(compiles) == 5
+
+
+def test_the_estimators_partial_fit_on_jax_compiles_once(monkeypatch):
+    pytest.importorskip("sklearn")
+    backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")
+    compiles = counted_compiles(monkeypatch, backend)
+    (x, y), _, _ = dataset()
+    clf = xpmlp.MLPClassifier(hidden_layer_sizes=(8,), backend="jax", dtype="float32", batch_size=40)
+    for _ in range(3):
+        clf.partial_fit(x, y, classes=np.arange(10))
+    assert len(compiles) == 1 and len(clf.loss_curve_) == 3

@@ -32,7 +32,7 @@ import numpy as np
 import xpmlp
 from xpmlp.training import CompiledEpoch, DeviceSplit, _epoch_order, make_epoch
 
-from step_kernels import Config, flatten, model
+from step_kernels import Config, model
 
 TOL = 1e-12
 
@@ -83,9 +83,10 @@ def epochs(mlp: xpmlp.MLP, split: tuple, batch_size: int, compiled: bool) -> lis
             sums.append(run(order))
         else:
             state, *epoch_sums = eager(*run._inputs(order))
-            mlp.assign_training_state(state)
+            mlp.training_state = state
             sums.append(epoch_sums)
-    leaves, _ = flatten((mlp.training_state(), sums))
+    state = mlp.training_state
+    leaves = [state.params, state.velocity, *state.running, *(s for epoch_sums in sums for s in epoch_sums)]
     return [np.asarray(mlp.backend.to_host(leaf), np.float64) for leaf in leaves]
 
 

@@ -24,11 +24,11 @@ import xpmlp
 # the code generator, imported here only
 from xpmlp.compiler.cuda import kernel_source, module_source
 from xpmlp.compiler.fuse import KernelSpec, Plan, make_plan
-from xpmlp.compiler.trace import flatten, trace
+from xpmlp.compiler.trace import trace
 from xpmlp.presets import DEFAULTS, HW1, build_mlp
 from xpmlp.training import CompiledEpoch, DeviceSplit, make_epoch
 
-__all__ = ["NETWORKS", "Config", "configs", "flatten", "kernel_sources", "model", "plan", "source", "step_kernels"]
+__all__ = ["NETWORKS", "Config", "configs", "kernel_sources", "model", "plan", "source", "step_kernels"]
 
 #: the networks by name: the homework's and train.py's default (xpmlp.presets)
 NETWORKS: dict[str, dict[str, Any]] = {"hw1": HW1, "default": DEFAULTS}

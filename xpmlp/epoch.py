@@ -12,12 +12,14 @@ scalars, read back by the caller in one device→host copy an epoch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 from .backend import Array, Collective, as_host, fori_loop, host, namespace_of
 from .mlp import MLP
 from .parallel import ONE_DEVICE, Shards
+from .presets import ACTIVATION_CLASSES, CRITERIA
 from .sparse import check_sparse_inputs, is_sparse, take_rows, to_device_csr
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 Split = tuple[Any, Any]  # (x (N, features), integer labels (N,)), host NumPy
+PROGRAMS_KEPT = 16  # compiled epochs kept for models of the same structure (each holds its code, and on CuPy a graph)
+_PROGRAMS: OrderedDict[Hashable, Callable] = OrderedDict()  # program_key -> compiled epoch, least recent first
 
 
 def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
@@ -50,6 +54,16 @@ def check_labels(labels: Any, n: int, classes: int, name: str) -> Any:
     if n and not (labels.min() >= 0 and labels.max() < classes):
         raise ValueError(f"{name} labels must lie in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
     return labels
+
+
+def check_weights(weights: Any, n: int, name: str) -> Any:
+    """Sample weights w (n,), finite, ≥ 0 with Σ w > 0, as host float64 u = n·w/Σ w (their mean is 1)."""
+    w = as_host(weights).astype(host.float64)
+    if w.shape != (n,):
+        raise ValueError(f"{name} sample weights must have shape ({n},), got {w.shape}")
+    if not (host.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise ValueError(f"{name} sample weights must be finite and >= 0, not all 0")
+    return w * (n / w.sum())
 
 
 def check_inputs(x: Any, width: int, name: str, dtype: str = "float64") -> Any:
@@ -93,7 +107,7 @@ class DeviceSplit:
     """
 
     def __init__(self, mlp: MLP, split: Split, name: str) -> None:
-        if not isinstance(split, (tuple, list)) or len(split) != 2:
+        if not isinstance(split, (tuple, list)) or len(split) not in (2, 3):
             raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
         self.dense = not is_sparse(split[0])
         x = (check_inputs if self.dense else check_sparse_inputs)(split[0], mlp.input_size, name, mlp.dtype)
@@ -103,6 +117,8 @@ class DeviceSplit:
         self.x = to(x, mlp.dtype) if self.dense else to_device_csr(mlp.backend, x, mlp.dtype)
         self.one_hot = to(labels if labels.ndim == 2 else host.eye(mlp.output_size)[labels], mlp.dtype)
         self.labels = to(labels.astype(host.int64))
+        #: sample weights u = N·w/Σ w (mean 1), or None: every example weighs 1 (the unweighted step)
+        self.weights = None if len(split) == 2 else to(check_weights(split[2], self.n, name), mlp.dtype)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Any:
@@ -110,19 +126,22 @@ def _epoch_order(seed: int, epoch: int, n: int) -> Any:
     return host.random.default_rng((seed, epoch)).permutation(n)
 
 
-def _errors(xp: Any, out: Array, labels: Array) -> Array:
-    """Number of rows whose arg-max output is not the label (an integer device scalar).
+def _errors(xp: Any, out: Array, labels: Array, weights: Array | None = None) -> Array:
+    """Number of rows whose arg-max output is not the label (an integer device scalar); their weights' sum.
 
     Multilabel (labels (N, L) of 0 and 1): rows with any label whose logit's sign is wrong (σ > 0.5 ⇔ z > 0),
     1 − scikit-learn's subset accuracy.
     """
-    if labels.ndim == 2:
-        return xp.count_nonzero(xp.any((out > 0) != (labels > 0), axis=1))
-    return xp.count_nonzero(xp.argmax(out, axis=1) != labels)
+    wrong = xp.any((out > 0) != (labels > 0), axis=1) if labels.ndim == 2 else xp.argmax(out, axis=1) != labels
+    if weights is not None:
+        return xp.sum(xp.where(wrong, weights, xp.zeros_like(weights)))
+    return xp.count_nonzero(wrong)
 
 
 def _zero_sums(mlp: MLP, data: DeviceSplit) -> tuple[Array, Array]:
     """Device zeros to accumulate [loss, errors]: the model's float dtype, the labels' integer dtype."""
+    if data.weights is not None:  # weighted error counts are sums of weights
+        return mlp.backend.zeros((), mlp.dtype), mlp.backend.zeros((), mlp.dtype)
     return mlp.backend.zeros((), mlp.dtype), namespace_of(data.labels).zeros_like(data.labels[(0,) * data.labels.ndim])
 
 
@@ -140,11 +159,12 @@ def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick
     for start in range(0, data.n, batch_size):
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
         labels = xp.take(data.labels, idx, axis=0)
+        weights = None if data.weights is None else xp.take(data.weights, idx, axis=0)
         out = mlp.forward(take_rows(data.x, idx))
-        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0))  # backward overwrites every gradient
+        loss = mlp.backward(xp.take(data.one_hot, idx, axis=0), weights)  # backward overwrites every gradient
         mlp.step()
         loss_sum = loss_sum + xp.sum(loss)
-        errors = errors + _errors(xp, out, labels)
+        errors = errors + _errors(xp, out, labels, weights)
         tick()
     return [loss_sum, errors]
 
@@ -159,6 +179,7 @@ class EpochData(NamedTuple):
     rest: Array  # (n mod batch_size,) row indices of the last, partial batch
     lr: Array  # 0-d
     momentum: Array  # 0-d
+    weights: Array | tuple  # (N,) sample weights, or () where every example weighs 1 (a pytree with no leaves)
 
 
 def epoch_data(
@@ -178,6 +199,7 @@ def epoch_data(
         backend.asarray(order[cut:]),
         backend.asarray(host.asarray(mlp.lr), mlp.dtype),
         backend.asarray(host.asarray(mlp.momentum), mlp.dtype),
+        () if data.weights is None else data.weights,
     )
 
 
@@ -206,10 +228,11 @@ def make_epoch(
         xp = namespace_of(d.one_hot)
         state, loss_sum, errors = carry
         rows = take_rows(d.x, idx), xp.take(d.one_hot, idx, axis=0)
-        state, (loss, out) = step(state, rows, d.lr, d.momentum)
+        weights = None if isinstance(d.weights, tuple) else xp.take(d.weights, idx, axis=0)  # gathered like labels
+        state, (loss, out) = step(state, rows if weights is None else (*rows, weights), d.lr, d.momentum)
         if tick is not None:
             tick()
-        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0))
+        return state, loss_sum + xp.sum(loss), errors + _errors(xp, out, xp.take(d.labels, idx, axis=0), weights)
 
     def epoch(carry: tuple, d: EpochData) -> tuple:
         scratch = mlp._scratch()  # one scratch copy of the model an epoch, not one a step
@@ -228,12 +251,41 @@ def _no_tick() -> None:
     pass
 
 
+def _leaves(tree: Any) -> list[Any]:
+    """The arrays of a tree of tuples (NamedTuples included), in order."""
+    return [leaf for item in tree for leaf in _leaves(item)] if isinstance(tree, tuple) else [tree]
+
+
+def program_key(mlp: MLP, n: int, batch_size: int, inputs: tuple) -> Hashable | None:
+    """Everything a compiled epoch of ``mlp`` bakes in, or None where a layer may hold more than its type says.
+
+    The backend's :attr:`~Backend.program_key` (name, device, its settings), the shape and
+    dtype of every input, the layer sizes and classes, BatchNorm's α and ε, and λ (l2, a
+    constant of the program); not the model object, nor lr and momentum (inputs). Only
+    built-in activations and losses, which hold no parameters, are known by their class.
+    """
+    layers = [*mlp.activations, mlp.criterion]
+    if not all(type(a) is ACTIVATION_CLASSES.get(type(a).__name__) for a in mlp.activations) or (
+        type(mlp.criterion) is not CRITERIA.get(type(mlp.criterion).__name__)
+    ):
+        return None
+    signature = tuple((tuple(a.shape), str(a.dtype)) for a in _leaves(inputs))
+    return (
+        type(mlp), mlp.backend.program_key, signature, n, batch_size, mlp.input_size, tuple(mlp.hiddens),
+        mlp.output_size, tuple(type(layer) for layer in layers),
+        tuple((type(bn), bn.alpha, bn.eps) for bn in mlp.bn_layers), mlp.l2,
+    )  # fmt: skip
+
+
 class CompiledEpoch:
     """:func:`make_epoch` for one model, split and batch size, compiled by the backend once.
 
     ``epoch(order, tick)`` trains one epoch over the host permutation ``order`` and
     makes the resulting state the model's; it returns the device sums [loss, errors].
     Where the backend runs the epoch eagerly, ``tick()`` runs after each batch.
+    A compiling backend's program is kept by :func:`program_key` (the last
+    :data:`PROGRAMS_KEPT`): another ``fit`` or ``partial_fit`` of a model of the same
+    structure, the same model or a new one, reuses it instead of compiling again.
     """
 
     def __init__(self, mlp: MLP, data: DeviceSplit, batch_size: int, collective: Collective | None = None) -> None:
@@ -257,15 +309,28 @@ class CompiledEpoch:
         """Compile for epochs shaped like ``order`` (once); the seconds a compiling backend spent, else 0."""
         if self.run is not None:
             return 0.0
-        backend = self.mlp.backend
+        backend, inputs = self.mlp.backend, self._inputs(order)
+        key = (
+            program_key(self.mlp, self.data.n, self.batch_size, inputs)
+            if backend.compiles and not self.collective
+            else None
+        )
+        if key in _PROGRAMS:
+            _PROGRAMS.move_to_end(key)
+            self.run = _PROGRAMS[key]
+            return 0.0
         started = time.perf_counter()
         tick = (lambda: self.tick()) if self.ticks else None
         epoch = make_epoch(self.mlp, self.data.n, self.batch_size, tick, self.collective)
         if self.collective is None:
-            self.run = backend.compile(epoch, *self._inputs(order))
+            self.run = backend.compile(epoch, *inputs)
         else:  # only the index matrix is split among the devices
             sharded = (False, EpochData(*(name == "batches" for name in EpochData._fields)))
-            self.run = self.collective.compile(epoch, sharded, *self._inputs(order))
+            self.run = self.collective.compile(epoch, sharded, *inputs)
+        if key is not None:
+            _PROGRAMS[key] = self.run
+            while len(_PROGRAMS) > PROGRAMS_KEPT:
+                _PROGRAMS.popitem(last=False)
         return time.perf_counter() - started if backend.compiles else 0.0
 
     def __call__(self, order: Any, tick: Callable[[], Any] | None = None) -> list[Array]:

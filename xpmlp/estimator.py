@@ -25,23 +25,25 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import presets
 from .backend import host
-from .checks import as_int
 from .estimator_checks import (
     ACTIVATIONS,
     PARAMETER_CONSTRAINTS,
-    changed_architecture,
     check_classes,
     check_parameters,
     check_targets,
+    check_warm_start,
     hidden_sizes,
     partial_fit_available,
+    training_batch_size,
     validation_split,
+    weighted_split,
 )
+from .evaluation import check_outputs
 from .loss import SigmoidBinaryCrossEntropy, log_sigmoid, log_softmax
 from .mlp import MLP
 from .presets import DEFAULTS
-from .sparse import check_dense_batch_fits, is_sparse, take_rows, to_device_csr
-from .training import EVAL_CHUNK, EarlyStopping, History, eval_mode, fit
+from .sparse import check_dense_batch_fits, is_sparse, sparse_forward
+from .training import EVAL_CHUNK, EarlyStopping, History, check_inputs, eval_mode, fit
 
 __all__ = ["MLPClassifier"]
 
@@ -202,19 +204,26 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.dtype = dtype
         self.devices = devices
 
-    def fit(self, X: Any, y: Any) -> MLPClassifier:
-        """Train on ``X`` (n_samples, n_features) and labels ``y``: a new network, or with warm_start the fitted one."""
-        return self._fit(X, y, classes=None, incremental=False)
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
+        """Train on ``X`` (n_samples, n_features) and labels ``y``: a new network, or with warm_start the fitted one.
+
+        ``sample_weight`` (n_samples,), w ≥ 0: each batch's loss is Σ wᵢLᵢ / Σ wᵢ (scikit-learn's), rows of weight 0
+        are left out, early stopping's validation score is the weighted accuracy; BatchNorm's statistics stay
+        unweighted.
+        """
+        return self._fit(X, y, sample_weight, classes=None, incremental=False)
 
     @available_if(lambda estimator: partial_fit_available(estimator.solver))
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None) -> MLPClassifier:
         """One pass over ``X``, ``y`` at the current rate; the first call needs ``classes`` (all labels to come).
+
+        ``sample_weight`` as in :meth:`fit`; the order of the arguments is scikit-learn's.
 
         Only with ``solver="sgd"`` (otherwise there is no such attribute, as scikit-learn has none for
         ``"lbfgs"``). BatchNorm cannot train on one sample: online learning one sample at a time needs
         ``bn_layers=0`` (a call with one sample, or ``batch_size=1``, says so).
         """
-        return self._fit(X, y, classes=classes, incremental=True)
+        return self._fit(X, y, sample_weight, classes=classes, incremental=True)
 
     def predict_proba(self, X: Any) -> Any:
         """Softmax probabilities (n_samples, n_classes), columns ordered as ``classes_``; eval mode.
@@ -230,10 +239,15 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse=SPARSE_FORMATS, dtype=(host.float64, host.float32), reset=False)
-        with eval_mode(self.model_) as model:
-            logits = model.forward(X) if not is_sparse(X) else self._sparse_forward(X)
-        log_proba = log_sigmoid(logits) if self._multilabel else log_softmax(logits)
-        return host.asarray(model.backend.to_host(log_proba), dtype=host.float64)
+        model = self.model_
+        if not is_sparse(X):
+            X = check_inputs(X, model.input_size, "predict", model.dtype)  # 1e39 is infinite in float32
+        with eval_mode(model), host.errstate(over="ignore", invalid="ignore"):  # checked below: no NumPy warning
+            logits = model.forward(X) if not is_sparse(X) else sparse_forward(model, X, EVAL_CHUNK)
+            log_proba = log_sigmoid(logits) if self._multilabel else log_softmax(logits)
+        log_proba = host.asarray(model.backend.to_host(log_proba), dtype=host.float64)
+        check_outputs(model, host.count_nonzero(~host.isfinite(log_proba).all(axis=1)), len(log_proba), "predict")
+        return log_proba
 
     def predict(self, X: Any) -> Any:
         """The most probable class of each row, as a label from ``classes_``.
@@ -245,14 +259,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             return (proba > 0.5).astype(host.int64)
         return self.classes_[host.argmax(proba, axis=1)]
 
-    def _sparse_forward(self, X: Any) -> Any:
-        """The output logits of sparse ``X``, densified on the device a batch of EVAL_CHUNK rows at a time."""
-        model = self.model_
-        csr, xp = to_device_csr(model.backend, X, model.dtype), model.backend.xp
-        order = host.arange(X.shape[0])
-        batches = (model.backend.asarray(order[i : i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK))
-        return xp.concat([model.forward(take_rows(csr, rows)) for rows in batches])
-
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
@@ -262,7 +268,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
 
-    def _fit(self, X: Any, y: Any, classes: Any, incremental: bool) -> MLPClassifier:
+    def _fit(self, X: Any, y: Any, sample_weight: Any, classes: Any, incremental: bool) -> MLPClassifier:
         """fit and partial_fit: every check first; a failed first call leaves the estimator as it was."""
         check_parameters(self, incremental)
         first = not hasattr(self, "model_") or (not incremental and not self.warm_start)
@@ -277,10 +283,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 self._multilabel = multilabel
                 self._start(X, unique_labels(y) if classes is None or multilabel else classes)
             if not first and not incremental:
-                self._check_warm_start()
+                check_warm_start(self)
             check_classes(self, y, None if first else classes, warm_start=not first and not incremental)
             labels = y.astype(host.int64) if multilabel else host.searchsorted(self.classes_, y)
-            self._train(X, labels, 1 if incremental else self.max_iter, incremental)
+            split = (X, labels) if sample_weight is None else weighted_split(X, labels, sample_weight)
+            self._train(split, 1 if incremental else self.max_iter, incremental)
         except BaseException:
             if first:  # nothing of a failed start stays behind: the estimator is as it was
                 vars(self).clear()
@@ -319,22 +326,17 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             criterion=SigmoidBinaryCrossEntropy() if self._multilabel else None,  # None: softmax cross-entropy
         )
 
-    def _check_warm_start(self) -> None:
-        """Refuse parameters that the fitted network cannot continue with."""
-        changed = changed_architecture(self)
-        if changed:
-            raise ValueError(
-                f"warm_start continues the fitted network, but {', '.join(changed)} changed since it was fitted; "
-                "set warm_start=False to train a new one"
-            )
-
-    def _train(self, X: Any, labels: Any, epochs: int, incremental: bool) -> None:
-        """``epochs`` epochs of :func:`xpmlp.fit`, with scikit-learn's schedules and stopping rule between them."""
+    def _train(self, split: tuple, epochs: int, incremental: bool) -> None:
+        """``epochs`` epochs of :func:`xpmlp.fit` on ``split`` (X, labels[, weights]), with scikit-learn's schedules
+        and stopping rule between them."""
         model, history = self.model_, self.history_
         val = None
         if self.early_stopping:
-            X, labels, val = validation_split(X, labels, len(self.classes_), self.validation_fraction, self._seed)
-        batch_size = self._batch_size(X.shape[0], "partial_fit" if incremental else "fit")  # before anything changes
+            split, val = validation_split(split, len(self.classes_), self.validation_fraction, self._seed)
+        X = split[0]
+        batch_size = training_batch_size(
+            self, X.shape[0], "partial_fit" if incremental else "fit"
+        )  # before anything changes
         if is_sparse(X):
             check_dense_batch_fits(batch_size, X.shape[1], X.dtype.itemsize)
         model.momentum = float(self.momentum)  # checked in check_parameters
@@ -376,7 +378,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         try:
             fit(
                 model,
-                (X, labels),
+                split,
                 val,
                 epochs=started + epochs,
                 batch_size=batch_size,
@@ -429,20 +431,3 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.out_activation_ = "logistic" if self._multilabel else "softmax"
         self.coefs_ = [host.array(to_host(w)) for w in model.W]
         self.intercepts_ = [host.array(to_host(b)).reshape(-1) for b in model.b]
-
-    def _batch_size(self, n: int, call: str) -> int:
-        """``batch_size`` ("auto": min(200, n)) capped at n, grown while it would leave BatchNorm a batch of one.
-
-        BatchNorm cannot train on a batch of one (its variance is 0): where every batch is one sample, the
-        error says in one line how to train one sample at a time (bn_layers=0).
-        """
-        size = min(200, n) if self.batch_size == "auto" else min(as_int("batch_size", self.batch_size, minimum=1), n)
-        if self.model_.num_bn_layers and size == 1:
-            what = "batch_size=1 gives it batches" if n > 1 else f"{call} got one training sample, a batch"
-            raise ValueError(
-                f"BatchNorm (bn_layers) cannot train on one sample and {what} of one: set bn_layers=0 to learn "
-                "one sample at a time (online learning), or give it at least 2"
-            )
-        while self.model_.num_bn_layers and 1 < size < n and presets.leaves_batch_of_one(n, size):
-            size += 1
-        return size

@@ -13,7 +13,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as ScikitMLPClassifier
 from sklearn.preprocessing import label_binarize
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
-from sklearn.utils.validation import column_or_1d
+from sklearn.utils.validation import _check_sample_weight, column_or_1d
 
 from . import presets
 from .backend import get_backend, host
@@ -22,13 +22,15 @@ from .checks import as_float, as_int
 __all__ = [
     "ACTIVATIONS",
     "PARAMETER_CONSTRAINTS",
-    "changed_architecture",
     "check_classes",
     "check_parameters",
     "check_targets",
+    "check_warm_start",
     "hidden_sizes",
     "partial_fit_available",
+    "training_batch_size",
     "validation_split",
+    "weighted_split",
 ]
 
 ACTIVATIONS = presets.SKLEARN_ACTIVATIONS  # scikit-learn's names → xpmlp's
@@ -87,8 +89,8 @@ def hidden_sizes(sizes: Any) -> list[int]:
     return sizes
 
 
-def changed_architecture(estimator: Any) -> list[str]:
-    """The parameters that changed since ``estimator.model_`` was built (warm_start cannot continue it)."""
+def check_warm_start(estimator: Any) -> None:
+    """Refuse parameters that the fitted network cannot continue with (those changed since it was built)."""
     model = estimator.model_
     fitted = {
         "hidden_layer_sizes": model.hiddens,
@@ -104,7 +106,12 @@ def changed_architecture(estimator: Any) -> list[str]:
     }
     if estimator.dtype is not None:
         fitted["dtype"], asked["dtype"] = model.dtype, estimator.dtype
-    return [name for name in fitted if fitted[name] != asked[name]]
+    changed = [name for name in fitted if fitted[name] != asked[name]]
+    if changed:
+        raise ValueError(
+            f"warm_start continues the fitted network, but {', '.join(changed)} changed since it was fitted; "
+            "set warm_start=False to train a new one"
+        )
 
 
 def check_targets(y: Any) -> tuple[Any, bool]:
@@ -146,17 +153,51 @@ def check_classes(estimator: Any, y: Any, classes: Any, warm_start: bool) -> Non
         )
 
 
-def validation_split(x: Any, labels: Any, n_classes: int, fraction: float, seed: int) -> tuple[Any, Any, Any]:
-    """``(x_train, labels_train, (x_val, labels_val))``: early stopping's split, stratified as scikit-learn's.
+def validation_split(split: tuple, n_classes: int, fraction: float, seed: int) -> tuple[tuple, tuple]:
+    """``(train, validation)``: early stopping's split of ``split`` (x, labels[, weights]), stratified.
 
     Stratified on the binarized targets, as scikit-learn stratifies two classes (a boolean column): a class
     of one member is refused in its words (``['True']``). scikit-learn does not stratify more classes, so
     where one of them has a single member, which cannot be stratified, the split is not stratified either.
+    Sample weights split with their rows: the validation score is their weighted accuracy, as scikit-learn's.
     """
+    labels = split[1]
     stratify = None if labels.ndim == 2 else label_binarize(labels, classes=host.arange(n_classes)).astype(bool)
     if n_classes > 2 and labels.ndim == 1 and host.bincount(labels, minlength=n_classes).min() < 2:
         stratify = None  # (nor does it stratify a multilabel indicator)
-    x, x_val, labels, val_labels = train_test_split(x, labels, test_size=fraction, random_state=seed, stratify=stratify)
-    if x_val.shape[0] < 2:
+    parts = train_test_split(*split, test_size=fraction, random_state=seed, stratify=stratify)
+    if parts[1].shape[0] < 2:
         raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of your dataset.")
-    return x, labels, (x_val, val_labels)
+    return tuple(parts[0::2]), tuple(parts[1::2])
+
+
+def weighted_split(x: Any, labels: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
+    """``(x, labels, w)`` without the rows of weight 0, which drop out of training; w checked in scikit-learn's words.
+
+    NaN or infinite weights, weights all 0, or a shape other than (n_samples,) are refused by scikit-learn's own
+    check, in its words; negative weights too (which scikit-learn's MLPClassifier takes: a loss that rewards errors).
+    """
+    w = _check_sample_weight(sample_weight, x, dtype=host.float64, ensure_non_negative=True)
+    kept = host.flatnonzero(w > 0)
+    if kept.size == w.size:
+        return x, labels, w
+    return x[kept], labels[kept], w[kept]
+
+
+def training_batch_size(estimator: Any, n: int, call: str) -> int:
+    """``batch_size`` ("auto": min(200, n)) capped at n, grown while it would leave BatchNorm a batch of one.
+
+    BatchNorm cannot train on a batch of one (its variance is 0): where every batch is one sample, the
+    error says in one line how to train one sample at a time (bn_layers=0).
+    """
+    batch_size, bn = estimator.batch_size, estimator.model_.num_bn_layers
+    size = min(200, n) if batch_size == "auto" else min(as_int("batch_size", batch_size, minimum=1), n)
+    if bn and size == 1:
+        what = "batch_size=1 gives it batches" if n > 1 else f"{call} got one training sample, a batch"
+        raise ValueError(
+            f"BatchNorm (bn_layers) cannot train on one sample and {what} of one: set bn_layers=0 to learn "
+            "one sample at a time (online learning), or give it at least 2"
+        )
+    while bn and 1 < size < n and presets.leaves_batch_of_one(n, size):
+        size += 1
+    return size

@@ -47,8 +47,10 @@ def backends() -> dict[str, str]:
     for name in BACKENDS:
         try:
             backend = get_backend(name)
-        except (BackendUnavailableError, ValueError) as exc:  # ValueError: $XPMLP_DEVICE names a missing device
+        except BackendUnavailableError as exc:
             report[name] = f"cannot run: {exc}"
+        except ValueError as exc:  # the library runs, but $XPMLP_DEVICE names a device it lacks
+            report[name] = f"runs, but not as $XPMLP_DEVICE says: {exc}"
         else:
             report[name] = f"available; devices: {', '.join(backend.devices)}"
     return report

@@ -39,8 +39,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
     A process killed midway leaves the previous file (and no temporary one). The
     file gets the permissions any other program's would (0o666 less the umask).
+    A leading ``~`` is the home folder.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         umask = os.umask(0)
@@ -93,8 +94,9 @@ def save(
     history there); ``best_state`` and ``last_state`` are states (:meth:`MLP.state_dict`) kept
     beside the model (early stopping's best epoch, and the last epoch when the model
     holds the best one: :attr:`History.last_state`). :func:`load_checkpoint` returns them.
+    A leading ``~`` in ``path`` is the home folder.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     arrays = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
     for name, extra in zip(EXTRA_STATES, (best_state, last_state), strict=True):
         if extra is not None:
@@ -159,8 +161,9 @@ def _read(path: Path) -> dict[str, Any]:
             return {k: npz[k] for k in npz.files}
     except ValueError as exc:  # NumPy's refusal of object arrays, or _check_members'
         raise ValueError(f"{path}: refused, not an .npz checkpoint of plain arrays ({exc})") from exc
-    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError) as exc:  # RuntimeError: encrypted
-        raise ValueError(f"{path}: not a readable .npz checkpoint ({exc})") from exc
+    except Exception as exc:  # every other failure of the zip reader: BadZipFile, EOFError, OSError, and
+        # RuntimeError (an encrypted member) or NotImplementedError (patched data, strong encryption)
+        raise ValueError(f"{path}: not a readable .npz checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def load_checkpoint(
@@ -180,8 +183,9 @@ def load_checkpoint(
     a damaged or foreign file, NaN or infinite values (or values beyond ``dtype``'s
     range), a negative running variance, a configuration that does not match the
     arrays stored beside it. Nothing is allocated before the sizes are checked.
+    A leading ``~`` in ``path`` is the home folder.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     arrays = _read(path)
     try:
         if CONFIG_KEY not in arrays:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .backend import Array, namespace_of
 
-__all__ = ["SigmoidBinaryCrossEntropy", "SoftmaxCrossEntropy", "log_sigmoid", "log_softmax"]
+__all__ = ["Criterion", "SigmoidBinaryCrossEntropy", "SoftmaxCrossEntropy", "log_sigmoid", "log_softmax"]
 
 
 def log_softmax(x: Array) -> Array:
@@ -20,7 +20,25 @@ def log_sigmoid(x: Array) -> Array:
     return xp.minimum(x, xp.zeros_like(x)) - xp.log1p(xp.exp(-xp.abs(x)))
 
 
-class SoftmaxCrossEntropy:
+class Criterion:
+    """The base of the losses (HW1's ``Criterion``): ``criterion(x, y)`` is ``forward``; shapes checked alike."""
+
+    def __call__(self, x: Array, y: Array) -> Array:
+        return self.forward(x, y)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def _check_shapes(self, x: Array, y: Array) -> None:
+        """ValueError unless logits x are (N, C) and the labels y have their shape."""
+        if x.ndim != 2 or tuple(y.shape) != tuple(x.shape):
+            raise ValueError(
+                f"{type(self).__name__} expects logits (N, C) and labels of the same shape; "
+                f"got logits {tuple(x.shape)} and labels {tuple(y.shape)}"
+            )
+
+
+class SoftmaxCrossEntropy(Criterion):
     """L(x, y) = −Σⱼ yⱼ log σ(x)ⱼ per example, with σ the softmax over classes.
 
     ``ce(x, y)``: logits x (N, C) and one-hot (or any non-negative) targets y (N, C)
@@ -45,18 +63,8 @@ class SoftmaxCrossEntropy:
         self.loss: Array | None = None
         self._total: Array | None = None
 
-    def __call__(self, x: Array, y: Array) -> Array:
-        return self.forward(x, y)
-
-    def __repr__(self) -> str:
-        return "SoftmaxCrossEntropy()"
-
     def forward(self, x: Array, y: Array) -> Array:
-        if x.ndim != 2 or tuple(y.shape) != tuple(x.shape):
-            raise ValueError(
-                f"SoftmaxCrossEntropy expects logits (N, C) and labels of the same shape; "
-                f"got logits {tuple(x.shape)} and labels {tuple(y.shape)}"
-            )
+        self._check_shapes(x, y)
         xp = namespace_of(x)
         shifted = x - xp.max(x, axis=1, keepdims=True)
         e = xp.exp(shifted)
@@ -74,7 +82,7 @@ class SoftmaxCrossEntropy:
         return self.sm * self._total - self.labels
 
 
-class SigmoidBinaryCrossEntropy:
+class SigmoidBinaryCrossEntropy(Criterion):
     """L(x, y) = −Σⱼ [yⱼ log σ(xⱼ) + (1 − yⱼ) log(1 − σ(xⱼ))] per example: one logistic output per label.
 
     ``bce(x, y)``: logits x (N, L) and targets y (N, L) in [0, 1] (a multilabel indicator) give the
@@ -93,18 +101,8 @@ class SigmoidBinaryCrossEntropy:
         self.sigmoid: Array | None = None
         self.loss: Array | None = None
 
-    def __call__(self, x: Array, y: Array) -> Array:
-        return self.forward(x, y)
-
-    def __repr__(self) -> str:
-        return "SigmoidBinaryCrossEntropy()"
-
     def forward(self, x: Array, y: Array) -> Array:
-        if x.ndim != 2 or tuple(y.shape) != tuple(x.shape):
-            raise ValueError(
-                f"SigmoidBinaryCrossEntropy expects logits (N, L) and labels of the same shape; "
-                f"got logits {tuple(x.shape)} and labels {tuple(y.shape)}"
-            )
+        self._check_shapes(x, y)
         xp = namespace_of(x)
         e = xp.exp(-xp.abs(x))  # in (0, 1]
         softplus = xp.maximum(x, xp.zeros_like(x)) + xp.log1p(e)

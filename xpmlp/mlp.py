@@ -185,7 +185,9 @@ class MLP:
         self.bn_layers = [BatchNorm(n, backend=self.backend, dtype=self.dtype) for n in sizes[1 : 1 + num_bn_layers]]
         bn_params = [(1, n) for n in sizes[1 : 1 + num_bn_layers] for _ in ("gamma", "beta")]
         #: where each parameter lives in the flat buffers, in :meth:`parameters` order
-        self._flat = FlatBuffer([w.shape for w in weights] + [b.shape for b in biases] + bn_params)
+        names = [f"{p}[{i}]" for p in ("W", "b") for i in range(nlayers)]
+        names += [f"bn_layers[{i}].{p}" for i in range(num_bn_layers) for p in ("gamma", "beta")]
+        self._flat = FlatBuffer([w.shape for w in weights] + [b.shape for b in biases] + bn_params, names)
         gammas_betas = [p for n in sizes[1 : 1 + num_bn_layers] for p in (host.ones(n), host.zeros(n))]  # γ = 1, β = 0
         flat = host.concatenate([host.reshape(p, (-1,)) for p in [*weights, *biases, *gammas_betas]])
         self._set_parameters(self.backend.asarray(flat, self.dtype, copy=True))
@@ -257,11 +259,26 @@ class MLP:
         """Make ``flat`` the parameter buffer: W, b and each BN's γ, β become views into it."""
         if flat is self._flat.buffer and self._flat.intact(self._parameter_arrays()):
             return  # the next step of an epoch: W, b, γ, β are its views already
-        views = self._flat.hold(flat)
+        self._hand_out(self._flat.hold(flat))
+
+    def _hand_out(self, params: Sequence[Array]) -> None:
+        """Make ``params`` (in :meth:`parameters` order) the model's W, b and each BN's γ, β."""
         n = self.nlayers
-        self.W, self.b = views[:n], views[n : 2 * n]
+        self.W, self.b = list(params[:n]), list(params[n : 2 * n])
         for i, bn in enumerate(self.bn_layers):
-            bn.gamma, bn.beta = views[2 * n + 2 * i], views[2 * n + 2 * i + 1]
+            bn.gamma, bn.beta = params[2 * n + 2 * i], params[2 * n + 2 * i + 1]
+
+    def _held_parameters(self) -> list[Array]:
+        """W, b, γ, β as the model holds them; a replaced one (``mlp.W[0] = a``) moved to the backend and dtype.
+
+        It is checked by shape, naming it (:meth:`FlatBuffer.checked`), and handed out again as converted.
+        """
+        held = self._parameter_arrays()
+        if self._flat.intact(held):
+            return held
+        held = self._flat.checked(held, lambda a: self.backend.asarray(a, self.dtype))
+        self._hand_out(held)
+        return held
 
     @property
     def training_state(self) -> TrainingState:
@@ -269,7 +286,7 @@ class MLP:
 
         The flat parameters are rebuilt if a parameter was replaced (``mlp.W[0] = ...``): see :class:`FlatBuffer`.
         """
-        params = self._flat.current(self._parameter_arrays())
+        params = self._flat.current(self._held_parameters())
         return TrainingState(params, self._velocity, tuple(bn.running for bn in self.bn_layers))
 
     @training_state.setter
@@ -325,10 +342,10 @@ class MLP:
         """One training step as a pure function: ``(new state, (per-example loss (N,), output (N, C)))``.
 
         ``batch`` is ``(x, y)``, this backend's arrays in the model's dtype (one-hot ``y``;
-        torch does not promote float32 @ float64); ``lr``, ``momentum`` numbers or 0-d
-        arrays. It runs the very code of :meth:`forward`, :meth:`backward` and :meth:`step`
-        (in training mode), on a scratch copy of the model whose layer objects are copies
-        too (they keep their outputs for the backward pass), so the model is left as it
+        torch does not promote float32 @ float64), or ``(x, y, w)`` with sample weights w (N,);
+        ``lr``, ``momentum`` numbers or 0-d arrays. It runs the very code of :meth:`forward`,
+        :meth:`backward` and :meth:`step` (in training mode), on a scratch copy of the model
+        whose layer objects are copies too (they keep their outputs for the backward pass), so the model is left as it
         was and a compiler (``jax.jit``) can trace it: nothing is read back to the host and
         no array is mutated. A scratch copy's own ``stateless_step`` works on itself:
         :func:`~xpmlp.training.make_epoch` makes one an epoch, not one a step.
@@ -337,7 +354,7 @@ class MLP:
         worker.training_state = state
         worker._lr, worker._momentum, worker.train_mode = lr, momentum, True  # 0-d arrays under a trace
         out = worker._forward(batch[0])
-        loss = worker._backward(batch[1])
+        loss = worker._backward(*batch[1:])  # (y,) or (y, sample weights)
         worker.step()
         return worker.training_state, (loss, out)
 
@@ -361,7 +378,9 @@ class MLP:
 
     def forward(self, x: Any) -> Array:
         """Output activations (N, output_size) for inputs x (N, input_size)."""
-        return self._forward(self._check("forward input", x, self.input_size))
+        x = self._check("forward input", x, self.input_size)
+        self._held_parameters()  # a replaced parameter checked (the HW1 lists may be assigned to)
+        return self._forward(x)
 
     def _forward(self, x: Array) -> Array:
         matmul = namespace_of(x).matmul  # not `@`: a backend may set the product's precision (JAX on a GPU)
@@ -377,23 +396,37 @@ class MLP:
     def __call__(self, x: Any) -> Array:
         return self.forward(x)
 
-    def backward(self, labels: Any) -> Array:
+    def backward(self, labels: Any, weights: Any = None) -> Array:
         """Gradients of the batch-mean loss into dW, db and each BN's dgamma, dbeta.
 
         ``labels`` are one-hot (N, output_size) for the last :meth:`forward`.
-        Returns the per-example loss (N,) that was differentiated.
+        Returns the per-example loss (N,) that was differentiated. With sample
+        ``weights`` w (N,), w ≥ 0 and Σ w > 0, the loss is the weighted mean
+        Σᵢ wᵢLᵢ / Σᵢ wᵢ: each example's loss and its ∂L/∂a_L scale by uᵢ = N·wᵢ/Σ w
+        (u = 1 for equal weights), and the returned per-example loss is uᵢ·Lᵢ, whose
+        mean is the weighted mean. BatchNorm's batch statistics stay unweighted.
         """
         if self.output is None:
             raise RuntimeError("MLP.backward() called before forward()")
         y = self._check("labels", labels, self.output_size)
         if y.shape[0] != self.output.shape[0]:
             raise ValueError(f"labels have {y.shape[0]} rows but the last forward had {self.output.shape[0]}")
-        return self._backward(y)
+        if weights is None:
+            return self._backward(y)
+        w = self.backend.asarray(weights, self.dtype)
+        if tuple(w.shape) != (y.shape[0],):
+            raise ValueError(f"weights must have shape ({y.shape[0]},), one per row, got {tuple(w.shape)}")
+        return self._backward(y, w)
 
-    def _backward(self, y: Array) -> Array:
+    def _backward(self, y: Array, weights: Array | None = None) -> Array:
         xp = namespace_of(y)
         loss = self.criterion(self.output, y)
-        delta = self.criterion.derivative() / self.shards.rows(y.shape[0])
+        delta = self.criterion.derivative()
+        m = self.shards.rows(y.shape[0])  # the batch's rows, on every device together
+        if weights is not None:  # uᵢ = m·wᵢ/Σ w: the batch mean of uᵢ·Lᵢ is Σ wᵢLᵢ / Σ wᵢ
+            u = weights * (m / self.shards.allsum(xp.sum(weights)))
+            loss, delta = u * loss, delta * u[:, None]
+        delta = delta / m
         for i in reversed(range(self.nlayers)):
             delta = _through_activation(self.activations[i], delta)
             if i < self.num_bn_layers:
@@ -435,7 +468,7 @@ class MLP:
         """
         grads = self._flat.join(self._gradient_arrays())
         self._velocity = self.momentum * self._velocity - self.lr * grads
-        self._set_parameters(self._flat.current(self._parameter_arrays()) + self._velocity)
+        self._set_parameters(self._flat.current(self._held_parameters()) + self._velocity)
 
     def train(self) -> None:
         """BatchNorm normalises with batch statistics and updates running ones."""

@@ -26,6 +26,7 @@ __all__ = [
     "check_dense_batch_fits",
     "check_sparse_inputs",
     "is_sparse",
+    "sparse_forward",
     "take_rows",
     "to_device_csr",
 ]
@@ -120,3 +121,11 @@ def check_dense_batch_fits(rows: int, width: int, itemsize: int, name: str = "ba
             f"a sparse input is densified one batch at a time, but one batch of {rows} rows × {width} features "
             f"needs {needed / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free: lower {name}"
         )
+
+
+def sparse_forward(model: Any, x: Any, rows: int) -> Array:
+    """``model.forward`` of sparse ``x``: its nonzeros on the device, densified there ``rows`` rows at a time."""
+    csr, xp = to_device_csr(model.backend, x, model.dtype), model.backend.xp
+    order = host.arange(x.shape[0])
+    batches = (model.backend.asarray(order[i : i + rows]) for i in range(0, x.shape[0], rows))
+    return xp.concat([model.forward(take_rows(csr, batch)) for batch in batches])

@@ -9,9 +9,9 @@ stats)`` that a compiler (``jax.jit``, the CuPy tracer) can trace and loop over.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .backend import Array, namespace_of
 
@@ -34,21 +34,23 @@ class TrainingState(NamedTuple):
 class FlatBuffer:
     """Where each of several arrays lives in one flat array: the cuts, and the arrays as views of it.
 
-    ``layout`` lists ``(start, stop, shape)`` of each array. :meth:`hold` makes a flat
-    array the buffer and returns its views (views where the library has them; JAX's
-    immutable arrays are sliced).
+    ``layout`` lists ``(start, stop, shape)`` of each array, ``names`` how the model's
+    users call them. :meth:`hold` makes a flat array the buffer and returns its views
+    (views where the library has them; JAX's immutable arrays are sliced).
 
     The replaced-view rule: the HW1 API hands out the parameters in lists that may be
     assigned to (``mlp.W[0] = a``). The buffer stands for the parameters only while
     every array the model holds *is* (``is``, not ``==``) the view :meth:`hold` gave it;
-    once one was replaced, :meth:`current` joins the arrays as they are into a new flat
-    array, so the replacement is what the next step updates.
+    once one was replaced, :meth:`checked` checks the replacement by shape, naming it,
+    and :meth:`current` joins the arrays as they are into a new flat array, so the
+    replacement is what the next step updates.
     """
 
-    def __init__(self, shapes: Sequence[tuple[int, ...]]) -> None:
+    def __init__(self, shapes: Sequence[tuple[int, ...]], names: Sequence[str]) -> None:
         ends = list(accumulate(math.prod(shape) for shape in shapes))
         #: (start, stop, shape) of every array in the flat buffer
         self.layout = [(stop - math.prod(shape), stop, shape) for stop, shape in zip(ends, shapes, strict=True)]
+        self.names = list(names)
         self.size = ends[-1]
         self.buffer: Array | None = None
         self.views: list[Array] = []
@@ -71,6 +73,26 @@ class FlatBuffer:
     def intact(self, held: Sequence[Array]) -> bool:
         """Whether ``held`` are exactly the buffer's views (none was replaced)."""
         return len(held) == len(self.views) and all(map(lambda a, v: a is v, held, self.views))
+
+    def checked(self, held: Sequence[Array], convert: Callable[[Any], Array]) -> list[Array]:
+        """``held``, each replaced array (not its view) through ``convert`` and checked by shape, naming it."""
+        arrays = []
+        for a, view, (_, _, shape), name in zip(held, self.views, self.layout, self.names, strict=True):
+            if a is not view:
+                try:
+                    a = convert(a)
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(
+                        f"{name} was replaced by {type(a).__name__}, not an array of numbers: {exc}"
+                    ) from exc
+                if tuple(a.shape) != shape:
+                    transposed = tuple(a.shape) == shape[::-1] and len(shape) == 2
+                    hint = " (its transpose: PyTorch's Linear.weight is (out, in), give its .T)" if transposed else ""
+                    raise ValueError(
+                        f"{name} was replaced by an array of shape {tuple(a.shape)}; it must be {shape}{hint}"
+                    )
+            arrays.append(a)
+        return arrays
 
     def current(self, held: Sequence[Array]) -> Array:
         """The flat array of ``held``: the buffer itself while none was replaced, else a new one joined from them."""

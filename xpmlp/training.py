@@ -285,7 +285,7 @@ class _EpochRunner:
         self.compiled = CompiledEpoch(mlp, train, batch_size, collective) if compiled else None
 
     def __call__(self, epoch: int, epochs: int, order: Any, history: History) -> tuple[list[float], float]:
-        """``([train loss sum, errors, (val loss sum, errors,) max |parameter|], seconds)`` of epoch ``epoch``."""
+        """``([train loss, errors, (val loss, errors, non-finite rows,) max |parameter|], seconds)`` of an epoch."""
         mlp, xp = self.mlp, self.mlp.backend.xp
         if self.compiled is not None:
             with _interrupt_after():
@@ -305,10 +305,13 @@ class _EpochRunner:
 
 
 def _check_finite(stats: list[float], epoch: int, n: int) -> None:
-    """FloatingPointError naming epoch ``epoch`` (0-based) if its loss or its parameters are not finite."""
-    if math.isfinite(stats[0]) and math.isfinite(stats[-1]):
+    """FloatingPointError naming epoch ``epoch`` (0-based) if its loss, its parameters or validation outputs are not."""
+    not_finite_outputs = stats[4] if len(stats) > 3 else 0  # rows of the validation split
+    if math.isfinite(stats[0]) and math.isfinite(stats[-1]) and not not_finite_outputs:
         return
-    what = "its parameters are no longer finite"
+    what = f"the model's outputs are not finite for {int(not_finite_outputs)} validation rows"
+    if not math.isfinite(stats[-1]):
+        what = "its parameters are no longer finite"
     if not math.isfinite(stats[0]):
         what = f"its training loss is {stats[0] / n}"
     raise FloatingPointError(

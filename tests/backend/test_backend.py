@@ -66,6 +66,46 @@ def test_missing_cupy_is_an_error_not_a_fallback(monkeypatch):
         )
 
 
+@pytest.mark.parametrize("driver", [False, True])
+def test_cupy_without_a_gpu_says_so_and_with_an_old_driver_names_the_builds(monkeypatch, driver):
+    """With CuPy installed but no GPU driver, the message once said to install CuPy."""
+    import types
+
+    from xpmlp.backend import cupy as cupy_backend
+
+    def no_device():
+        raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version")
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_device))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(cupy_backend, "nvidia_driver_found", lambda: driver)
+    with pytest.raises(B.BackendUnavailableError) as info:
+        cupy_backend.CupyBackend()
+    message = str(info.value)
+    assert "cudaErrorInsufficientDriver" in message and "'numpy'" in message
+    assert ("pip install 'xpmlp[cuda12]'" in message) == driver
+    assert ("there is no NVIDIA GPU driver here" in message) == (not driver)
+
+
+def test_the_driver_is_looked_for_by_its_library(monkeypatch):
+    import ctypes
+
+    from xpmlp.backend import cupy as cupy_backend
+
+    loaded = []
+
+    def cdll(name):
+        loaded.append(name)
+        if name != "nvcuda.dll":
+            raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+    assert cupy_backend.nvidia_driver_found() and loaded == list(cupy_backend.DRIVER_LIBRARIES)
+    monkeypatch.setattr(cupy_backend, "DRIVER_LIBRARIES", ("libcuda.so.1",))
+    assert not cupy_backend.nvidia_driver_found()
+
+
 def test_backend_argument_type_is_checked():
     with pytest.raises(TypeError, match="backend must be a name"):
         B.get_backend(3)

@@ -18,7 +18,7 @@ import pytest
 
 from xpmlp import ReLU, Sigmoid, Tanh
 from xpmlp.compiler.cuda import PRELUDE, descriptions, module_source
-from xpmlp.compiler.fuse import make_plan
+from xpmlp.compiler.fuse import GemmShape, make_plan
 from xpmlp.compiler.trace import TRACE_NAMESPACE, trace
 
 from support.cuda_host import COMPILER, HostModule, run_plan_on_host
@@ -73,18 +73,53 @@ def test_the_gemm_kernels_compute_the_product(function, arrays, dtype, tol):
 
 
 @needs_gxx
-def test_every_traced_operation_computes_as_numpy_in_cuda():
-    """The tracer's operation table (support/operations.py), each case a plan whose generated CUDA runs on the CPU."""
+@pytest.mark.parametrize("threads", [1, 32])
+def test_every_traced_operation_computes_as_numpy_in_cuda(threads):
+    """The tracer's operation table (support/operations.py), each case a plan whose generated CUDA runs on the CPU;
+    with 32 threads a block the reductions merge their groups in a tree (ties, all-negative maxima)."""
     plans = []
     for j, (_, function, arrays) in enumerate(OPS):
         plan = make_plan(trace(lambda *a, f=function: f(TRACE_NAMESPACE, *a), arrays))
         renamed(plan, f"op{j}_")
         plans.append(plan)
-    module = HostModule(module_source([k for plan in plans for k in plan.kernels()]))
+    module = HostModule(module_source([k for plan in plans for k in plan.kernels()]), threads)
     for (name, function, arrays), plan in zip(OPS, plans, strict=True):
         expected, got = function(np, *arrays), run_plan_on_host(plan, arrays, module=module)
         assert got.dtype == expected.dtype, name
-        np.testing.assert_allclose(got, expected, rtol=1e-15 if got.dtype == np.float64 else 1e-6, err_msg=name)
+        rtol = (1e-15 if threads == 1 else 1e-12) if got.dtype == np.float64 else 1e-6  # a tree adds in another order
+        np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-15 if threads > 1 else 0, err_msg=name)
+
+
+#: Non-square tiles, steps of other depths, and K split unevenly (784 = 9 chunks of 80 and one of 64, ...).
+SHAPES = [GemmShape(16, 32, 8), GemmShape(32, 8, 16, blocks=40), GemmShape(8, 64, 32, blocks=40)]
+
+
+@needs_gxx
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s.tile_m}x{s.tile_n}x{s.tile_k}")
+@pytest.mark.parametrize("threads", [1, 64])
+def test_non_square_tiles_and_uneven_splits_compute_the_product(shape, threads):
+    plans, cases = [], []
+    for j, (_, function, arrays) in enumerate(GEMMS):
+        plan = make_plan(trace(lambda *a, f=function: f(TRACE_NAMESPACE, *a), arrays), gemm_shape=shape)
+        renamed(plan, f"g{j}_")
+        plans.append(plan)
+        cases.append((function, arrays))
+    uneven = [k.gemm for p in plans for k in p.kernels() if k.kind == "gemm" and k.gemm["k"] % k.gemm["chunk"]]
+    assert any(g["splits"] > 1 for g in uneven)
+    module = HostModule(module_source([k for plan in plans for k in plan.kernels()]), threads)
+    for (function, arrays), plan in zip(cases, plans, strict=True):
+        expected = function(np, *arrays)
+        got = run_plan_on_host(plan, arrays, module=module)
+        assert np.linalg.norm(got - expected) <= 1e-12 * np.linalg.norm(expected), plan.kernels()[0].name
+
+
+def test_every_kernel_parameter_is_restrict():
+    """No launch binds one buffer twice (the plan refuses it), so every pointer may be ``__restrict__``."""
+    train, _, _ = dataset()
+    program, _, _ = traced_epoch(hw1(), train, 40)
+    source = module_source(make_plan(program).kernels())
+    params = re.findall(r"[\w ]+\* ?[\w ]*p\d+(?=[,)])", source)
+    assert params and all("__restrict__" in p for p in params), params
 
 
 def test_small_outputs_split_the_sum_over_k():

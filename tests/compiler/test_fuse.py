@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -79,13 +81,14 @@ def test_index_operations_cost_nothing():
 
 
 def test_values_are_written_only_when_another_kernel_reads_them():
-    """Of the hundreds of values in a step, only what crosses kernels (and the reductions) goes to memory."""
+    """Of the hundreds of values in a step, only what crosses kernels (and the reductions, and the per-column values
+    computed once) goes to memory."""
     train, _, _ = dataset(n_train=300)
     program, _, _ = traced_epoch(hw1(), train, 100)
     plan = make_plan(program)
     step = plan.segments[0].kernels
     computed = sum(n["op"] not in {"load", "scalar", "full", "loop_index", *INDEX_OPS} for k in step for n in k.nodes)
-    stored = sum("store" in n for k in step for n in k.nodes)
+    stored = sum("store" in n and not n.get("once") for k in step for n in k.nodes)
     assert stored < computed / 2
 
 
@@ -135,3 +138,42 @@ def test_an_unknown_fusion_setting_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv(FUSE_ENV_VAR, "off")
     with pytest.raises(ValueError, match=r"\$XPMLP_FUSE='off'.*1 .*or 0"):
         fusion_enabled()
+
+
+def test_a_launch_that_binds_one_buffer_to_two_params_is_refused():
+    """The kernels' params are ``__restrict__``: the plan refuses to let two of them alias."""
+    train, _, _ = dataset()
+    program, args, _ = traced_epoch(network(), train, 40)
+    plan = make_plan(program)
+    spec = next(k for k in plan.kernels() if len({p.slot for p in k.params}) >= 2)
+    spec.params[1] = dataclasses.replace(spec.params[1], slot=spec.params[0].slot)
+    with pytest.raises(ValueError, match=rf"kernel {spec.name} .* params p0 and p1, which are __restrict__"):
+        plan.bind(spec)
+    with pytest.raises(ValueError, match="__restrict__"):
+        run_plan(plan, args)
+
+
+def test_no_launch_of_a_planned_epoch_binds_a_buffer_twice():
+    for net in NETS.values():
+        train, _, _ = dataset()
+        program, _, _ = traced_epoch(network(**net), train, 16)
+        plan = make_plan(program)
+        for loop in plan.loops:
+            for it in range(loop.count):
+                for spec in loop.kernels:
+                    assert len(set(plan.bind(spec, it))) == len(spec.params)
+
+
+def test_per_column_values_are_computed_once_and_read_by_the_phases_after():
+    """BatchNorm's 1/σ (1×64) is read by every element of the normalised 100×64 batch: computed 64 times, not 6,400."""
+    train, _, _ = dataset(n_train=300)
+    program, args, expected = traced_epoch(hw1(), train, 100)
+    plan = make_plan(program)
+    first = plan.segments[0].kernels[0]
+    (inverse,) = [i for i, node in enumerate(first.nodes) if node["op"] == "pow"]
+    node = first.nodes[inverse]
+    assert node.get("once") and node["shape"] == [1, 64] and "store" in node
+    readers = [n for n in first.nodes if inverse in n.get("in", ())]
+    assert readers and all(n["phase"] > node["phase"] and math.prod(n["shape"]) == 6400 for n in readers)
+    assert all(not n.get("once") for k in plan.kernels() if k.kind == "map" for n in k.nodes)
+    assert_close(run_plan(plan, args), expected, 1e-12)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -40,6 +41,17 @@ static xpmlp_dim3 blockIdx, blockDim, gridDim;
 #define __device__
 #define __launch_bounds__(n)
 #define __shared__ static
+// every __shared__ array is registered (see _poison_shared) and set to all ones (NaN) before each block, as a
+// GPU's shared memory holds whatever the block before left there
+struct xpmlp_region { void* p; size_t size; };
+static std::vector<xpmlp_region> xpmlp_shared_regions;
+struct xpmlp_poisoner {
+  xpmlp_poisoner(void* p, size_t size) { std::memset(p, 0xff, size); xpmlp_shared_regions.push_back({p, size}); }
+};
+inline void xpmlp_poison_shared() { for (auto& r : xpmlp_shared_regions) std::memset(r.p, 0xff, r.size); }
+#define __align__(n) __attribute__((aligned(n)))
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) double2 { double x, y; };
 static std::barrier<>* xpmlp_block = nullptr;
 inline void __syncthreads() { if (xpmlp_block) xpmlp_block->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
@@ -54,6 +66,7 @@ template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) 
   xpmlp_block = threads > 1 ? &block : nullptr;
   for (unsigned b = 0; b < grid; ++b) {
     blockIdx.x = b;
+    xpmlp_poison_shared();
     if (threads == 1) { threadIdx.x = 0; kernel(); continue; }
     std::vector<std::thread> pool;
     for (unsigned t = 0; t < threads; ++t) pool.emplace_back([&kernel, t] { threadIdx.x = t; kernel(); });
@@ -74,12 +87,21 @@ def _launcher(description: dict) -> str:
     )
 
 
+def _poison_shared(source: str) -> str:
+    """Each ``__shared__`` declaration followed by a static that poisons and registers the array (once)."""
+    return re.sub(
+        r"(__shared__[^;(]*?\b(\w+)(\[[^;]*\])?;)",
+        lambda m: f"{m[1]} static xpmlp_poisoner xpmlp_poison_{m[2]}(&{m[2]}, sizeof({m[2]}));",
+        source,
+    )
+
+
 class HostModule:
     """The kernels of a generated CUDA ``source`` compiled for the CPU, with ``threads`` per block."""
 
     def __init__(self, source: str, threads: int = 1) -> None:
         self.descriptions, self.threads = descriptions(source), threads
-        source = HEADER + source + "\n".join(_launcher(d) for d in self.descriptions.values())
+        source = HEADER + _poison_shared(source) + "\n".join(_launcher(d) for d in self.descriptions.values())
         flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-DXPMLP_THREADS={threads}"]
         key = hashlib.sha256((source + " ".join(flags)).encode()).hexdigest()[:16]
         folder = os.path.join(tempfile.gettempdir(), "xpmlp-cuda-host")

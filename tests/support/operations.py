@@ -15,6 +15,8 @@ C = rng.normal(size=(4, 5))
 P = rng.uniform(0.5, 2.0, size=(3, 4))
 IDX = np.array([2, 0, 2, 1])
 ROWS = np.arange(12).reshape(3, 4)
+NEGATIVE = -rng.uniform(1.0, 2.0, size=(3, 40))  # a max whose identity were 0 would say 0
+TIES = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [-1.0, -1.0, -5.0, -1.0]])  # NumPy: the first wins
 SPECIAL = np.array([[1.0, np.nan, np.inf, -2.0], [-np.inf, 3.0, np.nan, 0.5], [0.0, -1.0, 2.0, np.inf]])
 
 # (name, function of (xp, *arrays), arrays): the traced function must give NumPy's value and dtype exactly
@@ -57,5 +59,13 @@ OPS = [
     ),
     ("NaN propagates", lambda xp, s: xp.max(s, axis=1) + xp.min(s, axis=0)[:3] + xp.minimum(s, 1.0)[0, :3], [SPECIAL]),
     ("argmax meets NaN", lambda xp, s: xp.argmax(s, axis=1) + xp.argmax(s, axis=0)[:3] + xp.argmin(s), [SPECIAL]),
+    ("max of negatives", lambda xp, n: xp.max(n, axis=1) + xp.max(n) - xp.min(-n, axis=0)[:3], [NEGATIVE]),
+    ("integer max of negatives", lambda xp, n: xp.max(xp.astype(n * 10.0, xp.int64), axis=1), [NEGATIVE]),
+    ("argmax of negatives", lambda xp, n: xp.argmax(n, axis=1) + xp.argmax(n) + xp.argmin(-n, axis=1), [NEGATIVE]),
+    (
+        "argmax and argmin of ties",
+        lambda xp, t: xp.argmax(t, axis=1) + xp.argmin(t, axis=1) + xp.argmax(t, axis=0)[:3] + xp.argmax(t),
+        [TIES],
+    ),
     ("a traced index", lambda xp, rows, i: rows[i, :] + rows[i + 1, 1], [ROWS, np.asarray(1)]),
 ]

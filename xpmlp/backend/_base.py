@@ -120,6 +120,11 @@ class Backend:
     def __hash__(self) -> int:
         return hash((self.name, self.device))
 
+    @property
+    def program_key(self) -> tuple:
+        """What a program this backend compiles depends on, besides the function and its inputs' shapes."""
+        return (self.name, self.device)
+
     def __reduce__(self) -> tuple[Callable[..., Backend], tuple[str, str]]:
         """Pickled by name and device (a model pickles with its backend; modules do not pickle)."""
         from . import get_backend

@@ -89,7 +89,7 @@ class CapturedFunction:
             loop = segment if isinstance(segment, LoopPlan) else None
             for it in range(loop.count if loop else 1):
                 for spec in loop.kernels if loop else segment:
-                    args = (*(self.buffers[plan.resolve(p.slot, it)] for p in spec.params), numpy.int64(it))
+                    args = (*(self.buffers[b] for b in plan.bind(spec, it)), numpy.int64(it))
                     yield _Launch(spec.name, functions[spec.name], spec.grid(THREADS), args)
 
     def _copy_in(self, leaves: Sequence[Any]) -> None:

@@ -6,6 +6,7 @@ CUDA graph (``capture.py``); ``fit(compiled=False)`` trains eagerly instead.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from functools import cached_property
 from types import ModuleType
@@ -15,6 +16,20 @@ import array_api_compat
 import numpy
 
 from ._base import Array, Backend, BackendUnavailableError, choices
+
+#: The NVIDIA driver's library, by its names on Linux and Windows: without it CUDA reaches no GPU.
+DRIVER_LIBRARIES = ("libcuda.so.1", "libcuda.so", "nvcuda.dll")
+
+
+def nvidia_driver_found() -> bool:
+    """Whether the NVIDIA driver's library loads here (it comes with the driver, not with CuPy)."""
+    for name in DRIVER_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 class CupyBackend(Backend):
@@ -28,6 +43,12 @@ class CupyBackend(Backend):
         try:
             count = self._module.cuda.runtime.getDeviceCount()
         except Exception as exc:  # CUDARuntimeError without a driver; its type lives in cupy
+            if not nvidia_driver_found():
+                raise BackendUnavailableError(
+                    f"backend 'cupy' cannot run: CuPy is installed, but there is no NVIDIA GPU driver here "
+                    f"(none of {', '.join(DRIVER_LIBRARIES)} loads), so no GPU to run on ({exc}). "
+                    f"Valid backends: {choices()}."
+                ) from exc
             raise BackendUnavailableError(
                 f"backend 'cupy' cannot run: no usable CUDA device ({exc}). "
                 f"Install a matching build with: {self.install}. Valid backends: {choices()}."

@@ -81,6 +81,11 @@ class JaxBackend(Backend):
         return namespace
 
     @property
+    def program_key(self) -> tuple:
+        """As :attr:`Backend.program_key`, and the precision written into the program's products."""
+        return (*super().program_key, self.matmul_precision)
+
+    @property
     def _platform(self) -> str:
         """The platform of JAX's default device: ``cpu``, ``gpu`` or ``tpu``."""
         return self._module.devices()[0].platform

@@ -10,11 +10,14 @@ overwritten, and one run at a time writes it (a lock file while it runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, NoReturn
@@ -39,7 +42,6 @@ from .runs import (
     save_checkpoint,
     say,
     show,
-    terminate_as_interrupt,
 )
 
 INTERRUPTED, TERMINATED = 130, 143  # the shell's exit statuses for Ctrl-C (SIGINT) and SIGTERM
@@ -172,6 +174,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
             )
         try:
             as_rate("--lr", args.lr, args.dtype)
+            as_rate("--momentum", args.momentum, args.dtype, below=1.0)  # 0.99999999 is 1.0 in float32
         except ValueError as exc:
             p.error(str(exc))
         for problem in (memory_problem(args.hiddens, args.dtype), schedule_problem(args)):
@@ -270,6 +273,31 @@ def lr_schedule(mlp: MLP, args: argparse.Namespace) -> Callable[[int, History], 
     return schedule
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[list[int]]:
+    """Inside the block SIGTERM acts as Ctrl-C (through SIGINT's handler: deferred wherever Ctrl-C is); yields them.
+
+    With SIGINT ignored (a background job) it raises KeyboardInterrupt at once. Main thread only.
+    """
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        came.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signum, frame)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def fail(message: str, status: int, prog: str) -> NoReturn:
     """One line on stderr, ``prog: error: message``, then exit with ``status``."""
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
@@ -282,6 +310,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     Its messages name ``prog``; default: the program run (``train.py``, ``xpmlp-train``), or
     ``train.py`` when ``argv`` is given.
     """
+    if sys.stderr is None:  # started with stderr closed (2>&-): the bar and the messages go nowhere, not the run
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the process)
     run(argv, prog or (Path(sys.argv[0]).name if argv is None and sys.argv[0] else "train.py"))
     return 0
 

@@ -31,6 +31,7 @@ from . import plots
 
 CHECKPOINT, METRICS, PLOTS = "model.npz", "metrics.json", ("curves.png", "confusion.png")
 OUTPUTS = (CHECKPOINT, *PLOTS, METRICS)  # in the order a run writes them: metrics.json says the run is complete
+REPLACEMENT = f".{CHECKPOINT}.new.tmp"  # --overwrite's first checkpoint, until the old run's files are gone
 LOCK = ".train.lock"  # held (flock) while a run writes the folder; the kernel releases it when the process dies
 
 RESUMED = ("batch_size", "seed", "hiddens", "activation", "bn_layers", "lr", "lr_decay", "momentum", "init", "dtype",
@@ -43,33 +44,6 @@ class UsageError(Exception):
 
 class RunError(Exception):
     """A run that cannot go on (a write failed): one line saying what is intact, exit status 1."""
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[list[int]]:
-    """Inside the block SIGTERM acts as Ctrl-C: a KeyboardInterrupt, deferred wherever Ctrl-C is.
-
-    Yields the list of the SIGTERMs that came. SIGTERM goes through SIGINT's handler (a
-    deferring one while a checkpoint is written or XLA compiles); with SIGINT ignored
-    (a background job) it raises at once. The main thread only (Python's signals).
-    """
-    came: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield came
-        return
-
-    def terminate(signum: int, frame: Any) -> None:
-        came.append(signum)
-        handler = signal.getsignal(signal.SIGINT)
-        if not callable(handler):
-            raise KeyboardInterrupt
-        handler(signum, frame)
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield came
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -232,9 +206,14 @@ def locked(out: Path) -> Iterator[None]:
     """
     path = out / LOCK
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a lock that is a symbolic link would truncate the file it points to
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
+            if path.is_symlink():
+                raise UsageError(
+                    f"--out {out}: its lock file {LOCK} is a symbolic link, not train.py's; remove it (the file it "
+                    "points to is left alone), or choose another --out"
+                ) from None
             raise UsageError(f"--out {out} does not take files ({exc.strerror}); choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -278,7 +257,7 @@ def prepare(out: Path) -> None:
             os.unlink(probe)
     except OSError as exc:
         raise UsageError(f"--out {out} does not take files ({exc.strerror}); choose another --out") from None
-    for name in (*OUTPUTS, "probe"):
+    for name in (*OUTPUTS, "probe", REPLACEMENT):
         for stale in out.glob(f".{name}.*.tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -350,7 +329,7 @@ def save_checkpoint(out: Path, mlp: MLP, config: dict[str, Any], history: Histor
     written beside the old one, the old run's other files removed, then it is renamed over.
     """
     state = {"args": config, "history": history.as_dict()}
-    target = out / (f".{CHECKPOINT}.new.tmp" if progress.replaces else CHECKPOINT)  # a stale one is removed
+    target = out / (REPLACEMENT if progress.replaces else CHECKPOINT)
     with uninterrupted():  # Ctrl-C as the file is renamed: progress.saved must say so
         try:
             write(target, lambda path: save(mlp, path, train_state=state, best_state=history.best_state,

@@ -5,15 +5,20 @@ load from a buffer (through index operations that only change the address: trans
 row gathers), a literal, or an elementwise operation of other values.
 
 A GEMM kernel's blocks each compute a TILE_M × TILE_N tile over one chunk of K from
-shared-memory tiles, the operands loaded by the same index expressions (so ``a.T @ delta`` and a
-row gather need no copy). With K split, the last block of a tile to arrive sums the chunks in a
-fixed order; a tile's elementwise epilogue follows, and the last tile to finish runs the
-kernel's tail. A tail (and a ``block`` kernel) runs in phases separated by barriers: a phase
+double-buffered shared-memory tiles, the operands loaded by the same index expressions (so
+``a.T @ delta`` and a row gather need no copy). Each thread sums a MICRO × MICRO micro-tile in
+registers, reading its operands with vector loads (a shared-memory load feeds 8 multiply-adds in
+float32, 4 in float64), and the block's k-groups, each a slice of a step, add their partial tiles
+in a fixed tree. With K split, the last block of a tile to arrive sums the chunks in a fixed
+order; a tile's elementwise epilogue follows, and the last tile to finish runs the kernel's tail.
+A tail (and a ``block`` kernel) runs in phases separated by barriers: a phase
 stores the values other kernels read and computes its reductions (consecutive threads on
 consecutive outputs, groups of threads over the reduced elements, then a fixed-order tree in
 shared memory). Nothing is atomic but the arrival counters, so every result is reproducible.
 
-The source compiles with NVRTC (``cupy.RawModule``) and ``nvcc -arch=sm_90``; ``XPMLP_THREADS``
+Every pointer parameter is ``__restrict__``: :meth:`~xpmlp.compiler.fuse.Plan.bind` refuses a launch
+that would bind one buffer to two of them. The source compiles with NVRTC (``cupy.RawModule``) and
+``nvcc -arch=sm_90``; ``XPMLP_THREADS``
 may be redefined (the CPU test harness runs kernels with other values). Each kernel carries its
 JSON description in a comment, from which :func:`~xpmlp.compiler.fuse.run_kernel` runs it with NumPy.
 """
@@ -45,7 +50,20 @@ PRELUDE = f"""\
 #define XPMLP_THREADS {THREADS}
 #endif
 __host__ __device__ constexpr int xpmlp_floor2(int n) {{ return n < 2 ? 1 : 2 * xpmlp_floor2(n / 2); }}
+// four consecutive values of 16-byte aligned shared memory, in as few loads as the type allows
+__device__ inline void xpmlp_load4(const float* p, float (&v)[4]) {{
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+}}
+__device__ inline void xpmlp_load4(const double* p, double (&v)[4]) {{
+  const double2 q = reinterpret_cast<const double2*>(p)[0], r = reinterpret_cast<const double2*>(p)[1];
+  v[0] = q.x; v[1] = q.y; v[2] = r.x; v[3] = r.y;
+}}
 """
+
+#: Outputs a thread of a GEMM computes in each dimension (its micro-tile), and the padding of the operand
+#: tiles' rows (keeps them 16-byte aligned for vector loads).
+MICRO, PAD = 4, 4
 
 _MARK = "/* xpmlp-kernel "
 
@@ -127,8 +145,12 @@ class _KernelSource:
         return f"{prefix}{self.counter}"
 
     # values
-    def value(self, i: int, index: Sequence[str], scope: _Scope) -> str:
-        """A C expression (usually a variable) for node ``i`` at ``index``, emitting what it needs into ``scope``."""
+    def value(self, i: int, index: Sequence[str], scope: _Scope, computing: bool = False) -> str:
+        """A C expression (usually a variable) for node ``i`` at ``index``, emitting what it needs into ``scope``.
+
+        A value computed once (a product, a reduction, a per-column value) is read from memory, except where
+        it is being ``computing`` for its store.
+        """
         key = (i, tuple(index))
         found = scope.find(key)
         if found is not None:
@@ -140,7 +162,8 @@ class _KernelSource:
             return _literal(node["attrs"]["value"], dtype)
         if op == "loop_index":
             return "it"
-        if op == "load" or ("store" in node and (op == "matmul" or op in REDUCTIONS)):
+        once = node.get("once") and not computing
+        if op == "load" or ("store" in node and (op == "matmul" or op in REDUCTIONS or once)):
             param, flat = (node["param"] if op == "load" else node["store"]), _flat(index, shape)
             text = f"__ldcg(p{param} + {flat})" if self.params[param].mode == "c" else f"p{param}[{flat}]"
         elif op in INDEX_OPS:
@@ -259,7 +282,7 @@ class _KernelSource:
             scope = _Scope()
             index = _unravel("e", shape)
             for i in members:
-                scope.lines.append(f"p{self.nodes[i]['store']}[e] = {self.value(i, index, scope)};")
+                scope.lines.append(f"p{self.nodes[i]['store']}[e] = {self.value(i, index, scope, computing=True)};")
             lines += ["#pragma unroll 4", f"for (long long e = {first}; e < {math.prod(shape)}; e += {step}) {{"]
             lines += ["  " + line for line in scope.lines] + ["}"]
         return lines
@@ -344,7 +367,7 @@ class _KernelSource:
         params = []
         for k, p in enumerate(self.params):
             ctype = CTYPES[p.dtype]
-            params.append(f"const {ctype}* __restrict__ p{k}" if p.mode == "r" else f"{ctype}* p{k}")
+            params.append(f"const {ctype}* __restrict__ p{k}" if p.mode == "r" else f"{ctype}* __restrict__ p{k}")
         return ", ".join([*params, "long long it"])
 
     def source(self) -> str:
@@ -368,68 +391,181 @@ class _KernelSource:
         return "\n".join([*head, *("  " + line for line in body), "}", ""])
 
     def gemm(self) -> list[str]:
+        """A block's tile of the product over its chunk of K, then the split-K hand-over, the tile's
+        elementwise work and the tail (see the module's docstring)."""
         g = self.spec.gemm
-        product = self.nodes[g["node"]]
-        a, b = product["in"]
-        m, n, k, bm, bn, bk = g["m"], g["n"], g["k"], g["bm"], g["bn"], g["bk"]
-        ctype, out = CTYPES[product["dtype"]], product["store"]
-        zero = _literal(0, product["dtype"])
-        splits, tiles = g["splits"], g["tiles"]
+        bm, bn = g["bm"], g["bn"]
         lines = [
-            f"const int tile = blockIdx.x % {tiles}, split = blockIdx.x / {tiles};",
+            f"const int tile = blockIdx.x % {g['tiles']}, split = blockIdx.x / {g['tiles']};",
             f"const long long row0 = (long long)(tile / {g['tiles_n']}) * {bm};",
             f"const long long col0 = (long long)(tile % {g['tiles_n']}) * {bn};",
             f"const long long k_begin = (long long)split * {g['chunk']};",
-            f"const long long k_end = k_begin + {g['chunk']} < {k} ? k_begin + {g['chunk']} : {k};",
-            f"__shared__ {ctype} a_tile[{bk}][{bm + 1}];",
-            f"__shared__ {ctype} b_tile[{bk}][{bn + 1}];",
-            f"{ctype} acc[({bm * bn} + XPMLP_THREADS - 1) / XPMLP_THREADS];",
-            f"for (int j = 0; j < ({bm * bn} + XPMLP_THREADS - 1) / XPMLP_THREADS; ++j) acc[j] = {zero};",
-            f"for (long long k0 = k_begin; k0 < k_end; k0 += {bk}) {{",
+            f"const long long k_end = k_begin + {g['chunk']} < {g['k']} ? k_begin + {g['chunk']} : {g['k']};",
+            *self.gemm_main_loop(),
         ]
-        for name, operand, rows in (("a", a, bm), ("b", b, bn)):
-            transposed = self.transposed(operand)
+        return lines + self.gemm_epilogue()
+
+    def gemm_main_loop(self) -> list[str]:
+        """The block's tile summed into ``c_tile`` (shared): register micro-tiles over double-buffered operand tiles.
+
+        Each thread of a k-group owns MICRO × MICRO outputs and, per k, loads MICRO values of each operand
+        with vector loads, so a shared-memory load feeds MICRO (float32: 2·MICRO) multiply-adds; the k-groups
+        (XPMLP_THREADS / micro-tiles of them) take the slices of a k-step, and their partial tiles are summed in a
+        fixed tree at the end. While one step is computed, the next step's operands are loaded from global
+        memory into registers and then stored into the other buffer: one barrier a step.
+        """
+        g = self.spec.gemm
+        product = self.nodes[g["node"]]
+        bm, bn, bk = g["bm"], g["bn"], g["bk"]
+        ctype, zero = CTYPES[product["dtype"]], _literal(0, product["dtype"])
+        lines = [
+            f"constexpr int micro = {(bm // MICRO) * (bn // MICRO)};  // micro-tiles of {MICRO}x{MICRO} in the tile",
+            "constexpr int lanes = xpmlp_floor2(XPMLP_THREADS < micro ? XPMLP_THREADS : micro);  // threads a k-group",
+            f"constexpr int groups = xpmlp_floor2(XPMLP_THREADS / lanes) < {bk} ? "
+            f"xpmlp_floor2(XPMLP_THREADS / lanes) : {bk};",
+            "constexpr int per = micro / lanes, slice = " + f"{bk} / groups;",
+            f"constexpr int a_stride = {bm + PAD}, b_stride = {bn + PAD};  // rows of the operand tiles",
+            f"constexpr int a_values = {bk} * a_stride, b_values = {bk} * b_stride;",
+            "constexpr int operands = 2 * (a_values + b_values);  // two buffers of each operand's tile",
+            f"constexpr int partials = (groups > 1 ? groups / 2 : 1) * {bm * bn};  // the k-groups' hand-over",
+            f"__shared__ __align__(16) {ctype} gemm_shared[operands > partials ? operands : partials];",
+            "const int lane = threadIdx.x % lanes, group = threadIdx.x / lanes;",
+            f"{ctype} acc[per][{MICRO}][{MICRO}];",
+            "#pragma unroll",
+            f"for (int u = 0; u < per; ++u) for (int i = 0; i < {MICRO}; ++i) for (int j = 0; j < {MICRO}; ++j) "
+            f"acc[u][i][j] = {zero};",
+        ]
+        fetches, puts = [], []
+        for name, operand, rows in (("a", product["in"][0], bm), ("b", product["in"][1], bn)):
+            count = rows * bk
+            lines.append(f"{ctype} {name}_next[({count} + XPMLP_THREADS - 1) / XPMLP_THREADS];")
+            kk, r = self.operand_layout(name, operand, rows, bk)
             if name == "a":
-                kk, r = ("e / " + str(bm), "e % " + str(bm)) if transposed else ("e % " + str(bk), "e / " + str(bk))
-                point, limit = ["row0 + r", "k0 + kk"], f"row0 + r < {m} && k0 + kk < k_end"
-                target = "a_tile[kk][r]"
+                point, limit = ["row0 + r", "kf + kk"], f"row0 + r < {g['m']} && kf + kk < k_end"
             else:
-                kk, r = ("e % " + str(bk), "e / " + str(bk)) if transposed else ("e / " + str(bn), "e % " + str(bn))
-                point, limit = ["k0 + kk", "col0 + r"], f"k0 + kk < k_end && col0 + r < {n}"
-                target = "b_tile[kk][r]"
+                point, limit = ["kf + kk", "col0 + r"], f"kf + kk < k_end && col0 + r < {g['n']}"
             scope = _Scope()
             loaded = self.value(operand, [f"({p})" for p in point], scope)
-            lines += [
-                f"  for (int e = threadIdx.x; e < {rows * bk}; e += XPMLP_THREADS) {{",
-                f"    const int kk = {kk}, r = {r};",
-                f"    {ctype} x = {zero};",
-                f"    if ({limit}) {{",
-                *("      " + line for line in scope.lines),
-                f"      x = {loaded};",
-                "    }",
-                f"    {target} = x;",
+            fetches += [
+                "#pragma unroll",
+                f"for (int j = 0; j < ({count} + XPMLP_THREADS - 1) / XPMLP_THREADS; ++j) {{",
+                "  const int e = threadIdx.x + j * XPMLP_THREADS;",
+                f"  const int kk = {kk}, r = {r};",
+                f"  {name}_next[j] = {zero};",
+                f"  if (e < {count} && {limit}) {{",
+                *("    " + line for line in scope.lines),
+                f"    {name}_next[j] = {loaded};",
                 "  }",
+                "}",
             ]
-        per = f"({bm * bn} + XPMLP_THREADS - 1) / XPMLP_THREADS"
+            base = "buffer * a_values" if name == "a" else "2 * a_values + buffer * b_values"
+            puts += [
+                "#pragma unroll",
+                f"for (int j = 0; j < ({count} + XPMLP_THREADS - 1) / XPMLP_THREADS; ++j) {{",
+                "  const int e = threadIdx.x + j * XPMLP_THREADS;",
+                f"  if (e < {count}) gemm_shared[{base} + ({kk}) * {name}_stride + ({r})] = {name}_next[j];",
+                "}",
+            ]
+        micro_row = f"(m / {bn // MICRO}) * {MICRO}"
+        micro_col = f"(m % {bn // MICRO}) * {MICRO}"
         lines += [
-            "  __syncthreads();",
-            f"  for (int kk = 0; kk < {bk}; ++kk) {{",
-            f"    for (int j = 0; j < {per}; ++j) {{",
-            "      const int el = threadIdx.x + j * XPMLP_THREADS;",
-            f"      if (el < {bm * bn}) acc[j] += a_tile[kk][el / {bn}] * b_tile[kk][el % {bn}];",
+            "{",
+            "  const long long kf = k_begin;",
+            *("  " + line for line in fetches),
+            "}",
+            "int buffer = 0;",
+            *puts,
+            "__syncthreads();",
+            f"for (long long k0 = k_begin; k0 < k_end; k0 += {bk}) {{",
+            f"  const bool more = k0 + {bk} < k_end;",
+            "  if (more) {",
+            f"    const long long kf = k0 + {bk};",
+            *("    " + line for line in fetches),
+            "  }",
+            "  if (group < groups) {",
+            "    const " + ctype + "* a_s = gemm_shared + buffer * a_values;",
+            "    const " + ctype + "* b_s = gemm_shared + 2 * a_values + buffer * b_values;",
+            "    #pragma unroll",
+            "    for (int s = 0; s < slice; ++s) {",
+            "      const int kk = group * slice + s;",
+            "      #pragma unroll",
+            "      for (int u = 0; u < per; ++u) {",
+            "        const int m = lane + u * lanes;",
+            f"        {ctype} a[{MICRO}], b[{MICRO}];",
+            f"        xpmlp_load{MICRO}(a_s + kk * a_stride + {micro_row}, a);",
+            f"        xpmlp_load{MICRO}(b_s + kk * b_stride + {micro_col}, b);",
+            "        #pragma unroll",
+            f"        for (int i = 0; i < {MICRO}; ++i)",
+            "          #pragma unroll",
+            f"          for (int j = 0; j < {MICRO}; ++j) acc[u][i][j] += a[i] * b[j];",
+            "      }",
             "    }",
+            "  }",
+            "  if (more) {",
+            "    buffer ^= 1;",
+            *("    " + line for line in puts),
             "  }",
             "  __syncthreads();",
             "}",
         ]
+        element = f"(({micro_row} + i) * {bn} + {micro_col} + j)"
+        each = [
+            "#pragma unroll",
+            "for (int u = 0; u < per; ++u) {",
+            "  const int m = lane + u * lanes;",
+            f"  for (int i = 0; i < {MICRO}; ++i) for (int j = 0; j < {MICRO}; ++j) {{",
+        ]
+        lines += [
+            "// the k-groups' partial tiles, summed in a fixed tree (the operand tiles' memory is free now)",
+            f"{ctype}* c_tile = gemm_shared;",
+            "for (int half = groups / 2; half > 0; half /= 2) {",
+            "  if (group >= half && group < 2 * half) {",
+            *("    " + line for line in each),
+            f"      c_tile[(group - half) * {bm * bn} + {element}] = acc[u][i][j];",
+            "    }",
+            "  }",
+            "  }",
+            "  __syncthreads();",
+            "  if (group < half) {",
+            *("    " + line for line in each),
+            f"      acc[u][i][j] += c_tile[group * {bm * bn} + {element}];",
+            "    }",
+            "  }",
+            "  }",
+            "  __syncthreads();",
+            "}",
+            "if (group == 0) {",
+            *("  " + line for line in each),
+            f"    c_tile[{element}] = acc[u][i][j];",
+            "  }",
+            "}",
+            "}",
+            "__syncthreads();",
+        ]
+        return lines
+
+    def operand_layout(self, name: str, operand: int, rows: int, bk: int) -> tuple[str, str]:
+        """(k, row) within the operand's tile of element ``e``: consecutive threads along the operand's
+        contiguous dimension in memory, so that global loads coalesce."""
+        transposed = self.transposed(operand)
+        along_k = transposed if name == "b" else not transposed
+        return (f"e % {bk}", f"e / {bk}") if along_k else (f"e / {rows}", f"e % {rows}")
+
+    def gemm_epilogue(self) -> list[str]:
+        g = self.spec.gemm
+        product = self.nodes[g["node"]]
+        m, n, bm, bn = g["m"], g["n"], g["bm"], g["bn"]
+        ctype, out = CTYPES[product["dtype"]], product["store"]
+        zero = _literal(0, product["dtype"])
+        splits, tiles = g["splits"], g["tiles"]
+        lines: list[str] = []
         destination = (
             f"p{g['partials']}[((long long)split * {m} + r) * {n} + c]" if splits > 1 else f"p{out}[r * {n} + c]"
         )
         lines += [
-            f"for (int j = 0; j < {per}; ++j) {{",
-            "  const int el = threadIdx.x + j * XPMLP_THREADS;",
+            f"for (int el = threadIdx.x; el < {bm * bn}; el += XPMLP_THREADS) {{",
             f"  const long long r = row0 + el / {bn}, c = col0 + el % {bn};",
-            f"  if (el < {bm * bn} && r < {m} && c < {n}) {destination} = acc[j];",
+            f"  if (r < {m} && c < {n}) {destination} = c_tile[el];",
             "}",
         ]
         counters = f"p{g.get('counters')}"

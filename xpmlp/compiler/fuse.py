@@ -21,8 +21,9 @@ in one block wherever it is), elementwise work a tail if it fits one block (``ta
 elements), else a ``map`` or a GEMM's tiles; else it starts one. Index operations (reshape,
 transpose, slicing, gathers, concatenation) are never computed on their own: a reader
 evaluates them in its index arithmetic. A value is written to memory only when another
-kernel (or a later step) reads it, or it is a reduction; everything else is recomputed where
-it is used.
+kernel (or a later step) reads it, or it is a reduction, or a small value of a tail that larger
+ones read broadcast (a column's 1/σ: computed once, read by the phases after); everything else
+is recomputed where it is used.
 
 With fusion off (``make_plan(program, fuse=False)``, or ``$XPMLP_FUSE=0``) every operation is a
 kernel of its own and every value it computes goes through memory: slower, and the plan to compare
@@ -41,7 +42,18 @@ from ..backend import host
 from .program import ELEMENTWISE, INDEX_OPS, REDUCTIONS, Program, Straight, flatten, numpy_op, unflatten
 from .trace import Tracer
 
-__all__ = ["FUSE_ENV_VAR", "THREADS", "KernelSpec", "Plan", "fusion_enabled", "make_plan", "run_kernel", "run_plan"]
+__all__ = [
+    "FUSE_ENV_VAR",
+    "GEMM_SHAPE",
+    "THREADS",
+    "GemmShape",
+    "KernelSpec",
+    "Plan",
+    "fusion_enabled",
+    "make_plan",
+    "run_kernel",
+    "run_plan",
+]
 
 #: ``$XPMLP_FUSE=0`` turns fusion off (one operation a kernel), for debugging; ``1`` (the default) on.
 FUSE_ENV_VAR = "XPMLP_FUSE"
@@ -140,6 +152,19 @@ class Plan:
         parity = {"carry_in": it, "carry_out": it + 1, "result": loop.count}[slot[0]] % 2
         return loop.sets[parity][slot[2]]
 
+    def bind(self, spec: KernelSpec, it: int = 0) -> list[int]:
+        """The buffer of each of ``spec``'s params in iteration ``it``; ValueError if one buffer would be bound
+        to two params (the generated kernels declare every param ``__restrict__``: they must not alias)."""
+        bound = [self.resolve(p.slot, it) for p in spec.params]
+        if len(set(bound)) < len(bound):
+            first = next(b for b in bound if bound.count(b) > 1)
+            params = [f"p{k}" for k, b in enumerate(bound) if b == first]
+            raise ValueError(
+                f"kernel {spec.name} (iteration {it}) would bind buffer {first} to params {' and '.join(params)}, "
+                "which are __restrict__: the plan is wrong"
+            )
+        return bound
+
     def kernels(self) -> list[KernelSpec]:
         """Every kernel once (a loop's body once)."""
         return [k for s in self.segments for k in (s.kernels if isinstance(s, LoopPlan) else s)]
@@ -149,23 +174,41 @@ def _is_compute(node: Tracer) -> bool:
     return node.op in ELEMENTWISE or node.op in REDUCTIONS or node.op == "matmul"
 
 
-def gemm_geometry(m: int, n: int, k: int, blocks: int = GEMM_BLOCKS) -> dict:
-    """Tiles of TILE_M × TILE_N, and K split into chunks (multiples of TILE_K) until about ``blocks`` blocks work."""
-    tiles = -(-m // TILE_M) * -(-n // TILE_N)
-    wanted = max(1, min(-(-blocks // tiles), -(-k // (2 * TILE_K))))
+class GemmShape(NamedTuple):
+    """How the GEMM kernels cut a product: ``tile_m`` × ``tile_n`` output tiles (multiples of the code
+    generator's 4 × 4 micro-tiles), ``tile_k`` deep steps, and about ``blocks`` thread blocks to aim for."""
+
+    tile_m: int = TILE_M
+    tile_n: int = TILE_N
+    tile_k: int = TILE_K
+    blocks: int = GEMM_BLOCKS
+
+
+#: The shape the planner gives every product unless told otherwise.
+GEMM_SHAPE = GemmShape()
+
+
+def gemm_geometry(m: int, n: int, k: int, shape: GemmShape = GEMM_SHAPE) -> dict:
+    """Tiles of ``tile_m`` × ``tile_n``, and K split into chunks (multiples of ``tile_k``) until about
+    ``blocks`` blocks work."""
+    bm, bn, bk = shape.tile_m, shape.tile_n, shape.tile_k
+    if bm % 4 or bn % 4 or bk < 1:
+        raise ValueError(f"GEMM tiles must be multiples of 4 by 4 and at least 1 deep, got {bm}x{bn}x{bk}")
+    tiles = -(-m // bm) * -(-n // bn)
+    wanted = max(1, min(-(-shape.blocks // tiles), -(-k // (2 * bk))))
     per_split = -(-k // wanted)
-    chunk = -(-per_split // TILE_K) * TILE_K
+    chunk = -(-per_split // bk) * bk
     return {
         "m": m,
         "n": n,
         "k": k,
         "tiles": tiles,
-        "tiles_n": -(-n // TILE_N),
+        "tiles_n": -(-n // bn),
         "splits": -(-k // chunk),
         "chunk": chunk,
-        "bm": TILE_M,
-        "bn": TILE_N,
-        "bk": TILE_K,
+        "bm": bm,
+        "bn": bn,
+        "bk": bk,
     }
 
 
@@ -206,13 +249,14 @@ def fusion_enabled() -> bool:
 
 
 class _Planner:
-    def __init__(self, program: Program, tail_max: int, fuse: bool) -> None:
-        self.program, self.tail_max, self.fuse = program, tail_max, fuse
+    def __init__(self, program: Program, tail_max: int, fuse: bool, gemm_shape: GemmShape) -> None:
+        self.program, self.tail_max, self.fuse, self.gemm_shape = program, tail_max, fuse, gemm_shape
         self.buffers: list[Buffer] = []
         self.location: dict[Tracer, Slot] = {}
         self.kernel_of: dict[Tracer, _KernelGroup] = {}
         self.loops: list[LoopPlan] = []
         self.loop_starts: list[_LoopStart] = []
+        self.computed_once: set[Tracer] = set()  # see per_column
         self.final_outputs: list[Tracer] = []
 
     def buffer(self, shape: Sequence[int], dtype: Any, role: str, value: Any = None) -> int:
@@ -243,7 +287,13 @@ class _Planner:
                 plans.append(specs)
         outputs = [self.location[o] for o in self.final_outputs]
         steps = [len(p.kernels) for p in plans if isinstance(p, LoopPlan)] or [sum(len(p) for p in plans)]
-        return Plan(self.buffers, inputs, plans, outputs, program.out_tree, max(steps), self.loops)
+        plan = Plan(self.buffers, inputs, plans, outputs, program.out_tree, max(steps), self.loops)
+        for segment in plans:  # no launch binds one buffer twice (a loop's iterations alternate two sets)
+            loop = segment if isinstance(segment, LoopPlan) else None
+            for it in range(min(loop.count, 2)) if loop else [0]:
+                for spec in loop.kernels if loop else segment:
+                    plan.bind(spec, it)
+        return plan
 
     # -- structure: segments with their stores, loops with their carry buffers
     def structure(self, uses: dict[Tracer, int]) -> list[_Segment]:
@@ -367,6 +417,11 @@ class _Planner:
                     for base in _bases(node.inputs):
                         if _is_compute(base) and self.kernel_of[base] is not kernel:
                             needed[base] = None
+        for group in kernels:
+            for kernel in group:
+                for node in self.per_column(kernel):
+                    needed[node] = None
+                    self.computed_once.add(node)
         for node in needed:
             self.location[node] = stores.get(node) or ("buffer", self.buffer(node.shape, node.dtype, "scratch"))
         for start in self.loop_starts:
@@ -374,6 +429,25 @@ class _Planner:
             for j, init in enumerate(start.inits):
                 if first[j] is None:
                     first[j] = self.location[init][1]
+
+    def per_column(self, kernel: _KernelGroup) -> list[Tracer]:
+        """The small values of a kernel's phases that larger ones read broadcast (BatchNorm's 1/σ per column,
+        a row's log-sum): computed once into memory in their phase, read by the phases after, instead of
+        recomputed for every element that reads them. Not in a map kernel (its blocks do not meet) nor in a
+        GEMM's tile work (it reads only its own element)."""
+        if kernel.kind == "map":
+            return []
+        own = set(kernel.nodes)
+        largest: dict[Tracer, int] = {}
+        for node in kernel.nodes:
+            for base in _bases(node.inputs):
+                if base in own:
+                    largest[base] = max(largest.get(base, 0), node.size)
+        return [
+            node
+            for node in kernel.nodes
+            if node.op in ELEMENTWISE and node not in kernel.tile and largest.get(node, 0) >= 2 * node.size
+        ]
 
     # -- specs
     def spec(self, kernel: _KernelGroup, name: str) -> KernelSpec:
@@ -413,7 +487,7 @@ class _Planner:
         gemm = None
         if kernel.kind == "gemm":
             product = kernel.nodes[0]
-            gemm = gemm_geometry(product.shape[0], product.shape[1], product.inputs[0].shape[1])
+            gemm = gemm_geometry(product.shape[0], product.shape[1], product.inputs[0].shape[1], self.gemm_shape)
         for node in kernel.nodes:
             visit(node)
         # phases: a reduction's result is there for the phases after its own
@@ -424,10 +498,12 @@ class _Planner:
             if node.op != "matmul":
                 for base in _bases(node.inputs):
                     if base in own:
-                        p = max(p, phase[local[base]] + (base.op in REDUCTIONS))
+                        p = max(p, phase[local[base]] + (base.op in REDUCTIONS or base in self.computed_once))
             phase[local[node]] = entry["phase"] = p
             if node in kernel.tile:
                 entry["tile"] = True
+            if node in self.computed_once:
+                entry["once"] = True  # read back from memory by the phases after its own
             if node in self.location:
                 mode = "c" if node.op == "matmul" else "w"
                 entry["store"] = param(self.location[node], node.shape, node.dtype, mode)
@@ -477,9 +553,11 @@ def _use_counts(program: Program) -> dict[Tracer, int]:
     return counts
 
 
-def make_plan(program: Program, tail_max: int = TAIL_MAX, fuse: bool | None = None) -> Plan:
+def make_plan(
+    program: Program, tail_max: int = TAIL_MAX, fuse: bool | None = None, gemm_shape: GemmShape = GEMM_SHAPE
+) -> Plan:
     """``program`` grouped into kernels (see the module's docstring); ``fuse`` None: :func:`fusion_enabled`."""
-    return _Planner(program, tail_max, fusion_enabled() if fuse is None else fuse).plan()
+    return _Planner(program, tail_max, fusion_enabled() if fuse is None else fuse, gemm_shape).plan()
 
 
 # ---------------------------------------------------------------- running a plan with NumPy
@@ -511,12 +589,15 @@ def run_plan(plan: Plan, args: Sequence[Any], launch: Callable[[Any, list, int],
     """``plan`` executed kernel by kernel on host ``args``: the outputs' pytree.
 
     ``launch(spec, arrays, it)`` runs one kernel on its bound host arrays; by default NumPy
-    runs the kernel's description.
+    runs the kernel's description. A buffer the plan gives no initial value starts poisoned, as
+    device memory may hold anything: NaN (integers: all bits set), so a value read before it is
+    written shows in the results.
     """
     launch = launch or (lambda spec, bound, it: run_kernel(spec.description(), bound, it))
     arrays = []
     for buffer in plan.buffers:
-        array = host.zeros(buffer.shape, buffer.dtype)
+        array = host.empty(buffer.shape, buffer.dtype)
+        array.reshape(-1).view(host.uint8)[...] = 0xFF  # NaN in every float type, all bits set in integer ones
         if buffer.value is not None:
             array[...] = buffer.value
         arrays.append(array)
@@ -528,5 +609,5 @@ def run_plan(plan: Plan, args: Sequence[Any], launch: Callable[[Any, list, int],
         loop = segment if isinstance(segment, LoopPlan) else None
         for it in range(loop.count if loop else 1):
             for spec in loop.kernels if loop else segment:
-                launch(spec, [arrays[plan.resolve(p.slot, it)] for p in spec.params], it)
+                launch(spec, [arrays[b] for b in plan.bind(spec, it)], it)
     return unflatten(plan.out_tree, [arrays[plan.resolve(slot)].copy() for slot in plan.outputs])
