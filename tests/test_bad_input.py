@@ -219,6 +219,29 @@ def test_copies_of_a_model_own_their_own_layers(tmp_path):
         np.testing.assert_array_equal(other.backward(y), expected[1])
 
 
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copied_model_keeps_its_parameters_views_of_its_buffer_and_owns_its_layers(backend, how):
+    """NumPy's deepcopy and pickle (and torch's pickle) once gave W, b arrays apart from the flat buffer
+    that step updates: an in-place change of mlp.W[0] was lost, and the parameters took twice the memory."""
+    model = hw1_like(backend)
+    copied = pickle.loads(pickle.dumps(model)) if how == "pickle" else copy.deepcopy(model)
+    (x, labels), _, _ = dataset(n_train=20)
+    y = np.eye(10)[labels]
+    for m in (model, copied):
+        if m.backend.name in ("numpy", "torch"):  # the libraries with views, and in-place writes through them
+            m.W[0][...] = 0.25
+        m.forward(m.backend.asarray(x, m.dtype))
+        m.backward(m.backend.asarray(y, m.dtype))
+        m.step()
+    for key, value in snapshot(model).items():
+        np.testing.assert_array_equal(snapshot(copied)[key], value, err_msg=key)
+    if backend.name == "numpy":
+        assert all(np.shares_memory(p, copied.training_state.params) for p, _ in copied.parameters())
+    with pytest.raises(ValueError, match="already belongs to another model"):
+        MLP(784, 10, [16], [copied.activations[0], Identity()], xpmlp.he_normal_weight_init,
+            xpmlp.zeros_bias_init, SoftmaxCrossEntropy(), 0.1)  # fmt: skip
+
+
 @pytest.mark.parametrize("label", [-1, 10, 11])
 def test_labels_outside_the_classes_are_refused_in_every_split(label):
     train, val, test = dataset()

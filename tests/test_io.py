@@ -214,6 +214,13 @@ def test_every_failure_of_the_zip_reader_is_a_value_error_naming_the_file(tmp_pa
         load(tmp_path / "flag.npz")
 
 
+def test_saving_to_a_folder_is_refused_naming_it(tmp_path):
+    """save(model, folder) once ended in os.replace's IsADirectoryError, leaving nothing behind but a traceback."""
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path))} is a folder: name the file to write in it"):
+        save(trained(), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_path_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
     """``save("~/m.npz")`` once wrote a folder named ``~`` in the working directory."""
     home, work = tmp_path / "home", tmp_path / "work"

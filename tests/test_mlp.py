@@ -303,6 +303,21 @@ def test_rates_are_checked_in_the_models_dtype(kwargs, message):
     assert getattr(model, next(iter(kwargs))) == next(iter(kwargs.values()))
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weight_init_fn": lambda i, o: np.full((i, o), np.nan)}, "weight_init_fn returned NaN or values infinite in"),
+        ({"weight_init_fn": lambda i, o: np.full((i, o), 1e39), "dtype": "float32"}, "infinite in float32 for layer 0"),
+        ({"bias_init_fn": lambda o: np.full((1, o), -np.inf)}, "bias_init_fn returned NaN or values infinite"),
+        ({"bias_init_fn": lambda o: np.zeros((1, o), complex)}, "bias_init_fn returned an array of dtype complex128"),
+    ],
+)
+def test_initial_values_that_are_not_finite_real_numbers_in_the_models_dtype_are_refused(kwargs, message):
+    """A NaN or a float32 overflow from an init function once made a model of NaN or infinite weights."""
+    with pytest.raises(ValueError, match=message):
+        MLP(**constructor_args(**kwargs))
+
+
 def test_a_rate_set_later_is_checked_and_a_refused_one_leaves_the_model_as_it_was():
     model = MLP(**constructor_args(dtype="float32", momentum=0.5))
     for name, value in (("lr", 1e-50), ("lr", -1.0), ("momentum", 1.0), ("l2", float("nan"))):

@@ -6,7 +6,9 @@ meeting at a file. The reference is NumPy float64 on one device.
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -191,6 +193,12 @@ def test_the_hook_makes_three_shards_step_as_one_batch(backend):
     for mlp in models:
         assert rel(worker.flat_state(mlp), reference) <= 1e-12
         assert mlp.shards.calls == rows // batch * PER_STEP
+
+
+def test_a_model_pickles_and_copies_with_its_one_device_hook():
+    mlp = worker.model("numpy", "float64")
+    assert pickle.loads(pickle.dumps(mlp)).shards is ONE_DEVICE
+    assert copy.deepcopy(mlp).bn_layers[0].shards is ONE_DEVICE
 
 
 def _hw1(backend: str = "numpy") -> xpmlp.MLP:

@@ -277,6 +277,25 @@ def test_early_stopping_that_resumes_from_the_best_goes_on_from_the_model_fit_re
             np.testing.assert_allclose(host_state(model)[key], value, rtol=1e-12, atol=1e-15, err_msg=key)
 
 
+def test_a_history_whose_states_are_another_models_is_refused_before_training():
+    """Once found only when early stopping restored the best epoch's state, after the training."""
+    train, val = unlearnable_run()
+    history = fit(hw1_like(lr=0.2), train, val, epochs=3, batch_size=20, seed=0, patience=5, progress=False)
+    other = hw1_like(hiddens=(16, 4))
+    before = host_state(other)
+    with pytest.raises(ValueError, match=r"history.best_state is not this model's: state\['W.1'\] has shape"):
+        fit(other, train, val, epochs=5, batch_size=20, history=history, patience=5, progress=False)
+    assert history.epochs == 3
+    for key, value in host_state(other).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def test_callbacks_must_be_a_list():
+    train, _, _ = dataset()
+    with pytest.raises(TypeError, match="callbacks must be a list of callables"):
+        fit(hw1_like(), train, epochs=1, batch_size=20, callbacks=lambda epoch, history: None, progress=False)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

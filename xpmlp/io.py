@@ -39,9 +39,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
     A process killed midway leaves the previous file (and no temporary one). The
     file gets the permissions any other program's would (0o666 less the umask).
-    A leading ``~`` is the home folder.
+    A leading ``~`` is the home folder; a folder is refused (ValueError naming it) before anything is written.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: name the file to write in it (e.g. {path / 'model.npz'})")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         umask = os.umask(0)

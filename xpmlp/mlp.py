@@ -72,6 +72,18 @@ def _check_layers(activations: Iterable[Any], criterion: Any, nlayers: int) -> l
     return activations
 
 
+def _check_initial_values(weights: Sequence[Any], biases: Sequence[Any], dtype: str) -> None:
+    """ValueError naming the init function whose array for a layer is not real numbers finite in ``dtype``."""
+    for name, arrays in (("weight_init_fn", weights), ("bias_init_fn", biases)):
+        for k, a in enumerate(arrays):
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"{name} returned an array of dtype {a.dtype} for layer {k}; real numbers are needed")
+            with host.errstate(over="ignore", invalid="ignore"):  # 1e39 becomes inf in float32: refused below
+                finite = a.dtype.kind != "f" or bool(host.isfinite(a.astype(dtype)).all())
+            if not finite:
+                raise ValueError(f"{name} returned NaN or values infinite in {dtype} for layer {k}")
+
+
 def _through_activation(act: Activation, delta: Array) -> Array:
     """δ ⊙ f′(z): the gradient through an activation (Identity's f′ = 1 costs nothing)."""
     return delta if type(act) is Identity else delta * act.derivative()
@@ -174,6 +186,7 @@ class MLP:
             found = host.result_type(*weights, *biases)
             dtype = found.name if found.name in ("float32", "float64") else "float64"
         self.dtype = float_dtype_name(dtype)
+        _check_initial_values(weights, biases, self.dtype)
 
         self.input_size, self.output_size = input_size, output_size
         self.hiddens = hiddens
@@ -203,6 +216,22 @@ class MLP:
         for layer in [*activations, criterion]:  # released when this model is garbage-collected
             with contextlib.suppress(TypeError):
                 _OWNERS[layer] = weakref.ref(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """An unpickled or deep-copied model: W, b, γ, β views of its flat buffer again, its layers its own.
+
+        Pickle and deepcopy copy each array apart (NumPy's views, and torch's when pickled, become
+        arrays of their own), so an in-place change of ``mlp.W[0]`` would no longer reach the
+        buffer :meth:`step` updates, and the parameters would take twice their memory.
+        """
+        vars(self).update(state)
+        params = self._flat.current(self._parameter_arrays())
+        self._flat.buffer = None  # W, b, γ, β are not views of the copied buffer: cut it again
+        self._set_parameters(params)
+        for layer in [*self.activations, self.criterion]:
+            if _owner(layer) is None:  # a deep copy's own layers (a shallow copy shares the original's)
+                with contextlib.suppress(TypeError):
+                    _OWNERS[layer] = weakref.ref(self)
 
     def __repr__(self) -> str:
         sizes = "-".join(str(n) for n in [self.input_size, *self.hiddens, self.output_size])
@@ -360,7 +389,8 @@ class MLP:
 
     def _scratch(self) -> MLP:
         """A copy of the model whose lists and layer objects are copies: what runs on it leaves the model alone."""
-        scratch = copy.copy(self)
+        scratch = object.__new__(type(self))  # not copy.copy: __setstate__ would cut new views
+        vars(scratch).update(vars(self))
         scratch.W, scratch.b, scratch.dW, scratch.db = list(self.W), list(self.b), list(self.dW), list(self.db)
         scratch.activations = [copy.copy(a) for a in self.activations]
         scratch.bn_layers = [copy.copy(bn) for bn in self.bn_layers]

@@ -77,10 +77,13 @@ class _OneDevice(Shards):
     """One device: nothing to sum over, and nothing computed for it."""
 
     def __init__(self) -> None:
-        super().__init__(1, 0, lambda x: x)
+        super().__init__(1, 0, _identity)
 
     def __repr__(self) -> str:
         return "ONE_DEVICE"
+
+    def __reduce__(self) -> str:
+        return "ONE_DEVICE"  # a pickled (or copied) model keeps the one instance
 
     def allsum(self, x: Array) -> Array:
         return x
@@ -93,6 +96,10 @@ class _OneDevice(Shards):
 
     def allsum_each(self, arrays: Sequence[Array]) -> list[Array]:
         return list(arrays)
+
+
+def _identity(x: Array) -> Array:
+    return x
 
 
 def collective_for(backend: Backend, devices: int, batch_size: int, compiled: bool) -> Collective | None:

@@ -13,7 +13,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -208,7 +208,9 @@ def fit(
     epochs = as_int("epochs", epochs, minimum=0)
     batch_size = as_int("batch_size", batch_size, minimum=1)
     seed = int(host.random.randint(2**31)) if seed is None else as_int("seed", seed, minimum=0)
-    history = _checked_history(history, stopping)
+    history = _checked_history(mlp, history, stopping)
+    if callable(callbacks) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks must be a list of callables callback(epoch, history), got {callbacks!r}")
     for callback in callbacks:
         if not callable(callback):
             raise TypeError(f"callbacks must be callables callback(epoch, history), got {callback!r}")
@@ -243,14 +245,20 @@ def _early_stopping(patience: int | None, early_stopping: EarlyStopping | None, 
     return early_stopping
 
 
-def _checked_history(history: History | None, stopping: EarlyStopping | None) -> History:
-    """``history``, or a new one; refused when early stopping cannot resume from it."""
+def _checked_history(mlp: MLP, history: History | None, stopping: EarlyStopping | None) -> History:
+    """``history``, or a new one; refused when early stopping cannot resume from it, or its states do not fit."""
     history = History() if history is None else history
     if not isinstance(history, History):
         raise TypeError(f"history must be a History, got {type(history).__name__}")
     keeps_best = stopping is not None and stopping.keep_best
     if keeps_best and history.best_epoch is not None and history.best_state is None:
         raise ValueError("history has a best_epoch but no best_state: early stopping cannot resume from it")
+    for name in ("best_state", "last_state"):  # another model's history would fail only once trained
+        if getattr(history, name) is not None:
+            try:
+                mlp.checked_state(getattr(history, name))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"history.{name} is not this model's: {exc}") from exc
     return history
 
 

@@ -186,3 +186,22 @@ def test_a_numpy_model_refuses_a_tensor_that_requires_grad_with_a_type_error():
     )  # fmt: skip
     with pytest.raises(TypeError, match="requires grad"):
         numpy_model.forward(torch.ones(2, 3, requires_grad=True))
+
+
+def test_reversed_and_read_only_numpy_arrays_train_as_their_copies(device):
+    """torch takes no negative strides (x[::-1] once ended in torch's ValueError) and warns on read-only arrays."""
+    import warnings
+
+    rng = np.random.default_rng(4)
+    x, labels = rng.normal(size=(40, 12)), rng.integers(0, 5, size=40)
+    read_only = x[::-1].copy()
+    read_only.flags.writeable = False
+    histories = []
+    for given in (x[::-1], read_only, np.ascontiguousarray(x[::-1])):
+        model, _ = model_and_twin(device, "relu", 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            histories.append(xpmlp.fit(model, (given, labels[::-1]), epochs=2, batch_size=8, seed=0, progress=False))
+            np.testing.assert_array_equal(model.backend.to_host(model.forward(given)), model.backend.to_host(
+                model.forward(np.ascontiguousarray(given))))  # fmt: skip
+    assert histories[0].train_loss == histories[1].train_loss == histories[2].train_loss

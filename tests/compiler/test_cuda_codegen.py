@@ -9,6 +9,7 @@ tests/compiler/test_cupy_compile.py where CuPy finds a GPU.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -184,3 +185,22 @@ def test_each_kernel_carries_its_description():
     plan = make_plan(program)
     found = descriptions(module_source(plan.kernels()))
     assert found == {spec.name: spec.description() for spec in plan.kernels()}
+
+
+@needs_gxx
+def test_the_emulation_poisons_shared_memory_before_each_block():
+    """A read of shared memory before any write sees NaN in every block, not zeros nor the last block's values."""
+    description = {"name": "stale", "params": [{"shape": [3], "dtype": "float64", "mode": "w"}]}
+    source = (
+        PRELUDE
+        + f"""/* xpmlp-kernel {json.dumps(description)} */
+extern "C" __global__ void stale(double* __restrict__ p0, long long it) {{
+  __shared__ double seen[XPMLP_THREADS];
+  p0[blockIdx.x] = seen[threadIdx.x];
+  seen[threadIdx.x] = 1.0;
+}}
+"""
+    )
+    out = np.zeros(3)
+    HostModule(source).launch("stale", 3, [out])
+    assert np.isnan(out).all(), out

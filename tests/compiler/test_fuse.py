@@ -12,6 +12,7 @@ import pytest
 from xpmlp import ReLU, Tanh
 from xpmlp.compiler.fuse import FUSE_ENV_VAR, fusion_enabled, make_plan, run_plan
 from xpmlp.compiler.program import INDEX_OPS, Loop
+from xpmlp.compiler.trace import trace
 
 from support.epochs import assert_close, traced_epoch
 from support.models import NETS, dataset, hw1, network
@@ -177,3 +178,11 @@ def test_per_column_values_are_computed_once_and_read_by_the_phases_after():
     assert readers and all(n["phase"] > node["phase"] and math.prod(n["shape"]) == 6400 for n in readers)
     assert all(not n.get("once") for k in plan.kernels() if k.kind == "map" for n in k.nodes)
     assert_close(run_plan(plan, args), expected, 1e-12)
+
+
+def test_buffers_the_plan_does_not_initialise_start_poisoned():
+    """What no kernel wrote reads as NaN, not as a plausible 0: a launch that does nothing leaves NaN behind."""
+    a = np.arange(6.0).reshape(2, 3)
+    plan = make_plan(trace(lambda x: x * 2.0, [a]))
+    np.testing.assert_array_equal(run_plan(plan, [a]), a * 2.0)
+    assert np.isnan(run_plan(plan, [a], launch=lambda spec, bound, it: None)).all()

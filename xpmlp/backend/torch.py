@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import cached_property
 from types import ModuleType
@@ -42,7 +43,18 @@ class TorchBackend(Backend):
         return self.xp.asarray(x.detach(), dtype=dtype, copy=copy, device=self._device)
 
     def _from_host(self, x: numpy.ndarray, dtype: Any, copy: bool | None) -> Array:
-        return self.xp.asarray(x, dtype=dtype, copy=copy, device=self._device)
+        """A tensor of ``x``; torch takes no negative strides (``x[::-1]``): those are copied first.
+
+        A read-only array (a memory map, ``flags.writeable = False``) is taken without torch's
+        warning about writes through it: xpmlp never writes into an array it is given.
+        """
+        if any(stride < 0 for stride in x.strides):
+            x = numpy.ascontiguousarray(x)
+        if x.flags.writeable:
+            return self.xp.asarray(x, dtype=dtype, copy=copy, device=self._device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+            return self.xp.asarray(x, dtype=dtype, copy=copy, device=self._device)
 
     def to_host(self, x: Array) -> numpy.ndarray:
         return x.detach().cpu().numpy()
