@@ -17,16 +17,14 @@ import pytest
 from xpmlp.compiler.cuda import module_source
 from xpmlp.compiler.fuse import make_plan
 
+from support import cuda_tools
 from support.epochs import traced_epoch
 from support.models import dataset, hw1
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import sass_report
 
-MISSING = [tool for tool in ("nvcc", "cuobjdump") if sass_report.find_tool(tool) is None]
-pytestmark = pytest.mark.skipif(
-    bool(MISSING), reason=f"{' and '.join(MISSING)} not found (CUDA toolkit; pip install 'xpmlp[sass]')"
-)
+pytestmark = cuda_tools.require(sass_report.find_tool)  # claimed but missing: an error, not a skip
 
 
 def step_kernels(dtype, bn, n, batch_size):

@@ -18,11 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import cupy_nvrtc
 import sass_report
 import step_kernels
+from support import cuda_tools
 
-MISSING = [tool for tool in ("nvcc", "cuobjdump") if sass_report.find_tool(tool) is None]
-needs_cuda_tools = pytest.mark.skipif(
-    bool(MISSING), reason=f"{' and '.join(MISSING)} not found (CUDA toolkit; pip install 'xpmlp[sass]')"
-)
+needs_cuda_tools = cuda_tools.require(sass_report.find_tool)  # claimed but missing: an error, not a skip
 
 KERNELS = r"""
 extern "C" __global__ void one_fma_two_loads(const float* __restrict__ a, float* __restrict__ out, int n) {
@@ -208,3 +206,18 @@ def test_every_gemm_of_the_hw1_step_has_a_main_loop_in_the_report():
     gemms = [r for r in rows if r.kind == "gemm"]
     assert gemms and all(r.fmas_per_shared_load is not None and r.registers > 0 for r in gemms)
     assert "| hw1+bn-float32-b100-n250 | k0 | gemm |" in sass_report.markdown(rows)
+
+
+def test_missing_cuda_tools_are_an_error_where_the_environment_claims_them():
+    """A skip of the SASS tests once hid a broken CI: claimed tools (the sass extra's wheels, XPMLP_CUDA_TOOLS=1)
+    that are missing make the tests error; only unclaimed ones skip."""
+    everything = lambda tool: f"/bin/{tool}"  # noqa: E731
+    no_nvdisasm = lambda tool: None if tool == "nvdisasm" else f"/bin/{tool}"  # noqa: E731
+    no_nvcc = lambda tool: None if tool == "nvcc" else f"/bin/{tool}"  # noqa: E731
+    assert cuda_tools.verdict(everything, {}, [])[0] == "run"
+    assert cuda_tools.verdict(no_nvdisasm, {}, [])[0] == "skip"
+    action, why = cuda_tools.verdict(no_nvdisasm, {}, ["nvidia-cuda-cuobjdump"])
+    assert action == "error" and "nvdisasm (the wheel nvidia-cuda-cuobjdump is installed)" in why
+    assert cuda_tools.verdict(no_nvcc, {}, ["nvidia-cuda-cuobjdump"])[0] == "skip"  # nvcc is no wheel's
+    action, why = cuda_tools.verdict(no_nvcc, {"XPMLP_CUDA_TOOLS": "1"}, [])
+    assert action == "error" and "nvcc (XPMLP_CUDA_TOOLS=1 is set)" in why
