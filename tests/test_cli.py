@@ -528,6 +528,27 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved_an_epoch(tmp_pa
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_full_disk_at_overwrites_first_save_names_the_checkpoint_and_keeps_the_old_run(tmp_path, data, monkeypatch,
+                                                                                          capsys):  # fmt: skip
+    """The first save of --overwrite goes to a temporary name; the line names the file the user knows."""
+    import errno
+
+    import xpmlp.cli.runs as cli
+
+    flags = ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST]
+    run(flags)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "save", full_disk)
+    line = refused(capsys, [*flags, "--overwrite"], 1)
+    assert f"cannot write to {tmp_path / 'model.npz'} (No space left on device)" in line and ".tmp" not in line
+    assert line.endswith(f"nothing was saved (the old run in {tmp_path} is as it was)")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 @pytest.mark.parametrize("name", ["model.npz", "metrics.json"])
 @pytest.mark.parametrize("how", [[], ["--overwrite"], ["--resume"]])
 def test_an_output_name_that_is_a_folder_is_one_line(tmp_path, data, capsys, name, how):

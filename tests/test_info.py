@@ -178,3 +178,26 @@ def test_info_into_a_closed_pipe_exits_quietly():
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("kind", ["file", "missing", "unreadable", "too long"])
+def test_an_xpmlp_data_that_is_no_readable_folder_is_said_in_one_line(capsys, monkeypatch, tmp_path, kind):
+    """$XPMLP_DATA naming a file, nothing, a folder this user cannot read, or an impossible name: the report says so."""
+    named = {"file": tmp_path / "mnist.npz", "missing": tmp_path / "missing", "unreadable": tmp_path / "locked",
+             "too long": tmp_path / ("x" * 300)}[kind]  # fmt: skip
+    if kind == "file":
+        named.write_bytes(b"")
+    if kind == "unreadable":
+        named.mkdir()
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != named)  # root reads every folder
+    monkeypatch.setenv("XPMLP_DATA", str(named))
+    said = {
+        "file": "it is a file, not a folder",
+        "missing": "it does not exist",
+        "unreadable": "it is a folder this user cannot read",
+        "too long": "it cannot be read: File name too long",
+    }
+    line = [line for line in info(capsys).splitlines() if line.startswith("mnist:")]
+    assert line == [f"mnist: {named} (no MNIST files there: {said[kind]}; {line[0].split('; ', 1)[1]}"]
+    assert "$XPMLP_DATA names it, so train.py stops with an error" in line[0]
+    assert json.loads(info(capsys, "--json"))["mnist"] == line[0].removeprefix("mnist: ")

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -108,17 +109,33 @@ def default_backend() -> str:
 
 
 def mnist() -> str:
-    """Where MNIST would be read from, and what train.py does when it is not there."""
-    directory, found = mnist_location()
+    """Where MNIST would be read from, and what train.py does when it is not there (or $XPMLP_DATA is no folder)."""
+    named = os.environ.get("XPMLP_DATA")
+    try:
+        directory, found = mnist_location()
+        problem = data_problem(directory) if named else None
+    except OSError as exc:  # e.g. a name too long for the file system
+        directory, found, problem = Path(named or ""), None, f"it cannot be read: {exc.strerror or exc}"
     if found:
         return f"{directory} ({found} files)"
-    if os.environ.get("XPMLP_DATA"):
+    if named:
         return (
-            f"{directory} (no MNIST files there; $XPMLP_DATA names it, so train.py stops with an error and "
-            f"downloads nothing: it downloads only into {DEFAULT_CACHE}, when neither --data nor $XPMLP_DATA "
-            "is given. xpmlp.load_mnist() would download into it unless download=False)"
+            f"{directory} (no MNIST files there{f': {problem}' if problem else ''}; $XPMLP_DATA names it, so "
+            f"train.py stops with an error and downloads nothing: it downloads only into {DEFAULT_CACHE}, when "
+            "neither --data nor $XPMLP_DATA is given. xpmlp.load_mnist() would download into it unless download=False)"
         )
     return f"{directory} (no MNIST files there; train.py would download them into it)"
+
+
+def data_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot be MNIST's folder (it is missing, a file, or unreadable), or None."""
+    if not directory.exists():
+        return "it does not exist"
+    if not directory.is_dir():
+        return "it is a file, not a folder"
+    if not os.access(directory, os.R_OK | os.X_OK):
+        return "it is a folder this user cannot read"
+    return None
 
 
 def gpus() -> list[str]:

@@ -305,12 +305,12 @@ def run_folder(args: argparse.Namespace, progress: Progress) -> Iterator[Path]:
                     folder.rmdir()
 
 
-def write(path: Path, writer: Callable[[Path], Any]) -> Any:
-    """``writer(path)``; a failed write (a full disk) is a RunError that names the file."""
+def write(path: Path, writer: Callable[[Path], Any], shown: Path | None = None) -> Any:
+    """``writer(path)``; a failed write (a full disk) is a RunError that names the file (``shown``, if given)."""
     try:
         return writer(path)
     except OSError as exc:
-        raise RunError(f"cannot write to {path} ({exc.strerror or exc})") from None
+        raise RunError(f"cannot write to {shown or path} ({exc.strerror or exc})") from None
 
 
 def results_written(out: Path, history: History) -> bool:
@@ -333,7 +333,7 @@ def save_checkpoint(out: Path, mlp: MLP, config: dict[str, Any], history: Histor
     with uninterrupted():  # Ctrl-C as the file is renamed: progress.saved must say so
         try:
             write(target, lambda path: save(mlp, path, train_state=state, best_state=history.best_state,
-                                            last_state=history.last_state))  # fmt: skip
+                                            last_state=history.last_state), out / CHECKPOINT)  # fmt: skip
         except ValueError as exc:  # save refuses non-finite values (fit already refuses non-finite parameters)
             raise RunError(f"training diverged in epoch {history.epochs} ({exc})") from None
         for name in reversed(progress.replaces):  # metrics.json first: never new checkpoint with old results
