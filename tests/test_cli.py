@@ -293,6 +293,17 @@ def test_a_folder_that_holds_a_run_is_never_overwritten_silently(tmp_path, data,
     ]
 
 
+@pytest.mark.parametrize("flag", [[], ["--overwrite"]])  # --resume: test_resume_without_a_train_py_checkpoint
+def test_a_foreign_model_npz_is_no_run_and_is_never_replaced(tmp_path, data, capsys, flag):
+    """A model.npz that is no xpmlp checkpoint (some other program's arrays) is named in one line, and kept."""
+    foreign = tmp_path / "model.npz"
+    np.savez(foreign, weights=np.ones(3))
+    before = foreign.read_bytes()
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST, *flag])
+    assert f"{foreign} is not an xpmlp checkpoint" in line and "choose another --out" in line
+    assert foreign.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
 def test_a_second_run_is_refused_while_the_first_holds_the_lock(tmp_path, data, capsys):
     from xpmlp.cli.runs import locked
 

@@ -168,6 +168,15 @@ def _read(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a readable .npz checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a zip archive with an xpmlp configuration member (read from its directory alone)."""
+    try:
+        with zipfile.ZipFile(Path(path).expanduser()) as archive:
+            return f"{CONFIG_KEY}.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     backend: str | Backend | None = None,

@@ -24,7 +24,7 @@ from typing import Any
 from .. import __version__
 from ..backend import BackendUnavailableError, get_backend, host
 from ..checks import as_int
-from ..io import atomic_write, load_checkpoint, save
+from ..io import atomic_write, is_checkpoint, load_checkpoint, save
 from ..mlp import MLP
 from ..training import History, confusion_matrix, evaluate
 from . import plots
@@ -287,6 +287,11 @@ def run_folder(args: argparse.Namespace, progress: Progress) -> Iterator[Path]:
             if odd:
                 raise UsageError(
                     f"--out {out}: {', '.join(odd)} is not a file (a folder?), so the folder holds no run of "
+                    "train.py's to continue or replace; move it away, or choose another --out"
+                )
+            if CHECKPOINT in found and not args.resume and not is_checkpoint(out / CHECKPOINT):
+                raise UsageError(
+                    f"--out {out}: {out / CHECKPOINT} is not an xpmlp checkpoint, so the folder holds no run of "
                     "train.py's to continue or replace; move it away, or choose another --out"
                 )
             if args.overwrite:
