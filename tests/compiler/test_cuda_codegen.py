@@ -13,12 +13,14 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xpmlp import ReLU, Sigmoid, Tanh
-from xpmlp.compiler.cuda import PRELUDE, descriptions, module_source
+from xpmlp.compiler.cuda import PRELUDE, descriptions, longest_walk, module_source
 from xpmlp.compiler.fuse import GemmShape, make_plan
 from xpmlp.compiler.trace import TRACE_NAMESPACE, trace
 
@@ -27,6 +29,9 @@ from support.epochs import assert_close, traced_epoch
 from support.models import dataset, hw1, network
 from support.operations import OPS
 from support.products import GEMMS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import step_kernels
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (the CUDA toolkit) is not installed")
@@ -204,3 +209,25 @@ extern "C" __global__ void stale(double* __restrict__ p0, long long it) {{
     out = np.zeros(3)
     HostModule(source).launch("stale", 3, [out])
     assert np.isnan(out).all(), out
+
+
+def test_a_one_block_column_reduction_walks_its_rows():
+    """1000 rows of 512 columns summed in one block of 512 threads: a thread a column, 1000 elements in series;
+    with 64 columns, 8 groups of threads share the rows (125 each) and merge in a tree of 3 steps."""
+    for columns, walk in ((512, 1000), (64, 125 + 3)):
+        plan = make_plan(trace(lambda x: TRACE_NAMESPACE.sum(x, axis=0), [np.ones((1000, columns))]))
+        (spec,) = plan.kernels()
+        assert spec.kind == "block" and longest_walk(spec) == walk
+
+
+#: (kernels a step, the longest walk in them) of the HW1 network with BN, float32, by batch size: upper bounds
+WALKS = {100: (12, 47), 1000: (16, 257)}
+
+
+@pytest.mark.parametrize("batch_size", sorted(WALKS))
+def test_the_longest_serial_walk_of_a_step_stays_within_its_bound(batch_size):
+    """No thread of a step's one-block phases walks more elements in series than recorded (tools/step_kernels.py)."""
+    kernels, walk = WALKS[batch_size]
+    specs = step_kernels.step_kernels(step_kernels.Config("hw1", True, "float32", batch_size, batch_size * 5 // 2))
+    assert len(specs) <= kernels
+    assert max(longest_walk(spec) for spec in specs) <= walk

@@ -33,7 +33,7 @@ from ..backend import host
 from .fuse import THREADS, KernelSpec
 from .program import ELEMENTWISE, INDEX_OPS, REDUCTIONS
 
-__all__ = ["CTYPES", "PRELUDE", "descriptions", "kernel_source", "module_source"]
+__all__ = ["CTYPES", "PRELUDE", "descriptions", "kernel_source", "longest_walk", "module_source"]
 
 CTYPES = {
     "float32": "float",
@@ -116,6 +116,43 @@ def _unravel(flat: str, shape: Sequence[int]) -> list[str]:
         term = flat if stride == 1 else f"({flat} / {stride})"
         out.append(term if d == 0 or stride * n >= math.prod(shape) else f"({term} % {n})")
     return out
+
+
+def _floor2(n: int) -> int:
+    """The largest power of two ≤ ``n`` (at least 1), as the PRELUDE's ``xpmlp_floor2``."""
+    return 1 << max(n, 1).bit_length() - 1
+
+
+def _reduction_walk(outputs: int, count: int, threads: int) -> int:
+    """Elements a thread visits in series in a one-block reduction of ``count`` elements into each of ``outputs``:
+    ``chunk`` consecutive threads on consecutive outputs, ``groups`` of them over the reduced elements, then the
+    tree's ``log2(groups)`` merges, for each round of ``chunk`` outputs (as :meth:`_KernelSource.reductions`)."""
+    chunk = min(outputs, threads)
+    groups = _floor2(threads // chunk)
+    return -(-outputs // chunk) * (-(-count // groups) + groups.bit_length() - 1)
+
+
+def longest_walk(spec: KernelSpec, threads: int = THREADS) -> int:
+    """The longest serial walk of a thread through ``spec``'s one-block phases: the elements one thread visits in
+    series (each phase's store loops and reductions one after another, phases one after another). A map kernel and a
+    GEMM without a tail have none (0); a one-block column reduction of 1000 rows, a thread a column, walks 1000.
+    """
+    if spec.kind == "map" or (spec.kind == "gemm" and not spec.gemm["tail"]):
+        return 0
+    walk = 0
+    for phase in range(spec.phases):
+        shapes = set()
+        for node in spec.nodes:
+            if node.get("phase") != phase or node.get("tile"):
+                continue
+            if node["op"] in REDUCTIONS:
+                shape, axes = spec.nodes[node["in"][0]]["shape"], node["attrs"]["axes"]
+                kept = math.prod(n for d, n in enumerate(shape) if d not in axes)
+                walk += _reduction_walk(kept, math.prod(n for d, n in enumerate(shape) if d in axes), threads)
+            elif node.get("store") is not None and node["op"] in ELEMENTWISE:
+                shapes.add(tuple(node["shape"]))
+        walk += sum(-(-math.prod(shape) // threads) for shape in shapes)
+    return walk
 
 
 class _Scope:
