@@ -147,6 +147,19 @@ def test_split_sums_phases_and_reductions_with_many_threads():
 
 
 @needs_gxx
+def test_reductions_spread_over_blocks_train_the_epoch():
+    """Small tails (``tail_max``) make BN's variance a block kernel of its own, as at batch 1000: with 64 threads a
+    block, the column sums spread over a GEMM's tiles, over a GEMM's blocks and over a block kernel's blocks, their
+    partials combined by the last block to arrive, train the epoch as NumPy does."""
+    train, _, _ = dataset(n_train=250)
+    program, args, expected = traced_epoch(hw1(), train, 100)
+    plan = make_plan(program, tail_max=2048)
+    spread = {(spec.kind, n["spread"]["by"]) for spec in plan.kernels() for n in spec.nodes if "spread" in n}
+    assert spread == {("gemm", "tile"), ("gemm", "grid"), ("block", "grid")}
+    assert_close(run_plan_on_host(plan, args, threads=64), expected, 1e-12)
+
+
+@needs_gxx
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
 @pytest.mark.parametrize("bn", [1, 0])
 def test_the_generated_kernels_train_the_epoch(dtype, tol, bn):
@@ -213,11 +226,14 @@ extern "C" __global__ void stale(double* __restrict__ p0, long long it) {{
 
 def test_a_one_block_column_reduction_walks_its_rows():
     """1000 rows of 512 columns summed in one block of 512 threads: a thread a column, 1000 elements in series;
-    with 64 columns, 8 groups of threads share the rows (125 each) and merge in a tree of 3 steps."""
-    for columns, walk in ((512, 1000), (64, 125 + 3)):
-        plan = make_plan(trace(lambda x: TRACE_NAMESPACE.sum(x, axis=0), [np.ones((1000, columns))]))
-        (spec,) = plan.kernels()
-        assert spec.kind == "block" and longest_walk(spec) == walk
+    with 64 columns, 8 groups of threads share the rows (125 each) and merge in a tree of 3 steps. Spread over
+    31 blocks of 33 rows, the last block walks its 33 rows (8 groups: 5), then the 31 rows of partials (4)."""
+    for columns, walk, spread_walk in ((512, 1000, 33 + 31), (64, 125 + 3, (5 + 3) + (4 + 3))):
+        program = trace(lambda x: TRACE_NAMESPACE.sum(x, axis=0), [np.ones((1000, columns))])
+        (alone,) = make_plan(program, fuse=False).kernels()
+        assert alone.kind == "block" and alone.grid() == 1 and longest_walk(alone) == walk
+        (spread,) = make_plan(program).kernels()
+        assert spread.grid() == 31 and longest_walk(spread) == spread_walk
 
 
 #: (kernels a step, the longest walk in them) of the HW1 network with BN, float32, by batch size: upper bounds

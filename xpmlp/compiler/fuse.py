@@ -64,9 +64,21 @@ THREADS = 512
 TILE_M, TILE_N, TILE_K = 32, 32, 32
 #: Blocks a GEMM aims for: an H100 has 132 multiprocessors.
 GEMM_BLOCKS = 132
+#: The reductions whose rows a kernel's blocks share (each a range of rows into partials, combined by the last).
+SPREAD = {"sum", "mean", "max", "min"}
 #: The most elements an operation of a one-block tail may have: one multiprocessor moves about 100–200 GB/s,
 #: so a tail that touches much more than 100 kB is better spread over many blocks as a kernel of its own.
 TAIL_MAX = 1 << 14
+
+
+def reduction_walk(outputs: int, count: int, threads: int = THREADS) -> int:
+    """Elements a thread visits in series in a one-block reduction of ``count`` elements into each of ``outputs``:
+    ``chunk`` consecutive threads on consecutive outputs, ``groups`` of them over the reduced elements, then the
+    tree's ``log2(groups)`` merges, for each round of ``chunk`` outputs (as the generated code does)."""
+    chunk = min(outputs, threads)
+    groups = 1 << (threads // chunk).bit_length() - 1  # a power of two, as the CUDA's xpmlp_floor2
+    return -(-outputs // chunk) * (-(-count // groups) + groups.bit_length() - 1)
+
 
 Slot = tuple  # ("buffer", id) | ("carry_in" | "carry_out" | "result", loop, j)
 
@@ -93,13 +105,14 @@ class KernelSpec:
     nodes: list[dict]
     phases: int
     gemm: dict | None = None
+    spread: dict | None = None  # a block kernel over several blocks: {"blocks": …, "counters": param}
 
     def grid(self, threads: int = THREADS) -> int:
         """Thread blocks to launch."""
         if self.kind == "gemm":
             return self.gemm["tiles"] * self.gemm["splits"]
         if self.kind == "block":
-            return 1
+            return self.spread["blocks"] if self.spread else 1
         largest = max(math.prod(n["shape"]) for n in self.nodes if n.get("store") is not None)
         return max(1, min(-(-largest // threads), 1024))
 
@@ -112,6 +125,7 @@ class KernelSpec:
             "nodes": self.nodes,
             "phases": self.phases,
             "gemm": self.gemm,
+            "spread": self.spread,
         }
 
 
@@ -520,7 +534,62 @@ class _Planner:
                 counters = self.buffer(zeros.shape, zeros.dtype, "counters", zeros)
                 gemm["counters"] = param(("buffer", counters), zeros.shape, zeros.dtype, "n")
             gemm["tail"] = tail
-        return KernelSpec(name, kernel.kind, params, nodes, phases, gemm)
+        spread = None
+        blocks = gemm["tiles"] * gemm["splits"] if gemm else GEMM_BLOCKS
+        for node in kernel.nodes:
+            how = self.spreading(kernel, node, phase[local[node]], blocks)
+            if how is not None:
+                cols = math.prod(node.inputs[0].shape[1:])
+                partials = self.buffer((how["ranges"] * cols,), node.dtype, "partials")
+                how["partials"] = param(("buffer", partials), self.buffers[partials].shape, node.dtype, "p")
+                nodes[local[node]]["spread"] = how
+                if gemm is None and spread is None:
+                    zeros = host.zeros(1, host.uint32)
+                    counters = self.buffer(zeros.shape, zeros.dtype, "counters", zeros)
+                    spread = {"blocks": how["ranges"], "counters": param(("buffer", counters), (1,), "uint32", "n")}
+        return KernelSpec(name, kernel.kind, params, nodes, phases, gemm, spread)
+
+    def spreading(self, kernel: _KernelGroup, node: Tracer, phase: int, blocks: int) -> dict | None:
+        """How the blocks of ``kernel`` share reduction ``node``'s rows, or None (it runs in the one-block tail).
+
+        A sum, mean, max or min of phase 0 over the first axis (the batch) of a value shaped like a GEMM's
+        product and computed tile by tile is reduced by each tile over its rows (``by`` "tile"); one whose value
+        reads nothing the kernel computes, by each of up to ``blocks`` blocks over a range of about √rows rows
+        ("grid"). Either writes one row of partials per range; the tail combines the ``ranges`` rows. Only where
+        that shortens the longest serial walk of a thread (:func:`reduction_walk`).
+        """
+        if not self.fuse or node.op not in SPREAD or phase != 0 or kernel.kind == "map":
+            return None
+        source, axes = node.inputs[0], list(node.attrs["axes"])
+        rows, cols = (source.shape[0], math.prod(source.shape[1:])) if source.shape else (1, 1)
+        if axes != [0] and not (axes == list(range(len(source.shape))) and cols == 1):
+            return None
+        product = kernel.nodes[0]
+        if kernel.kind == "gemm" and source.shape == product.shape and (source is product or source in kernel.tile):
+            per, share = self.gemm_shape.tile_m, min(cols, self.gemm_shape.tile_n)
+            how = {"by": "tile", "ranges": -(-rows // per), "rows": per}
+        elif self.reads_results(kernel, source):
+            return None
+        else:
+            per, share = -(-rows // max(1, min(blocks, math.isqrt(rows)))), cols
+            how = {"by": "grid", "ranges": -(-rows // per), "rows": per}
+        spread = reduction_walk(share, per) + reduction_walk(cols, how["ranges"])
+        return how if how["ranges"] > 1 and spread < reduction_walk(cols, rows) else None
+
+    def reads_results(self, kernel: _KernelGroup, node: Tracer) -> bool:
+        """Whether evaluating ``node`` reads something ``kernel`` computes other than elementwise work on loads
+        (a product, a reduction, a value computed once): what only the kernel's tail may read."""
+        own, stack, seen = set(kernel.nodes), [node], set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node in own and (node.op not in ELEMENTWISE or node in self.computed_once or node in kernel.tile):
+                return True
+            if node in own or node.op in INDEX_OPS:
+                stack += node.inputs
+        return False
 
 
 def _copy(node: Tracer) -> Tracer:
