@@ -118,15 +118,26 @@ def _unravel(flat: str, shape: Sequence[int]) -> list[str]:
     return out
 
 
+def _has_rows(spec: KernelSpec) -> bool:
+    return any(n.get("rows") for n in spec.nodes)
+
+
 def longest_walk(spec: KernelSpec, threads: int = THREADS) -> int:
     """The longest serial walk of a thread through ``spec``'s one-block phases: the elements one thread visits in
     series (each phase's store loops and reductions one after another, phases one after another). A map kernel and a
     GEMM without a tail have none (0); a one-block column reduction of 1000 rows, a thread a column, walks 1000.
     A reduction spread over the blocks counts the last block's share of the rows, then its walk over the partials.
     """
-    if spec.kind == "map" or (spec.kind == "gemm" and not spec.gemm["tail"]):
+    if spec.kind == "map" or (spec.kind == "gemm" and not spec.gemm["tail"] and not _has_rows(spec)):
         return 0
     walk = 0
+    rows = [n for n in spec.nodes if n.get("rows")]  # a tile's phases along its rows
+    for phase in sorted({n["phase"] for n in rows}):
+        shapes = {tuple(n["shape"]) for n in rows if n["phase"] == phase and n["op"] in ELEMENTWISE and "store" in n}
+        walk += sum(-(-spec.gemm["bm"] * math.prod(shape[1:]) // threads) for shape in shapes)
+        for n in rows:
+            if n["phase"] == phase and n["op"] in REDUCTIONS:
+                walk += reduction_walk(spec.gemm["bm"], spec.nodes[n["in"][0]]["shape"][1], threads)
     for node in spec.nodes:  # a reduction spread over the blocks: the last one to arrive first did its own share
         how = node.get("spread")
         if how is not None:
@@ -135,7 +146,7 @@ def longest_walk(spec: KernelSpec, threads: int = THREADS) -> int:
     for phase in range(spec.phases):
         shapes = set()
         for node in spec.nodes:
-            if node.get("phase") != phase or node.get("tile"):
+            if node.get("phase") != phase or node.get("tile") or node.get("rows"):
                 continue
             if node["op"] in REDUCTIONS:
                 shape, axes = spec.nodes[node["in"][0]]["shape"], node["attrs"]["axes"]
@@ -304,7 +315,8 @@ class _KernelSource:
         """Loops storing the elementwise values of ``phase`` (a loop per shape), elements first, first+step, …"""
         by_shape: dict[tuple, list[int]] = {}
         for i, node in enumerate(self.nodes):
-            stored = node.get("store") is not None and node["op"] in ELEMENTWISE and not node.get("tile")
+            stored = node.get("store") is not None and node["op"] in ELEMENTWISE
+            stored = stored and not node.get("tile") and not node.get("rows")
             if stored and node.get("phase") == phase:
                 by_shape.setdefault(tuple(node["shape"]), []).append(i)
         lines = []
@@ -322,7 +334,7 @@ class _KernelSource:
         rows of partials they wrote (see :meth:`partial_reductions`)."""
         lines = []
         for node in self.nodes:
-            if node["op"] not in REDUCTIONS or node.get("phase") != phase:
+            if node["op"] not in REDUCTIONS or node.get("phase") != phase or node.get("rows"):
                 continue
             source = self.nodes[node["in"][0]]
             axes, shape = node["attrs"]["axes"], source["shape"]
@@ -345,6 +357,51 @@ class _KernelSource:
             if node["op"] == "mean":
                 result = f"red[c] / {_literal(count, node['dtype'])}"
             lines += self.reduce(node, ctype, outputs, count, scope.lines, x, store, result)
+        return lines
+
+    def row_phases(self) -> list[str]:
+        """The tail's work along rows (``rows`` nodes) for this tile's rows, in its phases: each phase's stores,
+        then its reductions along a row (a row an output), barriers between the phases."""
+        g = self.spec.gemm
+        bm, m = g["bm"], g["m"]
+        members = [i for i, node in enumerate(self.nodes) if node.get("rows")]
+        lines: list[str] = []
+        for phase in sorted({self.nodes[i]["phase"] for i in members}):
+            by_shape: dict[tuple, list[int]] = {}
+            for i in members:
+                node = self.nodes[i]
+                if node["phase"] == phase and node["op"] in ELEMENTWISE and node.get("store") is not None:
+                    by_shape.setdefault(tuple(node["shape"]), []).append(i)
+            if lines:
+                lines.append("__syncthreads();")
+            lines.append(f"// this tile's rows, phase {phase}")
+            for shape, stored in by_shape.items():
+                cols = math.prod(shape[1:])
+                index = [f"(row0 + e / {cols})", *_unravel(f"(e % {cols})", shape[1:])]
+                scope = _Scope()
+                for i in stored:
+                    value = self.value(i, index, scope, computing=True)
+                    scope.lines.append(f"p{self.nodes[i]['store']}[{_flat(index, shape)}] = {value};")
+                lines += [
+                    f"for (long long e = threadIdx.x; e < {bm * cols}; e += XPMLP_THREADS) {{",
+                    f"  if (row0 + e / {cols} >= {m}) break;",
+                    *("  " + line for line in scope.lines),
+                    "}",
+                ]
+            for i in members:
+                node = self.nodes[i]
+                if node["op"] not in REDUCTIONS or node["phase"] != phase:
+                    continue
+                shape = self.nodes[node["in"][0]]["shape"]
+                ctype = CTYPES[self.nodes[node["in"][0]]["dtype"] if node["op"] in _ARG else node["dtype"]]
+                scope = _Scope()
+                x = self.operand(node["in"][0], ["(row0 + o)", "t"], shape, ctype, scope)
+                result = "args[c]" if node["op"] in _ARG else "red[c]"
+                if node["op"] == "mean":
+                    result = f"red[c] / {_literal(shape[1], node['dtype'])}"
+                store = f"p{node['store']}[row0 + o]"
+                rows = f"({m} - row0 < {bm} ? {m} - row0 : {bm})"
+                lines += self.reduce(node, ctype, bm, shape[1], scope.lines, x, store, result, rows)
         return lines
 
     def partial_reductions(self, by: str) -> list[str]:
@@ -682,8 +739,8 @@ class _KernelSource:
                 *("  " + line for line in scope.lines),
                 "}",
             ]
-        partials = self.partial_reductions("tile")
-        if partials:  # the spread reductions' rows of this tile
+        partials = self.partial_reductions("tile") + self.row_phases()
+        if partials:  # the spread reductions' rows of this tile, the tail's work along them
             lines += ["__syncthreads();", *partials]
         if g["tail"]:  # the last tile to finish runs the tail
             lines += [

@@ -504,6 +504,7 @@ class _Planner:
             gemm = gemm_geometry(product.shape[0], product.shape[1], product.inputs[0].shape[1], self.gemm_shape)
         for node in kernel.nodes:
             visit(node)
+        rows = self.row_local(kernel)
         # phases: a reduction's result is there for the phases after its own
         phase: dict[int, int] = {}
         for node in kernel.nodes:
@@ -516,6 +517,8 @@ class _Planner:
             phase[local[node]] = entry["phase"] = p
             if node in kernel.tile:
                 entry["tile"] = True
+            elif node in rows:
+                entry["rows"] = True  # run by each tile for its rows, in the phases after its elementwise work
             if node in self.computed_once:
                 entry["once"] = True  # read back from memory by the phases after its own
             if node in self.location:
@@ -525,7 +528,11 @@ class _Planner:
         if gemm is not None:
             product = kernel.nodes[0]
             gemm["node"] = local[product]
-            tail = any(n.op in REDUCTIONS or (n in self.location and n not in kernel.tile) for n in kernel.nodes[1:])
+            tail = any(
+                n.op in REDUCTIONS or (n in self.location and n not in kernel.tile)
+                for n in kernel.nodes[1:]
+                if n not in rows
+            )
             if gemm["splits"] > 1:
                 partials = self.buffer((gemm["splits"] * gemm["m"] * gemm["n"],), product.dtype, "partials")
                 gemm["partials"] = param(("buffer", partials), self.buffers[partials].shape, product.dtype, "p")
@@ -548,6 +555,36 @@ class _Planner:
                     counters = self.buffer(zeros.shape, zeros.dtype, "counters", zeros)
                     spread = {"blocks": how["ranges"], "counters": param(("buffer", counters), (1,), "uint32", "n")}
         return KernelSpec(name, kernel.kind, params, nodes, phases, gemm, spread)
+
+    def row_local(self, kernel: _KernelGroup) -> set[Tracer]:
+        """The work of a GEMM's tail that each tile can do for its own rows: where a tile holds whole rows of the
+        product, the elementwise operations and the reductions along a row (a softmax, a row's loss) that read
+        the kernel's own values only at their own row (the product, its tile work, each other)."""
+        if kernel.kind != "gemm" or kernel.nodes[0].shape[1] > self.gemm_shape.tile_n or not self.fuse:
+            return set()
+        own, m, rows = set(kernel.nodes), kernel.nodes[0].shape[0], set()
+        for node in kernel.nodes[1:]:
+            if node in kernel.tile or not node.shape or node.shape[0] != m or len(node.shape) > 2:
+                continue
+            if node.op in REDUCTIONS:
+                source = node.inputs[0]
+                if list(node.attrs["axes"]) != [1] or len(source.shape) != 2:
+                    continue
+                rank = 2
+            elif node.op in ELEMENTWISE:
+                rank = len(node.shape)
+            else:
+                continue
+            aligned = all(
+                not own & set(_bases([i]))
+                or (
+                    (i is kernel.nodes[0] or i in kernel.tile or i in rows) and len(i.shape) == rank and i.shape[0] == m
+                )
+                for i in node.inputs
+            )
+            if aligned:
+                rows.add(node)
+        return rows
 
     def spreading(self, kernel: _KernelGroup, node: Tracer, phase: int, blocks: int) -> dict | None:
         """How the blocks of ``kernel`` share reduction ``node``'s rows, or None (it runs in the one-block tail).
