@@ -159,6 +159,30 @@ def test_reductions_spread_over_blocks_train_the_epoch():
     assert_close(run_plan_on_host(plan, args, threads=64), expected, 1e-12)
 
 
+#: Reductions of a batch beside a product or alone, each spread over blocks in another way (``kinds``): rows of
+#: partials (``grid``) for the column sums and maxima, outputs whole (``rows``) for the arg-maxima, or in a tile
+#: holding whole rows of its product (``tile rows``). ``y`` all ≤ 0 with ties.
+SPREADS = [
+    (lambda xp, x, w, y: (x @ w, xp.argmax(y, axis=1), xp.sum(y, axis=0)), (40, 64), {"grid", "rows"}),
+    (lambda xp, x, w, y: (xp.argmax(y, axis=1), xp.max(y, axis=0), xp.min(y, axis=1)), (40, 64), {"grid", "rows"}),
+    (lambda xp, x, w, y: (x @ w, xp.argmax(y, axis=1), xp.max(y, axis=1)), (40, 30), {"tile rows"}),
+]
+
+
+@needs_gxx
+@pytest.mark.parametrize("function, w_shape, kinds", SPREADS)
+def test_reductions_spread_over_blocks_compute_as_numpy(function, w_shape, kinds):
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(1000, 40)), rng.normal(size=w_shape)
+    y = -rng.integers(0, 3, size=(1000, 10)).astype(np.float64)
+    plan = make_plan(trace(lambda *a: function(TRACE_NAMESPACE, *a), [x, w, y]))
+    found = {n["spread"]["by"] for k in plan.kernels() for n in k.nodes if "spread" in n}
+    found |= {"tile rows" for k in plan.kernels() for n in k.nodes if n.get("rows")}
+    assert found == kinds
+    for got, expected in zip(run_plan_on_host(plan, [x, w, y], threads=64), function(np, x, w, y), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 @needs_gxx
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
 @pytest.mark.parametrize("bn", [1, 0])

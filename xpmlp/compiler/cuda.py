@@ -140,13 +140,17 @@ def longest_walk(spec: KernelSpec, threads: int = THREADS) -> int:
                 walk += reduction_walk(spec.gemm["bm"], spec.nodes[n["in"][0]]["shape"][1], threads)
     for node in spec.nodes:  # a reduction spread over the blocks: the last one to arrive first did its own share
         how = node.get("spread")
-        if how is not None:
+        if how is not None and how["by"] == "rows":  # its share of the outputs, whole
+            walk += reduction_walk(how["rows"], spec.nodes[node["in"][0]]["shape"][1], threads)
+        elif how is not None:
             columns = spec.gemm["bn"] if how["by"] == "tile" else math.prod(spec.nodes[node["in"][0]]["shape"][1:])
             walk += reduction_walk(columns, how["rows"], threads)
     for phase in range(spec.phases):
         shapes = set()
         for node in spec.nodes:
             if node.get("phase") != phase or node.get("tile") or node.get("rows"):
+                continue
+            if node.get("spread", {}).get("by") == "rows":
                 continue
             if node["op"] in REDUCTIONS:
                 shape, axes = spec.nodes[node["in"][0]]["shape"], node["attrs"]["axes"]
@@ -206,7 +210,9 @@ class _KernelSource:
         once = node.get("once") and not computing
         if op == "load" or ("store" in node and (op == "matmul" or op in REDUCTIONS or once)):
             param, flat = (node["param"] if op == "load" else node["store"]), _flat(index, shape)
-            text = f"__ldcg(p{param} + {flat})" if self.params[param].mode == "c" else f"p{param}[{flat}]"
+            # what other blocks of this kernel wrote (its product, a tile's rows, a range of rows) past the L1
+            elsewhere = self.params[param].mode == "c" or (op != "load" and (node.get("rows") or node.get("spread")))
+            text = f"__ldcg(p{param} + {flat})" if elsewhere else f"p{param}[{flat}]"
         elif op in INDEX_OPS:
             return self.index_op(i, index, scope)
         elif op in ELEMENTWISE:
@@ -343,6 +349,8 @@ class _KernelSource:
             outputs, count, scope = math.prod(kept), math.prod(reduced), _Scope()
             store = f"p{node['store']}[o]"
             how = node.get("spread")
+            if how is not None and how["by"] == "rows":  # computed by the blocks for their rows
+                continue
             if how is not None:  # the partials' rows, in order
                 ctype = CTYPES[node["dtype"]]
                 x = f"__ldcg(p{how['partials']} + t * {outputs} + o)"
@@ -414,9 +422,20 @@ class _KernelSource:
             if how is None or how["by"] != by:
                 continue
             source = self.nodes[node["in"][0]]
-            shape, ctype = source["shape"], CTYPES[node["dtype"]]
+            shape, ctype = source["shape"], CTYPES[source["dtype"] if node["op"] in _ARG else node["dtype"]]
             rows, cols, per = (shape[0] if shape else 1), math.prod(shape[1:]), how["rows"]
             scope = _Scope()
+            if by == "rows":  # each block a range of the outputs, whole
+                first = f"(long long)blockIdx.x * {per}"
+                x = self.operand(node["in"][0], [f"({first} + o)", "t"], shape, ctype, scope)
+                rows_left = f"({rows} - {first} < {per} ? {rows} - {first} : {per})"
+                result = "args[c]" if node["op"] in _ARG else "red[c]"
+                if node["op"] == "mean":
+                    result = f"red[c] / {_literal(cols, node['dtype'])}"
+                store = f"p{node['store']}[{first} + o]"
+                body = self.reduce(node, ctype, per, cols, scope.lines, x, store, result, rows_left)
+                lines += [f"if (blockIdx.x < {how['ranges']}) {{", *("  " + line for line in body), "}"]
+                continue
             if by == "grid":
                 first, part, column, outputs = f"(long long)blockIdx.x * {per}", "blockIdx.x", "o", cols
                 columns = cols
@@ -520,7 +539,7 @@ class _KernelSource:
             body = self.stores(0, first, "gridDim.x * (long long)XPMLP_THREADS")
         elif spec.kind == "block" and spec.spread:  # its blocks share the first reductions, the last runs the phases
             counters = f"p{spec.spread['counters']}"
-            body = [*self.partial_reductions("grid"), "__shared__ int last_block;"]
+            body = [*self.partial_reductions("grid"), *self.partial_reductions("rows"), "__shared__ int last_block;"]
             body += [*_arrive(counters, spec.spread["blocks"]), f"if (threadIdx.x == 0) {counters}[0] = 0;"]
             body += self.phases()
         elif spec.kind == "block":
@@ -541,6 +560,7 @@ class _KernelSource:
             f"const long long k_begin = (long long)split * {g['chunk']};",
             f"const long long k_end = k_begin + {g['chunk']} < {g['k']} ? k_begin + {g['chunk']} : {g['k']};",
             *self.partial_reductions("grid"),
+            *self.partial_reductions("rows"),
             *self.gemm_main_loop(),
         ]
         return lines + self.gemm_epilogue()

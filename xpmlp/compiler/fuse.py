@@ -16,9 +16,15 @@ run (:func:`run_kernel`) are made:
     Elementwise work too large for one block, over many blocks, without reductions.
 
 The rules: every product starts a kernel; an elementwise operation or reduction joins the
-latest kernel that comes after its inputs and suits it: a reduction any tail (a reduction runs
-in one block wherever it is), elementwise work a tail if it fits one block (``tail_max``
-elements), else a ``map`` or a GEMM's tiles; else it starts one. Index operations (reshape,
+latest kernel that comes after its inputs and suits it: a reduction any tail, elementwise work
+a tail if it fits one block (``tail_max`` elements), else a ``map`` or a GEMM's tiles; else it
+starts one. The tail's work is then spread over the kernel's blocks where that shortens the
+longest serial walk of a thread (:func:`reduction_walk`): a reduction over the batch of a
+value computed tile by tile is reduced by each tile over its rows, one of a value the kernel
+only loads by each block over a range of rows (a ``block`` kernel then runs on several blocks),
+into a row of partials each that the last block to arrive combines in order; a reduction along
+rows is computed whole by the blocks for their ranges of rows; and where a tile holds whole
+rows of its product, the work along them (softmax, loss) runs in the tile (``rows``). Index operations (reshape,
 transpose, slicing, gathers, concatenation) are never computed on their own: a reader
 evaluates them in its index arithmetic. A value is written to memory only when another
 kernel (or a later step) reads it, or it is a reduction, or a small value of a tail that larger
@@ -547,13 +553,16 @@ class _Planner:
             how = self.spreading(kernel, node, phase[local[node]], blocks)
             if how is not None:
                 cols = math.prod(node.inputs[0].shape[1:])
-                partials = self.buffer((how["ranges"] * cols,), node.dtype, "partials")
-                how["partials"] = param(("buffer", partials), self.buffers[partials].shape, node.dtype, "p")
+                if how["by"] != "rows":  # a row of partials for each range
+                    partials = self.buffer((how["ranges"] * cols,), node.dtype, "partials")
+                    how["partials"] = param(("buffer", partials), self.buffers[partials].shape, node.dtype, "p")
                 nodes[local[node]]["spread"] = how
                 if gemm is None and spread is None:
                     zeros = host.zeros(1, host.uint32)
                     counters = self.buffer(zeros.shape, zeros.dtype, "counters", zeros)
                     spread = {"blocks": how["ranges"], "counters": param(("buffer", counters), (1,), "uint32", "n")}
+                elif gemm is None:
+                    spread["blocks"] = max(spread["blocks"], how["ranges"])
         return KernelSpec(name, kernel.kind, params, nodes, phases, gemm, spread)
 
     def row_local(self, kernel: _KernelGroup) -> set[Tracer]:
@@ -592,16 +601,24 @@ class _Planner:
         A sum, mean, max or min of phase 0 over the first axis (the batch) of a value shaped like a GEMM's
         product and computed tile by tile is reduced by each tile over its rows (``by`` "tile"); one whose value
         reads nothing the kernel computes, by each of up to ``blocks`` blocks over a range of about √rows rows
-        ("grid"). Either writes one row of partials per range; the tail combines the ``ranges`` rows. Only where
-        that shortens the longest serial walk of a thread (:func:`reduction_walk`).
+        ("grid"). Either writes one row of partials per range; the tail combines the ``ranges`` rows. A
+        reduction along the rows (a row's arg-max) of such a value is computed whole by those blocks for their
+        rows ("rows"). Only where that shortens the longest serial walk of a thread (:func:`reduction_walk`).
         """
-        if not self.fuse or node.op not in SPREAD or phase != 0 or kernel.kind == "map":
+        if not self.fuse or node.op not in REDUCTIONS or phase != 0 or kernel.kind == "map":
             return None
         source, axes = node.inputs[0], list(node.attrs["axes"])
         rows, cols = (source.shape[0], math.prod(source.shape[1:])) if source.shape else (1, 1)
+        if axes == [1] and len(source.shape) == 2 and not self.reads_results(kernel, source):  # a row an output
+            per = -(-rows // max(1, min(blocks, math.isqrt(rows))))
+            how = {"by": "rows", "ranges": -(-rows // per), "rows": per}
+            longer = reduction_walk(rows, cols) > reduction_walk(per, cols)
+            return how if how["ranges"] > 1 and longer and node not in self.row_local(kernel) else None
         if axes != [0] and not (axes == list(range(len(source.shape))) and cols == 1):
             return None
         product = kernel.nodes[0]
+        if node.op not in SPREAD:
+            return None
         if kernel.kind == "gemm" and source.shape == product.shape and (source is product or source in kernel.tile):
             per, share = self.gemm_shape.tile_m, min(cols, self.gemm_shape.tile_n)
             how = {"by": "tile", "ranges": -(-rows // per), "rows": per}
