@@ -24,8 +24,8 @@ value computed tile by tile is reduced by each tile over its rows, one of a valu
 only loads by each block over a range of rows (a ``block`` kernel then runs on several blocks),
 into a row of partials each that the last block to arrive combines in order; a reduction along
 rows is computed whole by the blocks for their ranges of rows; and where a tile holds whole
-rows of its product, the work along them (softmax, loss) runs in the tile (``rows``). Index operations (reshape,
-transpose, slicing, gathers, concatenation) are never computed on their own: a reader
+rows of its product, the work along them (softmax, loss) runs in the tile (``rows``). Index
+operations (reshape, transpose, slicing, gathers, concatenation) are never computed on their own: a reader
 evaluates them in its index arithmetic. A value is written to memory only when another
 kernel (or a later step) reads it, or it is a reduction, or a small value of a tail that larger
 ones read broadcast (a column's 1/σ: computed once, read by the phases after); everything else
@@ -620,7 +620,7 @@ class _Planner:
         if node.op not in SPREAD:
             return None
         if kernel.kind == "gemm" and source.shape == product.shape and (source is product or source in kernel.tile):
-            per, share = self.gemm_shape.tile_m, min(cols, self.gemm_shape.tile_n)
+            per, share = self.gemm_shape.tile_m, self.gemm_shape.tile_n  # a tile's columns, as cuda.py reduces them
             how = {"by": "tile", "ranges": -(-rows // per), "rows": per}
         elif self.reads_results(kernel, source):
             return None
