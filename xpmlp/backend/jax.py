@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy
 
-from ._base import NAMESPACES, Array, Backend, Collective, cpu_name
+from ._base import NAMESPACES, Array, Backend, Collective, CollectiveError, cpu_name
 
 #: Overrides the matrix-product precision of xpmlp's JAX computations.
 PRECISION_ENV_VAR = "XPMLP_JAX_MATMUL_PRECISION"
@@ -224,7 +224,16 @@ class JaxCollective(Collective):
         compiled = jax.jit(program).lower(*self._on_mesh(example_args, sharded)).compile()
 
         def run(*args: Any) -> Any:
-            return compiled(*self._on_mesh(args, sharded))
+            try:  # waited for: a lost process's error is raised here, not at the next read
+                return jax.block_until_ready(compiled(*self._on_mesh(args, sharded)))
+            except jax.errors.JaxRuntimeError as exc:  # gloo's (or NCCL's) all-reduce failed
+                if self._jax.process_count() == 1:
+                    raise
+                reason = str(exc).strip().splitlines()[0]
+                raise CollectiveError(
+                    f"data-parallel training stopped: process {self.rank} of {self._jax.process_count()} lost the "
+                    f"others in an all-reduce (another process ended?): {reason}"
+                ) from exc
 
         run.compiled = compiled  # XLA's program, to read (its all-reduces: ``run.compiled.as_text()``)
         return run
