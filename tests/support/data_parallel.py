@@ -2,11 +2,12 @@
 
 ``python data_parallel.py jax OUT N...``: one process, JAX with max(N) forced CPU devices (set before JAX
 starts), every case for each N. ``python data_parallel.py jaxprocs OUT RANK WORLD PORT``: one of WORLD JAX
-processes of one CPU device each (``jax.distributed``, gloo, rank 0 listening at 127.0.0.1:PORT). ``python data_parallel.py torch OUT RANK WORLD RENDEZVOUS [DIE_AT_STEP]``: one
-of WORLD gloo processes meeting at a file; with DIE_AT_STEP, rank 1 kills itself inside that step's
-first all-reduce. Each writes ``OUT/<rank>.npz``: every case's final state, training loss and all-reduce
-count. Case ``unsynced`` is the mutant of data parallelism without synchronized BatchNorm (the layers
-keep one device's statistics, only the gradients are summed), which must differ.
+processes of one CPU device each (``jax.distributed``, gloo, rank 0 listening at 127.0.0.1:PORT). ``python
+data_parallel.py torch OUT RANK WORLD RENDEZVOUS [DIE_AT_STEP]``: one of WORLD gloo processes meeting at a
+file; with DIE_AT_STEP, rank 1 kills itself inside that step's first all-reduce. Each writes
+``OUT/<rank>.npz``: every case's final state, training loss and all-reduce count. Case ``unsynced`` is the
+mutant of data parallelism without synchronized BatchNorm (the layers keep one device's statistics, only the
+gradients are summed), which must differ.
 """
 
 from __future__ import annotations

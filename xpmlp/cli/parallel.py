@@ -133,10 +133,10 @@ def launch(argv: list[str], processes: int, prog: str) -> int:
     children = []
     for rank in range(processes):
         env = dict(os.environ, **{RANK_ENV: str(rank), COORDINATOR_ENV: f"127.0.0.1:{port}"})
-        quiet = subprocess.DEVNULL if rank else None
-        out = subprocess.PIPE if rank == 0 else subprocess.DEVNULL
-        child = subprocess.Popen([sys.executable, "-c", code, prog, *argv], env=env, stdout=out, stderr=quiet, text=True)
-        children.append(child)
+        out, err = (subprocess.DEVNULL, subprocess.DEVNULL) if rank else (subprocess.PIPE, None)
+        children.append(
+            subprocess.Popen([sys.executable, "-c", code, prog, *argv], env=env, stdout=out, stderr=err, text=True)
+        )
     relay = threading.Thread(target=_relay, args=(children[0].stdout,), daemon=True)
     relay.start()
     try:
@@ -148,8 +148,9 @@ def launch(argv: list[str], processes: int, prog: str) -> int:
             child.wait()
         relay.join(timeout=5)
     if failed is not None and (children[0].returncode or 0) <= 0:  # rank 0 said nothing
-        print(f"{prog}: error: data-parallel training stopped: process {failed} of {processes} {_how(children[failed])}; "
-              "model.npz holds the last epoch saved: rerun with --resume to continue", file=sys.stderr)
+        how = f"process {failed} of {processes} {_how(children[failed])}"
+        print(f"{prog}: error: data-parallel training stopped: {how}; rerun with --resume to continue from the "
+              "last epoch saved", file=sys.stderr)  # fmt: skip
     return status
 
 
