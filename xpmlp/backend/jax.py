@@ -249,6 +249,7 @@ class JaxCollective(Collective):
         return jax.tree.map(whole, sharded, tree)
 
     def _global(self, split: bool, x: Any) -> Any:
+        """The mesh's array of ``x``: this process's copy on each of its devices, or (``split``) its columns."""
         jax = self._jax
         if isinstance(x, jax.Array) and x.sharding.device_set == self._everywhere.device_set:
             return x  # placed already
