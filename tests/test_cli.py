@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
@@ -525,20 +526,21 @@ def console_script(folder: Path, name: str) -> Path:
     return folder / name
 
 
-@pytest.mark.parametrize(
-    ("entry", "module", "said"),
-    [
-        ("train.py", "numpy", f"train.py: {STARTING}"),
-        ("train.py", "xpmlp.training", f"train.py: {STARTING}"),
-        ("train.py", "numpy.random", f"train.py: {STARTING}"),  # in parse_args, as the backend starts
-        ("train.py --backend torch", "torch", f"train.py: {STARTING}"),
-        ("-m xpmlp train", "numpy", f"xpmlp train: {STARTING}"),
-        ("xpmlp-train", "numpy", f"xpmlp-train: {STARTING}"),
-        ("-m xpmlp info", "numpy", "xpmlp info: interrupted"),
-        ("-m xpmlp info", "jax", "xpmlp info: interrupted"),  # inside the report, as it asks JAX
-        ("xpmlp info", "numpy", "xpmlp info: interrupted"),
-    ],
-)
+#: (how it is run, the import it is stopped in, its one line)
+STARTS = [
+    ("train.py", "numpy", f"train.py: {STARTING}"),
+    ("train.py", "xpmlp.training", f"train.py: {STARTING}"),
+    ("train.py", "numpy.random", f"train.py: {STARTING}"),  # in parse_args, as the backend starts
+    ("train.py --backend torch", "torch", f"train.py: {STARTING}"),
+    ("-m xpmlp train", "numpy", f"xpmlp train: {STARTING}"),
+    ("xpmlp-train", "numpy", f"xpmlp-train: {STARTING}"),
+    ("-m xpmlp info", "numpy", "xpmlp info: interrupted"),
+    ("-m xpmlp info", "jax", "xpmlp info: interrupted"),  # inside the report, as it asks JAX
+    ("xpmlp info", "numpy", "xpmlp info: interrupted"),
+]
+
+
+@pytest.mark.parametrize(("entry", "module", "said"), STARTS, ids=[f"{e} in {m}" for e, m, _ in STARTS])
 def test_ctrl_c_while_python_imports_the_libraries_is_one_line(tmp_path, entry, module, said):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed")
@@ -560,12 +562,14 @@ def test_ctrl_c_while_python_imports_the_libraries_is_one_line(tmp_path, entry, 
                           stderr=subprocess.PIPE, text=True, env=env, pass_fds=[write],
                           preexec_fn=default_sigint) as proc:  # fmt: skip
         os.close(write)  # the child's copy is the only one left: EOF if it ends without reaching the import
-        try:
-            reached = os.read(read, 1)  # an event, not a clock: the child is inside that import now
+        try:  # an event, not a clock: the byte says the child is inside that import now (5 minutes: a hung child)
+            reached = select.select([read], [], [], 300)[0] and os.read(read, 1)
         finally:
             os.close(read)
         if reached:
             proc.send_signal(signal.SIGINT)
+        else:  # it ended, or hangs before that import
+            proc.kill()
         stdout, err = proc.communicate(timeout=300)
     assert reached, f"the child never imported {module}: {err}"
     assert (proc.returncode, err.strip().splitlines(), stdout) == (130, [said], ""), err
