@@ -499,7 +499,9 @@ def test_ctrl_c_while_jax_compiles_a_resumed_run_exits_130_with_the_checkpoint_i
 
 
 BLOCK_AN_IMPORT = """
-import os, sys, time
+import os, signal, sys, time
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal (a background shell's jobs ignore it)
 
 
 class Block:
@@ -554,13 +556,8 @@ def test_ctrl_c_while_python_imports_the_libraries_is_one_line(tmp_path, entry, 
     flags = ["--out", str(out), "--epochs", "1", *FAST] if "info" not in rest else []
     path = [str(tmp_path / "hook"), str(ROOT), os.environ.get("PYTHONPATH", "")]  # the hook and this checkout
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
-
-    def default_sigint() -> None:  # a background shell starts its jobs with SIGINT ignored; a terminal does not
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
     with subprocess.Popen([sys.executable, program, *rest, *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env, pass_fds=[write],
-                          preexec_fn=default_sigint) as proc:  # fmt: skip
+                          stderr=subprocess.PIPE, text=True, env=env, pass_fds=[write]) as proc:  # fmt: skip
         os.close(write)  # the child's copy is the only one left: EOF if it ends without reaching the import
         try:  # an event, not a clock: the byte says the child is inside that import now (5 minutes: a hung child)
             reached = select.select([read], [], [], 300)[0] and os.read(read, 1)
