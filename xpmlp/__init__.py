@@ -10,9 +10,10 @@ so that train.py and ``xpmlp info`` import them inside their Ctrl-C guard.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: importing typing would take milliseconds outside the Ctrl-C guard
 if TYPE_CHECKING:
+    from typing import Any
+
     from .activations import Activation, Identity, ReLU, Sigmoid, Tanh
     from .backend import BACKENDS, Backend, BackendUnavailableError, get_backend
     from .batchnorm import BatchNorm

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
 
+TYPE_CHECKING = False  # as in xpmlp/__init__.py: no typing before the Ctrl-C guard
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     from .command import run
 
 
