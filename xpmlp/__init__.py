@@ -57,7 +57,7 @@ def __getattr__(name: str) -> Any:
 
     if name == "MLPClassifier":
         try:
-            from .estimator import MLPClassifier as MLPClassifier
+            from .estimator import MLPClassifier
         except ImportError as exc:
             raise ImportError(f"xpmlp.MLPClassifier needs scikit-learn ({exc}): pip install 'xpmlp[sklearn]'") from exc
         return MLPClassifier

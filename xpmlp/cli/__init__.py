@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def interrupted_while_starting(prog: str) -> NoReturn:
     """Ctrl-C while train.py imports its libraries: one line on stderr, exit 130 (``command.INTERRUPTED``)."""
     print(f"\n{prog}: interrupted while starting; nothing was read or written", file=sys.stderr)
-    raise SystemExit(130)
+    raise SystemExit(130) from None
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
