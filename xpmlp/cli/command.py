@@ -30,7 +30,8 @@ from ..data import DATASETS, load_mnist, mnist_location
 from ..mlp import MLP
 from ..presets import ACTIVATIONS, DEFAULTS, HW1, INITS, build_mlp, leaves_batch_of_one, scheduled_lr
 from ..training import EVAL_CHUNK, History, fit
-from .parallel import launch, launches, leave, prepare, processes
+from . import interrupted_while_starting
+from .parallel import launch, launches, prepare, processes
 from .runs import (
     CHECKPOINT,
     RESUMED,
@@ -315,29 +316,16 @@ def fail(message: str, status: int, prog: str) -> NoReturn:
     raise SystemExit(status)
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130).
-
-    Its messages name ``prog``; default: the program run (``train.py``, ``xpmlp-train``), or
-    ``train.py`` when ``argv`` is given.
-    """
-    if sys.stderr is None:  # started with stderr closed (2>&-): the bar and the messages go nowhere, not the run
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the process)
-    try:
-        run(argv, prog or (Path(sys.argv[0]).name if argv is None and sys.argv[0] else "train.py"))
-    except SystemExit as exc:
-        leave(exc.code)  # one of several JAX processes ends at once (JAX's shutdown would wait for the others)
-        raise
-    return 0
-
-
 def run(argv: list[str] | None = None, prog: str = "train.py") -> dict[str, Any]:
     """Run train.py and return its metrics; every user mistake ends in one line on stderr and exit status 2.
 
     A run that cannot go on (diverged, a write failed) exits 1; Ctrl-C exits 130. Each says
     in its one line what was saved.
     """
-    args = parse_args(argv, prog)
+    try:  # the backend starts here: importing JAX or PyTorch takes seconds
+        args = parse_args(argv, prog)
+    except KeyboardInterrupt:
+        interrupted_while_starting(prog)
     progress = Progress(Path(args.out))
     with terminate_as_interrupt() as terminated:
         if launches(args.processes):  # the processes train; rank 0 writes and prints
@@ -454,4 +442,6 @@ def batch_problem(mlp: MLP, n: int, batch_size: int) -> None:
 
 
 if __name__ == "__main__":
+    from . import main
+
     sys.exit(main())
