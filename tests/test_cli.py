@@ -198,16 +198,16 @@ def test_resume_with_patience_equals_the_uninterrupted_run(tmp_path, overfitting
 
 
 def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
-    argv = [sys.executable, "-m", "xpmlp", "train", "--data", str(data), "--out", str(tmp_path), "--epochs", "100000",
-            "--lr-decay", "1", *FAST]  # fmt: skip
+    # SIGINT handled as from a terminal (a background shell starts its jobs with it ignored), set in the child
+    # itself: a preexec_fn would fork this process, whose JAX threads may hold locks the child then waits on
+    as_from_a_terminal = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('xpmlp', run_name='__main__', alter_sys=True)"
+    )
+    argv = [sys.executable, "-c", as_from_a_terminal, "train", "--data", str(data), "--out", str(tmp_path),
+            "--epochs", "100000", "--lr-decay", "1", *FAST]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    def default_sigint() -> None:  # a background shell starts its jobs with SIGINT ignored; a terminal does not
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
-    ) as proc:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         for line in proc.stdout:  # an event, not a clock: an epoch's line is printed once its checkpoint is saved
             if line.startswith("epoch"):
                 break
