@@ -12,9 +12,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import pickle
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -26,20 +28,33 @@ from xpmlp.compiler.fuse import Plan, run_plan
 
 COMPILER = shutil.which("g++")
 
-HEADER = r"""
+COMMON = r"""
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
 struct xpmlp_dim3 { unsigned x = 0, y = 0, z = 0; };
-thread_local xpmlp_dim3 threadIdx;
-static xpmlp_dim3 blockIdx, blockDim, gridDim;
 #define __global__
 #define __host__
 #define __device__
 #define __launch_bounds__(n)
+#define __align__(n) __attribute__((aligned(n)))
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) double2 { double x, y; };
+template <class T> inline T __ldcg(const T* p) { return *(const volatile T*)p; }
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 8); return f; }
+static xpmlp_dim3 blockDim, gridDim;
+"""
+
+#: Blocks one after another, a block's threads as OS threads meeting at a ``std::barrier``.
+SEQUENTIAL = r"""
+thread_local xpmlp_dim3 threadIdx;
+static xpmlp_dim3 blockIdx;
 #define __shared__ static
 // every __shared__ array is registered (see _poison_shared) and set to all ones (NaN) before each block, as a
 // GPU's shared memory holds whatever the block before left there
@@ -49,16 +64,10 @@ struct xpmlp_poisoner {
   xpmlp_poisoner(void* p, size_t size) { std::memset(p, 0xff, size); xpmlp_shared_regions.push_back({p, size}); }
 };
 inline void xpmlp_poison_shared() { for (auto& r : xpmlp_shared_regions) std::memset(r.p, 0xff, r.size); }
-#define __align__(n) __attribute__((aligned(n)))
-struct alignas(16) float4 { float x, y, z, w; };
-struct alignas(16) double2 { double x, y; };
 static std::barrier<>* xpmlp_block = nullptr;
 inline void __syncthreads() { if (xpmlp_block) xpmlp_block->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-template <class T> inline T __ldcg(const T* p) { return *(const volatile T*)p; }
-inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 8); return f; }
 template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) {
   gridDim.x = grid;
   blockDim.x = threads;
@@ -75,6 +84,210 @@ template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) 
 }
 """
 
+#: XPMLP_GROUPS OS threads run a launch's blocks at the same time (block b on thread b % XPMLP_GROUPS), a block's
+#: threads as fibers (ucontext) taking turns at the barriers, each block with its own shared memory, poisoned.
+#: Under ThreadSanitizer (XPMLP_TSAN) every ordering a GPU guarantees is said to it, and nothing more: a barrier
+#: orders its block's threads; a __threadfence() followed by an atomicAdd releases what the thread (and, through
+#: barriers, its block) wrote before, and a __threadfence() after an atomicAdd of its block acquires what the
+#: other blocks released to that counter. The fibers' bookkeeping uses relaxed atomics (invisible to it).
+CONCURRENT = r"""
+#include <sys/mman.h>
+#include <ucontext.h>
+#ifdef XPMLP_TSAN
+#include <sanitizer/tsan_interface.h>
+#define XPMLP_RELEASE(p) __tsan_release((void*)(p))
+#define XPMLP_ACQUIRE(p) __tsan_acquire((void*)(p))
+#else
+#define XPMLP_RELEASE(p) ((void)(p))
+#define XPMLP_ACQUIRE(p) ((void)(p))
+#endif
+#define __shared__
+constexpr size_t xpmlp_arena_bytes = 64 * 1024, xpmlp_stack_bytes = 1 << 20;
+constexpr int xpmlp_sites = 4096, xpmlp_observed = 16;
+template <class T> using xpmlp_cell = std::atomic<T>;
+struct xpmlp_fiber {
+  ucontext_t context;
+  void* tsan = nullptr;
+  char* stack = nullptr;
+  xpmlp_cell<int> state{0};  // 0 runs, 1 waits at a barrier, 2 has returned
+  xpmlp_cell<unsigned> waits_for{0};
+  xpmlp_cell<bool> fenced{false};
+};
+struct xpmlp_group {
+  void (*kernel)(void*) = nullptr;
+  void* closure = nullptr;
+  unsigned block = 0, threads = 0;
+  ucontext_t context;
+  void* tsan = nullptr;
+  std::vector<xpmlp_fiber> fibers;
+  xpmlp_cell<unsigned> current{0}, arrived{0}, alive{0}, round{0}, observed{0};
+  xpmlp_cell<void*> counters[xpmlp_observed];
+  xpmlp_cell<long> site[xpmlp_sites];
+  xpmlp_cell<size_t> used{0};
+  alignas(64) unsigned char arena[xpmlp_arena_bytes];
+  char start = 0, done = 0, barrier[2] = {0, 0};  // addresses the orderings are said on
+};
+thread_local xpmlp_group* xpmlp_here = nullptr;
+constexpr auto xpmlp_r = std::memory_order_relaxed;
+inline xpmlp_dim3 xpmlp_thread_index() { return {xpmlp_here->current.load(xpmlp_r), 0, 0}; }
+inline xpmlp_dim3 xpmlp_block_index() { return {xpmlp_here->block, 0, 0}; }
+#define threadIdx (xpmlp_thread_index())
+#define blockIdx (xpmlp_block_index())
+inline void xpmlp_switch(xpmlp_group* g, ucontext_t* from, unsigned to) {
+  g->current.store(to, xpmlp_r);
+#ifdef XPMLP_TSAN
+  __tsan_switch_to_fiber(g->fibers[to].tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+  swapcontext(from, &g->fibers[to].context);
+}
+// the calling fiber t gives way to the next that can run (itself if it can), or to the group's thread when all
+// have returned
+inline void xpmlp_yield(xpmlp_group* g, unsigned t) {
+  const unsigned n = g->threads, round = g->round.load(xpmlp_r);
+  for (unsigned k = 1; k <= n; ++k) {
+    const unsigned u = (t + k) % n;
+    xpmlp_fiber& f = g->fibers[u];
+    const int state = f.state.load(xpmlp_r);
+    if (state == 0 || (state == 1 && f.waits_for.load(xpmlp_r) < round)) {
+      if (u != t) xpmlp_switch(g, &g->fibers[t].context, u);
+      return;
+    }
+  }
+  if (g->alive.load(xpmlp_r) != 0) {
+    std::fprintf(stderr, "xpmlp emulation: block %u deadlocked at a barrier\n", g->block);
+    std::abort();
+  }
+#ifdef XPMLP_TSAN
+  __tsan_switch_to_fiber(g->tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+  swapcontext(&g->fibers[t].context, &g->context);
+}
+inline void xpmlp_open_barrier(xpmlp_group* g) {
+  g->arrived.store(0, xpmlp_r);
+  g->round.store(g->round.load(xpmlp_r) + 1, xpmlp_r);
+}
+inline void __syncthreads() {
+  xpmlp_group* g = xpmlp_here;
+  const unsigned t = g->current.load(xpmlp_r), round = g->round.load(xpmlp_r);
+  XPMLP_RELEASE(&g->barrier[round & 1]);
+  if (g->arrived.load(xpmlp_r) + 1 == g->alive.load(xpmlp_r)) {
+    xpmlp_open_barrier(g);
+  } else {
+    g->arrived.store(g->arrived.load(xpmlp_r) + 1, xpmlp_r);
+    g->fibers[t].waits_for.store(round, xpmlp_r);
+    g->fibers[t].state.store(1, xpmlp_r);
+    xpmlp_yield(g, t);
+    g->fibers[t].state.store(0, xpmlp_r);
+  }
+  XPMLP_ACQUIRE(&g->barrier[round & 1]);
+}
+inline void __threadfence() {
+  xpmlp_group* g = xpmlp_here;
+  g->fibers[g->current.load(xpmlp_r)].fenced.store(true, xpmlp_r);
+  for (unsigned k = 0; k < g->observed.load(xpmlp_r); ++k) XPMLP_ACQUIRE(g->counters[k].load(xpmlp_r));
+}
+static std::atomic<int> xpmlp_atomics{0};  // one atomicAdd at a time (relaxed: ThreadSanitizer sees no order)
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  xpmlp_group* g = xpmlp_here;
+  xpmlp_fiber& f = g->fibers[g->current.load(xpmlp_r)];
+  while (xpmlp_atomics.exchange(1, xpmlp_r)) {}
+  if (f.fenced.load(xpmlp_r)) XPMLP_RELEASE(p);
+  const unsigned old = __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+  if (f.fenced.load(xpmlp_r)) XPMLP_RELEASE(p);
+  xpmlp_atomics.store(0, xpmlp_r);
+  f.fenced.store(false, xpmlp_r);
+  const unsigned k = g->observed.load(xpmlp_r);
+  if (k == xpmlp_observed) { std::fprintf(stderr, "xpmlp emulation: too many atomics a block\n"); std::abort(); }
+  g->counters[k].store(p, xpmlp_r);
+  g->observed.store(k + 1, xpmlp_r);
+  return old;
+}
+// __shared__ variable number `site` of the module: its place in the block's arena, given by the first of the
+// block's threads to declare it
+template <class T> T& xpmlp_shared(int site) {
+  xpmlp_group* g = xpmlp_here;
+  long at = g->site[site].load(xpmlp_r);
+  if (at < 0) {
+    const size_t used = g->used.load(xpmlp_r), begin = (used + alignof(T) - 1) / alignof(T) * alignof(T);
+    if (begin + sizeof(T) > xpmlp_arena_bytes) { std::fprintf(stderr, "xpmlp emulation: shared memory full\n"); std::abort(); }
+    g->used.store(begin + sizeof(T), xpmlp_r);
+    g->site[site].store(at = (long)begin, xpmlp_r);
+  }
+  return *reinterpret_cast<T*>(g->arena + at);
+}
+static void xpmlp_fiber_main() {
+  xpmlp_group* g = xpmlp_here;
+  const unsigned t = g->current.load(xpmlp_r);
+  for (;;) {
+    XPMLP_ACQUIRE(&g->start);
+    g->kernel(g->closure);
+    XPMLP_RELEASE(&g->done);
+    g->fibers[t].state.store(2, xpmlp_r);
+    g->alive.store(g->alive.load(xpmlp_r) - 1, xpmlp_r);
+    if (g->alive.load(xpmlp_r) != 0 && g->arrived.load(xpmlp_r) == g->alive.load(xpmlp_r)) xpmlp_open_barrier(g);
+    xpmlp_yield(g, t);
+  }
+}
+static void xpmlp_run_group(xpmlp_group* g, unsigned first, unsigned step, unsigned grid) {
+  xpmlp_here = g;
+#ifdef XPMLP_TSAN
+  g->tsan = __tsan_get_current_fiber();
+#endif
+  for (unsigned t = 0; t < g->threads; ++t) {
+    xpmlp_fiber& f = g->fibers[t];
+    f.stack = (char*)mmap(nullptr, xpmlp_stack_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = xpmlp_stack_bytes;
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, xpmlp_fiber_main, 0);
+#ifdef XPMLP_TSAN
+    f.tsan = __tsan_create_fiber(0);
+#endif
+  }
+  for (unsigned b = first; b < grid; b += step) {
+    g->block = b;
+    std::memset(g->arena, 0xff, sizeof(g->arena));  // NaN, as whatever the block before left there
+    for (auto& s : g->site) s.store(-1, xpmlp_r);
+    g->used.store(0, xpmlp_r);
+    g->observed.store(0, xpmlp_r);
+    for (auto& f : g->fibers) { f.state.store(0, xpmlp_r); f.fenced.store(false, xpmlp_r); }
+    g->alive.store(g->threads, xpmlp_r);
+    g->arrived.store(0, xpmlp_r);
+    XPMLP_RELEASE(&g->start);
+    g->current.store(0, xpmlp_r);
+#ifdef XPMLP_TSAN
+    __tsan_switch_to_fiber(g->fibers[0].tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+    swapcontext(&g->context, &g->fibers[0].context);
+    XPMLP_ACQUIRE(&g->done);
+  }
+  for (auto& f : g->fibers) {
+#ifdef XPMLP_TSAN
+    __tsan_destroy_fiber(f.tsan);
+#endif
+    munmap(f.stack, xpmlp_stack_bytes);
+  }
+}
+template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) {
+  gridDim.x = grid;
+  blockDim.x = threads;
+  const unsigned groups = grid < XPMLP_GROUPS ? grid : XPMLP_GROUPS;
+  std::vector<xpmlp_group*> all;
+  std::vector<std::thread> pool;
+  for (unsigned w = 0; w < groups; ++w) {
+    xpmlp_group* g = new xpmlp_group;
+    g->kernel = [](void* c) { (*static_cast<F*>(c))(); };
+    g->closure = &kernel;
+    g->threads = threads;
+    g->fibers = std::vector<xpmlp_fiber>(threads);
+    all.push_back(g);
+    pool.emplace_back(xpmlp_run_group, g, w, groups, grid);
+  }
+  for (auto& thread : pool) thread.join();
+  for (auto* g : all) delete g;
+}
+"""
 
 def _launcher(description: dict) -> str:
     """``launch_<name>(args, grid, threads)``: args are the params' data pointers, then a pointer to ``it``."""
@@ -87,22 +300,67 @@ def _launcher(description: dict) -> str:
     )
 
 
+#: A ``__shared__`` declaration: what precedes the name (attributes, type), the name, its dimensions.
+SHARED = re.compile(r"__shared__\s+([^;{}]*?)\b(\w+)\s*((?:\[[^\]]*\])*)\s*;")
+
+
 def _poison_shared(source: str) -> str:
     """Each ``__shared__`` declaration followed by a static that poisons and registers the array (once)."""
-    return re.sub(
-        r"(__shared__[^;(]*?\b(\w+)(\[[^;]*\])?;)",
-        lambda m: f"{m[1]} static xpmlp_poisoner xpmlp_poison_{m[2]}(&{m[2]}, sizeof({m[2]}));",
+    return SHARED.sub(
+        lambda m: f"{m[0]} static xpmlp_poisoner xpmlp_poison_{m[2]}(&{m[2]}, sizeof({m[2]}));",
         source,
     )
 
 
-class HostModule:
-    """The kernels of a generated CUDA ``source`` compiled for the CPU, with ``threads`` per block."""
+def _shared_per_block(source: str) -> str:
+    """Each ``__shared__`` declaration a reference into the running block's own arena (CONCURRENT)."""
+    sites = iter(range(1 << 30))
 
-    def __init__(self, source: str, threads: int = 1) -> None:
+    def place(m: re.Match) -> str:
+        site = next(sites)
+        return (
+            f"struct xpmlp_s{site} {{ {m[1]}{m[2]}{m[3]}; }}; "
+            f"auto& {m[2]} = xpmlp_shared<xpmlp_s{site}>({site}).{m[2]};"
+        )
+
+    return SHARED.sub(place, source)
+
+
+#: Elements of poison before and after every buffer a launch binds: a write there fails the launch.
+GUARD = 256
+
+#: The modes of the params whose values a kernel writes before it reads them: poisoned before each launch.
+WRITTEN = {"w", "c", "p"}
+
+
+def tsan_library() -> str | None:
+    """The ThreadSanitizer runtime of the g++ found (to preload into a Python process), or None."""
+    if COMPILER is None:
+        return None
+    done = subprocess.run([COMPILER, "-print-file-name=libtsan.so"], capture_output=True, text=True, timeout=60)
+    path = done.stdout.strip()
+    return os.path.realpath(path) if done.returncode == 0 and os.path.isabs(path) and os.path.exists(path) else None
+
+
+class HostModule:
+    """The kernels of a generated CUDA ``source`` compiled for the CPU, with ``threads`` per block.
+
+    ``groups`` > 1 (or ``tsan``) builds the CONCURRENT emulation (blocks at the same time on ``groups`` OS
+    threads, a block's threads as fibers); ``tsan`` compiles it with ``-fsanitize=thread``, which loads only
+    into a process started with the runtime preloaded (:func:`run_plan_under_tsan`).
+    """
+
+    def __init__(self, source: str, threads: int = 1, groups: int = 1, tsan: bool = False) -> None:
         self.descriptions, self.threads = descriptions(source), threads
-        source = HEADER + _poison_shared(source) + "\n".join(_launcher(d) for d in self.descriptions.values())
+        concurrent = groups > 1 or tsan
+        header = COMMON + (CONCURRENT if concurrent else SEQUENTIAL)
+        body = _shared_per_block(source) if concurrent else _poison_shared(source)
+        source = header + body + "\n".join(_launcher(d) for d in self.descriptions.values())
         flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-DXPMLP_THREADS={threads}"]
+        if concurrent:
+            flags.append(f"-DXPMLP_GROUPS={groups}")
+        if tsan:
+            flags += ["-fsanitize=thread", "-DXPMLP_TSAN", "-g"]
         key = hashlib.sha256((source + " ".join(flags)).encode()).hexdigest()[:16]
         folder = os.path.join(tempfile.gettempdir(), "xpmlp-cuda-host")
         os.makedirs(folder, exist_ok=True)
@@ -118,19 +376,99 @@ class HostModule:
         self.library = ctypes.CDLL(library)
 
     def launch(self, name: str, grid: int, arrays: Sequence[np.ndarray], it: int = 0) -> None:
-        """Kernel ``name`` over ``grid`` blocks on ``arrays`` (one per param, C-contiguous, of the param's dtype)."""
+        """Kernel ``name`` over ``grid`` blocks on ``arrays`` (one per param, C-contiguous, of the param's dtype).
+
+        Each array is bound inside a copy with :data:`GUARD` poisoned elements on either side (NaN; integers:
+        all bits set), the written params' (:data:`WRITTEN`) elements poisoned too: a value read out of bounds
+        or before it is written shows as NaN in the results, and a write out of bounds fails here, naming the
+        kernel and the param.
+        """
         params = self.descriptions[name]["params"]
         assert len(arrays) == len(params), name
+        bound = []
         for array, param in zip(arrays, params, strict=True):
             assert array.dtype == np.dtype(param["dtype"]) and array.flags.c_contiguous, (name, param)
             assert array.size == np.prod(param["shape"], dtype=int), (name, param, array.shape)
+            padded = np.empty(array.size + 2 * GUARD, array.dtype)
+            padded.view(np.uint8)[...] = 0xFF
+            if param["mode"] not in WRITTEN:
+                padded[GUARD : GUARD + array.size] = array.reshape(-1)
+            bound.append(padded)
         counter = ctypes.c_longlong(it)
-        args = (ctypes.c_void_p * (len(arrays) + 1))(*[a.ctypes.data for a in arrays], ctypes.addressof(counter))
+        pointers = [p.ctypes.data + GUARD * p.itemsize for p in bound]
+        args = (ctypes.c_void_p * (len(arrays) + 1))(*pointers, ctypes.addressof(counter))
         getattr(self.library, f"launch_{name}")(args, grid, self.threads)
+        for k, (array, param, padded) in enumerate(zip(arrays, params, bound, strict=True)):
+            raw = padded.view(np.uint8).reshape(-1, padded.itemsize)
+            touched = [np.flatnonzero((band != 0xFF).any(axis=1)) for band in (raw[:GUARD], raw[GUARD + array.size :])]
+            if touched[0].size or touched[1].size:
+                raise AssertionError(
+                    f"kernel {name} wrote out of bounds of p{k} ({param['mode']}, {param['dtype']}, shape "
+                    f"{param['shape']}): at elements {[int(e) - GUARD for e in touched[0]]} before it and "
+                    f"{[int(e) for e in touched[1]]} past its end"
+                )
+            if param["mode"] != "r":
+                array.reshape(-1)[...] = padded[GUARD : GUARD + array.size]
 
 
-def run_plan_on_host(plan: Plan, args: Any, threads: int = 1, module: HostModule | None = None) -> Any:
+def run_plan_on_host(
+    plan: Plan, args: Any, threads: int = 1, module: HostModule | None = None, groups: int = 1
+) -> Any:
     """``plan`` executed by its compiled CUDA kernels on the CPU (those of ``module`` if given): the outputs' pytree,
     as fuse.run_plan gives them."""
-    module = module or HostModule(module_source(plan.kernels()), threads)
+    module = module or HostModule(module_source(plan.kernels()), threads, groups)
     return run_plan(plan, args, lambda spec, bound, it: module.launch(spec.name, spec.grid(module.threads), bound, it))
+
+
+#: How a ThreadSanitizer report begins.
+TSAN_REPORT = "WARNING: ThreadSanitizer:"
+
+
+def run_plan_under_tsan(
+    plan: Plan,
+    args: Any,
+    threads: int = 256,
+    groups: int = 4,
+    source: str | None = None,
+    timeout: float = 300,
+) -> tuple[Any, list[str]]:
+    """``plan`` run by the CONCURRENT emulation compiled with ThreadSanitizer, in a Python subprocess with its
+    runtime preloaded (``source``: the plan's generated CUDA, or another to run in its place): the outputs'
+    pytree and ThreadSanitizer's reports (each a text). The subprocess has ``timeout`` seconds, so a hang fails."""
+    source = source or module_source(plan.kernels())
+    with tempfile.TemporaryDirectory() as folder:
+        job, result = os.path.join(folder, "job.pkl"), os.path.join(folder, "result.pkl")
+        with open(job, "wb") as f:
+            pickle.dump((plan, args, source, threads, groups), f)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")])
+        env["LD_PRELOAD"] = tsan_library() or ""
+        env["TSAN_OPTIONS"] = "halt_on_error=0 report_signal_unsafe=0 exitcode=0 history_size=4"
+        env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"
+        done = subprocess.run(
+            [sys.executable, "-m", "support.cuda_host", job, result],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        with open(result, "rb") as f:
+            outputs = pickle.load(f)
+    reports = [TSAN_REPORT + part for part in done.stderr.split(TSAN_REPORT)[1:]]
+    return outputs, reports
+
+
+def _main(job: str, result: str) -> None:
+    """The subprocess of :func:`run_plan_under_tsan`."""
+    with open(job, "rb") as f:
+        plan, args, source, threads, groups = pickle.load(f)
+    module = HostModule(source, threads, groups, tsan=True)
+    outputs = run_plan_on_host(plan, args, module=module)
+    with open(result, "wb") as f:
+        pickle.dump(outputs, f)
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:])
