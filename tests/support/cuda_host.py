@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from xpmlp.compiler.cuda import CTYPES, descriptions, module_source
+from xpmlp.compiler.cuda import CTYPES, PRELUDE, descriptions, module_source
 from xpmlp.compiler.fuse import Plan, run_plan
 
 COMPILER = shutil.which("g++")
@@ -84,15 +84,17 @@ template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) 
 }
 """
 
-#: XPMLP_GROUPS OS threads run a launch's blocks at the same time (block b on thread b % XPMLP_GROUPS), a block's
-#: threads as fibers (ucontext) taking turns at the barriers, each block with its own shared memory, poisoned.
+#: XPMLP_GROUPS OS threads run a launch's blocks at the same time, a block's threads as fibers (ucontext) taking
+#: turns at the barriers, each block with its own shared memory, poisoned.
 #: Under ThreadSanitizer (XPMLP_TSAN) every ordering a GPU guarantees is said to it, and nothing more: a barrier
 #: orders its block's threads; a __threadfence() followed by an atomicAdd releases what the thread (and, through
-#: barriers, its block) wrote before, and a __threadfence() after an atomicAdd of its block acquires what the
-#: other blocks released to that counter. The fibers' bookkeeping uses relaxed atomics (invisible to it).
+#: barriers, its block) wrote before the fence, and a __threadfence() after an atomicAdd of its block acquires what
+#: the blocks before it released to that counter. The fibers' bookkeeping uses relaxed atomics (invisible to it).
 CONCURRENT = r"""
 #include <sys/mman.h>
 #include <ucontext.h>
+#include <condition_variable>
+#include <mutex>
 #ifdef XPMLP_TSAN
 #include <sanitizer/tsan_interface.h>
 #define XPMLP_RELEASE(p) __tsan_release((void*)(p))
@@ -111,7 +113,6 @@ struct xpmlp_fiber {
   char* stack = nullptr;
   xpmlp_cell<int> state{0};  // 0 runs, 1 waits at a barrier, 2 has returned
   xpmlp_cell<unsigned> waits_for{0};
-  xpmlp_cell<bool> fenced{false};
 };
 struct xpmlp_group {
   void (*kernel)(void*) = nullptr;
@@ -121,7 +122,10 @@ struct xpmlp_group {
   void* tsan = nullptr;
   std::vector<xpmlp_fiber> fibers;
   xpmlp_cell<unsigned> current{0}, arrived{0}, alive{0}, round{0}, observed{0};
-  xpmlp_cell<void*> counters[xpmlp_observed];
+  xpmlp_cell<int> counters[xpmlp_observed];  // the counters its atomicAdds used, and how many releases each had then
+  xpmlp_cell<unsigned> seen[xpmlp_observed];
+  xpmlp_cell<char*> fence{nullptr};  // what the block's __threadfence()s release, until an atomicAdd publishes it
+  xpmlp_cell<bool> fenced{false};
   xpmlp_cell<long> site[xpmlp_sites];
   xpmlp_cell<size_t> used{0};
   alignas(64) unsigned char arena[xpmlp_arena_bytes];
@@ -133,23 +137,31 @@ inline xpmlp_dim3 xpmlp_thread_index() { return {xpmlp_here->current.load(xpmlp_
 inline xpmlp_dim3 xpmlp_block_index() { return {xpmlp_here->block, 0, 0}; }
 #define threadIdx (xpmlp_thread_index())
 #define blockIdx (xpmlp_block_index())
-inline void xpmlp_switch(xpmlp_group* g, ucontext_t* from, unsigned to) {
-  g->current.store(to, xpmlp_r);
+// from fiber t to fiber `to`, or to the group's thread (`to` = threads); after a `finished` fiber's last
+// access to the group, all it did is released to the group's thread
+inline void xpmlp_switch(xpmlp_group* g, unsigned t, unsigned to, bool finished) {
+  ucontext_t* from = &g->fibers[t].context;
+  ucontext_t* next = to < g->threads ? &g->fibers[to].context : &g->context;
 #ifdef XPMLP_TSAN
-  __tsan_switch_to_fiber(g->fibers[to].tsan, __tsan_switch_to_fiber_no_sync);
+  void* fiber = to < g->threads ? g->fibers[to].tsan : g->tsan;
 #endif
-  swapcontext(from, &g->fibers[to].context);
+  if (to < g->threads) g->current.store(to, xpmlp_r);
+  if (finished) XPMLP_RELEASE(&g->done);
+#ifdef XPMLP_TSAN
+  __tsan_switch_to_fiber(fiber, __tsan_switch_to_fiber_no_sync);
+#endif
+  swapcontext(from, next);
 }
 // the calling fiber t gives way to the next that can run (itself if it can), or to the group's thread when all
 // have returned
-inline void xpmlp_yield(xpmlp_group* g, unsigned t) {
+inline void xpmlp_yield(xpmlp_group* g, unsigned t, bool finished = false) {
   const unsigned n = g->threads, round = g->round.load(xpmlp_r);
   for (unsigned k = 1; k <= n; ++k) {
     const unsigned u = (t + k) % n;
     xpmlp_fiber& f = g->fibers[u];
     const int state = f.state.load(xpmlp_r);
     if (state == 0 || (state == 1 && f.waits_for.load(xpmlp_r) < round)) {
-      if (u != t) xpmlp_switch(g, &g->fibers[t].context, u);
+      if (u != t) xpmlp_switch(g, t, u, finished);
       return;
     }
   }
@@ -157,10 +169,7 @@ inline void xpmlp_yield(xpmlp_group* g, unsigned t) {
     std::fprintf(stderr, "xpmlp emulation: block %u deadlocked at a barrier\n", g->block);
     std::abort();
   }
-#ifdef XPMLP_TSAN
-  __tsan_switch_to_fiber(g->tsan, __tsan_switch_to_fiber_no_sync);
-#endif
-  swapcontext(&g->fibers[t].context, &g->context);
+  xpmlp_switch(g, t, n, true);
 }
 inline void xpmlp_open_barrier(xpmlp_group* g) {
   g->arrived.store(0, xpmlp_r);
@@ -181,24 +190,55 @@ inline void __syncthreads() {
   }
   XPMLP_ACQUIRE(&g->barrier[round & 1]);
 }
+// the releases said to each counter of the launch: the block fence objects its atomicAdds published, in order
+constexpr int xpmlp_counters = 64, xpmlp_releases = 4096, xpmlp_fences = 1 << 16;
+struct xpmlp_counter {
+  xpmlp_cell<unsigned*> address{nullptr};
+  xpmlp_cell<unsigned> count{0};
+  xpmlp_cell<char*> released[xpmlp_releases];
+};
+static xpmlp_counter xpmlp_counter_table[xpmlp_counters];
+static char xpmlp_fence_objects[xpmlp_fences];
+static std::atomic<unsigned> xpmlp_fence_next{0};
+inline char* xpmlp_new_fence() { return xpmlp_fence_objects + xpmlp_fence_next.fetch_add(1, xpmlp_r) % xpmlp_fences; }
+static std::atomic<int> xpmlp_atomics{0};  // one atomicAdd at a time (relaxed: ThreadSanitizer sees no order)
+// a __threadfence() releases what its thread did so far to the block's fence object, and acquires what was
+// published to the counters of the block's atomicAdds before them
 inline void __threadfence() {
   xpmlp_group* g = xpmlp_here;
-  g->fibers[g->current.load(xpmlp_r)].fenced.store(true, xpmlp_r);
-  for (unsigned k = 0; k < g->observed.load(xpmlp_r); ++k) XPMLP_ACQUIRE(g->counters[k].load(xpmlp_r));
+  XPMLP_RELEASE(g->fence.load(xpmlp_r));
+  g->fenced.store(true, xpmlp_r);
+  for (unsigned k = 0; k < g->observed.load(xpmlp_r); ++k) {
+    xpmlp_counter& c = xpmlp_counter_table[g->counters[k].load(xpmlp_r)];
+    for (unsigned e = 0; e < g->seen[k].load(xpmlp_r); ++e) XPMLP_ACQUIRE(c.released[e].load(xpmlp_r));
+  }
 }
-static std::atomic<int> xpmlp_atomics{0};  // one atomicAdd at a time (relaxed: ThreadSanitizer sees no order)
+// the addition itself unseen by ThreadSanitizer (a GPU's atomics order nothing): the fences say the order
+__attribute__((no_sanitize_thread)) inline unsigned xpmlp_add(unsigned* p, unsigned v) {
+  return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+// an atomicAdd after a __threadfence() of its block publishes the block's fence object to the counter
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
   xpmlp_group* g = xpmlp_here;
-  xpmlp_fiber& f = g->fibers[g->current.load(xpmlp_r)];
   while (xpmlp_atomics.exchange(1, xpmlp_r)) {}
-  if (f.fenced.load(xpmlp_r)) XPMLP_RELEASE(p);
-  const unsigned old = __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
-  if (f.fenced.load(xpmlp_r)) XPMLP_RELEASE(p);
+  int slot = (int)(((unsigned long)p >> 2) % xpmlp_counters);
+  while (xpmlp_counter_table[slot].address.load(xpmlp_r) != p && xpmlp_counter_table[slot].address.load(xpmlp_r)) slot = (slot + 1) % xpmlp_counters;
+  xpmlp_counter& c = xpmlp_counter_table[slot];
+  c.address.store(p, xpmlp_r);
+  unsigned count = c.count.load(xpmlp_r);
+  if (g->fenced.load(xpmlp_r)) {
+    if (count == xpmlp_releases) { std::fprintf(stderr, "xpmlp emulation: too many releases\n"); std::abort(); }
+    c.released[count].store(g->fence.load(xpmlp_r), xpmlp_r);
+    c.count.store(++count, xpmlp_r);
+    g->fence.store(xpmlp_new_fence(), xpmlp_r);
+    g->fenced.store(false, xpmlp_r);
+  }
+  const unsigned old = xpmlp_add(p, v);
   xpmlp_atomics.store(0, xpmlp_r);
-  f.fenced.store(false, xpmlp_r);
   const unsigned k = g->observed.load(xpmlp_r);
   if (k == xpmlp_observed) { std::fprintf(stderr, "xpmlp emulation: too many atomics a block\n"); std::abort(); }
-  g->counters[k].store(p, xpmlp_r);
+  g->counters[k].store(slot, xpmlp_r);
+  g->seen[k].store(count, xpmlp_r);
   g->observed.store(k + 1, xpmlp_r);
   return old;
 }
@@ -221,18 +261,19 @@ static void xpmlp_fiber_main() {
   for (;;) {
     XPMLP_ACQUIRE(&g->start);
     g->kernel(g->closure);
-    XPMLP_RELEASE(&g->done);
     g->fibers[t].state.store(2, xpmlp_r);
     g->alive.store(g->alive.load(xpmlp_r) - 1, xpmlp_r);
     if (g->alive.load(xpmlp_r) != 0 && g->arrived.load(xpmlp_r) == g->alive.load(xpmlp_r)) xpmlp_open_barrier(g);
-    xpmlp_yield(g, t);
+    xpmlp_yield(g, t, true);
   }
 }
-static void xpmlp_run_group(xpmlp_group* g, unsigned first, unsigned step, unsigned grid) {
+// the fibers of a group's thread, made at its first launch and kept
+static void xpmlp_make_fibers(xpmlp_group* g) {
   xpmlp_here = g;
 #ifdef XPMLP_TSAN
   g->tsan = __tsan_get_current_fiber();
 #endif
+  g->fibers = std::vector<xpmlp_fiber>(g->threads);
   for (unsigned t = 0; t < g->threads; ++t) {
     xpmlp_fiber& f = g->fibers[t];
     f.stack = (char*)mmap(nullptr, xpmlp_stack_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -245,13 +286,21 @@ static void xpmlp_run_group(xpmlp_group* g, unsigned first, unsigned step, unsig
     f.tsan = __tsan_create_fiber(0);
 #endif
   }
-  for (unsigned b = first; b < grid; b += step) {
+}
+// the group runs the launch's blocks it takes, in turn, as it comes free (relaxed: ThreadSanitizer sees no order
+// between the groups), so that the blocks a GPU would run at the same time on different SMs (the splits of a tile,
+// the last block and those before it) run on different threads here
+static std::atomic<unsigned> xpmlp_next_block{0};
+static void xpmlp_run_group(xpmlp_group* g, unsigned grid) {
+  for (unsigned b; (b = xpmlp_next_block.fetch_add(1, xpmlp_r)) < grid;) {
     g->block = b;
     std::memset(g->arena, 0xff, sizeof(g->arena));  // NaN, as whatever the block before left there
     for (auto& s : g->site) s.store(-1, xpmlp_r);
     g->used.store(0, xpmlp_r);
     g->observed.store(0, xpmlp_r);
-    for (auto& f : g->fibers) { f.state.store(0, xpmlp_r); f.fenced.store(false, xpmlp_r); }
+    g->fence.store(xpmlp_new_fence(), xpmlp_r);
+    g->fenced.store(false, xpmlp_r);
+    for (auto& f : g->fibers) f.state.store(0, xpmlp_r);
     g->alive.store(g->threads, xpmlp_r);
     g->arrived.store(0, xpmlp_r);
     XPMLP_RELEASE(&g->start);
@@ -262,30 +311,59 @@ static void xpmlp_run_group(xpmlp_group* g, unsigned first, unsigned step, unsig
     swapcontext(&g->context, &g->fibers[0].context);
     XPMLP_ACQUIRE(&g->done);
   }
-  for (auto& f : g->fibers) {
-#ifdef XPMLP_TSAN
-    __tsan_destroy_fiber(f.tsan);
-#endif
-    munmap(f.stack, xpmlp_stack_bytes);
-  }
 }
+// XPMLP_GROUPS threads kept for the module's launches: a launch is handed to them, and its end back, under a mutex
+// (ordering a launch after the one before, as a stream does)
+struct xpmlp_pool {
+  std::mutex lock;
+  std::condition_variable wake, finished;
+  unsigned long generation = 0;
+  unsigned grid = 0, groups = 0, done = 0;
+  xpmlp_group groups_[XPMLP_GROUPS];
+  void serve(unsigned w) {
+    unsigned long seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> hold(lock);
+      wake.wait(hold, [&] { return generation != seen; });
+      seen = generation;
+      const unsigned g_grid = grid, g_groups = groups;
+      hold.unlock();
+      if (w < g_groups) {
+        if (groups_[w].fibers.empty()) xpmlp_make_fibers(&groups_[w]);
+        xpmlp_run_group(&groups_[w], g_grid);
+      }
+      hold.lock();
+      if (++done == XPMLP_GROUPS) finished.notify_all();
+    }
+  }
+};
+static xpmlp_pool* xpmlp_the_pool = nullptr;  // never freed: its threads wait until the process ends
 template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) {
+  if (!xpmlp_the_pool) {
+    xpmlp_the_pool = new xpmlp_pool;
+    for (unsigned w = 0; w < XPMLP_GROUPS; ++w) {
+      xpmlp_the_pool->groups_[w].threads = threads;
+      std::thread([w] { xpmlp_the_pool->serve(w); }).detach();
+    }
+  }
+  xpmlp_pool& pool = *xpmlp_the_pool;
+  std::unique_lock<std::mutex> hold(pool.lock);
+  if (pool.groups_[0].threads != threads) { std::fprintf(stderr, "xpmlp emulation: threads changed\n"); std::abort(); }
   gridDim.x = grid;
   blockDim.x = threads;
-  const unsigned groups = grid < XPMLP_GROUPS ? grid : XPMLP_GROUPS;
-  std::vector<xpmlp_group*> all;
-  std::vector<std::thread> pool;
-  for (unsigned w = 0; w < groups; ++w) {
-    xpmlp_group* g = new xpmlp_group;
-    g->kernel = [](void* c) { (*static_cast<F*>(c))(); };
-    g->closure = &kernel;
-    g->threads = threads;
-    g->fibers = std::vector<xpmlp_fiber>(threads);
-    all.push_back(g);
-    pool.emplace_back(xpmlp_run_group, g, w, groups, grid);
+  for (auto& g : pool.groups_) {
+    g.kernel = [](void* c) { (*static_cast<F*>(c))(); };
+    g.closure = &kernel;
   }
-  for (auto& thread : pool) thread.join();
-  for (auto* g : all) delete g;
+  pool.grid = grid;
+  pool.groups = grid < XPMLP_GROUPS ? grid : XPMLP_GROUPS;
+  pool.done = 0;
+  xpmlp_next_block.store(0, xpmlp_r);
+  xpmlp_fence_next.store(0, xpmlp_r);
+  for (auto& c : xpmlp_counter_table) { c.address.store(nullptr, xpmlp_r); c.count.store(0, xpmlp_r); }
+  ++pool.generation;
+  pool.wake.notify_all();
+  pool.finished.wait(hold, [&] { return pool.done == XPMLP_GROUPS; });
 }
 """
 
@@ -411,61 +489,57 @@ class HostModule:
                 array.reshape(-1)[...] = padded[GUARD : GUARD + array.size]
 
 
-def run_plan_on_host(
-    plan: Plan, args: Any, threads: int = 1, module: HostModule | None = None, groups: int = 1
-) -> Any:
+def run_plan_on_host(plan: Plan, args: Any, threads: int = 1, module: HostModule | None = None) -> Any:
     """``plan`` executed by its compiled CUDA kernels on the CPU (those of ``module`` if given): the outputs' pytree,
     as fuse.run_plan gives them."""
-    module = module or HostModule(module_source(plan.kernels()), threads, groups)
+    module = module or HostModule(module_source(plan.kernels()), threads)
     return run_plan(plan, args, lambda spec, bound, it: module.launch(spec.name, spec.grid(module.threads), bound, it))
 
 
-#: How a ThreadSanitizer report begins.
-TSAN_REPORT = "WARNING: ThreadSanitizer:"
+#: How a ThreadSanitizer report begins, and the line the subprocess writes between two plans' runs.
+TSAN_REPORT, _NEXT = "WARNING: ThreadSanitizer:", "xpmlp: next plan"
 
 
-def run_plan_under_tsan(
-    plan: Plan,
-    args: Any,
-    threads: int = 256,
-    groups: int = 4,
-    source: str | None = None,
-    timeout: float = 300,
-) -> tuple[Any, list[str]]:
-    """``plan`` run by the CONCURRENT emulation compiled with ThreadSanitizer, in a Python subprocess with its
-    runtime preloaded (``source``: the plan's generated CUDA, or another to run in its place): the outputs'
-    pytree and ThreadSanitizer's reports (each a text). The subprocess has ``timeout`` seconds, so a hang fails."""
-    source = source or module_source(plan.kernels())
+def run_plans_under_tsan(
+    jobs: Sequence[tuple[Plan, Any, str]], threads: int = 256, groups: int = 4, timeout: float = 600
+) -> list[tuple[Any, list[str]]]:
+    """Each (plan, args, source) of ``jobs`` run by the CONCURRENT emulation compiled with ThreadSanitizer:
+    per job, the outputs' pytree and ThreadSanitizer's reports (each a text).
+
+    ``source`` is the plan's generated CUDA (without the PRELUDE), or another in its place; the jobs' kernels
+    must have distinct names, as they are compiled into one module. It all runs in one Python subprocess with
+    the sanitizer's runtime preloaded, which has ``timeout`` seconds, so that a hang fails.
+    """
     with tempfile.TemporaryDirectory() as folder:
         job, result = os.path.join(folder, "job.pkl"), os.path.join(folder, "result.pkl")
         with open(job, "wb") as f:
-            pickle.dump((plan, args, source, threads, groups), f)
+            pickle.dump((list(jobs), threads, groups), f)
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")])
         env["LD_PRELOAD"] = tsan_library() or ""
         env["TSAN_OPTIONS"] = "halt_on_error=0 report_signal_unsafe=0 exitcode=0 history_size=4"
-        env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"
-        done = subprocess.run(
-            [sys.executable, "-m", "support.cuda_host", job, result],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"  # BLAS threads are no kernel's
+        command = [sys.executable, "-m", "support.cuda_host", job, result]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         assert done.returncode == 0, done.stderr[-4000:]
         with open(result, "rb") as f:
             outputs = pickle.load(f)
-    reports = [TSAN_REPORT + part for part in done.stderr.split(TSAN_REPORT)[1:]]
-    return outputs, reports
+    runs = done.stderr.split(_NEXT + "\n")[1:]
+    return [(out, [TSAN_REPORT + r for r in run.split(TSAN_REPORT)[1:]]) for out, run in zip(outputs, runs, strict=True)]
 
 
 def _main(job: str, result: str) -> None:
-    """The subprocess of :func:`run_plan_under_tsan`."""
+    """The subprocess of :func:`run_plans_under_tsan`."""
     with open(job, "rb") as f:
-        plan, args, source, threads, groups = pickle.load(f)
-    module = HostModule(source, threads, groups, tsan=True)
-    outputs = run_plan_on_host(plan, args, module=module)
+        jobs, threads, groups = pickle.load(f)
+    sources = [source.removeprefix(PRELUDE) for _, _, source in jobs]
+    module = HostModule(PRELUDE + "\n".join(sources), threads, groups, tsan=True)
+    outputs = []
+    for plan, args, _ in jobs:
+        sys.stderr.write(_NEXT + "\n")
+        sys.stderr.flush()
+        outputs.append(run_plan_on_host(plan, args, module=module))
     with open(result, "wb") as f:
         pickle.dump(outputs, f)
 
