@@ -144,11 +144,12 @@ inline void xpmlp_switch(xpmlp_group* g, unsigned t, unsigned to, bool finished)
   ucontext_t* next = to < g->threads ? &g->fibers[to].context : &g->context;
 #ifdef XPMLP_TSAN
   void* fiber = to < g->threads ? g->fibers[to].tsan : g->tsan;
+  const bool same = fiber == g->fibers[t].tsan;
 #endif
   if (to < g->threads) g->current.store(to, xpmlp_r);
   if (finished) XPMLP_RELEASE(&g->done);
 #ifdef XPMLP_TSAN
-  __tsan_switch_to_fiber(fiber, __tsan_switch_to_fiber_no_sync);
+  if (!same) __tsan_switch_to_fiber(fiber, __tsan_switch_to_fiber_no_sync);
 #endif
   swapcontext(from, next);
 }
@@ -267,7 +268,10 @@ static void xpmlp_fiber_main() {
     xpmlp_yield(g, t, true);
   }
 }
-// the fibers of a group's thread, made at its first launch and kept
+// the fibers of a group's thread, made at its first launch and kept. ThreadSanitizer tracks 256 threads at once
+// and forgets what it saw when it must track more, so fiber t is its thread t % xpmlp_contexts: threads a multiple
+// of 31 apart (never a power of two) are one thread to it, ordered as they ran
+constexpr unsigned xpmlp_contexts = 31;
 static void xpmlp_make_fibers(xpmlp_group* g) {
   xpmlp_here = g;
 #ifdef XPMLP_TSAN
@@ -283,7 +287,7 @@ static void xpmlp_make_fibers(xpmlp_group* g) {
     f.context.uc_link = nullptr;
     makecontext(&f.context, xpmlp_fiber_main, 0);
 #ifdef XPMLP_TSAN
-    f.tsan = __tsan_create_fiber(0);
+    f.tsan = t < xpmlp_contexts ? __tsan_create_fiber(0) : g->fibers[t % xpmlp_contexts].tsan;
 #endif
   }
 }
