@@ -1,10 +1,19 @@
 """Generated CUDA kernels run on the CPU: the very source, compiled by g++ against an emulation of CUDA's built-ins.
 
-Blocks run one after another; a block's threads run as OS threads meeting at a ``std::barrier``
-(``__syncthreads``), so a missing barrier shows up as a wrong number (or a hang). With one
-thread per block everything is sequential and fast. This checks what nvcc cannot: that the
-generated index arithmetic computes the right values. It is not a GPU: memory ordering between
-blocks is sequential here.
+SEQUENTIAL (the default): blocks run one after another; a block's threads run as OS threads
+meeting at a ``std::barrier`` (``__syncthreads``), so a missing barrier shows up as a wrong
+number (or a hang). With one thread per block everything is sequential and fast. This checks
+what nvcc cannot: that the generated index arithmetic computes the right values.
+
+CONCURRENT (``groups`` > 1, or ``tsan``): a launch's blocks run at the same time on ``groups`` OS
+threads, a block's threads as fibers, each block with its own shared memory; compiled with
+ThreadSanitizer (:func:`run_plans_under_tsan`), it reports the races between blocks (and between a
+block's threads) that memory ordering on a GPU would expose; see CONCURRENT for what it is told.
+
+Both poison what a GPU leaves undefined: every ``__shared__`` array before each block, the params a
+kernel writes (:data:`WRITTEN`) before each launch, and :data:`GUARD` elements either side of every
+buffer, checked after the launch, so that reads out of bounds or before a write give NaN and a write
+out of bounds fails naming the kernel and the buffer.
 """
 
 from __future__ import annotations
@@ -223,7 +232,8 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
   xpmlp_group* g = xpmlp_here;
   while (xpmlp_atomics.exchange(1, xpmlp_r)) {}
   int slot = (int)(((unsigned long)p >> 2) % xpmlp_counters);
-  while (xpmlp_counter_table[slot].address.load(xpmlp_r) != p && xpmlp_counter_table[slot].address.load(xpmlp_r)) slot = (slot + 1) % xpmlp_counters;
+  for (unsigned* a; (a = xpmlp_counter_table[slot].address.load(xpmlp_r)) != p && a;)
+    slot = (slot + 1) % xpmlp_counters;
   xpmlp_counter& c = xpmlp_counter_table[slot];
   c.address.store(p, xpmlp_r);
   unsigned count = c.count.load(xpmlp_r);
@@ -250,7 +260,10 @@ template <class T> T& xpmlp_shared(int site) {
   long at = g->site[site].load(xpmlp_r);
   if (at < 0) {
     const size_t used = g->used.load(xpmlp_r), begin = (used + alignof(T) - 1) / alignof(T) * alignof(T);
-    if (begin + sizeof(T) > xpmlp_arena_bytes) { std::fprintf(stderr, "xpmlp emulation: shared memory full\n"); std::abort(); }
+    if (begin + sizeof(T) > xpmlp_arena_bytes) {
+      std::fprintf(stderr, "xpmlp emulation: shared memory full\n");
+      std::abort();
+    }
     g->used.store(begin + sizeof(T), xpmlp_r);
     g->site[site].store(at = (long)begin, xpmlp_r);
   }
@@ -280,7 +293,8 @@ static void xpmlp_make_fibers(xpmlp_group* g) {
   g->fibers = std::vector<xpmlp_fiber>(g->threads);
   for (unsigned t = 0; t < g->threads; ++t) {
     xpmlp_fiber& f = g->fibers[t];
-    f.stack = (char*)mmap(nullptr, xpmlp_stack_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    f.stack = (char*)mmap(nullptr, xpmlp_stack_bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack;
     f.context.uc_stack.ss_size = xpmlp_stack_bytes;
@@ -371,6 +385,7 @@ template <class F> void xpmlp_launch(unsigned grid, unsigned threads, F kernel) 
 }
 """
 
+
 def _launcher(description: dict) -> str:
     """``launch_<name>(args, grid, threads)``: args are the params' data pointers, then a pointer to ``it``."""
     params, name = description["params"], description["name"]
@@ -429,7 +444,7 @@ class HostModule:
 
     ``groups`` > 1 (or ``tsan``) builds the CONCURRENT emulation (blocks at the same time on ``groups`` OS
     threads, a block's threads as fibers); ``tsan`` compiles it with ``-fsanitize=thread``, which loads only
-    into a process started with the runtime preloaded (:func:`run_plan_under_tsan`).
+    into a process started with the runtime preloaded (:func:`run_plans_under_tsan`).
     """
 
     def __init__(self, source: str, threads: int = 1, groups: int = 1, tsan: bool = False) -> None:
@@ -522,7 +537,10 @@ def run_plans_under_tsan(
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), env.get("PYTHONPATH", "")])
         env["LD_PRELOAD"] = tsan_library() or ""
-        env["TSAN_OPTIONS"] = "halt_on_error=0 report_signal_unsafe=0 exitcode=0 history_size=4"
+        # a race on an address reported for one job is reported for the next, which may get the same memory
+        env["TSAN_OPTIONS"] = (
+            "halt_on_error=0 report_signal_unsafe=0 exitcode=0 history_size=4 suppress_equal_addresses=0"
+        )
         env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"  # BLAS threads are no kernel's
         command = [sys.executable, "-m", "support.cuda_host", job, result]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -530,7 +548,9 @@ def run_plans_under_tsan(
         with open(result, "rb") as f:
             outputs = pickle.load(f)
     runs = done.stderr.split(_NEXT + "\n")[1:]
-    return [(out, [TSAN_REPORT + r for r in run.split(TSAN_REPORT)[1:]]) for out, run in zip(outputs, runs, strict=True)]
+    return [
+        (out, [TSAN_REPORT + r for r in run.split(TSAN_REPORT)[1:]]) for out, run in zip(outputs, runs, strict=True)
+    ]
 
 
 def _main(job: str, result: str) -> None:
