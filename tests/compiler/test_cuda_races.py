@@ -86,3 +86,30 @@ def test_a_broken_hand_over_is_a_race(runs, mutant):
     assert reports, f"{mutant}: ThreadSanitizer saw no race"
     assert all("data race" in r for r in reports), reports[0][:3000]
     assert any(re.search(r" h\d+_k0 ", r) for r in reports), reports[0][:3000]
+
+
+def test_every_hand_over_fences_both_sides_and_reads_the_partial_sums_past_l1():
+    """What ThreadSanitizer cannot see, in the source's shape: every arrival at a counter has a fence before it
+    (after the block's barrier-ordered writes) and after it, and the split sums are read with ``__ldcg`` (a plain
+    load may hit a stale L1 line on a GPU; here it reads the same memory)."""
+    train, _, _ = dataset(n_train=100)
+    program, _, _ = traced_epoch(hw1("float32"), train, 100)
+    kernels = make_plan(program).kernels()
+    split = [k for k in kernels if k.kind == "gemm" and k.gemm["splits"] > 1]
+    assert split and any(k.gemm["tail"] for k in kernels if k.kind == "gemm")
+    for spec in kernels:
+        source = module_source([spec])
+        arrivals = source.count("atomicAdd(")
+        fenced_before = len(
+            re.findall(
+                r"__threadfence\(\);\s*__syncthreads\(\);\s*if \(threadIdx\.x == 0\) last_block = atomicAdd", source
+            )
+        )
+        fenced_after = len(re.findall(r"__syncthreads\(\);\s*if \(!last_block\) return;\s*__threadfence\(\);", source))
+        assert arrivals == fenced_before == fenced_after, spec.name
+        if spec in split:
+            partials = f"p{spec.gemm['partials']}"
+            body = source.split("long long it) {", 1)[1]
+            uses = re.findall(rf"(__ldcg\(|\W){partials}\b(\s*\[[^\]]*\]\s*=(?!=))?", body)
+            assert uses and all(ldcg == "__ldcg(" or store for ldcg, store in uses), (spec.name, uses)
+            assert any(ldcg == "__ldcg(" for ldcg, _ in uses) and any(store for _, store in uses), spec.name
