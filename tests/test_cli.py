@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
@@ -495,6 +496,81 @@ def test_ctrl_c_while_jax_compiles_a_resumed_run_exits_130_with_the_checkpoint_i
         "metrics.json",
         "model.npz",
     ]
+
+
+BLOCK_AN_IMPORT = """
+import os, signal, sys, time
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal (a background shell's jobs ignore it)
+
+
+class Block:
+    '''Stops the first import of {module!r}: one byte into fd {fd}, then it waits for Ctrl-C.'''
+
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            os.write({fd}, b"!")
+            while True:  # not signal.pause(): a SIGINT just before it would be missed and the wait never end
+                time.sleep(0.01)
+
+
+sys.meta_path.insert(0, Block())
+"""
+
+STARTING = "interrupted while starting; nothing was read or written"
+
+
+def console_script(folder: Path, name: str) -> Path:
+    """What pip writes for pyproject's script ``name``: a file of that name that calls its entry point."""
+    entry = re.search(rf'^{name} = "([\w.]+):(\w+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    module, function = entry.groups()
+    (folder / name).write_text(f"import sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+    return folder / name
+
+
+#: (how it is run, the import it is stopped in, its one line)
+STARTS = [
+    ("train.py", "numpy", f"train.py: {STARTING}"),
+    ("train.py", "xpmlp.training", f"train.py: {STARTING}"),
+    ("train.py", "numpy.random", f"train.py: {STARTING}"),  # in parse_args, as the backend starts
+    ("train.py --backend torch", "torch", f"train.py: {STARTING}"),
+    ("-m xpmlp train", "numpy", f"xpmlp train: {STARTING}"),
+    ("xpmlp-train", "numpy", f"xpmlp-train: {STARTING}"),
+    ("-m xpmlp info", "numpy", "xpmlp info: interrupted"),
+    ("-m xpmlp info", "jax", "xpmlp info: interrupted"),  # inside the report, as it asks JAX
+    ("xpmlp info", "numpy", "xpmlp info: interrupted"),
+]
+
+
+@pytest.mark.parametrize(("entry", "module", "said"), STARTS, ids=[f"{e} in {m}" for e, m, _ in STARTS])
+def test_ctrl_c_while_python_imports_the_libraries_is_one_line(tmp_path, entry, module, said):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+    read, write = os.pipe()
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(BLOCK_AN_IMPORT.format(module=module, fd=write))
+    program, *rest = entry.split()
+    if program in ("xpmlp", "xpmlp-train"):
+        program = str(console_script(tmp_path, program))
+    out = tmp_path / "run"
+    flags = ["--out", str(out), "--epochs", "1", *FAST] if "info" not in rest else []
+    path = [str(tmp_path / "hook"), str(ROOT), os.environ.get("PYTHONPATH", "")]  # the hook and this checkout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    with subprocess.Popen([sys.executable, program, *rest, *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env, pass_fds=[write]) as proc:  # fmt: skip
+        os.close(write)  # the child's copy is the only one left: EOF if it ends without reaching the import
+        try:  # an event, not a clock: the byte says the child is inside that import now (5 minutes: a hung child)
+            reached = select.select([read], [], [], 300)[0] and os.read(read, 1)
+        finally:
+            os.close(read)
+        if reached:
+            proc.send_signal(signal.SIGINT)
+        else:  # it ended, or hangs before that import
+            proc.kill()
+        stdout, err = proc.communicate(timeout=300)
+    assert reached, f"the child never imported {module}: {err}"
+    assert (proc.returncode, err.strip().splitlines(), stdout) == (130, [said], ""), err
+    assert "Traceback" not in err and not out.exists()
 
 
 def closed_pipe_run(command: list[str]) -> subprocess.CompletedProcess:

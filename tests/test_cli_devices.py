@@ -47,12 +47,15 @@ def one_device(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_two_devices_train_what_one_does_and_the_checkpoint_resumes_on_one(backend, images, one_device, tmp_path):
+@pytest.mark.parametrize(("backend", "processes"), [("torch", "2"), ("jax", "1"), ("jax", "2")])
+def test_two_devices_train_what_one_does_and_the_checkpoint_resumes_on_one(
+    backend, processes, images, one_device, tmp_path
+):
     pytest.importorskip(backend)
     done = _train_py("--data", str(images), "--out", str(tmp_path), "--epochs", "1", "--backend", backend,
-                     "--devices", "2", *FLAGS)  # fmt: skip
+                     "--devices", "2", *(["--processes", processes] if backend == "jax" else []), *FLAGS)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "Gloo" not in done.stdout + done.stderr  # the processes' connection lines are not the run's output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "model.npz"]  # written once, by rank 0
     metrics = run(["--data", str(images), "--out", str(tmp_path), "--resume", "--epochs", "2", "--quiet"])  # 1 device
     found, reference = _state(tmp_path), _state(one_device)
@@ -67,6 +70,8 @@ def test_two_devices_train_what_one_does_and_the_checkpoint_resumes_on_one(backe
         (["--devices", "2", "--backend", "numpy"], "no collectives to train on devices=2; data-parallel training"),
         (["--devices", "3", "--backend", "torch"], "--devices 3 must divide --batch-size 100"),
         (["--devices", "2", "--backend", "torch", "--no-compile"], "trains through the compiled epoch"),
+        (["--devices", "2", "--processes", "3", "--backend", "jax"], "--processes 3 must divide --devices 2"),
+        (["--devices", "2", "--processes", "2", "--backend", "torch"], "--processes 2 runs JAX's devices in several"),
     ],
 )
 def test_devices_that_cannot_train_are_one_line_before_anything_is_written(flags, words, images, tmp_path, capsys):
@@ -77,21 +82,33 @@ def test_devices_that_cannot_train_are_one_line_before_anything_is_written(flags
     assert not (tmp_path / "run").exists()
 
 
-def test_a_killed_process_ends_the_run_in_one_line_and_the_saved_epoch_resumes(images, tmp_path):
-    pytest.importorskip("torch")
+def _rank(pid: str) -> str | None:
+    """The XPMLP_RANK a process of a data-parallel run was started with."""
+    env = dict(e.split("=", 1) for e in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in e)
+    return env.get("XPMLP_RANK")
+
+
+@pytest.mark.parametrize(
+    ("backend", "flags", "words"),
+    [("torch", [], "lost its group"), ("jax", ["--processes", "2"], "process 0 of 2 lost the others in an all-reduce")],
+    ids=["torch", "jax-processes"],
+)
+def test_a_killed_process_ends_the_run_in_one_line_and_the_saved_epoch_resumes(backend, flags, words, images, tmp_path):
+    pytest.importorskip(backend)
     command = [sys.executable, "-m", "xpmlp", "train", "--data", str(images), "--out", str(tmp_path), "--epochs",
-               "100000", "--lr-decay", "1", "--backend", "torch", "--devices", "2", *FLAGS]  # fmt: skip
+               "100000", "--lr-decay", "1", "--backend", backend, "--devices", "2", *flags, *FLAGS]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         for line in proc.stdout:
             if line.startswith("epoch"):
                 break
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert len(children) == 1  # the helper train.py started: the other process of the group
-        os.kill(int(children[0]), signal.SIGKILL)
+        # torch: the helper train.py started; jax: the two processes it launched, rank 1 the one killed
+        [helper] = [pid for pid in children if _rank(pid) == "1"]
+        os.kill(int(helper), signal.SIGKILL)
         _, err = proc.communicate(timeout=200)
     assert proc.returncode == 1, err
-    assert err.count("\n") == 1 and "Traceback" not in err and "lost its group" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and words in err, err
     _, saved = xpmlp.load_checkpoint(tmp_path / "model.npz")
     epochs = len(saved["history"]["train_loss"])
     assert epochs >= 1 and f"epoch {epochs}" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import threading
@@ -69,6 +70,20 @@ def jax_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarra
 
 
 @pytest.fixture(scope="module")
+def jax_processes_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, np.ndarray]]:
+    """Two JAX processes of one CPU device each, meeting at a free localhost port."""
+    pytest.importorskip("jax")
+    out = tmp_path_factory.mktemp("jaxprocs")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    procs = [_run(["jaxprocs", str(out), str(rank), "2", str(port)], 300) for rank in range(2)]
+    for code, err in _wait(procs, 300):
+        assert code == 0, err[-3000:]
+    return [dict(np.load(out / f"{rank}.npz")) for rank in range(2)]
+
+
+@pytest.fixture(scope="module")
 def torch_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, np.ndarray]]:
     pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("torch")
@@ -83,6 +98,15 @@ def test_jax_on_n_devices_trains_an_epoch_exactly_as_one_device(jax_results, ref
     assert rel(jax_results[f"float64.{devices}"], reference["state"]) <= 1e-12
     assert abs(float(jax_results[f"loss.{devices}"]) - reference["loss"]) <= 1e-12 * reference["loss"]
     assert rel(jax_results[f"float32.{devices}"], jax_results["float32.1"]) <= 1e-5
+
+
+def test_jax_on_two_processes_trains_an_epoch_exactly_as_one_device(jax_processes_results, reference):
+    """jax.distributed, 2 processes × 1 CPU device (gloo): the one-device epoch, every process the same bits."""
+    first, second = jax_processes_results
+    assert rel(first["float64.2"], reference["state"]) <= 1e-12
+    assert abs(float(first["loss.2"]) - reference["loss"]) <= 1e-12 * reference["loss"]
+    assert np.array_equal(first["float64.2"], second["float64.2"])
+    assert rel(first["unsynced.2"], reference["state"]) > 1e-3  # without synchronized BatchNorm: far off
 
 
 def test_torch_on_two_gloo_processes_trains_an_epoch_exactly_as_one_device(torch_results, reference):

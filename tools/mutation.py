@@ -136,7 +136,7 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      ["test_cli.py"]),
     ("cli-resume-saved-unset", "cli/runs.py", "progress.saved = history.epochs\n    complete",
      "complete", ["test_cli.py"]),
-    ("cli-main-returns-metrics", "cli/command.py", "    run(argv, prog or", "    return run(argv, prog or",
+    ("cli-main-returns-metrics", "cli/__init__.py", "    run(argv, prog)\n", "    return run(argv, prog)\n",
      ["test_cli.py"]),
     ("cli-model-epoch", "cli/runs.py",
      "kept = history.best_epoch if args.patience is not None and history.best_epoch else history.epochs",

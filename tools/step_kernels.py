@@ -5,6 +5,11 @@ grouped into kernels and written as one CUDA module, exactly as the CuPy backend
 does before it hands the source to ``cupy.RawModule``. Used by tools/sass_report.py and by
 the NVRTC test (tests/compiler/test_nvrtc.py).
 
+Run as a script, it prints each kernel of one training step with what it does and the longest serial walk
+of a thread in its one-block phases (:func:`xpmlp.compiler.cuda.longest_walk`), then the step's longest::
+
+    python tools/step_kernels.py --network hw1 --batch-size 1000
+
 Networks (``NETWORKS``, from xpmlp.presets): ``hw1``, the homework's 784-64-64-32-10 sigmoid (BN on
 layer 1 where ``bn``), and ``default``, train.py's 784-256-128-10 ReLU (BN on both hidden layers
 where ``bn``).
@@ -12,6 +17,7 @@ where ``bn``).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -22,13 +28,13 @@ import numpy as np
 import xpmlp
 
 # the code generator, imported here only
-from xpmlp.compiler.cuda import kernel_source, module_source
+from xpmlp.compiler.cuda import kernel_source, longest_walk, module_source
 from xpmlp.compiler.fuse import KernelSpec, Plan, make_plan
 from xpmlp.compiler.trace import trace
 from xpmlp.presets import DEFAULTS, HW1, build_mlp
 from xpmlp.training import CompiledEpoch, DeviceSplit, make_epoch
 
-__all__ = ["NETWORKS", "Config", "configs", "kernel_sources", "model", "plan", "source", "step_kernels"]
+__all__ = ["NETWORKS", "Config", "configs", "kernel_sources", "model", "plan", "report", "source", "step_kernels"]
 
 #: the networks by name: the homework's and train.py's default (xpmlp.presets)
 NETWORKS: dict[str, dict[str, Any]] = {"hw1": HW1, "default": DEFAULTS}
@@ -99,3 +105,42 @@ def configs(networks: tuple[str, ...] = ("hw1", "default")) -> list[Config]:
         for dtype in ("float32", "float64")
         for batch in (100, 1000)
     ]
+
+
+def _summary(spec: KernelSpec) -> str:
+    """What a kernel does, in a few words: its kind, the product's shape, its reductions."""
+    reductions = [n for n in spec.nodes if n["op"] in {"sum", "mean", "max", "min", "argmax", "argmin"}]
+    what = spec.kind
+    if spec.kind == "gemm":
+        g = spec.gemm
+        what += f" {g['m']}x{g['k']} @ {g['k']}x{g['n']}, {g['tiles']} tiles x {g['splits']} splits"
+    if reductions:
+        what += ", " + " ".join(f"{n['op']}->{'x'.join(map(str, n['shape'])) or '()'}" for n in reductions)
+    return what
+
+
+def report(config: Config) -> list[str]:
+    """Lines naming each kernel of one step of ``config``, its longest walk and what it does, then the step's."""
+    specs = step_kernels(config)
+    walks = [longest_walk(spec) for spec in specs]
+    lines = [f"{config.label}: {len(specs)} kernels a step"]
+    lines += [f"  {s.name:>4}  walk {w:4d}  {_summary(s)}" for s, w in zip(specs, walks, strict=True)]
+    worst = max(range(len(specs)), key=walks.__getitem__)
+    lines.append(f"  longest walk {walks[worst]} ({specs[worst].name})")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print :func:`report` for the configurations asked for."""
+    p = argparse.ArgumentParser(description="The kernels of one training step and their longest serial walks.")
+    p.add_argument("--network", choices=sorted(NETWORKS), default="hw1")
+    p.add_argument("--no-bn", action="store_true", help="without BatchNorm")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[100, 1000])
+    args = p.parse_args(argv)
+    for batch in args.batch_size:
+        print("\n".join(report(Config(args.network, not args.no_bn, args.dtype, batch, batch * 5 // 2))))
+
+
+if __name__ == "__main__":
+    main()

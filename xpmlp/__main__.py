@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
-        from .cli import main as train
+        from .cli import main as train  # which imports the rest inside its own Ctrl-C guard
 
         return train(argv[1:], prog="xpmlp train")
+    try:  # all of it: info imports NumPy, JAX and PyTorch to report on them
+        return info(argv)
+    except KeyboardInterrupt:
+        print(f"\n{'xpmlp info' if argv[:1] == ['info'] else 'xpmlp'}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def info(argv: list[str]) -> int:
+    """``xpmlp info [--json]``: the report, on stdout."""
+    import argparse
+    import json
+
     parser = argparse.ArgumentParser(prog="xpmlp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    info = commands.add_parser("info", help="versions, backends, devices and data location, for bug reports")
-    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    command = commands.add_parser("info", help="versions, backends, devices and data location, for bug reports")
+    command.add_argument("--json", action="store_true", help="print JSON instead of text")
     commands.add_parser("train", help="train on MNIST (python -m xpmlp train --help)")
     args = parser.parse_args(argv)
     from .cli.runs import say

@@ -13,12 +13,14 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xpmlp import ReLU, Sigmoid, Tanh
-from xpmlp.compiler.cuda import PRELUDE, descriptions, module_source
+from xpmlp.compiler.cuda import PRELUDE, descriptions, longest_walk, module_source
 from xpmlp.compiler.fuse import GemmShape, make_plan
 from xpmlp.compiler.trace import TRACE_NAMESPACE, trace
 
@@ -27,6 +29,9 @@ from support.epochs import assert_close, traced_epoch
 from support.models import dataset, hw1, network
 from support.operations import OPS
 from support.products import GEMMS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import step_kernels
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc (the CUDA toolkit) is not installed")
@@ -142,6 +147,43 @@ def test_split_sums_phases_and_reductions_with_many_threads():
 
 
 @needs_gxx
+def test_reductions_spread_over_blocks_train_the_epoch():
+    """Small tails (``tail_max``) make BN's variance a block kernel of its own, as at batch 1000: with 64 threads a
+    block, the column sums spread over a GEMM's tiles, over a GEMM's blocks and over a block kernel's blocks, their
+    partials combined by the last block to arrive, train the epoch as NumPy does."""
+    train, _, _ = dataset(n_train=250)
+    program, args, expected = traced_epoch(hw1(), train, 100)
+    plan = make_plan(program, tail_max=2048)
+    spread = {(spec.kind, n["spread"]["by"]) for spec in plan.kernels() for n in spec.nodes if "spread" in n}
+    assert spread == {("gemm", "tile"), ("gemm", "grid"), ("block", "grid")}
+    assert_close(run_plan_on_host(plan, args, threads=64), expected, 1e-12)
+
+
+#: Reductions of a batch beside a product or alone, each spread over blocks in another way (``kinds``): rows of
+#: partials (``grid``) for the column sums and maxima, outputs whole (``rows``) for the arg-maxima, or in a tile
+#: holding whole rows of its product (``tile rows``). ``y`` all ≤ 0 with ties.
+SPREADS = [
+    (lambda xp, x, w, y: (x @ w, xp.argmax(y, axis=1), xp.sum(y, axis=0)), (40, 64), {"grid", "rows"}),
+    (lambda xp, x, w, y: (xp.argmax(y, axis=1), xp.max(y, axis=0), xp.min(y, axis=1)), (40, 64), {"grid", "rows"}),
+    (lambda xp, x, w, y: (x @ w, xp.argmax(y, axis=1), xp.max(y, axis=1)), (40, 30), {"tile rows"}),
+]
+
+
+@needs_gxx
+@pytest.mark.parametrize("function, w_shape, kinds", SPREADS)
+def test_reductions_spread_over_blocks_compute_as_numpy(function, w_shape, kinds):
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(1000, 40)), rng.normal(size=w_shape)
+    y = -rng.integers(0, 3, size=(1000, 10)).astype(np.float64)
+    plan = make_plan(trace(lambda *a: function(TRACE_NAMESPACE, *a), [x, w, y]))
+    found = {n["spread"]["by"] for k in plan.kernels() for n in k.nodes if "spread" in n}
+    found |= {"tile rows" for k in plan.kernels() for n in k.nodes if n.get("rows")}
+    assert found == kinds
+    for got, expected in zip(run_plan_on_host(plan, [x, w, y], threads=64), function(np, x, w, y), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@needs_gxx
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
 @pytest.mark.parametrize("bn", [1, 0])
 def test_the_generated_kernels_train_the_epoch(dtype, tol, bn):
@@ -241,3 +283,29 @@ extern "C" __global__ void stale(double* __restrict__ p0, long long it) {{
     out = np.zeros(3)
     HostModule(source, groups=groups).launch("stale", 3, [out])
     assert np.isnan(out).all(), out
+
+
+def test_a_one_block_column_reduction_walks_its_rows():
+    """1000 rows of 512 columns summed in one block of 512 threads: a thread a column, 1000 elements in series;
+    with 64 columns, 8 groups of threads share the rows (125 each) and merge in a tree of 3 steps. Spread over
+    31 blocks of 33 rows, the last block walks its 33 rows (8 groups: 5), then the 31 rows of partials (4)."""
+    for columns, walk, spread_walk in ((512, 1000, 33 + 31), (64, 125 + 3, (5 + 3) + (4 + 3))):
+        program = trace(lambda x: TRACE_NAMESPACE.sum(x, axis=0), [np.ones((1000, columns))])
+        (alone,) = make_plan(program, fuse=False).kernels()
+        assert alone.kind == "block" and alone.grid() == 1 and longest_walk(alone) == walk
+        (spread,) = make_plan(program).kernels()
+        assert spread.grid() == 31 and longest_walk(spread) == spread_walk
+
+
+#: (kernels a step, the longest walk in them) of the HW1 network with BN, float32, by batch size: upper bounds
+#: (before the tails were spread over blocks: 12 kernels, 47; 16 kernels, 257)
+WALKS = {100: (12, 41), 1000: (16, 44)}
+
+
+@pytest.mark.parametrize("batch_size", sorted(WALKS))
+def test_the_longest_serial_walk_of_a_step_stays_within_its_bound(batch_size):
+    """No thread of a step's one-block phases walks more elements in series than recorded (tools/step_kernels.py)."""
+    kernels, walk = WALKS[batch_size]
+    specs = step_kernels.step_kernels(step_kernels.Config("hw1", True, "float32", batch_size, batch_size * 5 // 2))
+    assert len(specs) <= kernels
+    assert max(longest_walk(spec) for spec in specs) <= walk

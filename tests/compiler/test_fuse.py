@@ -72,6 +72,16 @@ def test_a_hidden_layer_without_batchnorm_needs_no_last_block():
     assert any(node.get("tile") and "store" in node for node in second_layer.nodes)
 
 
+def test_the_softmax_and_the_loss_run_in_their_products_tiles():
+    """A tile of the output layer's product holds whole rows (10 columns): each tile computes its rows' softmax,
+    loss and delta, so the kernel needs no last block."""
+    train, _, _ = dataset(n_train=300)
+    program, _, _ = traced_epoch(hw1(), train, 100)
+    (output_layer,) = [k for k in make_plan(program).segments[0].kernels if any(n["op"] == "max" for n in k.nodes)]
+    rows = [node["op"] for node in output_layer.nodes if node.get("rows")]
+    assert {"max", "exp", "sum", "log", "divide"} <= set(rows) and not output_layer.gemm["tail"]
+
+
 def test_index_operations_cost_nothing():
     """Transposes, slices of the flat parameters, the row gather and concatenations are read in place, never stored."""
     train, _, _ = dataset()

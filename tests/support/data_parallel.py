@@ -1,11 +1,13 @@
 """One process of the data-parallel tests: trains on N devices and saves what it got.
 
 ``python data_parallel.py jax OUT N...``: one process, JAX with max(N) forced CPU devices (set before JAX
-starts), every case for each N. ``python data_parallel.py torch OUT RANK WORLD RENDEZVOUS [DIE_AT_STEP]``: one
-of WORLD gloo processes meeting at a file; with DIE_AT_STEP, rank 1 kills itself inside that step's
-first all-reduce. Each writes ``OUT/<rank>.npz``: every case's final state, training loss and all-reduce
-count. Case ``unsynced`` is the mutant of data parallelism without synchronized BatchNorm (the layers
-keep one device's statistics, only the gradients are summed), which must differ.
+starts), every case for each N. ``python data_parallel.py jaxprocs OUT RANK WORLD PORT``: one of WORLD JAX
+processes of one CPU device each (``jax.distributed``, gloo, rank 0 listening at 127.0.0.1:PORT). ``python
+data_parallel.py torch OUT RANK WORLD RENDEZVOUS [DIE_AT_STEP]``: one of WORLD gloo processes meeting at a
+file; with DIE_AT_STEP, rank 1 kills itself inside that step's first all-reduce. Each writes
+``OUT/<rank>.npz``: every case's final state, training loss and all-reduce count. Case ``unsynced`` is the
+mutant of data parallelism without synchronized BatchNorm (the layers keep one device's statistics, only the
+gradients are summed), which must differ.
 """
 
 from __future__ import annotations
@@ -134,6 +136,17 @@ def partitioned(backend: str, devices: int) -> tuple[np.ndarray, np.ndarray]:
     return flat_state(mlp), np.array(program.as_text().count(" all-reduce("))
 
 
+def jax_processes_main(out: str, rank: int, world: int, port: int) -> None:
+    from xpmlp.backend.jax import join_processes
+
+    join_processes(f"127.0.0.1:{port}", world, rank, 1, 60)
+    results = {}
+    results[f"float64.{world}"], results[f"loss.{world}"] = train("jax", "float64", world)
+    unsynced()
+    results[f"unsynced.{world}"], _ = train("jax", "float64", world)
+    np.savez(os.path.join(out, f"{rank}.npz"), **results)
+
+
 def torch_main(out: str, rank: int, world: int, rendezvous: str, die_at: int | None) -> None:
     import torch
     import torch.distributed as dist
@@ -174,6 +187,8 @@ if __name__ == "__main__":
     kind, out, *rest = sys.argv[1:]
     if kind == "jax":
         jax_main(out, [int(n) for n in rest])
+    elif kind == "jaxprocs":
+        jax_processes_main(out, *map(int, rest))
     else:
         rank, world, rendezvous, *die = rest
         torch_main(out, int(rank), int(world), rendezvous, int(die[0]) if die else None)

@@ -213,7 +213,7 @@ class CollectiveError(RuntimeError):
 class Collective:
     """A backend's engine for data-parallel training: N devices run one program and all-reduce between them.
 
-    Attributes ``devices`` (N) and ``rank`` (this process's first device, 0 … N − 1).
+    Attributes ``devices`` (N) and ``rank`` (this process's place among the run's processes: 0 writes).
     """
 
     devices: int

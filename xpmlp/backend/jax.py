@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy
 
-from ._base import NAMESPACES, Array, Backend, Collective, cpu_name
+from ._base import NAMESPACES, Array, Backend, Collective, CollectiveError, cpu_name
 
 #: Overrides the matrix-product precision of xpmlp's JAX computations.
 PRECISION_ENV_VAR = "XPMLP_JAX_MATMUL_PRECISION"
@@ -109,7 +109,8 @@ class JaxBackend(Backend):
         return self._module.jit(fn).lower(*example_args).compile()
 
     def collective(self, devices: int) -> JaxCollective:
-        """XLA's collectives over the first ``devices`` of JAX's devices, in this one process.
+        """XLA's collectives over ``devices`` of JAX's devices: the first ones, in one process, or every
+        device of every process where JAX runs several (:func:`join_processes`).
 
         JAX fixes its CPU device count when it starts: ``jax.config.update("jax_num_cpu_devices", N)``
         (or ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) must come before anything uses JAX.
@@ -117,7 +118,15 @@ class JaxBackend(Backend):
         problem = self.devices_problem(devices)
         if problem:
             raise ValueError(problem)
-        return JaxCollective(self._module, self._module.devices()[:devices])
+        jax = self._module
+        if jax.process_count() == 1:
+            return JaxCollective(jax, jax.devices()[:devices])
+        if len(jax.devices()) != devices:
+            raise ValueError(
+                f"devices={devices} but the {jax.process_count()} JAX processes hold {len(jax.devices())} devices, "
+                "and all of them train: ask for as many"
+            )
+        return JaxCollective(jax, jax.devices())
 
     def devices_problem(self, devices: int) -> str | None:
         found = len(self._module.devices())
@@ -148,6 +157,29 @@ def request_cpu_devices(count: int) -> None:
         jax.config.update("jax_num_cpu_devices", count)
 
 
+def join_processes(coordinator: str, processes: int, rank: int, local_devices: int, timeout: int) -> None:
+    """Make this process ``rank`` of the ``processes`` JAX processes meeting at ``coordinator`` (host:port,
+    where rank 0 listens), each with ``local_devices`` CPU devices; JAX must not have started yet.
+
+    Their CPU collectives run on gloo. ``timeout`` seconds: to meet, and for a process that stops
+    answering (the others then end). Afterwards ``jax.devices()`` lists every process's devices.
+    """
+    seeded = numpy.random.get_state()
+    try:
+        import jax
+    finally:
+        numpy.random.set_state(seeded)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_num_cpu_devices", local_devices)
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=processes,
+        process_id=rank,
+        initialization_timeout=timeout,
+        heartbeat_timeout_seconds=timeout,
+    )
+
+
 def cpu_threads(cores: int) -> str:
     """How many CPU threads XLA computes with (for ``xpmlp info``): JAX has no setting, ``$XLA_FLAGS`` may."""
     flags = os.environ.get("XLA_FLAGS", "")
@@ -159,41 +191,79 @@ def cpu_threads(cores: int) -> str:
 class JaxCollective(Collective):
     """``shard_map`` over a one-axis mesh of devices; the all-reduce is ``lax.psum`` over that axis.
 
-    One process drives every device (several processes run the same program under
-    ``jax.distributed.initialize``). The program's inputs are replicated on the mesh but for the
-    index matrices, whose columns are split along the mesh's axis.
+    The mesh may span several processes (``jax.distributed``): each runs the same program and feeds
+    its own devices, and ``rank`` is its process index. The program's inputs are replicated on the
+    mesh but for the index matrices, whose columns are split along the mesh's axis: each process
+    gathers the columns of its devices' places in the mesh.
     """
 
     AXIS = "batch"
 
     def __init__(self, jax: ModuleType, devices: list[Any]) -> None:
-        self._jax, self.devices, self.rank = jax, len(devices), 0
-        self._home = devices[0]
+        self._jax, self.devices, self.rank = jax, len(devices), jax.process_index()
+        #: this process's devices, and their places in the mesh
+        self._mine = [(place, d) for place, d in enumerate(devices) if d.process_index == self.rank]
+        self._home = self._mine[0][1]
         self._mesh = jax.sharding.Mesh(devices, (self.AXIS,))
-        self._everywhere = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+        spec = jax.sharding.PartitionSpec
+        self._split = jax.sharding.NamedSharding(self._mesh, spec(None, self.AXIS))
+        self._everywhere = jax.sharding.NamedSharding(self._mesh, spec())
 
     def reduce(self, x: Array) -> Array:
         return self._jax.lax.psum(x, self.AXIS)
 
-    def columns(self, batches: Any) -> Any:
-        return batches  # shard_map hands each device its own columns
+    def columns(self, batches: numpy.ndarray) -> numpy.ndarray:
+        width = batches.shape[1] // self.devices
+        return numpy.concatenate([batches[:, place * width : (place + 1) * width] for place, _ in self._mine], 1)
 
     def compile(self, fn: Callable[..., Any], sharded: Any, *example_args: Any) -> Callable[..., Any]:
         jax, spec = self._jax, self._jax.sharding.PartitionSpec
         in_specs = jax.tree.map(lambda split: spec(None, self.AXIS) if split else spec(), sharded)
         # check_vma off: a replicated output may be computed from sharded values (the all-reduced sums)
         program = jax.shard_map(fn, mesh=self._mesh, in_specs=in_specs, out_specs=spec(), check_vma=False)
-        compiled = jax.jit(program).lower(*self.place(example_args)).compile()
-        shardings = compiled.input_shardings[0]
+        compiled = jax.jit(program).lower(*self._on_mesh(example_args, sharded)).compile()
 
         def run(*args: Any) -> Any:
-            return compiled(*jax.device_put(args, shardings))
+            try:  # waited for: a lost process's error is raised here, not at the next read
+                return jax.block_until_ready(compiled(*self._on_mesh(args, sharded)))
+            except jax.errors.JaxRuntimeError as exc:  # gloo's (or NCCL's) all-reduce failed
+                if self._jax.process_count() == 1:
+                    raise
+                reason = str(exc).strip().splitlines()[0]
+                raise CollectiveError(
+                    f"data-parallel training stopped: process {self.rank} of {self._jax.process_count()} lost the "
+                    f"others in an all-reduce (another process ended?): {reason}"
+                ) from exc
 
         run.compiled = compiled  # XLA's program, to read (its all-reduces: ``run.compiled.as_text()``)
         return run
 
+    def _on_mesh(self, tree: Any, sharded: Any) -> Any:
+        """``tree``'s arrays as arrays of the whole mesh, from this process's (a prefix tree ``sharded``
+        marks the index matrices: this process's columns, split among its devices)."""
+        jax = self._jax
+
+        def whole(split: bool, subtree: Any) -> Any:
+            return jax.tree.map(functools.partial(self._global, split), subtree)
+
+        return jax.tree.map(whole, sharded, tree)
+
+    def _global(self, split: bool, x: Any) -> Any:
+        """The mesh's array of ``x``: this process's copy on each of its devices, or (``split``) its columns."""
+        jax = self._jax
+        if isinstance(x, jax.Array) and x.sharding.device_set == self._everywhere.device_set:
+            return x  # placed already
+        if not split:
+            pieces = [jax.device_put(x, device) for _, device in self._mine]
+            return jax.make_array_from_single_device_arrays(x.shape, self._everywhere, pieces)
+        width = x.shape[1] // len(self._mine)
+        pieces = [jax.device_put(x[:, k * width : (k + 1) * width], d) for k, (_, d) in enumerate(self._mine)]
+        return jax.make_array_from_single_device_arrays((x.shape[0], width * self.devices), self._split, pieces)
+
     def place(self, tree: Any) -> Any:
-        return self._jax.device_put(tree, self._everywhere)
+        return self._on_mesh(tree, False)
 
     def local(self, tree: Any) -> Any:
-        return self._jax.device_put(tree, self._home)
+        """``tree``'s (replicated) arrays on this process's first device."""
+        jax = self._jax
+        return jax.tree.map(lambda x: jax.device_put(x.addressable_data(0), self._home), tree)

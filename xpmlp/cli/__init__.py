@@ -1,5 +1,56 @@
-"""train.py, the command-line trainer: ``command`` (its arguments and its run), ``runs`` (run folders), ``plots``."""
+"""train.py, the command-line trainer: ``command`` (its arguments and its run), ``runs`` (run folders), ``plots``.
 
-from .command import main, run
+Importing it imports none of them (nor NumPy): :func:`main` does, inside its Ctrl-C guard.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False  # as in xpmlp/__init__.py: no typing before the Ctrl-C guard
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    from .command import run
+
+
+def interrupted_while_starting(prog: str) -> NoReturn:
+    """Ctrl-C while train.py imports its libraries: one line on stderr, exit 130 (``command.INTERRUPTED``)."""
+    print(f"\n{prog}: interrupted while starting; nothing was read or written", file=sys.stderr)
+    raise SystemExit(130) from None
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130).
+
+    Its messages name ``prog``; default: the program run (``train.py``, ``xpmlp-train``), or
+    ``train.py`` when ``argv`` is given.
+    """
+    if sys.stderr is None:  # started with stderr closed (2>&-): the bar and the messages go nowhere, not the run
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the process)
+    prog = prog or (os.path.basename(sys.argv[0]) if argv is None and sys.argv[0] else "train.py")
+    try:
+        from .command import run  # NumPy and xpmlp's modules: most of the start-up
+    except KeyboardInterrupt:
+        interrupted_while_starting(prog)
+    try:
+        run(argv, prog)
+    except SystemExit as exc:
+        from .parallel import leave  # imported with .command
+
+        leave(exc.code)  # one of several JAX processes ends at once (JAX's shutdown would wait for the others)
+        raise
+    return 0
+
+
+def __getattr__(name: str) -> Any:
+    """``run``, imported on first use."""
+    if name == "run":
+        from .command import run
+
+        return run
+    raise AttributeError(f"module 'xpmlp.cli' has no attribute {name!r}")
+
 
 __all__ = ["main", "run"]

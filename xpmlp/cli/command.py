@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
@@ -23,13 +24,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import presets
-from ..backend import Backend, BackendUnavailableError, CollectiveError, get_backend, host, prepare_devices
+from ..backend import Backend, BackendUnavailableError, CollectiveError, get_backend, host
 from ..checks import as_rate
 from ..data import DATASETS, load_mnist, mnist_location
 from ..mlp import MLP
 from ..presets import ACTIVATIONS, DEFAULTS, HW1, INITS, build_mlp, leaves_batch_of_one, scheduled_lr
 from ..training import EVAL_CHUNK, History, fit
-from .parallel import processes
+from . import interrupted_while_starting
+from .parallel import launch, launches, prepare, processes
 from .runs import (
     CHECKPOINT,
     RESUMED,
@@ -149,6 +151,12 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
         help="data-parallel on N devices, each a share of every batch (jax: its devices; torch: N processes)",
     )
     p.add_argument(
+        "--processes",
+        type=POSITIVE,
+        default=1,
+        help="jax: run the --devices in P processes of N/P CPU devices each (jax.distributed, gloo; default 1)",
+    )
+    p.add_argument(
         "--hw1",
         action="store_true",
         help="the homework's network: 784-64-64-32-10 sigmoid, BN on layer 1, "
@@ -180,7 +188,9 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
         for problem in (memory_problem(args.hiddens, args.dtype), schedule_problem(args)):
             if problem:
                 p.error(problem)
-    prepare_devices(args.backend, args.devices)  # before the backend starts: JAX fixes its CPU devices then
+    if args.devices % args.processes:
+        p.error(f"--processes {args.processes} must divide --devices {args.devices} (each process holds a share)")
+    prepare(args.backend, args.devices, args.processes)  # before the backend starts: JAX fixes its devices then
     if not args.resume or args.backend is not None or os.environ.get("XPMLP_BACKEND", "").strip():
         # (else the resumed run goes on on the backend and device it trained on: read from its checkpoint)
         try:
@@ -192,6 +202,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "train.py") -> argpars
         problem = devices_problem(backend, args)
         if problem:
             p.error(problem)
+        if args.processes > 1 and backend.name != "jax":
+            p.error(f"--processes {args.processes} runs JAX's devices in several processes: it needs --backend jax")
     elif args.devices > 1:
         p.error(f"--resume --devices {args.devices}: name the --backend to train on (jax or torch)")
     out = Path(args.out)
@@ -304,27 +316,23 @@ def fail(message: str, status: int, prog: str) -> NoReturn:
     raise SystemExit(status)
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130).
-
-    Its messages name ``prog``; default: the program run (``train.py``, ``xpmlp-train``), or
-    ``train.py`` when ``argv`` is given.
-    """
-    if sys.stderr is None:  # started with stderr closed (2>&-): the bar and the messages go nowhere, not the run
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the process)
-    run(argv, prog or (Path(sys.argv[0]).name if argv is None and sys.argv[0] else "train.py"))
-    return 0
-
-
 def run(argv: list[str] | None = None, prog: str = "train.py") -> dict[str, Any]:
     """Run train.py and return its metrics; every user mistake ends in one line on stderr and exit status 2.
 
     A run that cannot go on (diverged, a write failed) exits 1; Ctrl-C exits 130. Each says
     in its one line what was saved.
     """
-    args = parse_args(argv, prog)
+    try:  # the backend starts here: importing JAX or PyTorch takes seconds
+        args = parse_args(argv, prog)
+    except KeyboardInterrupt:
+        interrupted_while_starting(prog)
     progress = Progress(Path(args.out))
     with terminate_as_interrupt() as terminated:
+        if launches(args.processes):  # the processes train; rank 0 writes and prints
+            status = launch(sys.argv[1:] if argv is None else argv, args.processes, prog)
+            if status:
+                raise SystemExit(status)
+            return json.loads((Path(args.out) / "metrics.json").read_text())
         try:
             with processes(args.backend, args.device, args.devices, sys.argv[1:] if argv is None else argv) as group:
                 args.rank = group.rank
@@ -434,4 +442,6 @@ def batch_problem(mlp: MLP, n: int, batch_size: int) -> None:
 
 
 if __name__ == "__main__":
+    from . import main
+
     sys.exit(main())

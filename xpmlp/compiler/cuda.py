@@ -30,10 +30,10 @@ import math
 from collections.abc import Sequence
 
 from ..backend import host
-from .fuse import THREADS, KernelSpec
+from .fuse import THREADS, KernelSpec, reduction_walk
 from .program import ELEMENTWISE, INDEX_OPS, REDUCTIONS
 
-__all__ = ["CTYPES", "PRELUDE", "descriptions", "kernel_source", "module_source"]
+__all__ = ["CTYPES", "PRELUDE", "descriptions", "kernel_source", "longest_walk", "module_source"]
 
 CTYPES = {
     "float32": "float",
@@ -118,6 +118,51 @@ def _unravel(flat: str, shape: Sequence[int]) -> list[str]:
     return out
 
 
+def _has_rows(spec: KernelSpec) -> bool:
+    return any(n.get("rows") for n in spec.nodes)
+
+
+def longest_walk(spec: KernelSpec, threads: int = THREADS) -> int:
+    """The longest serial walk of a thread through ``spec``'s one-block phases: the elements one thread visits in
+    series (each phase's store loops and reductions one after another, phases one after another). A map kernel and a
+    GEMM without a tail have none (0); a one-block column reduction of 1000 rows, a thread a column, walks 1000.
+    A reduction spread over the blocks counts the last block's share of the rows, then its walk over the partials.
+    """
+    if spec.kind == "map" or (spec.kind == "gemm" and not spec.gemm["tail"] and not _has_rows(spec)):
+        return 0
+    walk = 0
+    rows = [n for n in spec.nodes if n.get("rows")]  # a tile's phases along its rows
+    for phase in sorted({n["phase"] for n in rows}):
+        shapes = {tuple(n["shape"]) for n in rows if n["phase"] == phase and n["op"] in ELEMENTWISE and "store" in n}
+        walk += sum(-(-spec.gemm["bm"] * math.prod(shape[1:]) // threads) for shape in shapes)
+        for n in rows:
+            if n["phase"] == phase and n["op"] in REDUCTIONS:
+                walk += reduction_walk(spec.gemm["bm"], spec.nodes[n["in"][0]]["shape"][1], threads)
+    for node in spec.nodes:  # a reduction spread over the blocks: the last one to arrive first did its own share
+        how = node.get("spread")
+        if how is not None and how["by"] == "rows":  # its share of the outputs, whole
+            walk += reduction_walk(how["rows"], spec.nodes[node["in"][0]]["shape"][1], threads)
+        elif how is not None:
+            columns = spec.gemm["bn"] if how["by"] == "tile" else math.prod(spec.nodes[node["in"][0]]["shape"][1:])
+            walk += reduction_walk(columns, how["rows"], threads)
+    for phase in range(spec.phases):
+        shapes = set()
+        for node in spec.nodes:
+            if node.get("phase") != phase or node.get("tile") or node.get("rows"):
+                continue
+            if node.get("spread", {}).get("by") == "rows":
+                continue
+            if node["op"] in REDUCTIONS:
+                shape, axes = spec.nodes[node["in"][0]]["shape"], node["attrs"]["axes"]
+                kept = math.prod(n for d, n in enumerate(shape) if d not in axes)
+                count = node["spread"]["ranges"] if "spread" in node else math.prod(shape) // max(kept, 1)
+                walk += reduction_walk(kept, count, threads)
+            elif node.get("store") is not None and node["op"] in ELEMENTWISE:
+                shapes.add(tuple(node["shape"]))
+        walk += sum(-(-math.prod(shape) // threads) for shape in shapes)
+    return walk
+
+
 class _Scope:
     """Lines of C and the values already computed in them (visible to nested scopes)."""
 
@@ -165,7 +210,9 @@ class _KernelSource:
         once = node.get("once") and not computing
         if op == "load" or ("store" in node and (op == "matmul" or op in REDUCTIONS or once)):
             param, flat = (node["param"] if op == "load" else node["store"]), _flat(index, shape)
-            text = f"__ldcg(p{param} + {flat})" if self.params[param].mode == "c" else f"p{param}[{flat}]"
+            # what other blocks of this kernel wrote (its product, a tile's rows, a range of rows) past the L1
+            elsewhere = self.params[param].mode == "c" or (op != "load" and (node.get("rows") or node.get("spread")))
+            text = f"__ldcg(p{param} + {flat})" if elsewhere else f"p{param}[{flat}]"
         elif op in INDEX_OPS:
             return self.index_op(i, index, scope)
         elif op in ELEMENTWISE:
@@ -274,7 +321,8 @@ class _KernelSource:
         """Loops storing the elementwise values of ``phase`` (a loop per shape), elements first, first+step, …"""
         by_shape: dict[tuple, list[int]] = {}
         for i, node in enumerate(self.nodes):
-            stored = node.get("store") is not None and node["op"] in ELEMENTWISE and not node.get("tile")
+            stored = node.get("store") is not None and node["op"] in ELEMENTWISE
+            stored = stored and not node.get("tile") and not node.get("rows")
             if stored and node.get("phase") == phase:
                 by_shape.setdefault(tuple(node["shape"]), []).append(i)
         lines = []
@@ -288,70 +336,175 @@ class _KernelSource:
         return lines
 
     def reductions(self, phase: int) -> list[str]:
-        """Each reduction of ``phase``: consecutive threads take consecutive outputs (coalesced reads along
-        them), thread groups stride the reduced elements, then a tree in shared memory adds the groups in a
-        fixed order."""
+        """Each reduction of ``phase``, in the one block: over its elements, or, spread over the blocks, over the
+        rows of partials they wrote (see :meth:`partial_reductions`)."""
         lines = []
         for node in self.nodes:
-            if node["op"] not in REDUCTIONS or node.get("phase") != phase:
+            if node["op"] not in REDUCTIONS or node.get("phase") != phase or node.get("rows"):
                 continue
             source = self.nodes[node["in"][0]]
             axes, shape = node["attrs"]["axes"], source["shape"]
             kept = [n for d, n in enumerate(shape) if d not in axes]
             reduced = [n for d, n in enumerate(shape) if d in axes]
+            outputs, count, scope = math.prod(kept), math.prod(reduced), _Scope()
+            store = f"p{node['store']}[o]"
+            how = node.get("spread")
+            if how is not None and how["by"] == "rows":  # computed by the blocks for their rows
+                continue
+            if how is not None:  # the partials' rows, in order
+                ctype = CTYPES[node["dtype"]]
+                x = f"__ldcg(p{how['partials']} + t * {outputs} + o)"
+                result = f"red[c] / {_literal(count, node['dtype'])}" if node["op"] == "mean" else "red[c]"
+                lines += self.reduce(node, ctype, outputs, how["ranges"], [], x, store, result)
+                continue
             outer, inner = _unravel("o", kept), _unravel("t", reduced)
             index = [inner.pop(0) if d in axes else outer.pop(0) for d in range(len(shape))]
-            op, outputs, count = node["op"], math.prod(kept), math.prod(reduced)
-            arg = op in _ARG
-            ctype = CTYPES[source["dtype"] if arg else node["dtype"]]
-            scope = _Scope()
+            ctype = CTYPES[source["dtype"] if node["op"] in _ARG else node["dtype"]]
             x = self.operand(node["in"][0], index, shape, ctype, scope)
-            if arg:
-                start = _extreme(op == "argmin", source["dtype"])
-                accumulate = [f"if ({_ARG[op].format(x=x, i='t', best='best', arg='arg')}) {{ best = {x}; arg = t; }}"]
-                other = "red[threadIdx.x + s * chunk]", "args[threadIdx.x + s * chunk]"
-                merge = [
-                    f"if ({_ARG[op].format(x=other[0], i=other[1], best='best', arg='arg')}) "
-                    f"{{ best = {other[0]}; arg = {other[1]}; }}"
-                ]
-                result = "args[c]"
-            else:
-                start = _literal(0, node["dtype"]) if op in {"sum", "mean"} else _extreme(op == "min", node["dtype"])
-                accumulate = [f"best = {_COMBINE[op].format(a='best', b=x)};"]
-                merge = [f"best = {_COMBINE[op].format(a='best', b='red[threadIdx.x + s * chunk]')};"]
-                result = f"red[c] / {_literal(count, node['dtype'])}" if op == "mean" else "red[c]"
-            store = f"p{node['store']}[o]"
-            keep = ["red[threadIdx.x] = best;", *(["args[threadIdx.x] = arg;"] if arg else [])]
-            lines += [
-                "{",
-                f"  {ctype}* red = reinterpret_cast<{ctype}*>(xpmlp_red);",
-                *(["  long long* args = xpmlp_args;"] if arg else []),
-                f"  constexpr int chunk = {outputs} < XPMLP_THREADS ? {outputs} : XPMLP_THREADS;",
-                "  constexpr int groups = xpmlp_floor2(XPMLP_THREADS / chunk);",
-                "  const int c = threadIdx.x % chunk, g = threadIdx.x / chunk;",
-                f"  for (long long o0 = 0; o0 < {outputs}; o0 += chunk) {{",
-                "    const long long o = o0 + c;",
-                f"    {ctype} best = {start};",
-                *(["    long long arg = 0x7fffffffffffffffLL;"] if arg else []),
-                f"    if (g < groups && o < {outputs}) {{",
-                f"      for (long long t = g; t < {count}; t += groups) {{",
-                *("        " + line for line in scope.lines + accumulate),
-                "      }",
-                "    }",
-                *("    " + line for line in keep),
-                "    __syncthreads();",
-                "    for (int s = groups / 2; s > 0; s /= 2) {",
-                "      if (g < s) {",
-                *("        " + line for line in merge + keep),
-                "      }",
-                "      __syncthreads();",
-                "    }",
-                f"    if (g == 0 && o < {outputs}) {store} = {result};",
-                "    __syncthreads();",
-                "  }",
-                "}",
-            ]
+            result = "args[c]" if node["op"] in _ARG else "red[c]"
+            if node["op"] == "mean":
+                result = f"red[c] / {_literal(count, node['dtype'])}"
+            lines += self.reduce(node, ctype, outputs, count, scope.lines, x, store, result)
         return lines
+
+    def row_phases(self) -> list[str]:
+        """The tail's work along rows (``rows`` nodes) for this tile's rows, in its phases: each phase's stores,
+        then its reductions along a row (a row an output), barriers between the phases."""
+        g = self.spec.gemm
+        bm, m = g["bm"], g["m"]
+        members = [i for i, node in enumerate(self.nodes) if node.get("rows")]
+        lines: list[str] = []
+        for phase in sorted({self.nodes[i]["phase"] for i in members}):
+            by_shape: dict[tuple, list[int]] = {}
+            for i in members:
+                node = self.nodes[i]
+                if node["phase"] == phase and node["op"] in ELEMENTWISE and node.get("store") is not None:
+                    by_shape.setdefault(tuple(node["shape"]), []).append(i)
+            if lines:
+                lines.append("__syncthreads();")
+            lines.append(f"// this tile's rows, phase {phase}")
+            for shape, stored in by_shape.items():
+                cols = math.prod(shape[1:])
+                index = [f"(row0 + e / {cols})", *_unravel(f"(e % {cols})", shape[1:])]
+                scope = _Scope()
+                for i in stored:
+                    value = self.value(i, index, scope, computing=True)
+                    scope.lines.append(f"p{self.nodes[i]['store']}[{_flat(index, shape)}] = {value};")
+                lines += [
+                    f"for (long long e = threadIdx.x; e < {bm * cols}; e += XPMLP_THREADS) {{",
+                    f"  if (row0 + e / {cols} >= {m}) break;",
+                    *("  " + line for line in scope.lines),
+                    "}",
+                ]
+            for i in members:
+                node = self.nodes[i]
+                if node["op"] not in REDUCTIONS or node["phase"] != phase:
+                    continue
+                shape = self.nodes[node["in"][0]]["shape"]
+                ctype = CTYPES[self.nodes[node["in"][0]]["dtype"] if node["op"] in _ARG else node["dtype"]]
+                scope = _Scope()
+                x = self.operand(node["in"][0], ["(row0 + o)", "t"], shape, ctype, scope)
+                result = "args[c]" if node["op"] in _ARG else "red[c]"
+                if node["op"] == "mean":
+                    result = f"red[c] / {_literal(shape[1], node['dtype'])}"
+                store = f"p{node['store']}[row0 + o]"
+                rows = f"({m} - row0 < {bm} ? {m} - row0 : {bm})"
+                lines += self.reduce(node, ctype, bm, shape[1], scope.lines, x, store, result, rows)
+        return lines
+
+    def partial_reductions(self, by: str) -> list[str]:
+        """The spread reductions ``by`` "grid" (each block of the first ``ranges`` over its range of rows, every
+        column) or "tile" (each tile over its rows and columns): a row of partials each, the tail combines them.
+        A mean's partials are sums."""
+        lines = []
+        for node in self.nodes:
+            how = node.get("spread")
+            if how is None or how["by"] != by:
+                continue
+            source = self.nodes[node["in"][0]]
+            shape, ctype = source["shape"], CTYPES[source["dtype"] if node["op"] in _ARG else node["dtype"]]
+            rows, cols, per = (shape[0] if shape else 1), math.prod(shape[1:]), how["rows"]
+            scope = _Scope()
+            if by == "rows":  # each block a range of the outputs, whole
+                first = f"(long long)blockIdx.x * {per}"
+                x = self.operand(node["in"][0], [f"({first} + o)", "t"], shape, ctype, scope)
+                rows_left = f"({rows} - {first} < {per} ? {rows} - {first} : {per})"
+                result = "args[c]" if node["op"] in _ARG else "red[c]"
+                if node["op"] == "mean":
+                    result = f"red[c] / {_literal(cols, node['dtype'])}"
+                store = f"p{node['store']}[{first} + o]"
+                body = self.reduce(node, ctype, per, cols, scope.lines, x, store, result, rows_left)
+                lines += [f"if (blockIdx.x < {how['ranges']}) {{", *("  " + line for line in body), "}"]
+                continue
+            if by == "grid":
+                first, part, column, outputs = f"(long long)blockIdx.x * {per}", "blockIdx.x", "o", cols
+                columns = cols
+            else:
+                g = self.spec.gemm
+                first, part, column, outputs = "row0", f"(tile / {g['tiles_n']})", "(col0 + o)", g["bn"]
+                columns = f"({cols} - col0 < {g['bn']} ? {cols} - col0 : {g['bn']})"
+            index = [f"({first} + t)", *_unravel(column, shape[1:])][: len(shape)]
+            x = self.operand(node["in"][0], index, shape, ctype, scope)
+            count = f"({rows} - {first} < {per} ? {rows} - {first} : {per})"
+            store = f"p{how['partials']}[(long long){part} * {cols} + {column}]"
+            body = self.reduce(node, ctype, outputs, count, scope.lines, x, store, "red[c]", columns)
+            if by == "grid":  # block-uniform: every thread of a block meets the reduction's barriers
+                body = [f"if ({part} < {how['ranges']}) {{", *("  " + line for line in body), "}"]
+            lines += body
+        return lines
+
+    def reduce(self, node: dict, ctype: str, outputs: int, count: int | str, loads: list[str], x: str, store: str,
+               result: str, columns: int | str | None = None) -> list[str]:  # fmt: skip
+        """One block's reduction of ``count`` elements into each of ``outputs`` (the first ``columns`` of them
+        where given): consecutive threads take consecutive outputs (coalesced reads along them), thread groups
+        stride the reduced elements (``x`` at output ``o`` and element ``t``, after ``loads``), then a tree in
+        shared memory merges the groups in a fixed order; thread group 0 stores ``result``."""
+        op = "sum" if node.get("spread") and node["op"] == "mean" else node["op"]
+        arg = op in _ARG
+        if arg:
+            start = _extreme(op == "argmin", self.nodes[node["in"][0]]["dtype"])
+            accumulate = [f"if ({_ARG[op].format(x=x, i='t', best='best', arg='arg')}) {{ best = {x}; arg = t; }}"]
+            other = "red[threadIdx.x + s * chunk]", "args[threadIdx.x + s * chunk]"
+            merge = [
+                f"if ({_ARG[op].format(x=other[0], i=other[1], best='best', arg='arg')}) "
+                f"{{ best = {other[0]}; arg = {other[1]}; }}"
+            ]
+        else:
+            start = _literal(0, node["dtype"]) if op in {"sum", "mean"} else _extreme(op == "min", node["dtype"])
+            accumulate = [f"best = {_COMBINE[op].format(a='best', b=x)};"]
+            merge = [f"best = {_COMBINE[op].format(a='best', b='red[threadIdx.x + s * chunk]')};"]
+        keep = ["red[threadIdx.x] = best;", *(["args[threadIdx.x] = arg;"] if arg else [])]
+        within = f"o < {outputs}" if columns is None else f"o < {columns}"
+        return [
+            "{",
+            f"  {ctype}* red = reinterpret_cast<{ctype}*>(xpmlp_red);",
+            *(["  long long* args = xpmlp_args;"] if arg else []),
+            f"  constexpr int chunk = {outputs} < XPMLP_THREADS ? {outputs} : XPMLP_THREADS;",
+            "  constexpr int groups = xpmlp_floor2(XPMLP_THREADS / chunk);",
+            "  const int c = threadIdx.x % chunk, g = threadIdx.x / chunk;",
+            f"  const long long count = {count};",
+            f"  for (long long o0 = 0; o0 < {outputs}; o0 += chunk) {{",
+            "    const long long o = o0 + c;",
+            f"    {ctype} best = {start};",
+            *(["    long long arg = 0x7fffffffffffffffLL;"] if arg else []),
+            f"    if (g < groups && {within}) {{",
+            "      for (long long t = g; t < count; t += groups) {",
+            *("        " + line for line in loads + accumulate),
+            "      }",
+            "    }",
+            *("    " + line for line in keep),
+            "    __syncthreads();",
+            "    for (int s = groups / 2; s > 0; s /= 2) {",
+            "      if (g < s) {",
+            *("        " + line for line in merge + keep),
+            "      }",
+            "      __syncthreads();",
+            "    }",
+            f"    if (g == 0 && {within}) {store} = {result};",
+            "    __syncthreads();",
+            "  }",
+            "}",
+        ]
 
     def phases(self) -> list[str]:
         lines = []
@@ -384,6 +537,11 @@ class _KernelSource:
         if spec.kind == "map":
             first = "blockIdx.x * (long long)XPMLP_THREADS + threadIdx.x"
             body = self.stores(0, first, "gridDim.x * (long long)XPMLP_THREADS")
+        elif spec.kind == "block" and spec.spread:  # its blocks share the first reductions, the last runs the phases
+            counters = f"p{spec.spread['counters']}"
+            body = [*self.partial_reductions("grid"), *self.partial_reductions("rows"), "__shared__ int last_block;"]
+            body += [*_arrive(counters, spec.spread["blocks"]), f"if (threadIdx.x == 0) {counters}[0] = 0;"]
+            body += self.phases()
         elif spec.kind == "block":
             body = self.phases()
         else:
@@ -401,6 +559,8 @@ class _KernelSource:
             f"const long long col0 = (long long)(tile % {g['tiles_n']}) * {bn};",
             f"const long long k_begin = (long long)split * {g['chunk']};",
             f"const long long k_end = k_begin + {g['chunk']} < {g['k']} ? k_begin + {g['chunk']} : {g['k']};",
+            *self.partial_reductions("grid"),
+            *self.partial_reductions("rows"),
             *self.gemm_main_loop(),
         ]
         return lines + self.gemm_epilogue()
@@ -573,12 +733,7 @@ class _KernelSource:
             lines.append("__shared__ int last_block;")
         if splits > 1:  # the last block of a tile to arrive sums its chunks, in order
             lines += [
-                "__threadfence();",
-                "__syncthreads();",
-                f"if (threadIdx.x == 0) last_block = atomicAdd({counters} + tile, 1u) == {splits - 1};",
-                "__syncthreads();",
-                "if (!last_block) return;",
-                "__threadfence();",
+                *_arrive(f"{counters} + tile", splits),
                 f"for (int el = threadIdx.x; el < {bm * bn}; el += XPMLP_THREADS) {{",
                 f"  const long long r = row0 + el / {bn}, c = col0 + el % {bn};",
                 f"  if (r >= {m} || c >= {n}) continue;",
@@ -604,14 +759,12 @@ class _KernelSource:
                 *("  " + line for line in scope.lines),
                 "}",
             ]
+        partials = self.partial_reductions("tile") + self.row_phases()
+        if partials:  # the spread reductions' rows of this tile, the tail's work along them
+            lines += ["__syncthreads();", *partials]
         if g["tail"]:  # the last tile to finish runs the tail
             lines += [
-                "__threadfence();",
-                "__syncthreads();",
-                f"if (threadIdx.x == 0) last_block = atomicAdd({counters} + {tiles}, 1u) == {tiles - 1};",
-                "__syncthreads();",
-                "if (!last_block) return;",
-                "__threadfence();",
+                *_arrive(f"{counters} + {tiles}", tiles),
                 f"if (threadIdx.x == 0) {counters}[{tiles}] = 0;",
                 *self.phases(),
             ]
@@ -625,6 +778,20 @@ class _KernelSource:
             flips += node["op"] == "permute" and node["attrs"]["axes"] == [1, 0]
             i = node["in"][0]
         return flips % 2 == 1
+
+
+def _arrive(counter: str, arrivals: int) -> list[str]:
+    """The hand-over to the last of ``arrivals`` blocks counted at ``counter``: the others return. A block's
+    writes are fenced before it counts itself, and the last block fences before it reads theirs (with
+    ``__ldcg``, past its own L1)."""
+    return [
+        "__threadfence();",
+        "__syncthreads();",
+        f"if (threadIdx.x == 0) last_block = atomicAdd({counter}, 1u) == {arrivals - 1};",
+        "__syncthreads();",
+        "if (!last_block) return;",
+        "__threadfence();",
+    ]
 
 
 _UNARY = {

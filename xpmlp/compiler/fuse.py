@@ -16,10 +16,16 @@ run (:func:`run_kernel`) are made:
     Elementwise work too large for one block, over many blocks, without reductions.
 
 The rules: every product starts a kernel; an elementwise operation or reduction joins the
-latest kernel that comes after its inputs and suits it: a reduction any tail (a reduction runs
-in one block wherever it is), elementwise work a tail if it fits one block (``tail_max``
-elements), else a ``map`` or a GEMM's tiles; else it starts one. Index operations (reshape,
-transpose, slicing, gathers, concatenation) are never computed on their own: a reader
+latest kernel that comes after its inputs and suits it: a reduction any tail, elementwise work
+a tail if it fits one block (``tail_max`` elements), else a ``map`` or a GEMM's tiles; else it
+starts one. The tail's work is then spread over the kernel's blocks where that shortens the
+longest serial walk of a thread (:func:`reduction_walk`): a reduction over the batch of a
+value computed tile by tile is reduced by each tile over its rows, one of a value the kernel
+only loads by each block over a range of rows (a ``block`` kernel then runs on several blocks),
+into a row of partials each that the last block to arrive combines in order; a reduction along
+rows is computed whole by the blocks for their ranges of rows; and where a tile holds whole
+rows of its product, the work along them (softmax, loss) runs in the tile (``rows``). Index
+operations (reshape, transpose, slicing, gathers, concatenation) are never computed on their own: a reader
 evaluates them in its index arithmetic. A value is written to memory only when another
 kernel (or a later step) reads it, or it is a reduction, or a small value of a tail that larger
 ones read broadcast (a column's 1/σ: computed once, read by the phases after); everything else
@@ -64,9 +70,21 @@ THREADS = 512
 TILE_M, TILE_N, TILE_K = 32, 32, 32
 #: Blocks a GEMM aims for: an H100 has 132 multiprocessors.
 GEMM_BLOCKS = 132
+#: The reductions whose rows a kernel's blocks share (each a range of rows into partials, combined by the last).
+SPREAD = {"sum", "mean", "max", "min"}
 #: The most elements an operation of a one-block tail may have: one multiprocessor moves about 100–200 GB/s,
 #: so a tail that touches much more than 100 kB is better spread over many blocks as a kernel of its own.
 TAIL_MAX = 1 << 14
+
+
+def reduction_walk(outputs: int, count: int, threads: int = THREADS) -> int:
+    """Elements a thread visits in series in a one-block reduction of ``count`` elements into each of ``outputs``:
+    ``chunk`` consecutive threads on consecutive outputs, ``groups`` of them over the reduced elements, then the
+    tree's ``log2(groups)`` merges, for each round of ``chunk`` outputs (as the generated code does)."""
+    chunk = min(outputs, threads)
+    groups = 1 << (threads // chunk).bit_length() - 1  # a power of two, as the CUDA's xpmlp_floor2
+    return -(-outputs // chunk) * (-(-count // groups) + groups.bit_length() - 1)
+
 
 Slot = tuple  # ("buffer", id) | ("carry_in" | "carry_out" | "result", loop, j)
 
@@ -93,13 +111,14 @@ class KernelSpec:
     nodes: list[dict]
     phases: int
     gemm: dict | None = None
+    spread: dict | None = None  # a block kernel over several blocks: {"blocks": …, "counters": param}
 
     def grid(self, threads: int = THREADS) -> int:
         """Thread blocks to launch."""
         if self.kind == "gemm":
             return self.gemm["tiles"] * self.gemm["splits"]
         if self.kind == "block":
-            return 1
+            return self.spread["blocks"] if self.spread else 1
         largest = max(math.prod(n["shape"]) for n in self.nodes if n.get("store") is not None)
         return max(1, min(-(-largest // threads), 1024))
 
@@ -112,6 +131,7 @@ class KernelSpec:
             "nodes": self.nodes,
             "phases": self.phases,
             "gemm": self.gemm,
+            "spread": self.spread,
         }
 
 
@@ -490,6 +510,7 @@ class _Planner:
             gemm = gemm_geometry(product.shape[0], product.shape[1], product.inputs[0].shape[1], self.gemm_shape)
         for node in kernel.nodes:
             visit(node)
+        rows = self.row_local(kernel)
         # phases: a reduction's result is there for the phases after its own
         phase: dict[int, int] = {}
         for node in kernel.nodes:
@@ -502,6 +523,8 @@ class _Planner:
             phase[local[node]] = entry["phase"] = p
             if node in kernel.tile:
                 entry["tile"] = True
+            elif node in rows:
+                entry["rows"] = True  # run by each tile for its rows, in the phases after its elementwise work
             if node in self.computed_once:
                 entry["once"] = True  # read back from memory by the phases after its own
             if node in self.location:
@@ -511,7 +534,11 @@ class _Planner:
         if gemm is not None:
             product = kernel.nodes[0]
             gemm["node"] = local[product]
-            tail = any(n.op in REDUCTIONS or (n in self.location and n not in kernel.tile) for n in kernel.nodes[1:])
+            tail = any(
+                n.op in REDUCTIONS or (n in self.location and n not in kernel.tile)
+                for n in kernel.nodes[1:]
+                if n not in rows
+            )
             if gemm["splits"] > 1:
                 partials = self.buffer((gemm["splits"] * gemm["m"] * gemm["n"],), product.dtype, "partials")
                 gemm["partials"] = param(("buffer", partials), self.buffers[partials].shape, product.dtype, "p")
@@ -520,7 +547,103 @@ class _Planner:
                 counters = self.buffer(zeros.shape, zeros.dtype, "counters", zeros)
                 gemm["counters"] = param(("buffer", counters), zeros.shape, zeros.dtype, "n")
             gemm["tail"] = tail
-        return KernelSpec(name, kernel.kind, params, nodes, phases, gemm)
+        spread = None
+        blocks = gemm["tiles"] * gemm["splits"] if gemm else GEMM_BLOCKS
+        for node in kernel.nodes:
+            how = self.spreading(kernel, node, phase[local[node]], blocks)
+            if how is not None:
+                cols = math.prod(node.inputs[0].shape[1:])
+                if how["by"] != "rows":  # a row of partials for each range
+                    partials = self.buffer((how["ranges"] * cols,), node.dtype, "partials")
+                    how["partials"] = param(("buffer", partials), self.buffers[partials].shape, node.dtype, "p")
+                nodes[local[node]]["spread"] = how
+                if gemm is None and spread is None:
+                    zeros = host.zeros(1, host.uint32)
+                    counters = self.buffer(zeros.shape, zeros.dtype, "counters", zeros)
+                    spread = {"blocks": how["ranges"], "counters": param(("buffer", counters), (1,), "uint32", "n")}
+                elif gemm is None:
+                    spread["blocks"] = max(spread["blocks"], how["ranges"])
+        return KernelSpec(name, kernel.kind, params, nodes, phases, gemm, spread)
+
+    def row_local(self, kernel: _KernelGroup) -> set[Tracer]:
+        """The work of a GEMM's tail that each tile can do for its own rows: where a tile holds whole rows of the
+        product, the elementwise operations and the reductions along a row (a softmax, a row's loss) that read
+        the kernel's own values only at their own row (the product, its tile work, each other)."""
+        if kernel.kind != "gemm" or kernel.nodes[0].shape[1] > self.gemm_shape.tile_n or not self.fuse:
+            return set()
+        own, m, rows = set(kernel.nodes), kernel.nodes[0].shape[0], set()
+        for node in kernel.nodes[1:]:
+            if node in kernel.tile or not node.shape or node.shape[0] != m or len(node.shape) > 2:
+                continue
+            if node.op in REDUCTIONS:
+                source = node.inputs[0]
+                if list(node.attrs["axes"]) != [1] or len(source.shape) != 2:
+                    continue
+                rank = 2
+            elif node.op in ELEMENTWISE:
+                rank = len(node.shape)
+            else:
+                continue
+            aligned = all(
+                not own & set(_bases([i]))
+                or (
+                    (i is kernel.nodes[0] or i in kernel.tile or i in rows) and len(i.shape) == rank and i.shape[0] == m
+                )
+                for i in node.inputs
+            )
+            if aligned:
+                rows.add(node)
+        return rows
+
+    def spreading(self, kernel: _KernelGroup, node: Tracer, phase: int, blocks: int) -> dict | None:
+        """How the blocks of ``kernel`` share reduction ``node``'s rows, or None (it runs in the one-block tail).
+
+        A sum, mean, max or min of phase 0 over the first axis (the batch) of a value shaped like a GEMM's
+        product and computed tile by tile is reduced by each tile over its rows (``by`` "tile"); one whose value
+        reads nothing the kernel computes, by each of up to ``blocks`` blocks over a range of about √rows rows
+        ("grid"). Either writes one row of partials per range; the tail combines the ``ranges`` rows. A
+        reduction along the rows (a row's arg-max) of such a value is computed whole by those blocks for their
+        rows ("rows"). Only where that shortens the longest serial walk of a thread (:func:`reduction_walk`).
+        """
+        if not self.fuse or node.op not in REDUCTIONS or phase != 0 or kernel.kind == "map":
+            return None
+        source, axes = node.inputs[0], list(node.attrs["axes"])
+        rows, cols = (source.shape[0], math.prod(source.shape[1:])) if source.shape else (1, 1)
+        if axes == [1] and len(source.shape) == 2 and not self.reads_results(kernel, source):  # a row an output
+            per = -(-rows // max(1, min(blocks, math.isqrt(rows))))
+            how = {"by": "rows", "ranges": -(-rows // per), "rows": per}
+            longer = reduction_walk(rows, cols) > reduction_walk(per, cols)
+            return how if how["ranges"] > 1 and longer and node not in self.row_local(kernel) else None
+        if axes != [0] and not (axes == list(range(len(source.shape))) and cols == 1):
+            return None
+        product = kernel.nodes[0]
+        if node.op not in SPREAD:
+            return None
+        if kernel.kind == "gemm" and source.shape == product.shape and (source is product or source in kernel.tile):
+            per, share = self.gemm_shape.tile_m, self.gemm_shape.tile_n  # a tile's columns, as cuda.py reduces them
+            how = {"by": "tile", "ranges": -(-rows // per), "rows": per}
+        elif self.reads_results(kernel, source):
+            return None
+        else:
+            per, share = -(-rows // max(1, min(blocks, math.isqrt(rows)))), cols
+            how = {"by": "grid", "ranges": -(-rows // per), "rows": per}
+        spread = reduction_walk(share, per) + reduction_walk(cols, how["ranges"])
+        return how if how["ranges"] > 1 and spread < reduction_walk(cols, rows) else None
+
+    def reads_results(self, kernel: _KernelGroup, node: Tracer) -> bool:
+        """Whether evaluating ``node`` reads something ``kernel`` computes other than elementwise work on loads
+        (a product, a reduction, a value computed once): what only the kernel's tail may read."""
+        own, stack, seen = set(kernel.nodes), [node], set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node in own and (node.op not in ELEMENTWISE or node in self.computed_once or node in kernel.tile):
+                return True
+            if node in own or node.op in INDEX_OPS:
+                stack += node.inputs
+        return False
 
 
 def _copy(node: Tracer) -> Tracer:
