@@ -42,7 +42,7 @@ MUTANTS = {
     "every block takes the split sum": (r"(last_block = atomicAdd\(p\d+ \+ tile, 1u\)) == \d+;", r"\1 >= 0u;"),
     "no fence before the arrival": (r"__threadfence\(\);(\n\s*__syncthreads\(\);\n.*atomicAdd\(p\d+ \+ tile)", r"\1"),
     "no fence after the arrival": (r"(if \(!last_block\) return;\n\s*)__threadfence\(\);(\n\s*for)", r"\1\2"),
-    "no fence before the tail's arrival": (r"(p\d+\[tile\] = 0;\n\s*)__threadfence\(\);", r"\1"),
+    "no fence before the tail": (r"__threadfence\(\);(\n\s*__syncthreads\(\);\n.*atomicAdd\(p\d+ \+ \d+)", r"\1"),
 }  # fmt: skip
 
 
