@@ -367,7 +367,7 @@ def pytest(args: list[str], timeout: float) -> tuple[bool | None, str]:
 def test_path(name: str) -> str:
     """The test file called ``name`` wherever it lies under tests/ (they mirror the package's folders).
 
-    ``file.py::test`` names one test of it (run first, where a whole file is slow).
+    ``file.py::test`` names one test of it: those run first, on their own (where a whole file is slow).
     """
     file, sep, rest = name.partition("::")
     return f"{next((ROOT / 'tests').rglob(file)).relative_to(ROOT)}{sep}{rest}"
@@ -396,8 +396,12 @@ def run(mutant: tuple, timeout: float, survivor_tests: list[str]) -> dict:
     started = time.perf_counter()
     try:
         path.write_text(source.replace(old, new))
-        passed, detail = pytest([test_path(t) for t in tests], timeout)
+        focused = [test_path(t) for t in tests if "::" in t]  # pytest would run them in file order
+        passed, detail = pytest(focused, timeout) if focused else (True, "")
         stage = "relevant tests"
+        if passed:
+            files = [test_path(t) for t in tests if "::" not in t]
+            passed, detail = pytest(files, timeout - (time.perf_counter() - started)) if files else (passed, detail)
         if passed:
             passed, detail = pytest(survivor_tests, timeout - (time.perf_counter() - started))
             stage = "survivor tests"
