@@ -235,6 +235,15 @@ def test_a_path_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
     assert load_checkpoint("~/runs/m.npz")[1] is None
 
 
+def test_is_checkpoint_reads_the_home_folder_and_says_no_for_what_is_no_checkpoint(tmp_path, monkeypatch):
+    """train.py asks it of --out's model.npz: ``~`` is the home folder; a missing file or a folder is no checkpoint."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save(trained(), tmp_path / "m.npz")
+    np.savez(tmp_path / "other.npz", weights=np.ones(3))
+    assert xio.is_checkpoint("~/m.npz") and not xio.is_checkpoint(tmp_path / "other.npz")
+    assert not xio.is_checkpoint(tmp_path / "missing.npz") and not xio.is_checkpoint(tmp_path)
+
+
 CONFIG = {"format": "xpmlp-checkpoint", "version": 1, "input_size": 2, "output_size": 2, "hiddens": [2],
           "activations": ["Identity", "Identity"], "criterion": "SoftmaxCrossEntropy", "lr": 0.1, "momentum": 0,
           "num_bn_layers": 1, "bn_alpha": [0.9], "dtype": "float64"}  # fmt: skip
