@@ -6,7 +6,8 @@ only for a survivor the wider ``--survivor-tests`` (default: tests/ but tests/co
 process); then it restores the file. A mutant still running after ``--timeout`` seconds (both
 stages together) is stopped, with every process it started, and counted as killed by the timeout.
 A survivor named in :data:`EQUIVALENT` (with the reason no test can tell it apart) is counted as
-equivalent, not as survived. Results go to a log (one line per mutant) and a JSON file beside it.
+equivalent, not as survived. Results go to a log (one line per mutant, appended) and a JSON file
+beside it (a mutant run again replaces its result there).
 Run from the repository root, in the environment to test:
 
     python tools/mutation.py --log /tmp/mutants.log [--only ID ...] [--only-prefix PREFIX ...]
@@ -40,6 +41,7 @@ RATE_TESTS = [
     "test_mlp.py",
 ]
 OUTPUT_TESTS = [
+    "test_bad_input.py::test_one_output_that_overflows_in_any_chunk_is_refused_and_counted",
     "test_bad_input.py::test_outputs_that_overflow_are_refused_by_predict_and_evaluate",
     "test_bad_input.py",
     "test_training.py",
@@ -248,7 +250,7 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("eval-not-finite-last-chunk", "evaluation.py", "not_finite = not_finite + xp.sum(", "not_finite = xp.sum(",
      OUTPUT_TESTS),
     ("eval-loss-last-chunk", "evaluation.py", "loss_sum = loss_sum + xp.sum(", "loss_sum = xp.sum(",
-     ["test_training.py", "test_sparse.py"]),
+     ["test_training.py::test_evaluate_in_chunks_equals_evaluate_in_one", "test_training.py", "test_sparse.py"]),
     ("eval-loss-unweighted", "evaluation.py", "xp.sum(loss if weights is None else weights * loss)", "xp.sum(loss)",
      ["test_sample_weight.py", "test_training.py"]),
     ("eval-in-train-mode", "evaluation.py",
@@ -310,7 +312,8 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      ["test_cli.py"]),
     ("lock-follows-links", "cli/runs.py", "os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW", "os.O_RDWR | os.O_CREAT",
      ["test_cli.py"]),
-    ("lock-link-by-exists", "cli/runs.py", "if path.is_symlink():", "if path.exists():", ["test_cli.py"]),
+    ("lock-link-by-exists", "cli/runs.py", "if path.is_symlink():", "if path.exists():",
+     ["test_cli.py::test_a_lock_file_that_is_a_dangling_symbolic_link_is_refused_as_one", "test_cli.py"]),
     ("overwrite-removes-only-checkpoint", "cli/runs.py", "if name != CHECKPOINT:", "if name == CHECKPOINT:",
      ["test_cli.py"]),
     ("overwrite-replaces-kept", "cli/runs.py", "            progress.replaces = []\n", "", ["test_cli.py"]),
@@ -323,7 +326,7 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("out-new-folder-taken", "cli/command.py", "taken = out.exists() and not out.is_dir()", "taken = not out.is_dir()",
      ["test_cli.py"]),
     ("out-only-files-taken", "cli/command.py", "taken = out.exists() and not out.is_dir()", "taken = out.is_file()",
-     ["test_cli.py"]),
+     ["test_cli.py::test_out_that_is_a_file", "test_cli.py"]),
     # issue 25 -- info.py
     ("info-device-error-escapes", "info.py", "except ValueError as exc:  # the library runs",
      "except TypeError as exc:  # the library runs", ["test_info.py::test_a_missing_xpmlp_device_is_flagged",
@@ -468,7 +471,10 @@ def main() -> None:
             print(line, flush=True)
         print(f"# {summary(results)}", file=log, flush=True)
         print(summary(results))
-    args.log.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    saved = args.log.with_suffix(".json")  # the log's earlier rounds too: a mutant run again replaces its result
+    earlier = json.loads(saved.read_text()) if saved.exists() else []
+    ran = {r["id"] for r in results}
+    saved.write_text(json.dumps([r for r in earlier if r["id"] not in ran] + results, indent=1))
 
 
 if __name__ == "__main__":
