@@ -147,6 +147,25 @@ def test_jax_compiles_once_for_every_fit_of_models_of_one_structure(monkeypatch)
     assert len(compiles) == 5
 
 
+def test_a_model_of_another_batchnorm_alpha_gets_a_program_of_its_own(monkeypatch):
+    """α is a constant of the compiled epoch: a program cached for another α would update the running statistics
+    with that one. The second model's fit equals its eager fit."""
+    backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")
+    compiles = counted_compiles(monkeypatch, backend)
+    train, val, _ = dataset()
+    args = {"epochs": 1, "batch_size": 16, "seed": 0, "progress": False}
+    fit(hw1_like("jax", dtype="float32"), train, val, **args)
+    slow, eager = hw1_like("jax", dtype="float32"), hw1_like("jax", dtype="float32")
+    for model in (slow, eager):
+        model.bn_layers[0].alpha = 0.5
+    fit(slow, train, val, **args)
+    fit(eager, train, val, compiled=False, **args)
+    assert len(compiles) == 2
+    got, expected = host_state(slow), host_state(eager)
+    running = [key for key in expected if "running" in key]
+    assert running and all(rel_err(got[key], expected[key]) < 1e-5 for key in running)
+
+
 def test_the_estimators_partial_fit_on_jax_compiles_once(monkeypatch):
     pytest.importorskip("sklearn")
     backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")

@@ -294,7 +294,7 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("key-without-l2", "epoch.py", "for bn in mlp.bn_layers), mlp.l2,", "for bn in mlp.bn_layers),",
      ["test_step.py", "test_training.py"]),
     ("key-without-bn-alpha", "epoch.py", "(type(bn), bn.alpha, bn.eps)", "(type(bn), bn.eps)",
-     ["test_step.py", "test_training.py"]),
+     ["test_step.py::test_a_model_of_another_batchnorm_alpha_gets_a_program_of_its_own", "test_step.py"]),
     ("key-without-batch-size", "epoch.py", "signature, n, batch_size, mlp.input_size", "signature, n, mlp.input_size",
      ["test_step.py", "test_training.py"]),
     ("key-subclass-known", "epoch.py", "if not all(type(a) is ACTIVATION_CLASSES.get(type(a).__name__)",
