@@ -7,6 +7,7 @@ import pytest
 
 import xpmlp
 from xpmlp import fit
+from xpmlp.backend import namespace_of
 from xpmlp.training import DeviceSplit, _epoch_order, epoch_data, make_epoch
 
 from conftest import TOL, rel_err
@@ -164,6 +165,42 @@ def test_a_model_of_another_batchnorm_alpha_gets_a_program_of_its_own(monkeypatc
     got, expected = host_state(slow), host_state(eager)
     running = [key for key in expected if "running" in key]
     assert running and all(rel_err(got[key], expected[key]) < 1e-5 for key in running)
+
+
+class Tanh(xpmlp.activations.Activation):
+    """A user's activation named as a built-in one, holding a parameter: f(x) = tanh(a·x)."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = a
+
+    def forward(self, x):
+        self.state = namespace_of(x).tanh(self.a * x)
+        return self.state
+
+    def derivative(self):
+        return self.a * (1.0 - self.state * self.state)
+
+
+def test_a_users_activation_named_as_a_built_in_one_is_compiled_for_each_model(monkeypatch):
+    """Its class name says nothing of what it holds: no program is cached for it, each fit equals its eager fit."""
+    backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")
+    compiles = counted_compiles(monkeypatch, backend)
+    train, val, _ = dataset()
+    args = {"epochs": 1, "batch_size": 16, "seed": 0, "progress": False}
+
+    def model(a: float) -> xpmlp.MLP:
+        np.random.seed(0)
+        layers = [Tanh(a), xpmlp.Identity()]
+        return xpmlp.MLP(784, 10, [16], layers, xpmlp.he_normal_weight_init, xpmlp.zeros_bias_init,
+                         xpmlp.SoftmaxCrossEntropy(), 0.05, backend="jax", dtype="float32")  # fmt: skip
+
+    for a in (1.0, 3.0):
+        compiled, eager = model(a), model(a)
+        fit(compiled, train, val, **args)
+        fit(eager, train, val, compiled=False, **args)
+        assert rel_err(host_state(compiled)["W.0"], host_state(eager)["W.0"]) < 1e-5
+    assert len(compiles) == 2
 
 
 def test_the_estimators_partial_fit_on_jax_compiles_once(monkeypatch):
