@@ -277,7 +277,8 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      "as_rate(\"momentum\", value, self.dtype)", ["test_mlp.py", "test_bad_input.py"]),
     # issue 25 -- io.py
     ("io-read-refusal-as-unreadable", "io.py", "except ValueError as exc:  # NumPy's refusal",
-     "except KeyError as exc:  # NumPy's refusal", ["test_io.py"]),
+     "except KeyError as exc:  # NumPy's refusal",
+     ["test_io.py::test_pickled_content_is_refused", "test_io.py"]),
     ("io-read-zip-errors-only", "io.py", "except Exception as exc:  # every other failure",
      "except (zipfile.BadZipFile, OSError) as exc:  # every other failure", ["test_io.py"]),
     ("io-load-folder-unchecked", "io.py", "    if path.is_dir():\n        raise ValueError(f\"{path} is a folder, not",
