@@ -252,7 +252,8 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("eval-loss-last-chunk", "evaluation.py", "loss_sum = loss_sum + xp.sum(", "loss_sum = xp.sum(",
      ["test_training.py::test_evaluate_in_chunks_equals_evaluate_in_one", "test_training.py", "test_sparse.py"]),
     ("eval-loss-unweighted", "evaluation.py", "xp.sum(loss if weights is None else weights * loss)", "xp.sum(loss)",
-     ["test_sample_weight.py", "test_training.py"]),
+     ["test_sample_weight.py::test_a_weighted_validation_split_reports_its_weighted_loss_and_error",
+      "test_sample_weight.py", "test_training.py"]),
     ("eval-in-train-mode", "evaluation.py",
      "with eval_mode(mlp), host.errstate(over=\"ignore\", invalid=\"ignore\"):  # outputs are checked: no NumPy "
      "warning\n        for rows in _chunks(data.n):",
