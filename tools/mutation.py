@@ -345,6 +345,8 @@ EQUIVALENT: dict[str, str] = {
     "TypeError (and casting its own arrays raises none): no ValueError reaches this except on any backend",
     "key-without-batch-size": "the key's signature holds the batches input's shape (N // batch_size, batch_size): "
     "the batch size is in the key already",
+    "say-stdout-not-redirected": "after the first EPIPE every later say fails alike and is caught again, and nothing "
+    "is left buffered for the flush at exit: the run still exits 0 with nothing on stderr",
     "overwrite-replaces-kept": "later saves take the same way (.model.npz.new.tmp, then the rename) and remove the "
     "old run's files again, already gone: every save, and the folder, end the same",
 }
