@@ -123,9 +123,14 @@ def test_missing_data_says_where_it_looked_and_creates_nothing(tmp_path, capsys)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_out_that_is_a_file(tmp_path, data, capsys):
-    (tmp_path / "taken").write_text("x")
-    assert "is a file" in refused(capsys, ["--data", str(data), "--out", str(tmp_path / "taken"), *FAST])
+@pytest.mark.parametrize("kind", ["file", "device"])
+def test_out_that_is_a_file(tmp_path, data, capsys, kind):
+    """A file or a device (/dev/null: no regular file) is no --out; the line says so before anything is read."""
+    out = tmp_path / "taken" if kind == "file" else Path(os.devnull)
+    if kind == "file":
+        out.write_text("x")
+    line = refused(capsys, ["--data", str(data), "--out", str(out), *FAST])
+    assert f"--out {out} is a file, not a folder" in line
 
 
 def test_resume_without_a_train_py_checkpoint(tmp_path, data, capsys):
@@ -790,6 +795,16 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alon
     line = refused(capsys, ["--data", str(data), "--out", str(out), "--epochs", "1", *FAST])
     assert "its lock file .train.lock is a symbolic link" in line
     assert (tmp_path / "precious.txt").read_text() == "precious" and (out / ".train.lock").is_symlink()
+
+
+def test_a_lock_file_that_is_a_dangling_symbolic_link_is_refused_as_one(tmp_path, data, capsys):
+    """A link to nothing is a link too: it was said to be a folder that takes no files (too many levels of links)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".train.lock").symlink_to(tmp_path / "gone.txt")
+    line = refused(capsys, ["--data", str(data), "--out", str(out), "--epochs", "1", *FAST])
+    assert "its lock file .train.lock is a symbolic link" in line
+    assert not (tmp_path / "gone.txt").exists() and (out / ".train.lock").is_symlink()
 
 
 def test_a_closed_stderr_does_not_stop_the_run(tmp_path, data):

@@ -106,6 +106,16 @@ def test_grey_level_splits_whose_pixels_stay_within_1_are_grey_levels(tmp_path):
     assert set(np.unique(sx)) <= {0.0, np.float32(1 / 255)}
 
 
+@pytest.mark.parametrize(("dtype", "top"), [(np.uint8, np.float32(1 / 255)), (np.float64, 1.0)])
+def test_pixels_of_only_0_and_1_keep_the_scale_their_type_says(tmp_path, dtype, top):
+    """Binary images: integers 0 and 1 are grey levels (divided by 255); floats 0 and 1 in every split are kept."""
+    write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
+    for part in ("train", "val", "test"):
+        np.save(tmp_path / f"{part}_data.npy", (np.load(tmp_path / f"{part}_data.npy") > 128).astype(dtype))
+    for x, _ in load_mnist(tmp_path, download=False):
+        assert x.dtype == np.float32 and set(np.unique(x)) == {0.0, top}
+
+
 def test_pixels_beyond_the_grey_levels_are_refused(tmp_path):
     write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
     x = np.load(tmp_path / "val_data.npy")
