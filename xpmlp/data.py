@@ -24,10 +24,10 @@ from .backend import host
 
 __all__ = [
     "DATASETS",
-    "GreyLevels",
     "DEFAULT_CACHE",
     "IDX_FILES",
     "MIRRORS",
+    "GreyLevels",
     "download_mnist",
     "load_mnist",
     "mnist_location",
@@ -109,7 +109,7 @@ Split = tuple[Any, Any]
 
 
 def _grey_to_float(pixels: Any) -> Any:
-    """uint8 grey levels as :func:`load_mnist` scales them: float32, divided by 255 (the epoch's gather does the same)."""
+    """uint8 grey levels as :func:`load_mnist` scales them: float32 divided by 255 (as the epoch gathers them)."""
     return pixels.astype(host.float32) / host.float32(255)
 
 
