@@ -108,8 +108,8 @@ CLASSES = 10
 Split = tuple[Any, Any]
 
 
-def _grey_to_float(pixels: Any) -> Any:
-    """uint8 grey levels as :func:`load_mnist` scales them: float32 divided by 255 (as the epoch gathers them)."""
+def scaled_grey_levels(pixels: Any) -> Any:
+    """uint8 grey levels as :func:`load_mnist` scales them: float32 divided by 255 (as the epoch looks them up)."""
     return pixels.astype(host.float32) / host.float32(255)
 
 
@@ -149,10 +149,10 @@ class GreyLevels:
 
     def __getitem__(self, key: Any) -> Any:
         rows = self.pixels[key]
-        return GreyLevels(rows) if rows.ndim == 2 else _grey_to_float(rows)
+        return GreyLevels(rows) if rows.ndim == 2 else scaled_grey_levels(rows)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
-        x = _grey_to_float(self.pixels)
+        x = scaled_grey_levels(self.pixels)
         return x if dtype is None else x.astype(dtype, copy=False)
 
     def __repr__(self) -> str:
@@ -241,7 +241,7 @@ def _scaled(splits: Sequence[tuple[Any, Any, str]], keep_uint8: bool = False) ->
                 f"{where}: {found} but the training split holds {training}; every split must use the same scale"
             )
         given = x
-        x = _grey_to_float(x) if grey_levels else x.astype(host.float32, copy=False)
+        x = scaled_grey_levels(x) if grey_levels else x.astype(host.float32, copy=False)
         if x.size and x.max() > 1:
             raise ValueError(f"{where}: pixels reach {x.max() * 255:.4g}, beyond the grey levels 0-255")
         if keep_uint8:

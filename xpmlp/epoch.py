@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 from .backend import Array, Collective, as_host, fori_loop, host, namespace_of
-from .data import GreyLevels
+from .data import GreyLevels, scaled_grey_levels
 from .mlp import MLP
 from .parallel import ONE_DEVICE, Shards
 from .presets import ACTIVATION_CLASSES, CRITERIA
@@ -127,26 +127,31 @@ class DeviceSplit:
             self.x = to(x) if x.dtype == host.uint8 else to(x, mlp.dtype)
         self.one_hot = to(labels if labels.ndim == 2 else host.eye(mlp.output_size)[labels], mlp.dtype)
         self.labels = to(labels.astype(host.int64))
-        #: the float32 255 the uint8 grey levels in ``x`` are divided by as gathered, or () for float inputs
-        self.scale = to(host.asarray(255, host.float32)) if x.dtype == host.uint8 else ()
+        #: where ``x`` holds uint8 grey levels, the float each of the 256 stands for (load_mnist's scaling, in the
+        #: model's dtype), which :func:`gather_rows` looks up; () for float inputs
+        self.levels = (
+            to(scaled_grey_levels(host.arange(256, dtype=host.uint8)), mlp.dtype) if x.dtype == host.uint8 else ()
+        )
         #: sample weights u = N·w/Σ w (mean 1), or None: every example weighs 1 (the unweighted step)
         self.weights = None if len(split) == 2 else to(check_weights(split[2], self.n, name), mlp.dtype)
 
 
-def gather_rows(x: Array, idx: Array, dtype: Any, scale: Array | tuple = ()) -> Array:
-    """Rows ``idx`` of a split's inputs ``x`` in the float ``dtype``; uint8 grey levels as ``load_mnist`` scales them.
+def gather_rows(x: Array, idx: Array, levels: Array | tuple = ()) -> Array:
+    """Rows ``idx`` of a split's inputs ``x``; uint8 grey levels as floats, bitwise as ``load_mnist`` scales them.
 
-    Grey levels (``scale`` the device's float32 255, :attr:`DeviceSplit.scale`) become
-    ``astype(astype(rows, float32) / scale, dtype)``, bitwise the host's scaling. The 255
-    is an input, not a constant: XLA turns a division by a constant into a product with its
-    reciprocal, and so do torch's CUDA kernels with a Python scalar, which differ in the last bit.
-    Float inputs (``scale`` is ``()``) are gathered as they are.
+    Grey levels are looked up in ``levels`` (:attr:`DeviceSplit.levels`: each of the 256
+    levels as ``float32(level) / float32(255)`` in the model's dtype, computed on the host):
+    a gather, exact on every backend and device. A division on the device is not: XLA
+    divides by a broadcast scalar as a product with its reciprocal, and so do torch's CUDA
+    kernels by a Python scalar, which differ in the last bit for 126 of the 256 levels.
+    Float inputs (``levels`` is ``()``) are gathered as they are.
     """
     rows = take_rows(x, idx)
-    if isinstance(scale, tuple):
+    if isinstance(levels, tuple):
         return rows
     xp = namespace_of(rows)
-    return xp.astype(xp.astype(rows, xp.float32) / scale, dtype, copy=False)
+    flat = xp.reshape(xp.astype(rows, xp.int32), (-1,))
+    return xp.reshape(xp.take(levels, flat, axis=0), rows.shape)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Any:
@@ -188,7 +193,7 @@ def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
         labels = xp.take(data.labels, idx, axis=0)
         weights = None if data.weights is None else xp.take(data.weights, idx, axis=0)
-        out = mlp.forward(gather_rows(data.x, idx, data.one_hot.dtype, data.scale))
+        out = mlp.forward(gather_rows(data.x, idx, data.levels))
         loss = mlp.backward(xp.take(data.one_hot, idx, axis=0), weights)  # backward overwrites every gradient
         mlp.step()
         loss_sum = loss_sum + xp.sum(loss)
@@ -208,7 +213,7 @@ class EpochData(NamedTuple):
     lr: Array  # 0-d
     momentum: Array  # 0-d
     weights: Array | tuple  # (N,) sample weights, or () where every example weighs 1 (a pytree with no leaves)
-    scale: Array | tuple  # 0-d float32 255 where x holds uint8 grey levels, else () (no leaves)
+    levels: Array | tuple  # (256,) the floats of the grey levels where x holds uint8 ones, else () (no leaves)
 
 
 def epoch_data(
@@ -229,7 +234,7 @@ def epoch_data(
         backend.asarray(host.asarray(mlp.lr), mlp.dtype),
         backend.asarray(host.asarray(mlp.momentum), mlp.dtype),
         () if data.weights is None else data.weights,
-        data.scale,
+        data.levels,
     )
 
 
@@ -257,7 +262,7 @@ def make_epoch(
     def batch(step: Callable, idx: Array, carry: tuple, d: EpochData) -> tuple:
         xp = namespace_of(d.one_hot)
         state, loss_sum, errors = carry
-        rows = gather_rows(d.x, idx, d.one_hot.dtype, d.scale), xp.take(d.one_hot, idx, axis=0)
+        rows = gather_rows(d.x, idx, d.levels), xp.take(d.one_hot, idx, axis=0)
         weights = None if isinstance(d.weights, tuple) else xp.take(d.weights, idx, axis=0)  # gathered like labels
         state, (loss, out) = step(state, rows if weights is None else (*rows, weights), d.lr, d.momentum)
         if tick is not None:
