@@ -61,10 +61,13 @@ def test_fit_on_grey_levels_kept_uint8_equals_fit_on_host_scaled_floats_bitwise(
         assert host_x.dtype == np.dtype(dtype)
 
 
-def test_the_hw1_loop_on_grey_levels_kept_uint8_equals_host_scaled_floats(backend):
-    """fit(compiled=False): the HW1 loop gathers through the same scaling."""
+def test_the_hw1_loop_on_grey_levels_kept_uint8_equals_host_scaled_floats(backend, monkeypatch):
+    """fit(compiled=False): the HW1 loop gathers its uint8 batches through the same lookup."""
     pixels, y = grey_split(400)
+    monkeypatch.setattr(training, "DeviceSplit", RecordedSplit)
+    RecordedSplit.made.clear()
     kept = trained(backend, "float64", 1, GreyLevels(pixels), y, compiled=False)
+    assert as_host(RecordedSplit.made[0].x).dtype == (np.uint8 if backend.keeps_uint8 else np.float64)
     scaled = trained(backend, "float64", 1, pixels.astype(np.float32) / np.float32(255), y, compiled=False)
     for a, b in zip(kept, scaled, strict=True):
         np.testing.assert_array_equal(a, b)
