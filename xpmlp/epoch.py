@@ -3,7 +3,8 @@
 The data move to the model's device once (:class:`DeviceSplit`, checked on the
 host first). Each epoch draws a permutation on the host from (seed, epoch) — so a
 resumed run shuffles exactly as an uninterrupted one — and gathers every
-mini-batch on the device. Per-batch loss and error counts accumulate in device
+mini-batch on the device (uint8 grey levels, :class:`~xpmlp.data.GreyLevels`, stay uint8 there
+until a batch is gathered: :func:`gather_rows`). Per-batch loss and error counts accumulate in device
 scalars, read back by the caller in one device→host copy an epoch.
 :func:`make_epoch` is the epoch as a pure function of a
 :class:`~xpmlp.state.TrainingState`, which :class:`CompiledEpoch` compiles once.
@@ -107,7 +108,7 @@ class DeviceSplit:
     inputs stay sparse on the device (:mod:`xpmlp.sparse`; ``dense`` is False).
     With ``keep_uint8``, :class:`~xpmlp.data.GreyLevels` inputs stay uint8 on the
     device (where the backend :attr:`~xpmlp.backend.Backend.keeps_uint8`), which
-    :func:`gather_rows` scales per batch; elsewhere they are scaled on the host.
+    :func:`gather_rows` turns into floats per batch; elsewhere they are scaled on the host.
     """
 
     def __init__(self, mlp: MLP, split: Split, name: str, keep_uint8: bool = False) -> None:
