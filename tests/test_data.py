@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from xpmlp import data
-from xpmlp.data import IDX_FILES, download_mnist, load_mnist
+from xpmlp.data import IDX_FILES, GreyLevels, download_mnist, load_mnist
 
 from support.mnist_files import idx_bytes, synthetic, write_idx
 
@@ -159,6 +159,40 @@ def test_csv_files(tmp_path, header):
     np.testing.assert_array_equal(np.concatenate([ty, vy]), y)
     assert len(vx) == 10
     np.testing.assert_array_equal(sy, arrays["mnist_test.csv"][1])
+
+
+@pytest.mark.parametrize("form", ["idx", "npy", "csv"])
+def test_keep_uint8_gives_grey_levels_that_read_as_the_scaled_floats_bitwise(tmp_path, form):
+    """load_mnist(keep_uint8=True): every split GreyLevels of the uint8 pixels; np.asarray, rows and
+    single images read bitwise as load_mnist's float32 split."""
+    if form == "idx":
+        write_idx(tmp_path)
+    elif form == "npy":
+        write_npy(tmp_path, {"train": 1, "val": 1, "test": 1}, np.float64)  # whole-number float grey levels
+    else:
+        for name, n in (("mnist_train.csv", 30), ("mnist_test.csv", 8)):
+            x, y = synthetic(n, seed=n)
+            (tmp_path / name).write_text(
+                "\n".join(",".join(map(str, r)) for r in np.column_stack([y, x.reshape(n, -1)]))
+            )
+    floats = load_mnist(tmp_path, download=False, validation_size=10)
+    kept = load_mnist(tmp_path, download=False, validation_size=10, keep_uint8=True)
+    for (fx, fy), (kx, ky) in zip(floats, kept, strict=True):
+        assert isinstance(kx, GreyLevels) and kx.pixels.dtype == np.uint8 and kx.shape == fx.shape == (len(kx), 784)
+        assert kx.dtype == np.float32 and kx.pixels.nbytes * 4 == fx.nbytes
+        np.testing.assert_array_equal(np.asarray(kx), fx)
+        assert np.asarray(kx).dtype == np.float32 and np.asarray(kx, np.float64).dtype == np.float64
+        np.testing.assert_array_equal(np.asarray(kx[2:5]), fx[2:5])
+        np.testing.assert_array_equal(kx[3], fx[3])
+        np.testing.assert_array_equal(ky, fy)
+
+
+def test_keep_uint8_needs_whole_grey_levels(tmp_path):
+    write_npy(tmp_path, {"train": 255, "val": 255, "test": 255})  # pixels in [0, 1]
+    with pytest.raises(ValueError, match=r"train_\*\.npy: keep_uint8 needs whole grey levels 0-255"):
+        load_mnist(tmp_path, download=False, keep_uint8=True)
+    with pytest.raises(TypeError, match="GreyLevels needs a 2-D uint8 array, got 2-D float64"):
+        GreyLevels(np.zeros((2, 784)))
 
 
 def corrupt(directory: Path, name: str, data: bytes, gz: bool = True) -> None:
