@@ -188,6 +188,9 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("torch-cpu-build-hint", "backend/torch.py", "if self._module.version.cuda is None", "if self._module.version.cuda",
      ["test_torch.py"]),
 ]  # fmt: skip
+from compiler_mutants import COMPILER_MUTANTS  # noqa: E402  (tools/ is the script's folder)
+
+MUTANTS += COMPILER_MUTANTS
 
 OPTIONAL = {"backend/jax.py": "jax", "backend/torch.py": "torch"}
 
@@ -211,7 +214,7 @@ def test_path(name: str) -> Path:
     return next((ROOT / "tests").rglob(name)).relative_to(ROOT)
 
 
-def run(mutant: tuple, timeout: int) -> dict:
+def run(mutant: tuple, timeout: int, wide: list[str] | None = None) -> dict:
     name, file, old, new, tests = mutant
     path = ROOT / "xpmlp" / file
     source = path.read_text()
@@ -225,8 +228,8 @@ def run(mutant: tuple, timeout: int) -> dict:
         passed, detail = pytest([str(test_path(t)) for t in tests], timeout)
         stage = "relevant tests"
         if passed:
-            passed, detail = pytest(["-n", "2"], timeout)
-            stage = "whole suite"
+            passed, detail = pytest(wide or ["-n", "2"], timeout)
+            stage = "wider run" if wide else "whole suite"
     finally:
         path.write_text(source)
     status = "survived" if passed else "killed"
@@ -238,12 +241,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log", type=Path, required=True, help="log file (a .json beside it holds the results)")
     parser.add_argument("--only", nargs="*", help="run these mutants only")
+    parser.add_argument("--wide", nargs="*", help="the survivors' run: these test paths (default: the whole suite)")
     parser.add_argument("--check", action="store_true", help="only check that every mutant matches once")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
     args = parser.parse_args()
     names = [m[0] for m in MUTANTS]
     assert len(set(names)) == len(names), "mutant ids must be unique"
-    chosen = [m for m in MUTANTS if not args.only or m[0] in args.only]
+    chosen = [
+        m
+        for m in MUTANTS
+        if not args.only or any(m[0] == o or o.endswith("-") and m[0].startswith(o) for o in args.only)
+    ]
     for name, file, old, _, _ in chosen:
         count = (ROOT / "xpmlp" / file).read_text().count(old)
         assert count == 1, f"{name}: {old!r} occurs {count} times in {file}"
@@ -257,7 +265,7 @@ def main() -> None:
     with open(args.log, "a") as log:
         print(f"# {time.strftime('%F %T')} {sys.executable}: {len(chosen)} mutants", file=log, flush=True)
         for mutant in chosen:
-            result = run(mutant, args.timeout)
+            result = run(mutant, args.timeout, args.wide)
             results.append(result)
             line = f"{result['status']:>14}  {result['id']:<32} {result.get('by', '')}: {result['detail']}"
             print(line, file=log, flush=True)
