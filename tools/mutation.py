@@ -250,7 +250,7 @@ def main() -> None:
     chosen = [
         m
         for m in MUTANTS
-        if not args.only or any(m[0] == o or o.endswith("-") and m[0].startswith(o) for o in args.only)
+        if not args.only or any(m[0] == o or (o.endswith("-") and m[0].startswith(o)) for o in args.only)
     ]
     for name, file, old, _, _ in chosen:
         count = (ROOT / "xpmlp" / file).read_text().count(old)
