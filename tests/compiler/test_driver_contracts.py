@@ -49,8 +49,8 @@ def test_the_graph_runs_on_the_callers_stream(fake):
 
 
 def test_the_fake_graph_orders_its_buffers_by_stream(fake):
-    gpu, backend = fake
-    compiled, args = compiled_epoch(backend)
+    _, backend = fake
+    compiled, _ = compiled_epoch(backend)
     compiled.graph.launch(compiled.stream)
     with pytest.raises(Unordered):
         compiled.buffers[compiled.plan.resolve(compiled.plan.outputs[0])].copy()

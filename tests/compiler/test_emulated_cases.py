@@ -50,3 +50,23 @@ def test_spread_reductions_over_non_square_tiles_train_the_epoch():
     plan = make_plan(program, tail_max=2048, gemm_shape=GemmShape(16, 32, 8))
     assert any(n.get("spread", {}).get("by") == "tile" for k in plan.kernels() for n in k.nodes)
     assert_close(run_plan_on_host(plan, args, threads=4), expected, 1e-12)
+
+
+#: Reductions of a batch of 1000 the planner may spread, or must not: an arg-max over the batch (partials of values
+#: would lose the indices), an arg-max along rows of a product's tile work wider than a tile (only the tail sees
+#: it whole), column sums of products narrower than a tile or with a partial last tile of columns.
+BATCH = [
+    ("argmax over the batch", lambda xp, x, w, y: xp.argmax(y, axis=0) + xp.argmin(y, axis=0), (40, 64)),
+    ("argmax along wide tile rows", lambda xp, x, w, y: xp.argmax(xp.tanh(x @ w), axis=1), (40, 64)),
+    ("column sums, 10 columns", lambda xp, x, w, y: xp.sum(x @ w, axis=0) + xp.max(x @ w, axis=0), (40, 10)),
+    ("column sums, 40 columns", lambda xp, x, w, y: xp.sum(xp.tanh(x @ w), axis=0), (40, 40)),
+]
+
+
+@pytest.mark.parametrize("function, w_shape", [b[1:] for b in BATCH], ids=[b[0] for b in BATCH])
+def test_reductions_of_a_batch_compute_as_numpy(function, w_shape):
+    rng = np.random.default_rng(1)
+    x, w = rng.normal(size=(1000, 40)), rng.normal(size=w_shape)
+    y = rng.integers(-3, 3, size=(1000, 10)).astype(np.float64)  # ties
+    _, got = emulated(function, [x, w, y], threads=4)
+    np.testing.assert_allclose(got, function(np, x, w, y), rtol=1e-12, atol=1e-12)

@@ -50,11 +50,10 @@ def reads(body: str, param: int) -> list[str]:
         rest = body[match.end() :]
         if rest.startswith("["):
             depth, end = 0, 0
-            for end, ch in enumerate(rest):
-                depth += {"[": 1, "]": -1}.get(ch, 0)
-                if depth == 0:
-                    break
-            if re.match(r"\s*=(?!=)", rest[end + 1 :]):
+            while depth or not end:
+                depth += {"[": 1, "]": -1}.get(rest[end], 0)
+                end += 1
+            if re.match(r"\s*=(?!=)", rest[end:]):
                 continue  # a store
         elif not match[1]:
             continue  # the signature
