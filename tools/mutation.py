@@ -2,10 +2,12 @@
 
 Each mutant is an exact string replacement in one file of xpmlp/ (asserted to match once). The
 driver applies it, runs the most relevant test files with ``-x`` (a killed mutant ends fast), and
-only for a survivor the whole suite (``-x -n 2``); then it restores the file. Results go to a log
+only for a survivor the whole suite (``-x -n 2``; ``--wide PATH ...``: those tests); then it restores the file. Results go to a log
 (one line per mutant) and a JSON file. Run from the repository root, in the environment to test:
 
-    python tools/mutation.py --log out/mutants.log [--only ID ...]
+    python tools/mutation.py --log out/mutants.log [--only ID-or-PREFIX- ...] [--wide tests/compiler ...]
+
+The compiler's mutants (ids ``cm-...``) live in tools/compiler_mutants.py and are appended to the table.
 
 Mutants in the modules of a backend whose library is not installed are reported as not applicable.
 Bytecode is not written (a restored file of the same size in the same second could reuse a mutant's).
