@@ -2,8 +2,9 @@
 
 Each mutant is an exact string replacement in one file of xpmlp/ (asserted to match once). The
 driver applies it, runs the most relevant test files with ``-x`` (a killed mutant ends fast), and
-only for a survivor the whole suite (``-x -n 2``; ``--wide PATH ...``: those tests); then it restores the file. Results go to a log
-(one line per mutant) and a JSON file. Run from the repository root, in the environment to test:
+only for a survivor the whole suite (``-x -n 2``; ``--wide PATH ...``: those tests); then it
+restores the file. Results go to a log (one line per mutant) and a JSON file. Run from the repository
+root, in the environment to test:
 
     python tools/mutation.py --log out/mutants.log [--only ID-or-PREFIX- ...] [--wide tests/compiler ...]
 
