@@ -6,8 +6,8 @@ The ids start with ``cm-``: ``python tools/mutation.py --log LOG --only cm- --wi
 
 from __future__ import annotations
 
-C = ["test_kernel_contracts.py", "test_cuda_codegen.py", "test_emulated_cases.py"]  # the emulated CUDA
-F = ["test_fuse.py", "test_emulated_cases.py", "test_cuda_codegen.py", "test_kernel_contracts.py"]
+C = ["test_kernel_contracts.py", "test_emulated_cases.py", "test_cuda_codegen.py"]  # the emulated CUDA
+F = ["test_fuse.py", "test_emulated_cases.py", "test_kernel_contracts.py", "test_cuda_codegen.py"]
 T = ["test_trace.py", "test_emulated_cases.py", "test_cuda_codegen.py"]
 G = ["test_driver_contracts.py", "test_cupy_compile.py"]  # the fake GPU
 
