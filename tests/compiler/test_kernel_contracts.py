@@ -140,3 +140,23 @@ def test_only_the_last_block_to_arrive_goes_on():
         assert bound[counters].sum() > 0, spec.name
         for k in last:
             assert (bound[k].reshape(-1).view(np.uint8) == 0xFF).all(), (spec.name, k)
+
+
+def test_every_arrival_counter_lies_in_the_counters_buffer():
+    """A GEMM counts a tile's split-K arrivals and its tail's, a spread block kernel its blocks' arrivals: each at a
+    constant offset within the counters it is given (a counter past the end would count in another buffer)."""
+    checked = 0
+    for plan in plans():
+        for spec in plan.kernels():
+            counters = spec.gemm.get("counters") if spec.kind == "gemm" else (spec.spread or {}).get("counters")
+            if counters is None:
+                continue
+            body = kernels_of(module_source([spec]))[spec.name]
+            size = spec.params[counters].shape[0]
+            offsets = [int(n or 0) for n in re.findall(rf"atomicAdd\(p{counters}(?: \+ (\d+))?,", body)]
+            offsets += [int(n) for n in re.findall(rf"\bp{counters}\[(\d+)\] = 0;", body)]
+            if spec.kind == "gemm" and spec.gemm["splits"] > 1:  # a counter for each tile
+                assert f"atomicAdd(p{counters} + tile," in body and spec.gemm["tiles"] <= size
+            assert all(offset < size for offset in offsets), (spec.name, offsets, size)
+            checked += len(offsets)
+    assert checked >= 6
