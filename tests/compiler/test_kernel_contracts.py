@@ -3,7 +3,8 @@
 The GPU's memory model cannot show on the CPU (the emulation runs a launch's blocks one after another), so the
 hand-overs between blocks are checked in the source's shape: each block fences its writes before it counts its
 arrival, the last block fences again before it reads, and every read of what other blocks wrote goes past the
-L1 (``__ldcg``). That only the last block to arrive goes on is checked by behaviour: a launch short of its last
+L1 (``__ldcg``), each arrival counter lies within its buffer, a tile's reductions and row phases begin at a
+barrier. That only the last block to arrive goes on is checked by behaviour: a launch short of its last
 block leaves the results unwritten. float32 modules hold no double literal (a double in a float32 kernel runs
 at 1/64 of the rate on an H100).
 """
@@ -160,3 +161,25 @@ def test_every_arrival_counter_lies_in_the_counters_buffer():
             assert all(offset < size for offset in offsets), (spec.name, offsets, size)
             checked += len(offsets)
     assert checked >= 6
+
+
+def test_a_tiles_reductions_and_row_phases_begin_at_a_barrier():
+    """What a GEMM's tile reduces (its columns' partials) and its rows' phases (softmax, loss) read what the other
+    threads of the block stored just before: each begins after a ``__syncthreads``. (The emulation's threads rarely
+    race visibly, so this is read in the source.)"""
+    tile_partials = row_phases = 0
+    for plan in plans():
+        for spec in plan.kernels():
+            if spec.kind != "gemm":
+                continue
+            lines = [line.strip() for line in kernels_of(module_source([spec]))[spec.name].splitlines()]
+            stores = [i for i, line in enumerate(lines) if "(tile / " in line and line.endswith("= red[c];")]
+            if stores:  # the first of the tile's reductions: back to its opening brace
+                start = max(i for i in range(stores[0]) if lines[i] == "{" and "* red = " in lines[i + 1])
+                assert lines[start - 1] == "__syncthreads();", spec.name
+                tile_partials += 1
+            for i, line in enumerate(lines):
+                if line.startswith("// this tile's rows, phase"):
+                    assert lines[i - 1] == "__syncthreads();", (spec.name, line)
+                    row_phases += 1
+    assert tile_partials and row_phases >= 2
