@@ -54,12 +54,14 @@ def test_spread_reductions_over_non_square_tiles_train_the_epoch():
 
 #: Reductions of a batch of 1000 the planner may spread, or must not: an arg-max over the batch (partials of values
 #: would lose the indices), an arg-max along rows of a product's tile work wider than a tile (only the tail sees
-#: it whole), column sums of products narrower than a tile or with a partial last tile of columns.
+#: it whole), column sums of products narrower than a tile or with a partial last tile of columns, row means of a
+#: product a tile holds whole rows of.
 BATCH = [
     ("argmax over the batch", lambda xp, x, w, y: xp.argmax(y, axis=0) + xp.argmin(y, axis=0), (40, 64)),
     ("argmax along wide tile rows", lambda xp, x, w, y: xp.argmax(xp.tanh(x @ w), axis=1), (40, 64)),
     ("column sums, 10 columns", lambda xp, x, w, y: xp.sum(x @ w, axis=0) + xp.max(x @ w, axis=0), (40, 10)),
     ("column sums, 40 columns", lambda xp, x, w, y: xp.sum(xp.tanh(x @ w), axis=0), (40, 40)),
+    ("row means in the tile", lambda xp, x, w, y: xp.mean(x @ w, axis=1) - xp.max(x @ w, axis=1), (40, 10)),
 ]
 
 
