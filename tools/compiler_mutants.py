@@ -29,6 +29,7 @@ COMPILER_MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      "el / {bm}, c = col0 + el % {bn};\",\n            f\"  if (r < {m} && c < {n}) {destination}", C),
     ("cm-gemm-micro-col-tile", "compiler/cuda.py", "micro_col = f\"(m % {bn // MICRO}) * {MICRO}\"",
      "micro_col = f\"(m % {bm // MICRO}) * {MICRO}\"", C),
+    # equivalent: chunks are multiples of tile_k, so a step's k never passes its chunk's end short of K itself
     ("cm-gemm-a-past-chunk", "compiler/cuda.py", "f\"row0 + r < {g['m']} && kf + kk < k_end\"",
      "f\"row0 + r < {g['m']} && kf + kk < {g['k']}\"", C),
     ("cm-gemm-kgroup-tree-slot", "compiler/cuda.py", "c_tile[(group - half) * {bm * bn} + {element}]",
@@ -92,10 +93,13 @@ COMPILER_MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      "how = {\"by\": \"grid\", \"ranges\": rows // per", F),
     ("cm-fuse-rows-ranges-floor", "compiler/fuse.py", "how = {\"by\": \"rows\", \"ranges\": -(-rows // per)",
      "how = {\"by\": \"rows\", \"ranges\": rows // per", F),
+    # equivalent: what passes the later checks (a product, its tile work, loads) is of phase 0
     ("cm-fuse-spread-any-phase", "compiler/fuse.py", "node.op not in REDUCTIONS or phase != 0 or kernel.kind",
      "node.op not in REDUCTIONS or kernel.kind", F),
     ("cm-fuse-spread-argmax-columns", "compiler/fuse.py",
      "        if node.op not in SPREAD:\n            return None\n", "", F),
+    # equivalent: tile work that reads the product is refused through the product; other tile work is recomputed
+    # from its loads by whoever reads it, so the blocks may read it before the tiles run
     ("cm-fuse-grid-reads-tile", "compiler/fuse.py",
      "node.op not in ELEMENTWISE or node in self.computed_once or node in kernel.tile)",
      "node.op not in ELEMENTWISE or node in self.computed_once)", F),
