@@ -239,8 +239,8 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      "grey_levels = _grey_levels(splits[0][0]) is not False", ["test_data.py"]),
     ("scaled-undecided-refused", "data.py", "if own is not None and own != grey_levels:", "if own != grey_levels:",
      ["test_data.py"]),
-    ("scaled-own-scale", "data.py", "/ host.float32(255) if grey_levels else", "/ host.float32(255) if own else",
-     ["test_data.py"]),
+    ("scaled-own-scale", "data.py", "x = scaled_grey_levels(x) if grey_levels else",
+     "x = scaled_grey_levels(x) if own else", ["test_data.py"]),
     ("scaled-message-direction", "data.py", "            if not own:\n", "            if own:\n", ["test_data.py"]),
     ("scaled-255-refused", "data.py", "if x.size and x.max() > 1:", "if x.size and x.max() >= 1:",
      ["test_data.py", "test_cli.py"]),
@@ -338,6 +338,9 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("info-data-missing-as-file", "info.py", "if not directory.exists():", "if not directory.is_dir():",
      ["test_info.py::test_an_xpmlp_data_that_is_no_readable_folder_is_said_in_one_line", "test_info.py"]),
 ]  # fmt: skip
+from compiler_mutants import COMPILER_MUTANTS  # noqa: E402  (tools/ is the script's folder)
+
+MUTANTS += COMPILER_MUTANTS
 
 #: survivors no test can tell apart from the source, each with the reason
 EQUIVALENT: dict[str, str] = {
@@ -349,6 +352,10 @@ EQUIVALENT: dict[str, str] = {
     "is left buffered for the flush at exit: the run still exits 0 with nothing on stderr",
     "overwrite-replaces-kept": "later saves take the same way (.model.npz.new.tmp, then the rename) and remove the "
     "old run's files again, already gone: every save, and the folder, end the same",
+    "cm-gemm-a-past-chunk": "chunks are multiples of tile_k, so a step's k never passes its chunk's end short of K",
+    "cm-fuse-spread-any-phase": "what passes the later checks (a product, its tile work, loads) is of phase 0",
+    "cm-fuse-grid-reads-tile": "tile work that reads the product is refused through the product; other tile work "
+    "is recomputed from its loads by whoever reads it",
 }
 
 OPTIONAL = {"backend/jax.py": "jax", "backend/torch.py": "torch"}

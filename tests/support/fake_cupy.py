@@ -13,7 +13,10 @@ It has what ``xpmlp.backend.cupy`` and ``capture.py`` use, with a GPU's rules en
   kernel's first launch may not happen inside a capture; nothing may be allocated, copied or
   read during one.
 - An array made on one stream may not be read from another before that stream is
-  synchronized (streams run concurrently on a GPU).
+  synchronized (streams run concurrently on a GPU); a graph launched on a stream writes its
+  buffers there, so they may be copied out only on that stream (or after it is synchronized).
+- An ``Event``'s time can be read only once it is complete: synchronized itself, or its stream
+  (CUDA's ``cudaErrorNotReady`` otherwise).
 - A kernel runs from its generated source: by default the NumPy interpretation of the
   description embedded in it (``fuse.run_kernel``); with ``kernels="host"`` the generated CUDA
   itself, compiled for the CPU (``cuda_host.HostModule``).
@@ -44,6 +47,10 @@ class Unordered(AssertionError):
     """A read on one stream of what another stream may not have written yet."""
 
 
+class NotReady(AssertionError):
+    """An event's time read before the event completed."""
+
+
 class DeviceBuffer:
     """A buffer of the graph's private pool: copied on the device, never read on the host."""
 
@@ -63,8 +70,11 @@ class DeviceBuffer:
         return self._data.size
 
     def copy(self) -> np.ndarray:
-        """A device-to-device copy, into an ordinary (eager) array."""
+        """A device-to-device copy, into an ordinary (eager) array, on the current stream."""
         self._gpu.outside_capture("copy a buffer")
+        written = self._gpu.pending.get(id(self))
+        if written is not None and written[0] is self and written[1] is not self._gpu.streams[-1]:
+            raise Unordered("a copy reads a buffer that another stream may still be writing")
         return self._data.copy()
 
     def _read(self, *args: Any, **kwargs: Any) -> Any:
@@ -128,8 +138,34 @@ class FakeGraph:
 
     def launch(self, stream: Any = None) -> None:
         self.gpu.outside_capture("launch a graph")
+        stream = stream or self.gpu.default_stream
         for kernel, grid, args in self.launches:
             kernel.execute(grid, args)
+            for arg in args[:-1]:  # written on ``stream``, in order after what ran there before
+                self.gpu.pending[id(arg)] = (arg, stream)
+
+
+class FakeEvent:
+    """A CUDA event: recorded on a stream, complete once it, a later event of its stream or the stream is
+    synchronized."""
+
+    def __init__(self, gpu: FakeCupy) -> None:
+        self.gpu, self.stream, self.complete = gpu, None, False
+
+    def record(self, stream: Any = None) -> None:
+        self.stream, self.complete = stream or self.gpu.streams[-1], False
+        self.gpu.events.append(self)
+
+    def synchronize(self) -> None:
+        """Waits for it and so for what its stream ran before it, events included."""
+        assert self in self.gpu.events, "an event is synchronized after it is recorded"
+        for event in self.gpu.events[: self.gpu.events.index(self) + 1]:
+            event.complete = event.complete or event.stream is self.stream
+
+    def elapsed_since(self, start: FakeEvent) -> float:
+        if not (start.complete and self.complete):
+            raise NotReady("cudaErrorNotReady: an event's time read before it completed")
+        return 1.5  # milliseconds
 
 
 class FakeStream:
@@ -146,6 +182,8 @@ class FakeStream:
     def synchronize(self) -> None:
         self.gpu.outside_capture("synchronize")
         self.gpu.pending = {k: v for k, v in self.gpu.pending.items() if v[1] is not self}
+        for event in self.gpu.events:
+            event.complete = event.complete or event.stream is self
 
     def begin_capture(self, mode: int | None = None) -> None:
         if self.null:
@@ -174,6 +212,7 @@ class FakeCupy(types.ModuleType):
         self.pool_depth = 0
         self.pending: dict[int, tuple[Any, FakeStream]] = {}  # arrays written on a stream not synchronized since
         self.launches = self.graphs = 0
+        self.events: list[FakeEvent] = []
         self.default_stream = FakeStream(self, null=True)
         self.streams: list[FakeStream] = [self.default_stream]
         runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, streamCaptureModeRelaxed=2)
@@ -184,6 +223,8 @@ class FakeCupy(types.ModuleType):
             using_allocator=self._using_allocator,
             Stream=lambda **kw: FakeStream(self, **kw),
             get_current_stream=lambda: self.streams[-1],
+            Event=lambda **kw: FakeEvent(self),
+            get_elapsed_time=lambda start, stop: stop.elapsed_since(start),
         )
 
     def outside_capture(self, what: str) -> None:
