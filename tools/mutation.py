@@ -338,9 +338,10 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("info-data-missing-as-file", "info.py", "if not directory.exists():", "if not directory.is_dir():",
      ["test_info.py::test_an_xpmlp_data_that_is_no_readable_folder_is_said_in_one_line", "test_info.py"]),
 ]  # fmt: skip
-from compiler_mutants import COMPILER_MUTANTS  # noqa: E402  (tools/ is the script's folder)
-
-MUTANTS += COMPILER_MUTANTS
+_compiler = importlib.util.spec_from_file_location("compiler_mutants", Path(__file__).with_name("compiler_mutants.py"))
+_compiler_mutants = importlib.util.module_from_spec(_compiler)
+_compiler.loader.exec_module(_compiler_mutants)  # beside this file, imported as this file is (a script or a module)
+MUTANTS += _compiler_mutants.COMPILER_MUTANTS
 
 #: survivors no test can tell apart from the source, each with the reason
 EQUIVALENT: dict[str, str] = {
