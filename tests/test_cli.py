@@ -305,6 +305,18 @@ def test_a_foreign_model_npz_is_no_run_and_is_never_replaced(tmp_path, data, cap
     assert foreign.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.npz"]
 
 
+@pytest.mark.parametrize("flag", [[], ["--overwrite"]])
+def test_outputs_without_a_checkpoint_are_no_run_and_are_never_removed(tmp_path, data, capsys, flag):
+    """A metrics.json or a plot beside no model.npz is not train.py's (it writes the checkpoint first): once
+    called a run, and --overwrite deleted another program's files."""
+    (tmp_path / "metrics.json").write_text('{"accuracy": 0.93}')
+    (tmp_path / "curves.png").write_bytes(b"a figure for the paper")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST, *flag])
+    assert f"holds curves.png, metrics.json but no {tmp_path / 'model.npz'}" in line and "another --out" in line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_a_second_run_is_refused_while_the_first_holds_the_lock(tmp_path, data, capsys):
     from xpmlp.cli.runs import locked
 
