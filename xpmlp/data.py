@@ -138,16 +138,20 @@ def read_idx(path: str | os.PathLike, magic: int) -> Any:
 def _check_pair(x: Any, y: Any, where: str) -> Split:
     """Images as (N, 784) non-negative numbers (not yet scaled) and integer labels 0-9 of the same count."""
     x, y = host.asarray(x), host.asarray(y)
-    x = x.reshape(x.shape[0], -1) if x.ndim == 3 else x
+    x = x.reshape(x.shape[0], x.shape[1] * x.shape[2]) if x.ndim == 3 else x  # (not -1: no rows, no size)
     if x.ndim != 2 or x.shape[1] != PIXELS:
         raise ValueError(f"{where}: images must be (N, 784) or (N, 28, 28), got {x.shape}")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{where}: {x.shape[0]} images but labels of shape {y.shape}")
+    if not x.shape[0]:
+        raise ValueError(f"{where}: no images (an empty split); every split needs at least one")
+    if y.dtype.kind not in "iuf":  # strings, complex numbers: no range to report (NumPy's TypeError)
+        raise ValueError(f"{where}: labels must be integers 0-9, found {y.dtype} labels")
     if y.dtype.kind == "f" and host.all(y == host.round(y)):
         y = y.astype(host.int64)
-    if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() >= CLASSES)):
+    if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= CLASSES:
         raise ValueError(f"{where}: labels must be integers 0-9, found values in [{y.min()}, {y.max()}]")
-    if x.dtype.kind not in "iuf" or (x.size and not (host.isfinite(x).all() and x.min() >= 0)):
+    if x.dtype.kind not in "iuf" or not (host.isfinite(x).all() and x.min() >= 0):
         raise ValueError(f"{where}: pixels must be finite non-negative numbers")
     return x, y.astype(host.int64, copy=False)
 
