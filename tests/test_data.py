@@ -135,13 +135,17 @@ def test_pixels_that_are_negative_or_not_numbers_are_refused(tmp_path, value):
 
 
 @pytest.mark.parametrize("header", [True, False])
-def test_csv_files(tmp_path, header):
+@pytest.mark.parametrize("written", ["int", "float", "bom"])
+def test_csv_files(tmp_path, header, written):
+    """Also numbers written as floats (pandas' ``3.0``) and a UTF-8 byte-order mark (Excel's "CSV UTF-8"): each
+    once made the first row a header, silently one image fewer."""
     arrays = {}
     for name, n, seed in (("mnist_train.csv", 30, 1), ("mnist_test.csv", 8, 2)):
         x, y = synthetic(n, seed)
-        rows = np.column_stack([y, x.reshape(n, -1)])
+        rows = np.column_stack([y, x.reshape(n, -1)]).astype(float if written == "float" else int)
         head = "label," + ",".join(f"{i // 28 + 1}x{i % 28 + 1}" for i in range(784)) + "\n" if header else ""
-        (tmp_path / name).write_text(head + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+        text = ("\ufeff" if written == "bom" else "") + head + "\n".join(",".join(map(str, r)) for r in rows) + "\n"
+        (tmp_path / name).write_text(text, encoding="utf-8")
         arrays[name] = (x, y)
     (tx, ty), (vx, vy), (_, sy) = load_mnist(tmp_path, download=False, validation_size=10)
     x, y = arrays["mnist_train.csv"]

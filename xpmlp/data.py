@@ -239,12 +239,21 @@ def _load_npy(directory: Path) -> tuple[Split, Split, Split]:
     return _scaled([(*_check_pair(arrays[f"{p}_data"], arrays[f"{p}_labels"], w), w) for p, w in where.items()])
 
 
-def _read_csv(path: Path) -> Split:
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
-    header = 0 if first.split(",", 1)[0].strip().isdigit() else 1
+def _numbers(line: str) -> bool:
+    """Whether a CSV line is comma-separated numbers (a row), not a header."""
     try:
-        table = host.loadtxt(path, delimiter=",", skiprows=header, dtype=host.float64, ndmin=2)
+        [float(field) for field in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path) -> Split:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: without a byte-order mark (Excel's "CSV UTF-8")
+        first = f.readline()
+    header = 0 if _numbers(first) else 1  # (not "is the first field a digit": 3.0 is a label, a BOM is none)
+    try:
+        table = host.loadtxt(path, delimiter=",", skiprows=header, dtype=host.float64, ndmin=2, encoding="utf-8-sig")
     except ValueError as exc:
         raise ValueError(f"{path}: not a numeric CSV of label,784 pixels ({exc})") from exc
     if table.shape[1] != 1 + PIXELS:
