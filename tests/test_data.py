@@ -106,6 +106,17 @@ def test_grey_level_splits_whose_pixels_stay_within_1_are_grey_levels(tmp_path):
     assert set(np.unique(sx)) <= {0.0, np.float32(1 / 255)}
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, bool])
+def test_binary_integer_images_are_not_divided_by_255(tmp_path, dtype):
+    """Binarized MNIST stored as integers 0 and 1 fits both scales, as float 0s and 1s do: once taken for grey
+    levels and divided by 255 (every pixel below 0.004), silently."""
+    write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
+    for part in ("train", "val", "test"):
+        np.save(tmp_path / f"{part}_data.npy", (np.load(tmp_path / f"{part}_data.npy") > 128).astype(dtype))
+    splits = load_mnist(tmp_path, download=False)
+    assert all(set(np.unique(x)) == {0.0, 1.0} for x, _ in splits)
+
+
 def test_pixels_beyond_the_grey_levels_are_refused(tmp_path):
     write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
     x = np.load(tmp_path / "val_data.npy")

@@ -151,7 +151,7 @@ def _check_pair(x: Any, y: Any, where: str) -> Split:
         y = y.astype(host.int64)
     if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= CLASSES:
         raise ValueError(f"{where}: labels must be integers 0-9, found values in [{y.min()}, {y.max()}]")
-    if x.dtype.kind not in "iuf" or not (host.isfinite(x).all() and x.min() >= 0):
+    if x.dtype.kind not in "biuf" or not (host.isfinite(x).all() and x.min() >= 0):  # (b: a binarized set)
         raise ValueError(f"{where}: pixels must be finite non-negative numbers")
     return x, y.astype(host.int64, copy=False)
 
@@ -159,20 +159,20 @@ def _check_pair(x: Any, y: Any, where: str) -> Split:
 def _grey_levels(x: Any) -> bool | None:
     """Whether pixels ``x`` are grey levels 0-255 (True), values in [0, 1] (False), or could be either (None).
 
-    Integer pixels, or any above 1, are grey levels; floats within [0, 1] with a
-    fraction among them are not (grey levels are whole numbers); whole-number floats
-    within [0, 1] (only 0 and 1) fit both.
+    Pixels above 1 are grey levels; floats within [0, 1] with a fraction among them
+    are not (grey levels are whole numbers); whole numbers within [0, 1] (only 0 and
+    1: binary images, integers, booleans or floats) fit both.
     """
-    if x.dtype.kind in "iu" or bool(x.size and x.max() > 1.0):
+    if bool(x.size and x.max() > 1):
         return True
-    return False if bool(x.size and (x != host.floor(x)).any()) else None
+    return False if x.dtype.kind == "f" and bool(x.size and (x != host.floor(x)).any()) else None
 
 
 def _scaled(splits: Sequence[tuple[Any, Any, str]]) -> tuple[Split, ...]:
     """Each checked ``(x, y, where)`` with float32 pixels in [0, 1], all scaled alike.
 
-    The first (training) split decides: grey levels 0-255 (integers, or floats above
-    1) and every split is divided by 255, else every split is kept as it is. A split
+    The first (training) split decides: grey levels 0-255 (pixels above 1) and every
+    split is divided by 255, else every split is kept as it is. A split
     whose own pixels say the other scale is a ValueError naming it, in both
     directions: grey levels beside a training split in [0, 1], and fractions in
     [0, 1] beside a training split in grey levels (which ÷255 would shrink again).
