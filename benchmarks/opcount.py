@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 import xpmlp
+from xpmlp.data import GreyLevels
 from xpmlp.training import CompiledEpoch, DeviceSplit
 
 HW1_HIDDENS = (64, 64, 32)
@@ -43,11 +44,13 @@ def step_operations(
     activation: type = xpmlp.Sigmoid,
     batch_size: int = 100,
     dtype: str = "float32",
+    grey_levels: bool = False,
 ) -> dict[str, Any]:
     """``{"operations": n, "views": v, "by_op": {name: n}}`` for one training step as ``fit`` trains.
 
     The network is 784-hiddens-10 with ``activation`` and BatchNorm on the first ``bn``
-    layers (default: the HW1 network with BN on layer 1), on torch CPU tensors.
+    layers (default: the HW1 network with BN on layer 1), on torch CPU tensors. ``grey_levels``: the
+    training images are uint8 :class:`~xpmlp.data.GreyLevels`, kept so on the device, each batch's looked up.
     """
     counts = []
     for batches in (2, 3):
@@ -68,7 +71,8 @@ def step_operations(
         )
         n = batches * batch_size
         rng = np.random.default_rng(0)
-        data = DeviceSplit(model, (rng.random((n, 784)), rng.integers(0, 10, n)), "training")
+        x = GreyLevels(rng.integers(0, 256, (n, 784), dtype=np.uint8)) if grey_levels else rng.random((n, 784))
+        data = DeviceSplit(model, (x, rng.integers(0, 10, n)), "training", keep_uint8=True)
         epoch = CompiledEpoch(model, data, batch_size)
         epoch.compile(np.arange(n))
         with _dispatch_counter() as counter:

@@ -14,7 +14,8 @@ they share lives in ``tests/support/``:
 ``support.epochs``       an epoch as the compiler sees it: ``epoch_inputs``, ``traced_epoch``, ``assert_close``
 ``support.operations``   ``OPS``: every traced operation as a case
 ``support.products``     ``GEMMS``: the kinds of matrix product a step computes
-``support.cuda_host``    the generated CUDA compiled with g++ and run on the CPU (blocks in turn)
+``support.cuda_host``    the generated CUDA compiled with g++ and run on the CPU (blocks in turn, or at once
+                         under ThreadSanitizer), poisoned memory and guard bands
 ``support.fake_cupy``    a stand-in for CuPy that enforces a GPU's rules, for the compiled epoch without a GPU
 ``support.data_parallel`` one process of a data-parallel run (JAX's forced devices, a torch gloo rank)
 

@@ -145,6 +145,20 @@ def test_outputs_that_overflow_are_refused_by_predict_and_evaluate(backend):
         xpmlp.predict(model, model.backend.asarray(x, "float32"))  # device inputs: the same one read
 
 
+def test_one_output_that_overflows_in_any_chunk_is_refused_and_counted(monkeypatch):
+    """A single overflowing row, in the first of several evaluation chunks, is named: 1 of 30 rows."""
+    monkeypatch.setattr("xpmlp.evaluation.EVAL_CHUNK", 7)
+    model = MLP(784, 10, [16], [xpmlp.ReLU(), Identity()], xpmlp.he_normal_weight_init, xpmlp.zeros_bias_init,
+                SoftmaxCrossEntropy(), 0.05, dtype="float32")  # fmt: skip
+    x, labels = dataset()[2]
+    x = np.vstack([np.full((1, 784), 3e38), x[1:]])  # finite in float32; ReLU lets x·W through: inf
+    message = r"the model's outputs are not finite for 1 of 30 rows, though the inputs are"
+    with pytest.raises(ValueError, match="evaluate: " + message):
+        xpmlp.evaluate(model, x, labels)
+    with pytest.raises(ValueError, match="predict: " + message):
+        xpmlp.predict(model, x)
+
+
 def test_predict_reads_the_device_once(monkeypatch):
     pytest.importorskip("torch")
     model = hw1_like("torch", dtype="float32")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import importlib.util
 import json
@@ -123,9 +124,14 @@ def test_missing_data_says_where_it_looked_and_creates_nothing(tmp_path, capsys)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_out_that_is_a_file(tmp_path, data, capsys):
-    (tmp_path / "taken").write_text("x")
-    assert "is a file" in refused(capsys, ["--data", str(data), "--out", str(tmp_path / "taken"), *FAST])
+@pytest.mark.parametrize("kind", ["file", "device"])
+def test_out_that_is_a_file(tmp_path, data, capsys, kind):
+    """A file or a device (/dev/null: no regular file) is no --out; the line says so before anything is read."""
+    out = tmp_path / "taken" if kind == "file" else Path(os.devnull)
+    if kind == "file":
+        out.write_text("x")
+    line = refused(capsys, ["--data", str(data), "--out", str(out), *FAST])
+    assert f"--out {out} is a file, not a folder" in line
 
 
 def test_resume_without_a_train_py_checkpoint(tmp_path, data, capsys):
@@ -198,16 +204,16 @@ def test_resume_with_patience_equals_the_uninterrupted_run(tmp_path, overfitting
 
 
 def test_ctrl_c_stops_after_a_saved_epoch_and_resume_continues(tmp_path, data):
-    argv = [sys.executable, "-m", "xpmlp", "train", "--data", str(data), "--out", str(tmp_path), "--epochs", "100000",
-            "--lr-decay", "1", *FAST]  # fmt: skip
+    # SIGINT handled as from a terminal (a background shell starts its jobs with it ignored), set in the child
+    # itself: a preexec_fn would fork this process, whose JAX threads may hold locks the child then waits on
+    as_from_a_terminal = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('xpmlp', run_name='__main__', alter_sys=True)"
+    )
+    argv = [sys.executable, "-c", as_from_a_terminal, "train", "--data", str(data), "--out", str(tmp_path),
+            "--epochs", "100000", "--lr-decay", "1", *FAST]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    def default_sigint() -> None:  # a background shell starts its jobs with SIGINT ignored; a terminal does not
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
-    ) as proc:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         for line in proc.stdout:  # an event, not a clock: an epoch's line is printed once its checkpoint is saved
             if line.startswith("epoch"):
                 break
@@ -811,7 +817,11 @@ def test_a_signal_as_a_checkpoint_is_renamed_reports_that_checkpoint(tmp_path, d
         path = xpmlp.save(*args, **kwargs)
         saves.append(path)
         if len(saves) == 2:
-            signal.raise_signal(sent)
+            gc.disable()  # the signal's KeyboardInterrupt raised here, never in a gc callback that would lose it
+            try:
+                signal.raise_signal(sent)
+            finally:
+                gc.enable()
         return path
 
     monkeypatch.setattr(cli, "save", save_then_signal)
@@ -868,6 +878,16 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_left_alon
     line = refused(capsys, ["--data", str(data), "--out", str(out), "--epochs", "1", *FAST])
     assert "its lock file .train.lock is a symbolic link" in line
     assert (tmp_path / "precious.txt").read_text() == "precious" and (out / ".train.lock").is_symlink()
+
+
+def test_a_lock_file_that_is_a_dangling_symbolic_link_is_refused_as_one(tmp_path, data, capsys):
+    """A link to nothing is a link too: it was said to be a folder that takes no files (too many levels of links)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".train.lock").symlink_to(tmp_path / "gone.txt")
+    line = refused(capsys, ["--data", str(data), "--out", str(out), "--epochs", "1", *FAST])
+    assert "its lock file .train.lock is a symbolic link" in line
+    assert not (tmp_path / "gone.txt").exists() and (out / ".train.lock").is_symlink()
 
 
 def test_a_closed_stderr_does_not_stop_the_run(tmp_path, data):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from xpmlp import data
-from xpmlp.data import IDX_FILES, download_mnist, load_mnist
+from xpmlp.data import IDX_FILES, GreyLevels, download_mnist, load_mnist
 
 from support.mnist_files import idx_bytes, synthetic, write_idx
 
@@ -106,15 +106,14 @@ def test_grey_level_splits_whose_pixels_stay_within_1_are_grey_levels(tmp_path):
     assert set(np.unique(sx)) <= {0.0, np.float32(1 / 255)}
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int64, bool])
-def test_binary_integer_images_are_not_divided_by_255(tmp_path, dtype):
-    """Binarized MNIST stored as integers 0 and 1 fits both scales, as float 0s and 1s do: once taken for grey
-    levels and divided by 255 (every pixel below 0.004), silently."""
+@pytest.mark.parametrize(("dtype", "top"), [(np.uint8, np.float32(1 / 255)), (np.float64, 1.0)])
+def test_pixels_of_only_0_and_1_keep_the_scale_their_type_says(tmp_path, dtype, top):
+    """Binary images: integers 0 and 1 are grey levels (divided by 255); floats 0 and 1 in every split are kept."""
     write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
     for part in ("train", "val", "test"):
         np.save(tmp_path / f"{part}_data.npy", (np.load(tmp_path / f"{part}_data.npy") > 128).astype(dtype))
-    splits = load_mnist(tmp_path, download=False)
-    assert all(set(np.unique(x)) == {0.0, 1.0} for x, _ in splits)
+    for x, _ in load_mnist(tmp_path, download=False):
+        assert x.dtype == np.float32 and set(np.unique(x)) == {0.0, top}
 
 
 def test_pixels_beyond_the_grey_levels_are_refused(tmp_path):
@@ -164,6 +163,40 @@ def test_csv_files(tmp_path, header, written):
     np.testing.assert_array_equal(np.concatenate([ty, vy]), y)
     assert len(vx) == 10
     np.testing.assert_array_equal(sy, arrays["mnist_test.csv"][1])
+
+
+@pytest.mark.parametrize("form", ["idx", "npy", "csv"])
+def test_keep_uint8_gives_grey_levels_that_read_as_the_scaled_floats_bitwise(tmp_path, form):
+    """load_mnist(keep_uint8=True): every split GreyLevels of the uint8 pixels; np.asarray, rows and
+    single images read bitwise as load_mnist's float32 split."""
+    if form == "idx":
+        write_idx(tmp_path)
+    elif form == "npy":
+        write_npy(tmp_path, {"train": 1, "val": 1, "test": 1}, np.float64)  # whole-number float grey levels
+    else:
+        for name, n in (("mnist_train.csv", 30), ("mnist_test.csv", 8)):
+            x, y = synthetic(n, seed=n)
+            (tmp_path / name).write_text(
+                "\n".join(",".join(map(str, r)) for r in np.column_stack([y, x.reshape(n, -1)]))
+            )
+    floats = load_mnist(tmp_path, download=False, validation_size=10)
+    kept = load_mnist(tmp_path, download=False, validation_size=10, keep_uint8=True)
+    for (fx, fy), (kx, ky) in zip(floats, kept, strict=True):
+        assert isinstance(kx, GreyLevels) and kx.pixels.dtype == np.uint8 and kx.shape == fx.shape == (len(kx), 784)
+        assert kx.dtype == np.float32 and kx.pixels.nbytes * 4 == fx.nbytes
+        np.testing.assert_array_equal(np.asarray(kx), fx)
+        assert np.asarray(kx).dtype == np.float32 and np.asarray(kx, np.float64).dtype == np.float64
+        np.testing.assert_array_equal(np.asarray(kx[2:5]), fx[2:5])
+        np.testing.assert_array_equal(kx[3], fx[3])
+        np.testing.assert_array_equal(ky, fy)
+
+
+def test_keep_uint8_needs_whole_grey_levels(tmp_path):
+    write_npy(tmp_path, {"train": 255, "val": 255, "test": 255})  # pixels in [0, 1]
+    with pytest.raises(ValueError, match=r"train_\*\.npy: keep_uint8 needs whole grey levels 0-255"):
+        load_mnist(tmp_path, download=False, keep_uint8=True)
+    with pytest.raises(TypeError, match="GreyLevels needs a 2-D uint8 array, got 2-D float64"):
+        GreyLevels(np.zeros((2, 784)))
 
 
 def corrupt(directory: Path, name: str, data: bytes, gz: bool = True) -> None:

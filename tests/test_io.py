@@ -97,7 +97,8 @@ def test_pickled_content_is_refused(tmp_path):
     arrays = {k: v for k, v in host_state(model).items()}
     arrays["__config__"] = np.array([{"evil": 1}], dtype=object)
     np.savez(tmp_path / "objects.npz", **arrays)
-    with pytest.raises(ValueError, match="pickled"):
+    refused = r"objects\.npz: refused, not an \.npz checkpoint of plain arrays \(member __config__\.npy holds pickled"
+    with pytest.raises(ValueError, match=refused):
         load(tmp_path / "objects.npz")
     (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"W.0": np.zeros(3)}))
     with pytest.raises(ValueError, match="pickled"):
@@ -233,6 +234,15 @@ def test_a_path_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
     assert not (work / "~").exists()
     np.testing.assert_array_equal(load("~/runs/m.npz").W[0], model.W[0])
     assert load_checkpoint("~/runs/m.npz")[1] is None
+
+
+def test_is_checkpoint_reads_the_home_folder_and_says_no_for_what_is_no_checkpoint(tmp_path, monkeypatch):
+    """train.py asks it of --out's model.npz: ``~`` is the home folder; a missing file or a folder is no checkpoint."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save(trained(), tmp_path / "m.npz")
+    np.savez(tmp_path / "other.npz", weights=np.ones(3))
+    assert xio.is_checkpoint("~/m.npz") and not xio.is_checkpoint(tmp_path / "other.npz")
+    assert not xio.is_checkpoint(tmp_path / "missing.npz") and not xio.is_checkpoint(tmp_path)
 
 
 CONFIG = {"format": "xpmlp-checkpoint", "version": 1, "input_size": 2, "output_size": 2, "hiddens": [2],

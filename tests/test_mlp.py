@@ -469,6 +469,30 @@ def test_a_replaced_parameter_of_another_shape_is_refused_naming_it(name, shape,
                 model.forward(x)
 
 
+@pytest.mark.parametrize("value", [1e39, np.nan, -np.inf])
+def test_a_replaced_parameter_not_finite_in_the_models_dtype_is_refused_naming_it(value):
+    """A float64 W[0] of 1e39 in a float32 model was taken in as infinite weights (an overflow warning at most)."""
+    x, y = batch()
+    for run in ("step", "fit", "forward"):
+        model = small_mlp(2, Sigmoid, 1, dtype="float32")
+        before = {k: np.array(v) for k, v in model.state_dict().items()}
+        replaced = np.zeros(model.W[0].shape)
+        replaced[1, 2] = value
+        model.W[0] = replaced
+        with pytest.raises(
+            ValueError, match=r"^W\[0\] was replaced by an array holding NaN or values infinite in float32$"
+        ):
+            if run == "step":
+                model.step()
+            elif run == "fit":
+                xpmlp.fit(model, (x, y.argmax(axis=1)), epochs=1, batch_size=3, progress=False)
+            else:
+                model.forward(x)
+        model.W[0] = before["W.0"]
+        for key, kept in before.items():
+            np.testing.assert_array_equal(np.asarray(model.state_dict()[key]), kept, err_msg=key)
+
+
 def test_a_replaced_parameter_from_another_library_is_moved_to_the_models_backend():
     torch = pytest.importorskip("torch")
     x, y = batch()

@@ -28,3 +28,11 @@ def test_identity_costs_nothing_and_a_tanh_net_stays_within_the_budget():
     found = step_operations(0)["by_op"]
     assert "ones_like" not in found and "where" not in found
     assert step_operations(0, activation=xpmlp.Tanh)["operations"] <= LIMITS[0]
+
+
+def test_grey_levels_kept_uint8_add_only_their_lookup_to_a_step():
+    """uint8 training images cost a step two operations outside its 90: their cast to indices and the lookup."""
+    floats, grey = step_operations(1), step_operations(1, grey_levels=True)
+    assert floats["operations"] <= LIMITS[1]
+    extra = {op: grey["by_op"].get(op, 0) - floats["by_op"].get(op, 0) for op in {*floats["by_op"], *grey["by_op"]}}
+    assert {op: n for op, n in extra.items() if n} == {"_to_copy": 1, "index_select": 1}

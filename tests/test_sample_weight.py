@@ -94,6 +94,21 @@ def test_the_compiled_epoch_equals_the_hw1_loop_with_weights(backend):
     assert states[0][1].val_error == pytest.approx(states[1][1].val_error, rel=1e-12)
 
 
+def test_a_weighted_validation_split_reports_its_weighted_loss_and_error():
+    """fit's val_loss and val_error of ``(x, labels, w)`` weigh each row by w: with weights 0 and 1, they are those
+    of the rows of weight 1."""
+    x, y = digits()
+    w = (np.arange(200) % 3 == 0).astype(np.float64)
+    kept = w > 0
+    mlp = MLP(64, 10, [16], [Tanh(), Identity()], lambda i, o: np.random.default_rng(3).normal(size=(i, o)) * 0.1,
+              lambda o: np.zeros((1, o)), SoftmaxCrossEntropy(), 0.05, 0.9, 1, dtype="float64")  # fmt: skip
+    history = xpmlp.fit(mlp, (x[:500], y[:500]), (x[500:700], y[500:700], w), epochs=1, batch_size=50, seed=0,
+                        progress=False)  # fmt: skip
+    loss, error = xpmlp.evaluate(mlp, x[500:700][kept], y[500:700][kept])
+    assert history.val_loss[-1] == pytest.approx(loss, rel=1e-12)
+    assert history.val_error[-1] == pytest.approx(error, abs=1e-12)
+
+
 def test_weighted_fit_trains_as_scikit_learn_does_from_the_same_weights():
     """Same start, rows in order, positive weights: scikit-learn's weighted trajectory and loss curve, to 1e-12."""
     x, y = digits()

@@ -120,6 +120,15 @@ def test_a_sparse_split_never_holds_a_dense_copy_on_the_device(monkeypatch):
     assert sizes and max(sizes) <= 64 and 40 in sizes
 
 
+def test_evaluate_on_sparse_x_in_chunks_equals_evaluate_on_dense(monkeypatch):
+    """Each evaluation chunk densifies its own rows of a sparse split: the loss and error are the dense ones."""
+    x, y = digits()
+    model = MLPClassifier(**SMALL).fit(x[:300], y[:300]).model_
+    dense = xpmlp.evaluate(model, x[300:500], y[300:500])
+    monkeypatch.setattr("xpmlp.evaluation.EVAL_CHUNK", 64)
+    assert xpmlp.evaluate(model, sp.csr_matrix(x[300:500]), y[300:500]) == pytest.approx(dense, rel=1e-12)
+
+
 def test_a_sparse_batch_too_large_for_memory_is_refused_naming_batch_size():
     with pytest.raises(MemoryError, match=r"one batch of 1000000 rows × 1000000 features needs .* GiB.*batch_size"):
         check_dense_batch_fits(10**6, 10**6, 8)

@@ -7,6 +7,7 @@ import pytest
 
 import xpmlp
 from xpmlp import fit
+from xpmlp.backend import namespace_of
 from xpmlp.training import DeviceSplit, _epoch_order, epoch_data, make_epoch
 
 from conftest import TOL, rel_err
@@ -145,6 +146,61 @@ def test_jax_compiles_once_for_every_fit_of_models_of_one_structure(monkeypatch)
     monkeypatch.setenv("XPMLP_JAX_MATMUL_PRECISION", "high")  # written into the program's products
     fit(hw1_like(type(backend)(), dtype="float32"), train, val, epochs=1, **args)
     assert len(compiles) == 5
+
+
+def test_a_model_of_another_batchnorm_alpha_gets_a_program_of_its_own(monkeypatch):
+    """α is a constant of the compiled epoch: a program cached for another α would update the running statistics
+    with that one. The second model's fit equals its eager fit."""
+    backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")
+    compiles = counted_compiles(monkeypatch, backend)
+    train, val, _ = dataset()
+    args = {"epochs": 1, "batch_size": 16, "seed": 0, "progress": False}
+    fit(hw1_like("jax", dtype="float32"), train, val, **args)
+    slow, eager = hw1_like("jax", dtype="float32"), hw1_like("jax", dtype="float32")
+    for model in (slow, eager):
+        model.bn_layers[0].alpha = 0.5
+    fit(slow, train, val, **args)
+    fit(eager, train, val, compiled=False, **args)
+    assert len(compiles) == 2
+    got, expected = host_state(slow), host_state(eager)
+    running = [key for key in expected if "running" in key]
+    assert running and all(rel_err(got[key], expected[key]) < 1e-5 for key in running)
+
+
+class Tanh(xpmlp.activations.Activation):
+    """A user's activation named as a built-in one, holding a parameter: f(x) = tanh(a·x)."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = a
+
+    def forward(self, x):
+        self.state = namespace_of(x).tanh(self.a * x)
+        return self.state
+
+    def derivative(self):
+        return self.a * (1.0 - self.state * self.state)
+
+
+def test_a_users_activation_named_as_a_built_in_one_is_compiled_for_each_model(monkeypatch):
+    """Its class name says nothing of what it holds: no program is cached for it, each fit equals its eager fit."""
+    backend = pytest.importorskip("jax") and xpmlp.get_backend("jax")
+    compiles = counted_compiles(monkeypatch, backend)
+    train, val, _ = dataset()
+    args = {"epochs": 1, "batch_size": 16, "seed": 0, "progress": False}
+
+    def model(a: float) -> xpmlp.MLP:
+        np.random.seed(0)
+        layers = [Tanh(a), xpmlp.Identity()]
+        return xpmlp.MLP(784, 10, [16], layers, xpmlp.he_normal_weight_init, xpmlp.zeros_bias_init,
+                         xpmlp.SoftmaxCrossEntropy(), 0.05, backend="jax", dtype="float32")  # fmt: skip
+
+    for a in (1.0, 3.0):
+        compiled, eager = model(a), model(a)
+        fit(compiled, train, val, **args)
+        fit(eager, train, val, compiled=False, **args)
+        assert rel_err(host_state(compiled)["W.0"], host_state(eager)["W.0"]) < 1e-5
+    assert len(compiles) == 2
 
 
 def test_the_estimators_partial_fit_on_jax_compiles_once(monkeypatch):

@@ -395,3 +395,12 @@ def test_a_batch_size_beyond_the_data_is_one_batch_of_every_row(compiled):
     assert got.train_loss == expected.train_loss and got.val_loss == expected.val_loss
     for key, value in whole.state_dict().items():
         np.testing.assert_array_equal(beyond.state_dict()[key], value, err_msg=key)
+
+
+def test_evaluate_in_chunks_equals_evaluate_in_one(monkeypatch):
+    """The loss and error rate of a split evaluated in chunks of EVAL_CHUNK rows are those of one pass over it."""
+    model = hw1_like("numpy")
+    (x, labels), _, _ = dataset()
+    whole = xpmlp.evaluate(model, x, labels)
+    monkeypatch.setattr("xpmlp.evaluation.EVAL_CHUNK", 7)
+    assert xpmlp.evaluate(model, x, labels) == pytest.approx(whole, rel=1e-12) and min(whole) > 0

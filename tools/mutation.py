@@ -2,10 +2,16 @@
 
 Each mutant is an exact string replacement in one file of xpmlp/ (asserted to match once). The
 driver applies it, runs the most relevant test files with ``-x`` (a killed mutant ends fast), and
-only for a survivor the whole suite (``-x -n 2``); then it restores the file. Results go to a log
-(one line per mutant) and a JSON file. Run from the repository root, in the environment to test:
+only for a survivor the wider ``--survivor-tests`` (default: tests/ but tests/compiler, one
+process); then it restores the file. A mutant still running after ``--timeout`` seconds (both
+stages together) is stopped, with every process it started, and counted as killed by the timeout.
+A survivor named in :data:`EQUIVALENT` (with the reason no test can tell it apart) is counted as
+equivalent, not as survived. Results go to a log (one line per mutant, appended) and a JSON file
+beside it (a mutant run again replaces its result there).
+Run from the repository root, in the environment to test:
 
-    python tools/mutation.py --log out/mutants.log [--only ID ...]
+    python tools/mutation.py --log /tmp/mutants.log [--only ID ...] [--only-prefix PREFIX ...]
+        [--survivor-tests tests/test_cli.py ...] [--timeout 900] [--check]
 
 Mutants in the modules of a backend whose library is not installed are reported as not applicable.
 Bytecode is not written (a restored file of the same size in the same second could reuse a mutant's).
@@ -14,10 +20,12 @@ Bytecode is not written (a restored file of the same size in the same second cou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +33,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# (id, file, old, new, the most relevant test files, in order)
+#: the tests of checks.as_rate (then their files), and of outputs that overflow
+RATE_TESTS = [
+    "test_mlp.py::test_rates_are_checked_in_the_models_dtype",
+    "test_bad_input.py::test_a_rate_is_checked_in_the_models_dtype",
+    "test_bad_input.py",
+    "test_mlp.py",
+]
+OUTPUT_TESTS = [
+    "test_bad_input.py::test_one_output_that_overflows_in_any_chunk_is_refused_and_counted",
+    "test_bad_input.py::test_outputs_that_overflow_are_refused_by_predict_and_evaluate",
+    "test_bad_input.py",
+    "test_training.py",
+]
+
+# (id, file, old, new, the most relevant test files (or file.py::test), in order)
 MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     # activations.py
     ("act-sigmoid-deriv-sign", "activations.py", "return s * (1.0 - s)", "return s * (1.0 + s)",
@@ -187,31 +209,199 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      ["test_torch.py"]),
     ("torch-cpu-build-hint", "backend/torch.py", "if self._module.version.cuda is None", "if self._module.version.cuda",
      ["test_torch.py"]),
+    # issue 25 -- checks.py as_rate
+    ("rate-cast-in-float64", "checks.py", "cast = float(host.asarray(number, dtype=dtype))",
+     "cast = float(host.asarray(number, dtype=\"float64\"))", RATE_TESTS),
+    ("rate-zero-refused", "checks.py", "if number > 0 and cast == 0:", "if cast == 0:",
+     RATE_TESTS),
+    ("rate-subnormal-is-zero", "checks.py", "if number > 0 and cast == 0:", "if number > 0 and cast < limits.tiny:",
+     RATE_TESTS),
+    ("rate-below-strict", "checks.py", "if below is not None and cast >= below:",
+     "if below is not None and cast > below:",
+     RATE_TESTS),
+    ("rate-below-before-cast", "checks.py", "if below is not None and cast >= below:",
+     "if below is not None and number >= below:", RATE_TESTS),
+    ("rate-inf-as-nan", "checks.py", "if math.isinf(cast):", "if math.isnan(cast):",
+     RATE_TESTS),
+    ("rate-negative-accepted", "checks.py", "as_float(name, value, minimum=0.0, below=below)",
+     "as_float(name, value, below=below)", RATE_TESTS),
+    ("rate-cast-warns", "checks.py", "with host.errstate(over=\"ignore\", under=\"ignore\"):",
+     "with host.errstate(under=\"ignore\"):",
+     RATE_TESTS),
+    # issue 25 -- data.py _grey_levels, _scaled
+    ("grey-unsigned-not-integer", "data.py", "if x.dtype.kind in \"iu\" or bool(", "if x.dtype.kind in \"i\" or bool(",
+     ["test_data.py"]),
+    ("grey-whole-floats-are-fractions", "data.py", "(x != host.floor(x)).any()) else None",
+     "(x != host.floor(x)).any()) else False", ["test_data.py"]),
+    ("scaled-last-split-decides", "data.py", "grey_levels = bool(_grey_levels(splits[0][0]))",
+     "grey_levels = bool(_grey_levels(splits[-1][0]))", ["test_data.py"]),
+    ("scaled-undecided-is-grey", "data.py", "grey_levels = bool(_grey_levels(splits[0][0]))",
+     "grey_levels = _grey_levels(splits[0][0]) is not False", ["test_data.py"]),
+    ("scaled-undecided-refused", "data.py", "if own is not None and own != grey_levels:", "if own != grey_levels:",
+     ["test_data.py"]),
+    ("scaled-own-scale", "data.py", "/ host.float32(255) if grey_levels else", "/ host.float32(255) if own else",
+     ["test_data.py"]),
+    ("scaled-message-direction", "data.py", "            if not own:\n", "            if own:\n", ["test_data.py"]),
+    ("scaled-255-refused", "data.py", "if x.size and x.max() > 1:", "if x.size and x.max() >= 1:",
+     ["test_data.py", "test_cli.py"]),
+    # issue 25 -- evaluation.py check_outputs, _eval_sums
+    ("outputs-one-row-allowed", "evaluation.py", "    if not_finite:\n", "    if not_finite > 1:\n",
+     OUTPUT_TESTS),
+    ("eval-not-finite-last-chunk", "evaluation.py", "not_finite = not_finite + xp.sum(", "not_finite = xp.sum(",
+     OUTPUT_TESTS),
+    ("eval-loss-last-chunk", "evaluation.py", "loss_sum = loss_sum + xp.sum(", "loss_sum = xp.sum(",
+     ["test_training.py::test_evaluate_in_chunks_equals_evaluate_in_one", "test_training.py", "test_sparse.py"]),
+    ("eval-loss-unweighted", "evaluation.py", "xp.sum(loss if weights is None else weights * loss)", "xp.sum(loss)",
+     ["test_sample_weight.py::test_a_weighted_validation_split_reports_its_weighted_loss_and_error",
+      "test_sample_weight.py", "test_training.py"]),
+    ("eval-in-train-mode", "evaluation.py",
+     "with eval_mode(mlp), host.errstate(over=\"ignore\", invalid=\"ignore\"):  # outputs are checked: no NumPy "
+     "warning\n        for rows in _chunks(data.n):",
+     "with host.errstate(over=\"ignore\", invalid=\"ignore\"):  # outputs are checked: no NumPy "
+     "warning\n        for rows in _chunks(data.n):", ["test_training.py", "test_batchnorm.py"]),
+    ("eval-sparse-all-rows", "evaluation.py", "mlp.backend.asarray(host.arange(data.n)[rows])",
+     "mlp.backend.asarray(host.arange(data.n))",
+     ["test_sparse.py::test_evaluate_on_sparse_x_in_chunks_equals_evaluate_on_dense", "test_sparse.py"]),
+    # issue 25 -- state.py FlatBuffer.checked
+    ("checked-rank-only", "state.py", "if tuple(a.shape) != shape:", "if a.ndim != len(shape):", ["test_mlp.py"]),
+    ("checked-transpose-never", "state.py", "transposed = tuple(a.shape) == shape[::-1] and",
+     "transposed = tuple(a.shape) == shape and", ["test_mlp.py"]),
+    ("checked-view-converted", "state.py", "if a is not view:", "if a is view:", ["test_mlp.py", "test_step.py"]),
+    ("checked-error-type", "state.py", "raise type(exc)(", "raise ValueError(", ["test_mlp.py"]),
+    ("checked-value-error-unnamed", "state.py", "except (TypeError, ValueError) as exc:", "except TypeError as exc:",
+     ["test_mlp.py", "test_bad_input.py"]),
+    # issue 25 -- mlp.py setters
+    ("mlp-lr-rate-in-float64", "mlp.py", "self._lr = as_rate(\"lr\", value, self.dtype)",
+     "self._lr = as_rate(\"lr\", value, \"float64\")", ["test_mlp.py", "test_bad_input.py"]),
+    ("mlp-l2-as-float", "mlp.py", "self._l2 = as_rate(\"l2\", value, self.dtype)",
+     "self._l2 = as_float(\"l2\", value, minimum=0.0)", ["test_mlp.py", "test_bad_input.py"]),
+    ("mlp-momentum-rate-no-below", "mlp.py", "as_rate(\"momentum\", value, self.dtype, below=1.0)",
+     "as_rate(\"momentum\", value, self.dtype)", ["test_mlp.py", "test_bad_input.py"]),
+    # issue 25 -- io.py
+    ("io-read-refusal-as-unreadable", "io.py", "except ValueError as exc:  # NumPy's refusal",
+     "except KeyError as exc:  # NumPy's refusal",
+     ["test_io.py::test_pickled_content_is_refused", "test_io.py"]),
+    ("io-read-zip-errors-only", "io.py", "except Exception as exc:  # every other failure",
+     "except (zipfile.BadZipFile, OSError) as exc:  # every other failure", ["test_io.py"]),
+    ("io-load-folder-unchecked", "io.py", "    if path.is_dir():\n        raise ValueError(f\"{path} is a folder, not",
+     "    if path.is_dir() and path.suffix:\n        raise ValueError(f\"{path} is a folder, not", ["test_io.py"]),
+    ("io-load-no-expanduser", "io.py", "    path = Path(path).expanduser()\n    arrays = _read(path)",
+     "    path = Path(path)\n    arrays = _read(path)", ["test_io.py"]),
+    ("io-is-checkpoint-no-expanduser", "io.py", "zipfile.ZipFile(Path(path).expanduser())", "zipfile.ZipFile(path)",
+     ["test_io.py", "test_cli.py"]),
+    ("io-is-checkpoint-any-zip", "io.py", "return f\"{CONFIG_KEY}.npy\" in archive.namelist()", "return True",
+     ["test_io.py", "test_cli.py"]),
+    ("io-is-checkpoint-missing-raises", "io.py", "except (OSError, zipfile.BadZipFile):", "except zipfile.BadZipFile:",
+     ["test_io.py", "test_cli.py"]),
+    # issue 25 -- epoch.py program_key
+    ("key-without-l2", "epoch.py", "for bn in mlp.bn_layers), mlp.l2,", "for bn in mlp.bn_layers),",
+     ["test_step.py", "test_training.py"]),
+    ("key-without-bn-alpha", "epoch.py", "(type(bn), bn.alpha, bn.eps)", "(type(bn), bn.eps)",
+     ["test_step.py::test_a_model_of_another_batchnorm_alpha_gets_a_program_of_its_own", "test_step.py"]),
+    ("key-without-batch-size", "epoch.py", "signature, n, batch_size, mlp.input_size", "signature, n, mlp.input_size",
+     ["test_step.py", "test_training.py"]),
+    ("key-subclass-known", "epoch.py", "if not all(type(a) is ACTIVATION_CLASSES.get(type(a).__name__)",
+     "if not all(type(a).__name__ in ACTIVATION_CLASSES",
+     ["test_step.py::test_a_users_activation_named_as_a_built_in_one_is_compiled_for_each_model", "test_step.py"]),
+    # issue 25 -- backend/cupy.py nvidia_driver_found
+    ("driver-first-library-only", "backend/cupy.py", "        except OSError:\n            continue",
+     "        except OSError:\n            return False", ["test_backend.py"]),
+    ("driver-always-found", "backend/cupy.py", "        return True\n    return False",
+     "        return True\n    return True",
+     ["test_backend.py"]),
+    # issue 25 -- cli/runs.py
+    ("say-broken-pipe-escapes", "cli/runs.py", "except BrokenPipeError:", "except ConnectionResetError:",
+     ["test_cli.py"]),
+    ("say-stdout-not-redirected", "cli/runs.py", "os.dup2(devnull, sys.stdout.fileno())", "pass",
+     ["test_cli.py"]),
+    ("lock-follows-links", "cli/runs.py", "os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW", "os.O_RDWR | os.O_CREAT",
+     ["test_cli.py"]),
+    ("lock-link-by-exists", "cli/runs.py", "if path.is_symlink():", "if path.exists():",
+     ["test_cli.py::test_a_lock_file_that_is_a_dangling_symbolic_link_is_refused_as_one", "test_cli.py"]),
+    ("overwrite-removes-only-checkpoint", "cli/runs.py", "if name != CHECKPOINT:", "if name == CHECKPOINT:",
+     ["test_cli.py"]),
+    ("overwrite-replaces-kept", "cli/runs.py", "            progress.replaces = []\n", "", ["test_cli.py"]),
+    ("resume-always-told", "cli/runs.py", "told = args.backend is not None", "told = True", ["test_cli.py"]),
+    # issue 25 -- cli/command.py
+    ("sigterm-exits-130", "cli/command.py", "raise SystemExit(TERMINATED if terminated else INTERRUPTED)",
+     "raise SystemExit(INTERRUPTED)", ["test_cli.py"]),
+    ("data-folder-not-recorded", "cli/command.py", "    args.data = str(mnist_location(args.data, args.dataset)[0])  #",
+     "    #", ["test_cli.py"]),
+    ("out-new-folder-taken", "cli/command.py", "taken = out.exists() and not out.is_dir()", "taken = not out.is_dir()",
+     ["test_cli.py"]),
+    ("out-only-files-taken", "cli/command.py", "taken = out.exists() and not out.is_dir()", "taken = out.is_file()",
+     ["test_cli.py::test_out_that_is_a_file", "test_cli.py"]),
+    # issue 25 -- info.py
+    ("info-device-error-escapes", "info.py", "except ValueError as exc:  # the library runs",
+     "except TypeError as exc:  # the library runs", ["test_info.py::test_a_missing_xpmlp_device_is_flagged",
+                                                       "test_info.py"]),
+    ("info-data-missing-as-file", "info.py", "if not directory.exists():", "if not directory.is_dir():",
+     ["test_info.py::test_an_xpmlp_data_that_is_no_readable_folder_is_said_in_one_line", "test_info.py"]),
 ]  # fmt: skip
+
+#: survivors no test can tell apart from the source, each with the reason
+EQUIVALENT: dict[str, str] = {
+    "checked-value-error-unnamed": "convert is Backend.asarray, which turns every failure to convert host data into a "
+    "TypeError (and casting its own arrays raises none): no ValueError reaches this except on any backend",
+    "key-without-batch-size": "the key's signature holds the batches input's shape (N // batch_size, batch_size): "
+    "the batch size is in the key already",
+    "say-stdout-not-redirected": "after the first EPIPE every later say fails alike and is caught again, and nothing "
+    "is left buffered for the flush at exit: the run still exits 0 with nothing on stderr",
+    "overwrite-replaces-kept": "later saves take the same way (.model.npz.new.tmp, then the rename) and remove the "
+    "old run's files again, already gone: every save, and the folder, end the same",
+}
 
 OPTIONAL = {"backend/jax.py": "jax", "backend/torch.py": "torch"}
 
+#: the survivor stage's default: every test but the compiler's (slow, and they test no mutated line)
+SURVIVOR_TESTS = ["tests", "--ignore=tests/compiler"]
 
-def pytest(args: list[str], timeout: int) -> tuple[bool, str]:
-    """Whether ``python -m pytest -q -x ARGS`` passed, and its last line."""
+
+def pytest(args: list[str], timeout: float) -> tuple[bool | None, str]:
+    """Whether ``python -m pytest -q -x ARGS`` passed (None: stopped after ``timeout`` s), and its last line.
+
+    The run is a session of its own: at the timeout it is killed with every process it started
+    (a CLI test's train.py would otherwise keep the output pipe open).
+    """
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args]
-    try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False, f"timed out after {timeout} s (counted as killed)"
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:  # fmt: skip
+        try:
+            stdout, stderr = proc.communicate(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return None, f"timed out after {timeout:.0f} s (counted as killed)"
+    lines = [line for line in stdout.splitlines() if line.strip()]
     failed = [line.split(" - ")[0] for line in lines if line.startswith(("FAILED", "ERROR"))]
-    last = lines[-1] if lines else done.stderr.strip()[-200:]
-    return done.returncode == 0, f"{last} {failed[0]}" if failed else last
+    last = lines[-1] if lines else stderr.strip()[-200:]
+    return proc.returncode == 0, f"{last} {failed[0]}" if failed else last
 
 
-def test_path(name: str) -> Path:
-    """The test file called ``name`` wherever it lies under tests/ (they mirror the package's folders)."""
-    return next((ROOT / "tests").rglob(name)).relative_to(ROOT)
+def test_path(name: str) -> str:
+    """The test file called ``name`` wherever it lies under tests/ (they mirror the package's folders).
+
+    ``file.py::test`` names one test of it: those run first, on their own (where a whole file is slow).
+    """
+    file, sep, rest = name.partition("::")
+    return f"{next((ROOT / 'tests').rglob(file)).relative_to(ROOT)}{sep}{rest}"
 
 
-def run(mutant: tuple, timeout: int) -> dict:
+def check(mutants: list[tuple]) -> None:
+    """AssertionError unless ids are unique, each mutant matches its file once, and EQUIVALENT names mutants."""
+    names = [m[0] for m in mutants]
+    assert len(set(names)) == len(names), "mutant ids must be unique"
+    assert set(EQUIVALENT) <= set(names), f"EQUIVALENT names no mutant: {sorted(set(EQUIVALENT) - set(names))}"
+    for name, file, old, new, tests in mutants:
+        count = (ROOT / "xpmlp" / file).read_text().count(old)
+        assert count == 1, f"{name}: {old!r} occurs {count} times in {file}"
+        assert old != new and tests, f"{name}: a mutant changes the source and names its tests"
+
+
+def run(mutant: tuple, timeout: float, survivor_tests: list[str]) -> dict:
+    """Apply ``mutant``, run its tests (then ``survivor_tests`` if they pass), restore the file: the result."""
     name, file, old, new, tests = mutant
     path = ROOT / "xpmlp" / file
     source = path.read_text()
@@ -222,52 +412,82 @@ def run(mutant: tuple, timeout: int) -> dict:
     started = time.perf_counter()
     try:
         path.write_text(source.replace(old, new))
-        passed, detail = pytest([str(test_path(t)) for t in tests], timeout)
+        focused = [test_path(t) for t in tests if "::" in t]  # pytest would run them in file order
+        passed, detail = pytest(focused, timeout) if focused else (True, "")
         stage = "relevant tests"
         if passed:
-            passed, detail = pytest(["-n", "2"], timeout)
-            stage = "whole suite"
+            files = [test_path(t) for t in tests if "::" not in t]
+            passed, detail = pytest(files, timeout - (time.perf_counter() - started)) if files else (passed, detail)
+        if passed:
+            passed, detail = pytest(survivor_tests, timeout - (time.perf_counter() - started))
+            stage = "survivor tests"
     finally:
         path.write_text(source)
-    status = "survived" if passed else "killed"
-    return {"id": name, "file": file, "status": status, "by": stage, "detail": detail,
-            "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    if passed is None:
+        status, stage = "killed", f"timeout in the {stage}"
+    elif passed:
+        status = "equivalent" if name in EQUIVALENT else "survived"
+    else:
+        status = "killed"
+    result = {"id": name, "file": file, "status": status, "by": stage, "detail": detail,
+              "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    if name in EQUIVALENT:
+        result["equivalent"] = EQUIVALENT[name]
+    return result
+
+
+def summary(results: list[dict]) -> str:
+    """Killed of the mutants that are neither equivalent nor not applicable, and how many were each."""
+    counted = [r for r in results if r["status"] in ("killed", "survived")]
+    killed = sum(r["status"] == "killed" for r in counted)
+    timeouts = sum(r["by"].startswith("timeout") for r in counted if r["status"] == "killed")
+    equivalent = sum(r["status"] == "equivalent" for r in results)
+    share = f" ({killed / len(counted):.1%})" if counted else ""
+    return (f"killed {killed} / {len(counted)}{share}, {timeouts} of them by the timeout; {equivalent} equivalent, "
+            f"{len(results) - len(counted) - equivalent} not applicable")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log", type=Path, required=True, help="log file (a .json beside it holds the results)")
+    parser.add_argument("--log", type=Path, help="log file (a .json beside it holds the results); needed to run")
     parser.add_argument("--only", nargs="*", help="run these mutants only")
+    parser.add_argument("--only-prefix", nargs="*", help="run only the mutants whose id starts with one of these")
     parser.add_argument("--check", action="store_true", help="only check that every mutant matches once")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per pytest run")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant, both stages (default 900)")
+    parser.add_argument(
+        "--survivor-tests", nargs="+", default=SURVIVOR_TESTS,
+        help="pytest arguments of the survivors' wider run (default: tests --ignore=tests/compiler)",
+    )  # fmt: skip
     args = parser.parse_args()
-    names = [m[0] for m in MUTANTS]
-    assert len(set(names)) == len(names), "mutant ids must be unique"
     chosen = [m for m in MUTANTS if not args.only or m[0] in args.only]
-    for name, file, old, _, _ in chosen:
-        count = (ROOT / "xpmlp" / file).read_text().count(old)
-        assert count == 1, f"{name}: {old!r} occurs {count} times in {file}"
+    chosen = [m for m in chosen if not args.only_prefix or m[0].startswith(tuple(args.only_prefix))]
+    check(MUTANTS)
     if args.check:
-        print(f"{len(chosen)} mutants, each matching once")
+        print(f"{len(chosen)} mutants, each matching once ({len(EQUIVALENT)} marked equivalent)")
         return
+    if args.log is None:
+        parser.error("--log is needed to run the mutants")
     for cache in (ROOT / "xpmlp").rglob("__pycache__"):
         shutil.rmtree(cache)
     results = []
     args.log.parent.mkdir(parents=True, exist_ok=True)
     with open(args.log, "a") as log:
-        print(f"# {time.strftime('%F %T')} {sys.executable}: {len(chosen)} mutants", file=log, flush=True)
+        print(f"# {time.strftime('%F %T')} {sys.executable}: {len(chosen)} mutants, survivors then run "
+              f"{' '.join(args.survivor_tests)}", file=log, flush=True)  # fmt: skip
         for mutant in chosen:
-            result = run(mutant, args.timeout)
+            result = run(mutant, args.timeout, args.survivor_tests)
             results.append(result)
             line = f"{result['status']:>14}  {result['id']:<32} {result.get('by', '')}: {result['detail']}"
+            if "equivalent" in result:
+                line += f" [equivalent: {result['equivalent']}]"
             print(line, file=log, flush=True)
             print(line, flush=True)
-        counted = [r for r in results if r["status"] != "not applicable"]
-        killed = sum(r["status"] == "killed" for r in counted)
-        summary = f"killed {killed} / {len(counted)} ({len(results) - len(counted)} not applicable)"
-        print(f"# {summary}", file=log, flush=True)
-        print(summary)
-    args.log.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        print(f"# {summary(results)}", file=log, flush=True)
+        print(summary(results))
+    saved = args.log.with_suffix(".json")  # the log's earlier rounds too: a mutant run again replaces its result
+    earlier = json.loads(saved.read_text()) if saved.exists() else []
+    ran = {r["id"] for r in results}
+    saved.write_text(json.dumps([r for r in earlier if r["id"] not in ran] + results, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .activations import Activation, Identity, ReLU, Sigmoid, Tanh
     from .backend import BACKENDS, Backend, BackendUnavailableError, get_backend
     from .batchnorm import BatchNorm
-    from .data import load_mnist
+    from .data import GreyLevels, load_mnist
     from .estimator import MLPClassifier as MLPClassifier
     from .init import he_normal_weight_init, random_normal_weight_init, zeros_bias_init
     from .io import load, load_checkpoint, save
@@ -33,7 +33,7 @@ _HOMES = {
     **dict.fromkeys(["Activation", "Identity", "ReLU", "Sigmoid", "Tanh"], "activations"),
     **dict.fromkeys(["BACKENDS", "Backend", "BackendUnavailableError", "get_backend"], "backend"),
     "BatchNorm": "batchnorm",
-    "load_mnist": "data",
+    **dict.fromkeys(["GreyLevels", "load_mnist"], "data"),
     **dict.fromkeys(["he_normal_weight_init", "random_normal_weight_init", "zeros_bias_init"], "init"),
     **dict.fromkeys(["load", "load_checkpoint", "save"], "io"),
     **dict.fromkeys(["SigmoidBinaryCrossEntropy", "SoftmaxCrossEntropy"], "loss"),
@@ -82,6 +82,7 @@ __all__ = [
     "BackendUnavailableError",
     "BatchNorm",
     "EarlyStopping",
+    "GreyLevels",
     "History",
     "Identity",
     "ReLU",

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_CACHE",
     "IDX_FILES",
     "MIRRORS",
+    "GreyLevels",
     "download_mnist",
     "load_mnist",
     "mnist_location",
@@ -107,6 +108,57 @@ CLASSES = 10
 Split = tuple[Any, Any]
 
 
+def scaled_grey_levels(pixels: Any) -> Any:
+    """uint8 grey levels as :func:`load_mnist` scales them: float32 divided by 255 (as the epoch looks them up)."""
+    return pixels.astype(host.float32) / host.float32(255)
+
+
+class GreyLevels:
+    """Images kept as their uint8 grey levels 0-255, read everywhere as :func:`load_mnist`'s float32 in [0, 1].
+
+    ``pixels`` is the (N, features) uint8 host array. NumPy (``numpy.asarray``) and
+    so every xpmlp function reads it as ``pixels.astype(float32) / float32(255)``;
+    :func:`~xpmlp.fit` keeps a training split's uint8 on the device (4× fewer bytes
+    than float32) and scales each mini-batch as it is gathered, bitwise alike.
+    Row indexing (``x[:100]``) gives GreyLevels of those rows.
+    """
+
+    __slots__ = ("pixels",)
+
+    def __init__(self, pixels: Any) -> None:
+        pixels = host.asarray(pixels)
+        if pixels.dtype != host.uint8 or pixels.ndim != 2:
+            raise TypeError(f"GreyLevels needs a 2-D uint8 array, got {pixels.ndim}-D {pixels.dtype}")
+        self.pixels = pixels
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.pixels.shape
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def dtype(self) -> Any:
+        """float32: what the images read as."""
+        return host.dtype(host.float32)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, key: Any) -> Any:
+        rows = self.pixels[key]
+        return GreyLevels(rows) if rows.ndim == 2 else scaled_grey_levels(rows)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        x = scaled_grey_levels(self.pixels)
+        return x if dtype is None else x.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"GreyLevels(shape={self.shape})"
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
@@ -151,7 +203,7 @@ def _check_pair(x: Any, y: Any, where: str) -> Split:
         y = y.astype(host.int64)
     if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= CLASSES:
         raise ValueError(f"{where}: labels must be integers 0-9, found values in [{y.min()}, {y.max()}]")
-    if x.dtype.kind not in "biuf" or not (host.isfinite(x).all() and x.min() >= 0):  # (b: a binarized set)
+    if x.dtype.kind not in "iuf" or not (host.isfinite(x).all() and x.min() >= 0):
         raise ValueError(f"{where}: pixels must be finite non-negative numbers")
     return x, y.astype(host.int64, copy=False)
 
@@ -159,20 +211,23 @@ def _check_pair(x: Any, y: Any, where: str) -> Split:
 def _grey_levels(x: Any) -> bool | None:
     """Whether pixels ``x`` are grey levels 0-255 (True), values in [0, 1] (False), or could be either (None).
 
-    Pixels above 1 are grey levels; floats within [0, 1] with a fraction among them
-    are not (grey levels are whole numbers); whole numbers within [0, 1] (only 0 and
-    1: binary images, integers, booleans or floats) fit both.
+    Integer pixels, or any above 1, are grey levels; floats within [0, 1] with a
+    fraction among them are not (grey levels are whole numbers); whole-number floats
+    within [0, 1] (only 0 and 1) fit both.
     """
-    if bool(x.size and x.max() > 1):
+    if x.dtype.kind in "iu" or bool(x.size and x.max() > 1.0):
         return True
-    return False if x.dtype.kind == "f" and bool(x.size and (x != host.floor(x)).any()) else None
+    return False if bool(x.size and (x != host.floor(x)).any()) else None
 
 
-def _scaled(splits: Sequence[tuple[Any, Any, str]]) -> tuple[Split, ...]:
+def _scaled(splits: Sequence[tuple[Any, Any, str]], keep_uint8: bool = False) -> tuple[Split, ...]:
     """Each checked ``(x, y, where)`` with float32 pixels in [0, 1], all scaled alike.
 
-    The first (training) split decides: grey levels 0-255 (pixels above 1) and every
-    split is divided by 255, else every split is kept as it is. A split
+    ``keep_uint8``: each x is instead :class:`GreyLevels` of its whole grey levels (which
+    read as those floats); ValueError where the pixels are not whole grey levels.
+
+    The first (training) split decides: grey levels 0-255 (integers, or floats above
+    1) and every split is divided by 255, else every split is kept as it is. A split
     whose own pixels say the other scale is a ValueError naming it, in both
     directions: grey levels beside a training split in [0, 1], and fractions in
     [0, 1] beside a training split in grey levels (which ÷255 would shrink again).
@@ -189,9 +244,14 @@ def _scaled(splits: Sequence[tuple[Any, Any, str]]) -> tuple[Split, ...]:
             raise ValueError(
                 f"{where}: {found} but the training split holds {training}; every split must use the same scale"
             )
-        x = x.astype(host.float32) / host.float32(255) if grey_levels else x.astype(host.float32, copy=False)
+        given = x
+        x = scaled_grey_levels(x) if grey_levels else x.astype(host.float32, copy=False)
         if x.size and x.max() > 1:
             raise ValueError(f"{where}: pixels reach {x.max() * 255:.4g}, beyond the grey levels 0-255")
+        if keep_uint8:
+            if not grey_levels or (given.dtype.kind == "f" and (given != host.floor(given)).any()):
+                raise ValueError(f"{where}: keep_uint8 needs whole grey levels 0-255, but the pixels are not")
+            x = GreyLevels(given.astype(host.uint8))
         scaled.append((x, y))
     return tuple(scaled)
 
@@ -210,7 +270,9 @@ def _idx_name(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _load_idx(directory: Path, validation_size: int, verify: bool, dataset: str) -> tuple[Split, Split, Split]:
+def _load_idx(
+    directory: Path, validation_size: int, verify: bool, dataset: str, keep_uint8: bool = False
+) -> tuple[Split, Split, Split]:
     paths = {name: _idx_name(directory, name) for name in IDX_FILES}
     if verify:
         for name, path in paths.items():
@@ -222,12 +284,13 @@ def _load_idx(directory: Path, validation_size: int, verify: bool, dataset: str)
     test_y = read_idx(paths["t10k-labels-idx1-ubyte.gz"], LABEL_MAGIC)
     train, test = _scaled(
         [(*_check_pair(train_x, train_y, f"{directory}/train-*"), f"{directory}/train-*"),
-         (*_check_pair(test_x, test_y, f"{directory}/t10k-*"), f"{directory}/t10k-*")]
+         (*_check_pair(test_x, test_y, f"{directory}/t10k-*"), f"{directory}/t10k-*")],
+        keep_uint8,
     )  # fmt: skip
     return (*_split_train(*train, validation_size, f"{directory}/train-*"), test)
 
 
-def _load_npy(directory: Path) -> tuple[Split, Split, Split]:
+def _load_npy(directory: Path, keep_uint8: bool = False) -> tuple[Split, Split, Split]:
     arrays = {}
     for name in NPY_FILES:
         path = directory / f"{name}.npy"
@@ -236,7 +299,8 @@ def _load_npy(directory: Path) -> tuple[Split, Split, Split]:
         except ValueError as exc:
             raise ValueError(f"{path}: not a plain .npy array ({exc})") from exc
     where = {part: f"{directory}/{part}_*.npy" for part in ("train", "val", "test")}
-    return _scaled([(*_check_pair(arrays[f"{p}_data"], arrays[f"{p}_labels"], w), w) for p, w in where.items()])
+    pairs = [(*_check_pair(arrays[f"{p}_data"], arrays[f"{p}_labels"], w), w) for p, w in where.items()]
+    return _scaled(pairs, keep_uint8)
 
 
 def _numbers(line: str) -> bool:
@@ -261,9 +325,9 @@ def _read_csv(path: Path) -> Split:
     return _check_pair(table[:, 1:], table[:, 0], str(path))
 
 
-def _load_csv(directory: Path, validation_size: int) -> tuple[Split, Split, Split]:
+def _load_csv(directory: Path, validation_size: int, keep_uint8: bool = False) -> tuple[Split, Split, Split]:
     paths = [directory / name for name in CSV_FILES]
-    train, test = _scaled([(*_read_csv(path), str(path)) for path in paths])
+    train, test = _scaled([(*_read_csv(path), str(path)) for path in paths], keep_uint8)
     return (*_split_train(*train, validation_size, str(paths[0])), test)
 
 
@@ -358,6 +422,7 @@ def load_mnist(
     verify: bool = False,
     validation_size: int = 10_000,
     dataset: str = "mnist",
+    keep_uint8: bool = False,
 ) -> tuple[Split, Split, Split]:
     """``((train_x, train_y), (val_x, val_y), (test_x, test_y))`` as host NumPy arrays.
 
@@ -372,15 +437,17 @@ def load_mnist(
     last ``validation_size`` training images (IDX, CSV) form the validation set.
     ``dataset``: ``"mnist"``, ``"fashion-mnist"`` or ``"kmnist"`` (:data:`DATASETS`), read
     the same way; without ``path`` the others live in ``~/.cache/xpmlp/<dataset>``.
+    ``keep_uint8``: each x is :class:`GreyLevels`, the uint8 grey levels, which read as
+    those float32 pixels and which :func:`~xpmlp.fit` keeps as uint8 on the device.
     """
     directory, found = mnist_location(path, dataset)
     title = DATASETS[dataset].title
     if found == "idx":
-        return _load_idx(directory, validation_size, verify, dataset)
+        return _load_idx(directory, validation_size, verify, dataset, keep_uint8)
     if found == "npy":
-        return _load_npy(directory)
+        return _load_npy(directory, keep_uint8)
     if found == "csv":
-        return _load_csv(directory, validation_size)
+        return _load_csv(directory, validation_size, keep_uint8)
     how = (
         f"Put the four files {', '.join(IDX_FILES)} (from any {title} mirror), or the homework's "
         f"{', '.join(n + '.npy' for n in NPY_FILES)}, or {' and '.join(CSV_FILES)} into {directory}, "
@@ -392,4 +459,4 @@ def load_mnist(
         download_mnist(directory, dataset=dataset)
     except OSError as exc:
         raise OSError(f"no {title} files found in {directory}, and downloading failed ({exc}). {how}") from exc
-    return _load_idx(directory, validation_size, verify=False, dataset=dataset)
+    return _load_idx(directory, validation_size, verify=False, dataset=dataset, keep_uint8=keep_uint8)

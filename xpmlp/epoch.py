@@ -3,7 +3,8 @@
 The data move to the model's device once (:class:`DeviceSplit`, checked on the
 host first). Each epoch draws a permutation on the host from (seed, epoch) — so a
 resumed run shuffles exactly as an uninterrupted one — and gathers every
-mini-batch on the device. Per-batch loss and error counts accumulate in device
+mini-batch on the device (uint8 grey levels, :class:`~xpmlp.data.GreyLevels`, stay uint8 there
+until a batch is gathered: :func:`gather_rows`). Per-batch loss and error counts accumulate in device
 scalars, read back by the caller in one device→host copy an epoch.
 :func:`make_epoch` is the epoch as a pure function of a
 :class:`~xpmlp.state.TrainingState`, which :class:`CompiledEpoch` compiles once.
@@ -17,6 +18,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 from .backend import Array, Collective, as_host, fori_loop, host, namespace_of
+from .data import GreyLevels, scaled_grey_levels
 from .mlp import MLP
 from .parallel import ONE_DEVICE, Shards
 from .presets import ACTIVATION_CLASSES, CRITERIA
@@ -104,21 +106,53 @@ class DeviceSplit:
     finite in the model's dtype, and integer labels in [0, output_size), or a
     multilabel indicator (N, output_size), which is its own target. SciPy sparse
     inputs stay sparse on the device (:mod:`xpmlp.sparse`; ``dense`` is False).
+    With ``keep_uint8``, :class:`~xpmlp.data.GreyLevels` inputs stay uint8 on the
+    device (where the backend :attr:`~xpmlp.backend.Backend.keeps_uint8`), which
+    :func:`gather_rows` turns into floats per batch; elsewhere they are scaled on the host.
     """
 
-    def __init__(self, mlp: MLP, split: Split, name: str) -> None:
+    def __init__(self, mlp: MLP, split: Split, name: str, keep_uint8: bool = False) -> None:
         if not isinstance(split, (tuple, list)) or len(split) not in (2, 3):
             raise TypeError(f"the {name} split must be a pair (x, labels), got {type(split).__name__}")
         self.dense = not is_sparse(split[0])
-        x = (check_inputs if self.dense else check_sparse_inputs)(split[0], mlp.input_size, name, mlp.dtype)
+        if keep_uint8 and isinstance(split[0], GreyLevels) and mlp.backend.keeps_uint8:
+            x = check_inputs(split[0].pixels, mlp.input_size, name, "uint8")  # grey levels: always finite
+        else:
+            x = (check_inputs if self.dense else check_sparse_inputs)(split[0], mlp.input_size, name, mlp.dtype)
         labels = check_labels(split[1], x.shape[0], mlp.output_size, name)
         to = mlp.backend.asarray
         self.n = x.shape[0]
-        self.x = to(x, mlp.dtype) if self.dense else to_device_csr(mlp.backend, x, mlp.dtype)
+        if not self.dense:
+            self.x = to_device_csr(mlp.backend, x, mlp.dtype)
+        else:
+            self.x = to(x) if x.dtype == host.uint8 else to(x, mlp.dtype)
         self.one_hot = to(labels if labels.ndim == 2 else host.eye(mlp.output_size)[labels], mlp.dtype)
         self.labels = to(labels.astype(host.int64))
+        #: where ``x`` holds uint8 grey levels, the float each of the 256 stands for (load_mnist's scaling, in the
+        #: model's dtype), which :func:`gather_rows` looks up; () for float inputs
+        self.levels = (
+            to(scaled_grey_levels(host.arange(256, dtype=host.uint8)), mlp.dtype) if x.dtype == host.uint8 else ()
+        )
         #: sample weights u = N·w/Σ w (mean 1), or None: every example weighs 1 (the unweighted step)
         self.weights = None if len(split) == 2 else to(check_weights(split[2], self.n, name), mlp.dtype)
+
+
+def gather_rows(x: Array, idx: Array, levels: Array | tuple = ()) -> Array:
+    """Rows ``idx`` of a split's inputs ``x``; uint8 grey levels as floats, bitwise as ``load_mnist`` scales them.
+
+    Grey levels are looked up in ``levels`` (:attr:`DeviceSplit.levels`: each of the 256
+    levels as ``float32(level) / float32(255)`` in the model's dtype, computed on the host):
+    a gather, exact on every backend and device. A division on the device is not: XLA
+    divides by a broadcast scalar as a product with its reciprocal, and so do torch's CUDA
+    kernels by a Python scalar, which differ in the last bit for 126 of the 256 levels.
+    Float inputs (``levels`` is ``()``) are gathered as they are.
+    """
+    rows = take_rows(x, idx)
+    if isinstance(levels, tuple):
+        return rows
+    xp = namespace_of(rows)
+    flat = xp.reshape(xp.astype(rows, xp.int32), (-1,))
+    return xp.reshape(xp.take(levels, flat, axis=0), rows.shape)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Any:
@@ -160,7 +194,7 @@ def train_epoch(mlp: MLP, data: DeviceSplit, order: Array, batch_size: int, tick
         idx = order[start : min(start + batch_size, data.n)]  # the standard leaves out-of-bounds stops undefined
         labels = xp.take(data.labels, idx, axis=0)
         weights = None if data.weights is None else xp.take(data.weights, idx, axis=0)
-        out = mlp.forward(take_rows(data.x, idx))
+        out = mlp.forward(gather_rows(data.x, idx, data.levels))
         loss = mlp.backward(xp.take(data.one_hot, idx, axis=0), weights)  # backward overwrites every gradient
         mlp.step()
         loss_sum = loss_sum + xp.sum(loss)
@@ -180,6 +214,7 @@ class EpochData(NamedTuple):
     lr: Array  # 0-d
     momentum: Array  # 0-d
     weights: Array | tuple  # (N,) sample weights, or () where every example weighs 1 (a pytree with no leaves)
+    levels: Array | tuple  # (256,) the floats of the grey levels where x holds uint8 ones, else () (no leaves)
 
 
 def epoch_data(
@@ -200,6 +235,7 @@ def epoch_data(
         backend.asarray(host.asarray(mlp.lr), mlp.dtype),
         backend.asarray(host.asarray(mlp.momentum), mlp.dtype),
         () if data.weights is None else data.weights,
+        data.levels,
     )
 
 
@@ -227,7 +263,7 @@ def make_epoch(
     def batch(step: Callable, idx: Array, carry: tuple, d: EpochData) -> tuple:
         xp = namespace_of(d.one_hot)
         state, loss_sum, errors = carry
-        rows = take_rows(d.x, idx), xp.take(d.one_hot, idx, axis=0)
+        rows = gather_rows(d.x, idx, d.levels), xp.take(d.one_hot, idx, axis=0)
         weights = None if isinstance(d.weights, tuple) else xp.take(d.weights, idx, axis=0)  # gathered like labels
         state, (loss, out) = step(state, rows if weights is None else (*rows, weights), d.lr, d.momentum)
         if tick is not None:

@@ -9,6 +9,7 @@ stats)`` that a compiler (``jax.jit``, the CuPy tracer) can trace and loop over.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import Any, NamedTuple
@@ -75,12 +76,15 @@ class FlatBuffer:
         return len(held) == len(self.views) and all(map(lambda a, v: a is v, held, self.views))
 
     def checked(self, held: Sequence[Array], convert: Callable[[Any], Array]) -> list[Array]:
-        """``held``, each replaced array (not its view) through ``convert`` and checked by shape, naming it."""
+        """``held``, each replaced array (not its view) through ``convert`` and checked by shape and for
+        values finite in the model's dtype, naming it."""
         arrays = []
         for a, view, (_, _, shape), name in zip(held, self.views, self.layout, self.names, strict=True):
             if a is not view:
                 try:
-                    a = convert(a)
+                    with warnings.catch_warnings():  # 1e39 becomes inf in float32: refused below
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        a = convert(a)
                 except (TypeError, ValueError) as exc:
                     raise type(exc)(
                         f"{name} was replaced by {type(a).__name__}, not an array of numbers: {exc}"
@@ -91,6 +95,9 @@ class FlatBuffer:
                     raise ValueError(
                         f"{name} was replaced by an array of shape {tuple(a.shape)}; it must be {shape}{hint}"
                     )
+                xp = namespace_of(a)
+                if not bool(xp.all(xp.isfinite(a))):  # read once, when a replaced array is taken in
+                    raise ValueError(f"{name} was replaced by an array holding NaN or values infinite in {a.dtype}")
             arrays.append(a)
         return arrays
 

@@ -215,7 +215,7 @@ def fit(
         if not callable(callback):
             raise TypeError(f"callbacks must be callables callback(epoch, history), got {callback!r}")
     collective = collective_for(mlp.backend, devices, batch_size, compiled)
-    train_data = DeviceSplit(mlp, train, "training")
+    train_data = DeviceSplit(mlp, train, "training", keep_uint8=True)
     val_data = None if val is None else DeviceSplit(mlp, val, "validation")
     _check_batchnorm_batches(mlp, train_data.n, batch_size)
     batch_size = min(batch_size, train_data.n)  # a larger one is one batch of every row (and no array dimension)

@@ -229,9 +229,46 @@ def test_each_kernel_carries_its_description():
     assert found == {spec.name: spec.description() for spec in plan.kernels()}
 
 
+def handwritten(name, body, params):
+    """A module of one kernel ``name(p0, p1, ...)`` with ``body``, its params (shape, mode) float64."""
+    description = {"name": name, "params": [{"shape": [n], "dtype": "float64", "mode": m} for n, m in params]}
+    signature = ", ".join(f"{'const ' if m == 'r' else ''}double* __restrict__ p{k}" for k, (_, m) in enumerate(params))
+    return (
+        PRELUDE
+        + f"""/* xpmlp-kernel {json.dumps(description)} */
+extern "C" __global__ void {name}({signature}, long long it) {{
+  {body}
+}}
+"""
+    )
+
+
 @needs_gxx
-def test_the_emulation_poisons_shared_memory_before_each_block():
-    """A read of shared memory before any write sees NaN in every block, not zeros nor the last block's values."""
+def test_a_write_out_of_bounds_fails_naming_the_kernel_and_the_buffer():
+    """Every buffer of a launch lies between poisoned guard bands, checked after it: no silent heap corruption."""
+    module = HostModule(handwritten("over", "p1[blockIdx.x + 3] = p0[blockIdx.x];", [(3, "r"), (3, "w")]))
+    with pytest.raises(AssertionError, match=r"kernel over wrote out of bounds of p1 .*\[0, 1, 2\] past its end"):
+        module.launch("over", 3, [np.ones(3), np.zeros(3)])
+    module = HostModule(handwritten("under", "p0[-2] = 1.0;", [(3, "w")]))
+    with pytest.raises(AssertionError, match=r"kernel under wrote out of bounds of p0 .*\[-2\] before it"):
+        module.launch("under", 1, [np.zeros(3)])
+
+
+@needs_gxx
+def test_a_read_out_of_bounds_or_of_an_unwritten_output_is_nan():
+    """Reads past either end of a buffer see its poisoned guard bands, and an output starts poisoned at each launch
+    (here holding zeros before it): an element the kernel does not write comes out NaN."""
+    module = HostModule(handwritten("past", "p1[0] = p0[3]; p1[1] = p0[-1] + p0[0];", [(3, "r"), (4, "w")]))
+    out = np.zeros(4)
+    module.launch("past", 1, [np.ones(3), out])
+    assert np.isnan(out).all(), out
+
+
+@needs_gxx
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_emulation_poisons_shared_memory_before_each_block(groups):
+    """A read of shared memory before any write sees NaN in every block, not zeros nor the last block's values,
+    with blocks in turn and (``groups``) at the same time."""
     description = {"name": "stale", "params": [{"shape": [3], "dtype": "float64", "mode": "w"}]}
     source = (
         PRELUDE
@@ -244,7 +281,7 @@ extern "C" __global__ void stale(double* __restrict__ p0, long long it) {{
 """
     )
     out = np.zeros(3)
-    HostModule(source).launch("stale", 3, [out])
+    HostModule(source, groups=groups).launch("stale", 3, [out])
     assert np.isnan(out).all(), out
 
 

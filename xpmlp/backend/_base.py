@@ -57,6 +57,9 @@ class Backend:
     install: ClassVar[str]
     #: Whether :meth:`compile` builds a program rather than returning the function.
     compiles: ClassVar[bool] = False
+    #: Whether a training split's uint8 grey levels stay uint8 on the device, looked up as floats per gathered
+    #: batch (False: scaled to the model's dtype on the host, as before; CuPy's compiler traces float inputs).
+    keeps_uint8: ClassVar[bool] = True
 
     def __init__(self, device: str | None = None) -> None:
         # Importing a library may draw from NumPy's global generator (JAX's import does): the

@@ -38,6 +38,7 @@ class CupyBackend(Backend):
     name = library = "cupy"
     install = "pip install 'xpmlp[cuda12]'  (or 'xpmlp[cuda13]' for CUDA 13 drivers)"
     compiles = True
+    keeps_uint8 = False  # xpmlp/compiler traces the epoch's float inputs: the split is scaled on the host
 
     def _namespace(self) -> ModuleType:
         try:
