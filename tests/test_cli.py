@@ -311,6 +311,18 @@ def test_a_foreign_model_npz_is_no_run_and_is_never_replaced(tmp_path, data, cap
     assert foreign.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.npz"]
 
 
+@pytest.mark.parametrize("flag", [[], ["--overwrite"]])
+def test_outputs_without_a_checkpoint_are_no_run_and_are_never_removed(tmp_path, data, capsys, flag):
+    """A metrics.json or a plot beside no model.npz is not train.py's (it writes the checkpoint first): once
+    called a run, and --overwrite deleted another program's files."""
+    (tmp_path / "metrics.json").write_text('{"accuracy": 0.93}')
+    (tmp_path / "curves.png").write_bytes(b"a figure for the paper")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    line = refused(capsys, ["--data", str(data), "--out", str(tmp_path), "--epochs", "1", *FAST, *flag])
+    assert f"holds curves.png, metrics.json but no {tmp_path / 'model.npz'}" in line and "another --out" in line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_a_second_run_is_refused_while_the_first_holds_the_lock(tmp_path, data, capsys):
     from xpmlp.cli.runs import locked
 
@@ -577,6 +589,72 @@ def test_ctrl_c_while_python_imports_the_libraries_is_one_line(tmp_path, entry, 
     assert reached, f"the child never imported {module}: {err}"
     assert (proc.returncode, err.strip().splitlines(), stdout) == (130, [said], ""), err
     assert "Traceback" not in err and not out.exists()
+
+
+IN_A_GC_CALLBACK = """
+import gc, os, signal, sys, time
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+
+
+def wait(phase, info):  # as JAX's gc callback, the code that runs most often while JAX is imported
+    if phase == "start":
+        gc.callbacks.remove(wait)
+        os.write({fd}, b"!")
+        while True:
+            time.sleep(0.01)
+
+
+class Collect:
+    '''At the first import of {module!r}: a collection whose callback is where Ctrl-C lands.'''
+
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            gc.callbacks.append(wait)
+            gc.collect()
+
+
+sys.meta_path.insert(0, Collect())
+"""
+
+#: (how it is run, the import in whose gc callback Ctrl-C lands, its one line)
+IN_GC = [
+    ("train.py", "numpy", f"train.py: {STARTING}"),
+    ("train.py --backend jax", "jax", f"train.py: {STARTING}"),
+    ("-m xpmlp info", "numpy", "xpmlp info: interrupted"),
+]
+
+
+@pytest.mark.parametrize(("entry", "module", "said"), IN_GC, ids=[f"{e} in {m}" for e, m, _ in IN_GC])
+def test_ctrl_c_in_a_gc_callback_at_start_up_is_not_lost(tmp_path, entry, module, said):
+    """Python can only print a KeyboardInterrupt raised in a gc callback (JAX's, as it is imported, where a
+    Ctrl-C at start-up often lands): once a traceback, and the run went on as if no Ctrl-C had come."""
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+    read, write = os.pipe()
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(IN_A_GC_CALLBACK.format(module=module, fd=write))
+    program, *rest = entry.split()
+    out = tmp_path / "run"
+    flags = ["--out", str(out), "--epochs", "1", *FAST] if "info" not in rest else []
+    path = [str(tmp_path / "hook"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), "XPMLP_DATA": str(tmp_path / "none")}
+    with subprocess.Popen([sys.executable, program, *rest, *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env, pass_fds=[write]) as proc:  # fmt: skip
+        os.close(write)
+        try:
+            reached = select.select([read], [], [], 300)[0] and os.read(read, 1)
+        finally:
+            os.close(read)
+        if reached:
+            proc.send_signal(signal.SIGINT)
+        else:
+            proc.kill()
+        stdout, err = proc.communicate(timeout=300)
+    assert reached, f"the child never imported {module}: {err}"
+    assert (proc.returncode, err.strip().splitlines(), stdout) == (130, [said], ""), err
+    assert not out.exists()
 
 
 def closed_pipe_run(command: list[str]) -> subprocess.CompletedProcess:

@@ -114,3 +114,24 @@ def test_a_killed_process_ends_the_run_in_one_line_and_the_saved_epoch_resumes(b
     assert epochs >= 1 and f"epoch {epochs}" in err
     metrics = run(["--data", str(images), "--out", str(tmp_path), "--resume", "--epochs", str(epochs + 1), "--quiet"])
     assert len(metrics["history"]["train_loss"]) == epochs + 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_that_stops_the_processes_as_they_start_is_one_line(signum, images, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM) as --processes' JAX processes start: the launcher ends them, and a process killed
+    before its own Ctrl-C guard says nothing; once exit 1 without a word."""
+    pytest.importorskip("jax")
+    import threading
+
+    starting = tmp_path / "starting"  # each process, still importing when the signal comes
+    starting.write_text("#!/bin/sh\nexec sleep 300\n")
+    starting.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(starting))
+    threading.Timer(1.0, os.kill, (os.getpid(), signum)).start()
+    with pytest.raises(SystemExit) as exit_:
+        run(["--data", str(images), "--out", str(tmp_path / "run"), "--backend", "jax", "--devices", "2",
+             "--processes", "2", *FLAGS])  # fmt: skip
+    what = "interrupted" if signum == signal.SIGINT else "terminated"
+    assert exit_.value.code == (130 if signum == signal.SIGINT else 143)
+    assert capsys.readouterr().err.strip() == f"train.py: {what} while starting; nothing was read or written"
+    assert not (tmp_path / "run").exists()

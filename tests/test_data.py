@@ -145,13 +145,17 @@ def test_pixels_that_are_negative_or_not_numbers_are_refused(tmp_path, value):
 
 
 @pytest.mark.parametrize("header", [True, False])
-def test_csv_files(tmp_path, header):
+@pytest.mark.parametrize("written", ["int", "float", "bom"])
+def test_csv_files(tmp_path, header, written):
+    """Also numbers written as floats (pandas' ``3.0``) and a UTF-8 byte-order mark (Excel's "CSV UTF-8"): each
+    once made the first row a header, silently one image fewer."""
     arrays = {}
     for name, n, seed in (("mnist_train.csv", 30, 1), ("mnist_test.csv", 8, 2)):
         x, y = synthetic(n, seed)
-        rows = np.column_stack([y, x.reshape(n, -1)])
+        rows = np.column_stack([y, x.reshape(n, -1)]).astype(float if written == "float" else int)
         head = "label," + ",".join(f"{i // 28 + 1}x{i % 28 + 1}" for i in range(784)) + "\n" if header else ""
-        (tmp_path / name).write_text(head + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+        text = ("\ufeff" if written == "bom" else "") + head + "\n".join(",".join(map(str, r)) for r in rows) + "\n"
+        (tmp_path / name).write_text(text, encoding="utf-8")
         arrays[name] = (x, y)
     (tx, ty), (vx, vy), (_, sy) = load_mnist(tmp_path, download=False, validation_size=10)
     x, y = arrays["mnist_train.csv"]
@@ -236,6 +240,29 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, damage, message):
         load_mnist(tmp_path, download=False, validation_size=10)
     if damage != "count":
         assert "train-" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("part", "shape"), [("train", (0, 784)), ("val", (0, 784)), ("test", (0, 784)), ("test", (0, 28, 28))]
+)
+def test_an_npy_split_without_images_is_refused_naming_it(tmp_path, part, shape):
+    """Once read as an empty split: fit refused it after the files were read, and train.py showed a traceback
+    (an empty test split: after training, at the final evaluation)."""
+    write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
+    np.save(tmp_path / f"{part}_data.npy", np.zeros(shape))
+    np.save(tmp_path / f"{part}_labels.npy", np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match=rf"{part}_\*\.npy: no images"):
+        load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("labels", [np.array(["3", "7"]), np.array([b"3", b"7"]), np.array([1 + 0j, 2])])
+def test_labels_that_are_not_numbers_are_refused_naming_the_file(tmp_path, labels):
+    """Once NumPy's TypeError (``ufunc 'minimum' did not contain a loop``) from the labels' range: a traceback."""
+    write_npy(tmp_path, {"train": 1, "val": 1, "test": 1})
+    np.save(tmp_path / "val_data.npy", np.zeros((2, 784)))
+    np.save(tmp_path / "val_labels.npy", labels)
+    with pytest.raises(ValueError, match=rf"val_\*\.npy: labels must be integers 0-9, found {labels.dtype}"):
+        load_mnist(tmp_path)
 
 
 def test_checksum_mismatch_with_verify(tmp_path):

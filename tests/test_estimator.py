@@ -324,7 +324,8 @@ def test_a_batch_size_leaving_one_example_grows():
         ({"momentum": 1.0}, ValueError, "momentum must be < 1"),
         ({"learning_rate_init": -0.1}, ValueError, "learning_rate_init must be >= 0"),
         ({"early_stopping": True, "validation_fraction": 0.0}, ValueError, "validation_fraction must be > 0"),
-        ({"bn_layers": 3}, ValueError, "num_bn_layers"),
+        ({"bn_layers": 3}, ValueError, r"^bn_layers must be an int in \[0, 1\] \(one per hidden layer\), got 3"),
+        ({"bn_layers": 1.0}, TypeError, r"^bn_layers must be an int"),  # (once MLP's num_bn_layers, in both)
         ({"device": "cuda:7"}, ValueError, "not available"),
     ],
 )

@@ -190,16 +190,20 @@ def read_idx(path: str | os.PathLike, magic: int) -> Any:
 def _check_pair(x: Any, y: Any, where: str) -> Split:
     """Images as (N, 784) non-negative numbers (not yet scaled) and integer labels 0-9 of the same count."""
     x, y = host.asarray(x), host.asarray(y)
-    x = x.reshape(x.shape[0], -1) if x.ndim == 3 else x
+    x = x.reshape(x.shape[0], x.shape[1] * x.shape[2]) if x.ndim == 3 else x  # (not -1: no rows, no size)
     if x.ndim != 2 or x.shape[1] != PIXELS:
         raise ValueError(f"{where}: images must be (N, 784) or (N, 28, 28), got {x.shape}")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{where}: {x.shape[0]} images but labels of shape {y.shape}")
+    if not x.shape[0]:
+        raise ValueError(f"{where}: no images (an empty split); every split needs at least one")
+    if y.dtype.kind not in "iuf":  # strings, complex numbers: no range to report (NumPy's TypeError)
+        raise ValueError(f"{where}: labels must be integers 0-9, found {y.dtype} labels")
     if y.dtype.kind == "f" and host.all(y == host.round(y)):
         y = y.astype(host.int64)
-    if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() >= CLASSES)):
+    if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= CLASSES:
         raise ValueError(f"{where}: labels must be integers 0-9, found values in [{y.min()}, {y.max()}]")
-    if x.dtype.kind not in "iuf" or (x.size and not (host.isfinite(x).all() and x.min() >= 0)):
+    if x.dtype.kind not in "iuf" or not (host.isfinite(x).all() and x.min() >= 0):
         raise ValueError(f"{where}: pixels must be finite non-negative numbers")
     return x, y.astype(host.int64, copy=False)
 
@@ -299,12 +303,21 @@ def _load_npy(directory: Path, keep_uint8: bool = False) -> tuple[Split, Split, 
     return _scaled(pairs, keep_uint8)
 
 
-def _read_csv(path: Path) -> Split:
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
-    header = 0 if first.split(",", 1)[0].strip().isdigit() else 1
+def _numbers(line: str) -> bool:
+    """Whether a CSV line is comma-separated numbers (a row), not a header."""
     try:
-        table = host.loadtxt(path, delimiter=",", skiprows=header, dtype=host.float64, ndmin=2)
+        [float(field) for field in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path) -> Split:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: without a byte-order mark (Excel's "CSV UTF-8")
+        first = f.readline()
+    header = 0 if _numbers(first) else 1  # (not "is the first field a digit": 3.0 is a label, a BOM is none)
+    try:
+        table = host.loadtxt(path, delimiter=",", skiprows=header, dtype=host.float64, ndmin=2, encoding="utf-8-sig")
     except ValueError as exc:
         raise ValueError(f"{path}: not a numeric CSV of label,784 pixels ({exc})") from exc
     if table.shape[1] != 1 + PIXELS:

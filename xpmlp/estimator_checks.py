@@ -60,7 +60,11 @@ def check_parameters(estimator: Any, incremental: bool) -> None:
         raise ValueError(f"init must be one of {', '.join(map(repr, presets.INITS))}, got {estimator.init!r}")
     if estimator.early_stopping and incremental:
         raise ValueError("partial_fit does not support early_stopping=True")
-    hidden_sizes(estimator.hidden_layer_sizes)
+    hiddens = hidden_sizes(estimator.hidden_layer_sizes)
+    if estimator.bn_layers is not None and as_int("bn_layers", estimator.bn_layers) not in range(len(hiddens) + 1):
+        raise ValueError(
+            f"bn_layers must be an int in [0, {len(hiddens)}] (one per hidden layer), got {estimator.bn_layers}"
+        )
     as_float("learning_rate_init", estimator.learning_rate_init, minimum=0.0)
     as_float("lr_decay", estimator.lr_decay, minimum=0.0, maximum=1.0)
     as_float("momentum", estimator.momentum, minimum=0.0, below=1.0)  # scikit-learn also takes 1: v never decays

@@ -21,6 +21,21 @@ def interrupted_while_starting(prog: str) -> NoReturn:
     raise SystemExit(130) from None
 
 
+def interrupt_again(unraisable: Any) -> None:
+    """``sys.unraisablehook`` for train.py and ``xpmlp info``: a Ctrl-C that Python could only print (raised in
+    a gc callback or a ``__del__``: JAX's gc callback, as JAX is imported, is where one often lands) is sent
+    again, as a new SIGINT (SIGTERM where SIGINT is ignored and SIGTERM is Ctrl-C), so it is not lost."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        import _thread
+        import signal  # (loaded long before: no Ctrl-C comes before the hook is in place)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if callable(signal.getsignal(signum)):
+                _thread.start_new_thread(_thread.interrupt_main, (signum,))  # from here, it would be raised here
+                return
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """The console entry point: run train.py and return its exit status (0; mistakes exit 2, Ctrl-C 130).
 
@@ -30,6 +45,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if sys.stderr is None:  # started with stderr closed (2>&-): the bar and the messages go nowhere, not the run
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open for the rest of the process)
     prog = prog or (os.path.basename(sys.argv[0]) if argv is None and sys.argv[0] else "train.py")
+    sys.unraisablehook = interrupt_again
     try:
         from .command import run  # NumPy and xpmlp's modules: most of the start-up
     except KeyboardInterrupt:

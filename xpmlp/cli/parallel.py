@@ -34,6 +34,9 @@ RANK_ENV, RENDEZVOUS_ENV, COORDINATOR_ENV = "XPMLP_RANK", "XPMLP_RENDEZVOUS", "X
 TIMEOUT = 120
 #: Seconds the other JAX processes get to end by themselves once one has failed (rank 0 says what was saved).
 GRACE = 20
+#: Seconds rank 0 gets after a Ctrl-C (a terminal's reaches every process) to end by itself, saying so, before
+#: it and the others are terminated (a SIGTERM then could end it as it exits, its line said: then two lines).
+SETTLE = 2
 #: This process's rank among JAX's processes, once it has joined them (:func:`prepare`).
 _joined: int | None = None
 
@@ -124,7 +127,8 @@ def launch(argv: list[str], processes: int, prog: str) -> int:
 
     Rank 0 prints (JAX's gloo lines aside) and writes; the others are silent. When one fails,
     rank 0 has :data:`GRACE` seconds to end by itself (saying what it saved), then every
-    process left is killed; if rank 0 said nothing, one line says which process ended.
+    process left is killed; if rank 0 said nothing, one line says which process ended. A Ctrl-C
+    (or SIGTERM) that ends rank 0 as it starts, before it can say so, is raised as KeyboardInterrupt.
     """
     with socket.socket() as probe:  # a port no one holds now (the kernel's choice); rank 0 listens there
         probe.bind(("127.0.0.1", 0))
@@ -166,11 +170,15 @@ def _watch(children: list[subprocess.Popen]) -> tuple[int, int | None]:
                 return max(first.returncode or 1, 1), failed
             time.sleep(0.1)
     except KeyboardInterrupt:  # Ctrl-C reached every process, SIGTERM this one: rank 0 says what was saved
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            first.wait(timeout=SETTLE)
         for child in children:
             if child.poll() is None:
                 child.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             first.wait(timeout=GRACE)
+        if (first.returncode or 0) < 0:  # killed as it started, before its own Ctrl-C guard: it said nothing
+            raise
         return max(first.returncode or 130, 1), None
     if first.returncode:
         return max(first.returncode, 1), 0 if first.returncode < 0 else None

@@ -294,6 +294,12 @@ def run_folder(args: argparse.Namespace, progress: Progress) -> Iterator[Path]:
                     f"--out {out}: {out / CHECKPOINT} is not an xpmlp checkpoint, so the folder holds no run of "
                     "train.py's to continue or replace; move it away, or choose another --out"
                 )
+            if found and CHECKPOINT not in found and not args.resume:  # train.py writes its checkpoint first
+                raise UsageError(
+                    f"--out {out} holds {', '.join(found)} but no {out / CHECKPOINT}, so it holds no run of "
+                    "train.py's to continue or replace (another program's files?); move them away, or choose "
+                    "another --out"
+                )
             if args.overwrite:
                 progress.replaces = found  # removed once the new run has saved its first checkpoint
             elif found and not args.resume:
