@@ -72,3 +72,9 @@ def test_a_pickle_and_a_checkpoint_load_in_a_fresh_interpreter(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["xpmlp.mlp", "MLP", "0.0"]
+
+
+def test_dir_lists_the_estimator_too():
+    """MLPClassifier (outside ``__all__``: it needs scikit-learn) was missing from dir(xpmlp)."""
+    pytest.importorskip("sklearn")
+    assert "MLPClassifier" in dir(xpmlp) and xpmlp.MLPClassifier.__name__ == "MLPClassifier"

@@ -176,3 +176,17 @@ def test_bad_sample_weight_is_refused_in_scikit_learns_words_and_the_model_kept(
         assert str(ours.value) == str(theirs.value)
     else:
         assert str(ours.value) == "Negative values in data passed to `sample_weight`."
+
+
+@pytest.mark.parametrize("scale", [1e308, 1e-320])
+def test_weights_of_any_finite_scale_train_as_unit_weights(scale):
+    """Weights of 1e308 (Σ w overflowed) or 1e-320 (n/Σ w overflowed) once ended in 'training diverged'."""
+    x, y = digits()
+    states = []
+    for w in (np.ones(len(y)), np.full(len(y), scale)):
+        mlp = MLP(64, 10, [16], [Tanh(), Identity()], lambda i, o: np.random.default_rng(3).normal(size=(i, o)) * 0.1,
+                  lambda o: np.zeros((1, o)), SoftmaxCrossEntropy(), 0.05, 0.9, 1, dtype="float64")  # fmt: skip
+        xpmlp.fit(mlp, (x, y, w), epochs=1, batch_size=50, seed=0, progress=False)
+        states.append(mlp.state_dict())
+    for key, value in states[0].items():
+        np.testing.assert_array_equal(states[1][key], value, err_msg=key)

@@ -71,7 +71,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_SUBMODULES})
+    return sorted({*globals(), *__all__, *_SUBMODULES, "MLPClassifier"})  # (not in __all__: it needs scikit-learn)
 
 
 __all__ = [

@@ -63,8 +63,9 @@ def check_weights(weights: Any, n: int, name: str) -> Any:
     w = as_host(weights).astype(host.float64)
     if w.shape != (n,):
         raise ValueError(f"{name} sample weights must have shape ({n},), got {w.shape}")
-    if not (host.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+    if not (host.isfinite(w).all() and (w >= 0).all() and w.max(initial=0) > 0):
         raise ValueError(f"{name} sample weights must be finite and >= 0, not all 0")
+    w = w / w.max()  # in [0, 1]: neither Σ w (of weights 1e308) nor n/Σ w (of weights 1e-320) overflows
     return w * (n / w.sum())
 
 
