@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,22 +117,47 @@ def test_a_killed_process_ends_the_run_in_one_line_and_the_saved_epoch_resumes(b
     assert len(metrics["history"]["train_loss"]) == epochs + 1
 
 
+def test_a_ctrl_c_between_starting_two_processes_ends_the_one_started(monkeypatch):
+    """The first process was left running (and holding train.py's stderr) when Ctrl-C came before the second."""
+    from xpmlp.cli import parallel
+
+    started, popen = [], subprocess.Popen
+
+    def start(*args, **kwargs):
+        if started:
+            raise KeyboardInterrupt  # Ctrl-C as the second starts
+        started.append(popen(["sleep", "300"], stdout=kwargs["stdout"], stderr=kwargs["stderr"], text=True))
+        return started[-1]
+
+    monkeypatch.setattr(parallel.subprocess, "Popen", start)
+    with pytest.raises(KeyboardInterrupt):
+        parallel.launch(["--quiet"], 2, "train.py")
+    assert started[0].poll() is not None  # ended, not left behind
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_that_stops_the_processes_as_they_start_is_one_line(signum, images, tmp_path, monkeypatch, capsys):
+def test_a_signal_that_stops_the_processes_as_they_start_is_one_line(signum, images, tmp_path):
     """Ctrl-C (or SIGTERM) as --processes' JAX processes start: the launcher ends them, and a process killed
     before its own Ctrl-C guard says nothing; once exit 1 without a word."""
     pytest.importorskip("jax")
-    import threading
-
+    started = tmp_path / "started"
     starting = tmp_path / "starting"  # each process, still importing when the signal comes
-    starting.write_text("#!/bin/sh\nexec sleep 300\n")
+    starting.write_text(f"#!/bin/sh\necho $$ >> {started}\nexec sleep 300\n")
     starting.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(starting))
-    threading.Timer(1.0, os.kill, (os.getpid(), signum)).start()
-    with pytest.raises(SystemExit) as exit_:
-        run(["--data", str(images), "--out", str(tmp_path / "run"), "--backend", "jax", "--devices", "2",
-             "--processes", "2", *FLAGS])  # fmt: skip
+    # a train.py of its own (this process's JAX may hold fewer devices), SIGINT as from a terminal, whose
+    # processes are the script above
+    launcher = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.executable = sys.argv.pop(1); from xpmlp.cli import main; main(prog='train.py')"
+    )
+    argv = [sys.executable, "-c", launcher, str(starting), "--data", str(images), "--out", str(tmp_path / "run"),
+            "--backend", "jax", "--devices", "2", "--processes", "2", *FLAGS]  # fmt: skip
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) as proc:
+        while not started.exists() and proc.poll() is None:  # an event, polled: a process has started
+            time.sleep(0.01)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
     what = "interrupted" if signum == signal.SIGINT else "terminated"
-    assert exit_.value.code == (130 if signum == signal.SIGINT else 143)
-    assert capsys.readouterr().err.strip() == f"train.py: {what} while starting; nothing was read or written"
+    assert proc.returncode == (130 if signum == signal.SIGINT else 143), err
+    assert err.strip() == f"train.py: {what} while starting; nothing was read or written"
     assert not (tmp_path / "run").exists()

@@ -144,8 +144,8 @@ MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      ["test_data.py", "test_cli.py"]),
     ("data-trailing-bytes", "data.py", "if len(raw) - header != expected:", "if len(raw) - header < expected:",
      ["test_data.py"]),
-    ("data-csv-header-inverted", "data.py", "header = 0 if first.split", "header = 1 if first.split",
-     ["test_data.py"]),
+    ("data-csv-header-inverted", "data.py", "header = 0 if _numbers(first) else 1",
+     "header = 1 if _numbers(first) else 0", ["test_data.py"]),
     # presets.py
     ("presets-schedule-off-by-one", "presets.py", "return lr * decay**epoch", "return lr * decay ** (epoch - 1)",
      ["test_cli.py", "test_estimator.py"]),

@@ -15,10 +15,11 @@ if TYPE_CHECKING:
     from .command import run
 
 
-def interrupted_while_starting(prog: str) -> NoReturn:
-    """Ctrl-C while train.py imports its libraries: one line on stderr, exit 130 (``command.INTERRUPTED``)."""
-    print(f"\n{prog}: interrupted while starting; nothing was read or written", file=sys.stderr)
-    raise SystemExit(130) from None
+def interrupted_while_starting(prog: str, terminated: bool = False) -> NoReturn:
+    """Ctrl-C (or SIGTERM) while train.py starts: one line on stderr, exit 130 (143; ``command.INTERRUPTED``)."""
+    print(f"\n{prog}: {'terminated' if terminated else 'interrupted'} while starting; nothing was read or written",
+          file=sys.stderr)  # fmt: skip
+    raise SystemExit(143 if terminated else 130) from None
 
 
 def interrupt_again(unraisable: Any) -> None:

@@ -332,9 +332,7 @@ def run(argv: list[str] | None = None, prog: str = "train.py") -> dict[str, Any]
             try:
                 status = launch(sys.argv[1:] if argv is None else argv, args.processes, prog)
             except KeyboardInterrupt:  # the processes were starting: nothing was read or written
-                print(f"\n{prog}: {'terminated' if terminated else 'interrupted'} while starting; nothing was read "
-                      "or written", file=sys.stderr)  # fmt: skip
-                raise SystemExit(TERMINATED if terminated else INTERRUPTED) from None
+                interrupted_while_starting(prog, bool(terminated))
             if status:
                 raise SystemExit(status)
             return json.loads((Path(args.out) / "metrics.json").read_text())

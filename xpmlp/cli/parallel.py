@@ -134,23 +134,25 @@ def launch(argv: list[str], processes: int, prog: str) -> int:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     code = "import sys; from xpmlp.cli import main; sys.exit(main(sys.argv[2:], sys.argv[1]))"
-    children = []
-    for rank in range(processes):
-        env = dict(os.environ, **{RANK_ENV: str(rank), COORDINATOR_ENV: f"127.0.0.1:{port}"})
-        out, err = (subprocess.DEVNULL, subprocess.DEVNULL) if rank else (subprocess.PIPE, None)
-        children.append(
-            subprocess.Popen([sys.executable, "-c", code, prog, *argv], env=env, stdout=out, stderr=err, text=True)
-        )
-    relay = threading.Thread(target=_relay, args=(children[0].stdout,), daemon=True)
-    relay.start()
-    try:
+    children: list[subprocess.Popen] = []
+    relay = None
+    try:  # a Ctrl-C as they start (raised on) ends those started too
+        for rank in range(processes):
+            env = dict(os.environ, **{RANK_ENV: str(rank), COORDINATOR_ENV: f"127.0.0.1:{port}"})
+            out, err = (subprocess.DEVNULL, subprocess.DEVNULL) if rank else (subprocess.PIPE, None)
+            children.append(
+                subprocess.Popen([sys.executable, "-c", code, prog, *argv], env=env, stdout=out, stderr=err, text=True)
+            )
+        relay = threading.Thread(target=_relay, args=(children[0].stdout,), daemon=True)
+        relay.start()
         status, failed = _watch(children)
     finally:
         for child in children:  # ended, or stranded by another's failure: not left behind
             if child.poll() is None:
                 child.kill()
             child.wait()
-        relay.join(timeout=5)
+        if relay is not None:
+            relay.join(timeout=5)
     if failed is not None and (children[0].returncode or 0) <= 0:  # rank 0 said nothing
         how = f"process {failed} of {processes} {_how(children[failed])}"
         print(f"{prog}: error: data-parallel training stopped: {how}; rerun with --resume to continue from the "
