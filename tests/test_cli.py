@@ -560,20 +560,21 @@ STARTS = [
 ]
 
 
-@pytest.mark.parametrize(("entry", "module", "said"), STARTS, ids=[f"{e} in {m}" for e, m, _ in STARTS])
-def test_ctrl_c_while_python_imports_the_libraries_is_one_line(tmp_path, entry, module, said):
+def interrupted_in_an_import(tmp_path: Path, hook: str, entry: str, module: str, **env: str) -> tuple:
+    """Run ``entry`` with ``hook`` as its sitecustomize (formatted with ``module`` and a pipe's end it writes a
+    byte to once inside that import) and Ctrl-C it then: (the process, its stdout, its stderr, its --out)."""
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed")
     read, write = os.pipe()
     (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(BLOCK_AN_IMPORT.format(module=module, fd=write))
+    (tmp_path / "hook" / "sitecustomize.py").write_text(hook.format(module=module, fd=write))
     program, *rest = entry.split()
     if program in ("xpmlp", "xpmlp-train"):
         program = str(console_script(tmp_path, program))
     out = tmp_path / "run"
     flags = ["--out", str(out), "--epochs", "1", *FAST] if "info" not in rest else []
     path = [str(tmp_path / "hook"), str(ROOT), os.environ.get("PYTHONPATH", "")]  # the hook and this checkout
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), **env}
     with subprocess.Popen([sys.executable, program, *rest, *flags], cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env, pass_fds=[write]) as proc:  # fmt: skip
         os.close(write)  # the child's copy is the only one left: EOF if it ends without reaching the import
@@ -587,6 +588,12 @@ def test_ctrl_c_while_python_imports_the_libraries_is_one_line(tmp_path, entry, 
             proc.kill()
         stdout, err = proc.communicate(timeout=300)
     assert reached, f"the child never imported {module}: {err}"
+    return proc, stdout, err, out
+
+
+@pytest.mark.parametrize(("entry", "module", "said"), STARTS, ids=[f"{e} in {m}" for e, m, _ in STARTS])
+def test_ctrl_c_while_python_imports_the_libraries_is_one_line(tmp_path, entry, module, said):
+    proc, stdout, err, out = interrupted_in_an_import(tmp_path, BLOCK_AN_IMPORT, entry, module)
     assert (proc.returncode, err.strip().splitlines(), stdout) == (130, [said], ""), err
     assert "Traceback" not in err and not out.exists()
 
@@ -630,29 +637,8 @@ IN_GC = [
 def test_ctrl_c_in_a_gc_callback_at_start_up_is_not_lost(tmp_path, entry, module, said):
     """Python can only print a KeyboardInterrupt raised in a gc callback (JAX's, as it is imported, where a
     Ctrl-C at start-up often lands): once a traceback, and the run went on as if no Ctrl-C had come."""
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed")
-    read, write = os.pipe()
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(IN_A_GC_CALLBACK.format(module=module, fd=write))
-    program, *rest = entry.split()
-    out = tmp_path / "run"
-    flags = ["--out", str(out), "--epochs", "1", *FAST] if "info" not in rest else []
-    path = [str(tmp_path / "hook"), str(ROOT), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), "XPMLP_DATA": str(tmp_path / "none")}
-    with subprocess.Popen([sys.executable, program, *rest, *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env, pass_fds=[write]) as proc:  # fmt: skip
-        os.close(write)
-        try:
-            reached = select.select([read], [], [], 300)[0] and os.read(read, 1)
-        finally:
-            os.close(read)
-        if reached:
-            proc.send_signal(signal.SIGINT)
-        else:
-            proc.kill()
-        stdout, err = proc.communicate(timeout=300)
-    assert reached, f"the child never imported {module}: {err}"
+    proc, stdout, err, out = interrupted_in_an_import(tmp_path, IN_A_GC_CALLBACK, entry, module,
+                                                      XPMLP_DATA=str(tmp_path / "none"))  # fmt: skip
     assert (proc.returncode, err.strip().splitlines(), stdout) == (130, [said], ""), err
     assert not out.exists()
 
