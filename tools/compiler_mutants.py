@@ -2,7 +2,7 @@
 backend, in :data:`tools/mutation.py`'s format ``(id, file under xpmlp/, old, new, the most relevant test files)``.
 
 The ids start with ``cm-``:
-``python tools/mutation.py --log LOG --only-prefix cm- --survivor-tests tests/compiler tests/backend``.
+``python tools/mutation.py --log LOG --only-prefix cm- --survivor-tests "tests/compiler tests/backend"``.
 """
 
 from __future__ import annotations

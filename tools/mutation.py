@@ -11,7 +11,7 @@ beside it (a mutant run again replaces its result there).
 Run from the repository root, in the environment to test:
 
     python tools/mutation.py --log /tmp/mutants.log [--only ID ...] [--only-prefix PREFIX ...]
-        [--survivor-tests tests/test_cli.py ...] [--timeout 900] [--check]
+        [--survivor-tests="-n 2 tests --ignore=tests/compiler"] [--timeout 900] [--check]
 
 Mutants in the modules of a backend whose library is not installed are reported as not applicable.
 Bytecode is not written (a restored file of the same size in the same second could reuse a mutant's).
@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -463,8 +464,8 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="only check that every mutant matches once")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant, both stages (default 900)")
     parser.add_argument(
-        "--survivor-tests", nargs="+", default=SURVIVOR_TESTS,
-        help="pytest arguments of the survivors' wider run (default: tests --ignore=tests/compiler)",
+        "--survivor-tests", type=shlex.split, default=SURVIVOR_TESTS,
+        help="the survivors' wider run: pytest's arguments in one string (default: 'tests --ignore=tests/compiler')",
     )  # fmt: skip
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.only or m[0] in args.only]
