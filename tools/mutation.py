@@ -373,7 +373,9 @@ def pytest(args: list[str], timeout: float) -> tuple[bool | None, str]:
     (a CLI test's train.py would otherwise keep the output pipe open).
     """
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args]
+    # (not tests/test_mutation.py: it fails on any mutated source, since every mutant must match it once)
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args,
+               f"--ignore={ROOT / 'tests' / 'test_mutation.py'}"]  # fmt: skip
     with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as proc:  # fmt: skip
         try:
