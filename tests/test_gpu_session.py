@@ -74,9 +74,14 @@ def test_a_dry_run_on_the_cpu_runs_every_step_and_logs_what_it_measured(tmp_path
         else:
             assert lines[name].startswith(f"{name} (exit 0, "), lines.get(name, summary)
     epoch = json.loads((out / "epoch.json").read_text())
-    assert [row["batch_size"] for row in epoch["timings"]] == [100, 1000]
+    assert [(row["batch_size"], row["chain"]) for row in epoch["timings"]] == [(100, True), (1000, True), (100, False)]
     assert all(len(row["epoch_ms"]) == 1 and row["median_ms"] > 0 for row in epoch["timings"])
-    assert epoch["equality"]["max_rel_diff"] <= 1e-12 and "EQUAL" in summary
+    equal = [(e["dtype"], e["max_rel_diff"] <= e["tol"]) for e in epoch["equality"]]
+    assert equal == [("float64", True), ("float32", True)]
+    assert [line.split(" epochs")[0] for line in summary.splitlines() if " epochs: EQUAL" in line][:2] == [
+        "compiled and eager float64",
+        "compiled and eager float32",
+    ]
     assert "1 passed" in (out / "tests.log").read_text()
     assert "test accuracy" in (out / "train.log").read_text()
     assert json.loads((out / "epoch_time.json").read_text())["rows"] == []  # no GPU here: no GPU rows

@@ -29,8 +29,8 @@ set -uo pipefail
 BUDGETS="
 setup       10        the carried wheels installed into /tmp/site
 info        15        xpmlp info and nvidia-smi
-epoch       50        tools/gpu_epoch.py: batch 100 and 1000 timed, compiled = eager
-tests       60        the CuPy tests
+epoch       60        tools/gpu_epoch.py: batch 100 (± chain) and 1000 timed, compiled = eager
+tests       50        the CuPy tests
 train       35        XPMLP_BACKEND=cupy python train.py
 racecheck   25        compute-sanitizer --tool racecheck, one small compiled epoch
 synccheck   15        compute-sanitizer --tool synccheck, the same

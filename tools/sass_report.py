@@ -30,6 +30,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from xpmlp.compiler.cuda import module_source
+from xpmlp.compiler.fuse import KernelSpec
+
 import cupy_nvrtc
 import step_kernels
 
@@ -265,20 +268,36 @@ class Row:
     spill_bytes: int
 
 
+def stage_kernels(specs: list[KernelSpec]) -> list[KernelSpec]:
+    """Each stage of the chains among ``specs`` as a kernel of its own (a chain of one stage, named
+    ``<chain>_s<j>``), so that each stage's main loop can be read alone."""
+    return [
+        KernelSpec(f"{spec.name}_s{j}", "chain", spec.params, [], 1, stages=[stage])
+        for spec in specs
+        if spec.kind == "chain"
+        for j, stage in enumerate(spec.parts())
+    ]
+
+
 def report(configs: list[step_kernels.Config], compiler: str = "nvcc") -> list[Row]:
-    """One row per kernel of each configuration's training step (the epoch loop's body), in launch order;
-    ``compiler``: nvcc, or nvrtc (what CuPy runs; spills are then the kernel's local memory)."""
+    """One row per kernel of each configuration's training step (the epoch loop's body), in launch order, a chain's
+    stages after it (kind "stage": its main loop read alone); ``compiler``: nvcc, or nvrtc (what CuPy runs; spills
+    are then the kernel's local memory)."""
     rows = []
     for config in configs:
-        functions, resources = analyse(step_kernels.source(config), compiler)
-        for spec in step_kernels.step_kernels(config):
+        step = step_kernels.step_kernels(config)
+        stages = stage_kernels(step)
+        alone = {id(t) for t in stages}
+        functions, resources = analyse(module_source([*step_kernels.plan(config).kernels(), *stages]), compiler)
+        for spec in [u for s in step for u in [s, *(t for t in stages if t.name.startswith(f"{s.name}_s"))]]:
             loop, res = main_loop(functions[spec.name]), resources[spec.name]
-            g = spec.gemm
+            g = spec.parts()[0].gemm if id(spec) in alone else spec.gemm
             shape = f"{g['m']}×{g['n']}×{g['k']}" + (f" /{g['splits']}" if g["splits"] > 1 else "") if g else ""
             ratio = loop.fmas_per_shared_load if loop else None
             counts = (loop.fmas, loop.shared_loads, loop.global_loads) if loop else (0, 0, 0)
             spills = res.spill_stores + res.spill_loads
-            rows.append(Row(config.label, spec.name, spec.kind, shape, ratio, loop is None or loop.looped, *counts,
+            kind = "stage" if id(spec) in alone else spec.kind
+            rows.append(Row(config.label, spec.name, kind, shape, ratio, loop is None or loop.looped, *counts,
                             res.registers, res.shared_bytes, res.stack_bytes, spills))  # fmt: skip
     return rows
 

@@ -28,7 +28,7 @@ import numpy as np
 import xpmlp
 
 # the code generator, imported here only
-from xpmlp.compiler.cuda import kernel_source, longest_walk, module_source
+from xpmlp.compiler.cuda import kernel_source, longest_walk, module_source, serial_madds
 from xpmlp.compiler.fuse import KernelSpec, Plan, make_plan
 from xpmlp.compiler.trace import trace
 from xpmlp.presets import DEFAULTS, HW1, build_mlp
@@ -108,7 +108,9 @@ def configs(networks: tuple[str, ...] = ("hw1", "default")) -> list[Config]:
 
 
 def _summary(spec: KernelSpec) -> str:
-    """What a kernel does, in a few words: its kind, the product's shape, its reductions."""
+    """What a kernel does, in a few words: its kind, the product's shape, its reductions (a chain: its stages')."""
+    if spec.kind == "chain":
+        return f"chain of {len(spec.parts())}: " + "; ".join(_summary(stage) for stage in spec.parts())
     reductions = [n for n in spec.nodes if n["op"] in {"sum", "mean", "max", "min", "argmax", "argmin"}]
     what = spec.kind
     if spec.kind == "gemm":
@@ -120,13 +122,17 @@ def _summary(spec: KernelSpec) -> str:
 
 
 def report(config: Config) -> list[str]:
-    """Lines naming each kernel of one step of ``config``, its longest walk and what it does, then the step's."""
+    """Lines naming each kernel of one step of ``config``, its longest walk, the multiply-adds a thread does in series
+    in its main loops (:func:`~xpmlp.compiler.cuda.serial_madds`) and what it does, then the step's."""
     specs = step_kernels(config)
     walks = [longest_walk(spec) for spec in specs]
+    madds = [serial_madds(spec) for spec in specs]
     lines = [f"{config.label}: {len(specs)} kernels a step"]
-    lines += [f"  {s.name:>4}  walk {w:4d}  {_summary(s)}" for s, w in zip(specs, walks, strict=True)]
+    lines += [
+        f"  {s.name:>4}  walk {w:4d}  madds {f:5d}  {_summary(s)}" for s, w, f in zip(specs, walks, madds, strict=True)
+    ]
     worst = max(range(len(specs)), key=walks.__getitem__)
-    lines.append(f"  longest walk {walks[worst]} ({specs[worst].name})")
+    lines.append(f"  longest walk {walks[worst]} ({specs[worst].name}); multiply-adds in series a step {sum(madds)}")
     return lines
 
 

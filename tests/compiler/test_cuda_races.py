@@ -46,6 +46,18 @@ MUTANTS = {
 }  # fmt: skip
 
 
+def chained(xp, a, b, c):
+    """Two small products in series: one chain of one block, the second stage reading what the first stored in
+    its tail (the product less its column means)."""
+    h = a @ b
+    return (h - xp.mean(h, axis=0)) @ c
+
+
+#: A chain's stages without the barrier between them: the second stage's loads race the first stage's stores.
+CHAIN_MUTANT = (r"(\n  \})\n  __syncthreads\(\);[^\n]*(\n  // stage)", r"\1\2")
+CHAIN_ARRAYS = [np.random.default_rng(3).standard_normal(s, np.float32) for s in ((100, 64), (64, 32), (32, 10))]
+
+
 def renamed(plan, prefix):
     for spec in plan.kernels():
         spec.name = prefix + spec.name
@@ -68,6 +80,15 @@ def runs():
             assert n == 1, f"mutant {name!r} no longer applies to the generated hand-over"
         jobs.append((plan, arrays, source))
         names.append(name)
+    for j, name in enumerate(["chain", "chain without a barrier"]):
+        plan = renamed(make_plan(trace(lambda *a: chained(TRACE_NAMESPACE, *a), CHAIN_ARRAYS)), f"c{j}_")
+        assert [k.kind for k in plan.kernels()] == ["chain"]
+        source = module_source(plan.kernels())
+        if name != "chain":
+            source, n = re.subn(*CHAIN_MUTANT, source, count=1)
+            assert n == 1, "the chain mutant no longer applies"
+        jobs.append((plan, CHAIN_ARRAYS, source))
+        names.append(name)
     results = dict(zip(names, run_plans_under_tsan(jobs), strict=True))
     return results, expected, hand_over(np, *arrays)
 
@@ -78,6 +99,15 @@ def test_the_epoch_and_the_hand_overs_have_no_race_with_blocks_at_once(runs):
         assert results[name][1] == [], f"{name}: {results[name][1][0][:3000]}"
     assert_close(results["epoch"][0], expected_epoch, 1e-5)
     np.testing.assert_allclose(results["correct"][0], expected_sums, rtol=1e-12)
+    assert results["chain"][1] == [], results["chain"][1][0][:3000]
+    product = chained(np, *(a.astype(np.float64) for a in CHAIN_ARRAYS))
+    np.testing.assert_allclose(results["chain"][0], product, rtol=1e-5, atol=1e-5 * np.abs(product).max())
+
+
+def test_a_chain_without_the_barrier_between_its_stages_is_a_race(runs):
+    reports = runs[0]["chain without a barrier"][1]
+    assert reports and all("data race" in r for r in reports), reports[:1]
+    assert any(" c1_k0 " in r for r in reports), reports[0][:3000]
 
 
 @pytest.mark.parametrize("mutant", MUTANTS)

@@ -29,7 +29,7 @@ def test_a_float32_array_compares_with_a_python_float_in_float32():
     plan, got = emulated(function, [x])
     np.testing.assert_array_equal(got, function(np, x))
     scalars = [
-        n for k in plan.kernels() for n in k.nodes if n["op"] == "scalar" and isinstance(n["attrs"]["value"], float)
+        n for k in plan.parts() for n in k.nodes if n["op"] == "scalar" and isinstance(n["attrs"]["value"], float)
     ]
     assert scalars and {n["dtype"] for n in scalars} == {"float32"}
 
@@ -48,7 +48,7 @@ def test_spread_reductions_over_non_square_tiles_train_the_epoch():
     train, _, _ = dataset(n_train=250)
     program, args, expected = traced_epoch(hw1(), train, 100)
     plan = make_plan(program, tail_max=2048, gemm_shape=GemmShape(16, 32, 8))
-    assert any(n.get("spread", {}).get("by") == "tile" for k in plan.kernels() for n in k.nodes)
+    assert any(n.get("spread", {}).get("by") == "tile" for k in plan.parts() for n in k.nodes)
     assert_close(run_plan_on_host(plan, args, threads=4), expected, 1e-12)
 
 

@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 
 from xpmlp import ReLU, Tanh
-from xpmlp.compiler.fuse import FUSE_ENV_VAR, fusion_enabled, make_plan, run_plan
+from xpmlp.compiler.fuse import (
+    CHAIN_ENV_VAR,
+    CHAIN_MADDS,
+    FUSE_ENV_VAR,
+    chain_shape,
+    chaining_enabled,
+    fusion_enabled,
+    gemm_geometry,
+    main_loop_madds,
+    make_plan,
+    run_plan,
+)
 from xpmlp.compiler.program import INDEX_OPS, Loop
 from xpmlp.compiler.trace import trace
 
@@ -32,7 +43,7 @@ def test_small_tails_split_into_block_and_map_kernels_and_agree(tail_max):
     train, _, _ = dataset()
     program, args, expected = traced_epoch(network(activation=Tanh, bn=2), train, 16)
     plan = make_plan(program, tail_max=tail_max)
-    kinds = {k.kind for k in plan.kernels()}
+    kinds = {k.kind for k in plan.parts()}
     assert kinds == ({"gemm", "block", "map"} if tail_max < 1 << 16 else {"gemm"})
     assert_close(run_plan(plan, args), expected, 1e-12)
 
@@ -43,14 +54,76 @@ def matmuls(program):
 
 @pytest.mark.parametrize("bn", [1, 0])
 def test_the_hw1_step_is_one_kernel_per_matrix_product_and_the_update(bn):
-    """784-64-64-32-10 at batch 100: 4 products forward, 7 backward; everything else rides in their tails but
-    the momentum update of the 57,000 parameters, too large for one block: a kernel over many."""
+    """784-64-64-32-10 at batch 100, without chains: 4 products forward, 7 backward; everything else rides in their
+    tails but the momentum update of the 57,000 parameters, too large for one block: a kernel over many."""
     train, _, _ = dataset(n_train=300)
     program, args, expected = traced_epoch(hw1(bn=bn), train, 100)
-    plan = make_plan(program)
+    plan = make_plan(program, chain=False)
     assert plan.kernels_per_step == matmuls(program) + 1 == 12 <= 20
     assert [k.kind for k in plan.segments[0].kernels] == ["gemm"] * 11 + ["map"]
     assert_close(run_plan(plan, args), expected, 1e-12)
+
+
+def chained_madds(kernel):
+    """The multiply-adds a thread would do in series for ``kernel``'s product in a chain."""
+    m, n, k = kernel.gemm["m"], kernel.gemm["n"], kernel.gemm["k"]
+    product = kernel.nodes[kernel.gemm["node"]]
+    return main_loop_madds({**gemm_geometry(m, n, k, chain_shape(m, n, product["dtype"])), "chained": True})
+
+
+@pytest.mark.parametrize("bn", [1, 0])
+def test_the_small_products_of_the_hw1_step_run_in_one_chain(bn):
+    """At batch 100 the six products from the third layer's forward to its backward (100×64 @ 64×32 …
+    100×32 @ 32×64) each take one block at most ``CHAIN_MADDS`` multiply-adds a thread: they run as one kernel
+    of one block, and the step is 7 kernels. The others would take more (or K = 784) and stay kernels of their own."""
+    train, _, _ = dataset(n_train=300)
+    program, args, expected = traced_epoch(hw1("float32", bn), train, 100)
+    plan, unchained = make_plan(program), make_plan(program, chain=False)
+    step = plan.segments[0].kernels
+    assert [k.kind for k in step] == ["gemm", "gemm", "chain", "gemm", "gemm", "gemm", "map"]
+    assert plan.kernels_per_step == 7
+    chain = step[2]
+    alone = unchained.segments[0].kernels
+    assert chain.grid() == 1 and [s.gemm["m"] for s in chain.parts()] == [k.gemm["m"] for k in alone[2:8]]
+    assert all(s.gemm["chained"] and s.gemm["splits"] == 1 and "counters" not in s.gemm for s in chain.parts())
+    assert all(chained_madds(k) <= CHAIN_MADDS for k in alone[2:8])
+    assert all(chained_madds(k) > CHAIN_MADDS for k in [*alone[:2], *alone[8:11]])
+    assert_close(run_plan(plan, args), expected, 1e-5)
+    assert_close(run_plan(unchained, args), expected, 1e-5)
+
+
+def test_float64_products_are_not_chained():
+    """A chain's one kernel holds every stage's registers: in float64 ptxas spilled them (``CHAIN_DTYPES``)."""
+    train, _, _ = dataset(n_train=300)
+    program, _, _ = traced_epoch(hw1("float64"), train, 100)
+    assert make_plan(program).kernels_per_step == 12
+    assert "chain" not in {k.kind for k in make_plan(program).kernels()}
+
+
+def test_a_chains_buffers_written_by_one_stage_and_read_by_a_later_one_are_written_params():
+    """The signature declares ``const`` only what no stage writes (a const ``__restrict__`` param may be read
+    through the GPU's non-coherent cache, which would not see the earlier stage's stores)."""
+    train, _, _ = dataset(n_train=300)
+    program, _, _ = traced_epoch(hw1("float32"), train, 100)
+    chain = make_plan(program).segments[0].kernels[2]
+    stored = {n["store"] for s in chain.parts() for n in s.nodes if "store" in n}
+    loaded = {n["param"] for s in chain.parts() for n in s.nodes if n["op"] == "load"}
+    assert stored & loaded
+    assert all(chain.params[k].mode != "r" for k in stored)
+    assert {k for k, p in enumerate(chain.params) if p.mode == "r"} == loaded - stored
+
+
+@pytest.mark.parametrize("value, chained", [("0", False), ("1", True), ("", True)])
+def test_the_environment_switches_chains(monkeypatch, value, chained):
+    train, _, _ = dataset(n_train=300)
+    program, _, _ = traced_epoch(hw1("float32"), train, 100)
+    monkeypatch.setenv(CHAIN_ENV_VAR, value)
+    assert chaining_enabled() is chained
+    assert make_plan(program).kernels_per_step == (7 if chained else 12)
+    assert make_plan(program, fuse=False).kernels_per_step > 12  # chains need fusion
+    monkeypatch.setenv(CHAIN_ENV_VAR, "no")
+    with pytest.raises(ValueError, match=r"\$XPMLP_CHAIN='no'.*1 .*or 0"):
+        make_plan(program)
 
 
 @pytest.mark.parametrize("bn, kernels", [(1, 16), (0, 12)])
@@ -77,7 +150,8 @@ def test_the_softmax_and_the_loss_run_in_their_products_tiles():
     loss and delta, so the kernel needs no last block."""
     train, _, _ = dataset(n_train=300)
     program, _, _ = traced_epoch(hw1(), train, 100)
-    (output_layer,) = [k for k in make_plan(program).segments[0].kernels if any(n["op"] == "max" for n in k.nodes)]
+    kernels = make_plan(program, chain=False).segments[0].kernels
+    (output_layer,) = [k for k in kernels if any(n["op"] == "max" for n in k.nodes)]
     rows = [node["op"] for node in output_layer.nodes if node.get("rows")]
     assert {"max", "exp", "sum", "log", "divide"} <= set(rows) and not output_layer.gemm["tail"]
 
@@ -86,7 +160,7 @@ def test_index_operations_cost_nothing():
     """Transposes, slices of the flat parameters, the row gather and concatenations are read in place, never stored."""
     train, _, _ = dataset()
     program, _, _ = traced_epoch(network(), train, 40)
-    for kernel in make_plan(program).kernels():
+    for kernel in make_plan(program).parts():
         for node in kernel.nodes:
             assert node["op"] not in INDEX_OPS or "store" not in node, (kernel.name, node["op"])
 
@@ -97,7 +171,7 @@ def test_values_are_written_only_when_another_kernel_reads_them():
     train, _, _ = dataset(n_train=300)
     program, _, _ = traced_epoch(hw1(), train, 100)
     plan = make_plan(program)
-    step = plan.segments[0].kernels
+    step = [part for kernel in plan.segments[0].kernels for part in kernel.parts()]
     computed = sum(n["op"] not in {"load", "scalar", "full", "loop_index", *INDEX_OPS} for k in step for n in k.nodes)
     stored = sum("store" in n and not n.get("once") for k in step for n in k.nodes)
     assert stored < computed / 2
@@ -186,7 +260,7 @@ def test_per_column_values_are_computed_once_and_read_by_the_phases_after():
     assert node.get("once") and node["shape"] == [1, 64] and "store" in node
     readers = [n for n in first.nodes if inverse in n.get("in", ())]
     assert readers and all(n["phase"] > node["phase"] and math.prod(n["shape"]) == 6400 for n in readers)
-    assert all(not n.get("once") for k in plan.kernels() if k.kind == "map" for n in k.nodes)
+    assert all(not n.get("once") for k in plan.parts() if k.kind == "map" for n in k.nodes)
     assert_close(run_plan(plan, args), expected, 1e-12)
 
 

@@ -16,6 +16,10 @@ stores the values other kernels read and computes its reductions (consecutive th
 consecutive outputs, groups of threads over the reduced elements, then a fixed-order tree in
 shared memory). Nothing is atomic but the arrival counters, so every result is reproducible.
 
+A chain's stages run one after another in its one block, a barrier between them: each product tile by tile
+(the same main loop and epilogue, over every tile), then its tail; the values that pass between stages go
+through memory, as between kernels. Its stages share one shared-memory array, sized for the largest tile.
+
 Every pointer parameter is ``__restrict__``: :meth:`~xpmlp.compiler.fuse.Plan.bind` refuses a launch
 that would bind one buffer to two of them. The source compiles with NVRTC (``cupy.RawModule``) and
 ``nvcc -arch=sm_90``; ``XPMLP_THREADS``
@@ -30,10 +34,11 @@ import math
 from collections.abc import Sequence
 
 from ..backend import host
-from .fuse import THREADS, KernelSpec, reduction_walk
+from .fuse import THREADS, KernelSpec, gemm_shared_values, main_loop_madds, reduction_walk
 from .program import ELEMENTWISE, INDEX_OPS, REDUCTIONS
 
-__all__ = ["CTYPES", "PRELUDE", "descriptions", "kernel_source", "longest_walk", "module_source"]
+__all__ = ["CTYPES", "PRELUDE", "chain_shared_bytes", "descriptions", "kernel_source", "longest_walk", "module_source",
+           "serial_madds"]  # fmt: skip
 
 CTYPES = {
     "float32": "float",
@@ -122,29 +127,51 @@ def _has_rows(spec: KernelSpec) -> bool:
     return any(n.get("rows") for n in spec.nodes)
 
 
+def serial_madds(spec: KernelSpec, threads: int = THREADS) -> int:
+    """The multiply-adds one thread of ``spec`` does in series in its GEMM main loops (a chain's: every stage's)."""
+    return sum(main_loop_madds(part.gemm, threads) for part in spec.parts() if part.kind == "gemm")
+
+
+def chain_shared_bytes(spec: KernelSpec, threads: int = THREADS) -> int:
+    """The bytes of shared memory a chain's stages share: the most any GEMM of it needs (gemm_shared_values)."""
+    return max(
+        (
+            gemm_shared_values(p.gemm["bm"], p.gemm["bn"], p.gemm["bk"], threads)
+            * host.dtype(p.nodes[p.gemm["node"]]["dtype"]).itemsize
+            for p in spec.parts()
+            if p.gemm is not None
+        ),
+        default=0,
+    )
+
+
 def longest_walk(spec: KernelSpec, threads: int = THREADS) -> int:
     """The longest serial walk of a thread through ``spec``'s one-block phases: the elements one thread visits in
     series (each phase's store loops and reductions one after another, phases one after another). A map kernel and a
     GEMM without a tail have none (0); a one-block column reduction of 1000 rows, a thread a column, walks 1000.
     A reduction spread over the blocks counts the last block's share of the rows, then its walk over the partials.
+    A chain walks each stage's, and a stage's tile phases for every tile.
     """
+    if spec.kind == "chain":
+        return sum(longest_walk(stage, threads) for stage in spec.parts())
     if spec.kind == "map" or (spec.kind == "gemm" and not spec.gemm["tail"] and not _has_rows(spec)):
         return 0
+    tiles = spec.gemm["tiles"] if spec.gemm and spec.gemm.get("chained") else 1  # one block walks every tile's
     walk = 0
     rows = [n for n in spec.nodes if n.get("rows")]  # a tile's phases along its rows
     for phase in sorted({n["phase"] for n in rows}):
         shapes = {tuple(n["shape"]) for n in rows if n["phase"] == phase and n["op"] in ELEMENTWISE and "store" in n}
-        walk += sum(-(-spec.gemm["bm"] * math.prod(shape[1:]) // threads) for shape in shapes)
+        walk += tiles * sum(-(-spec.gemm["bm"] * math.prod(shape[1:]) // threads) for shape in shapes)
         for n in rows:
             if n["phase"] == phase and n["op"] in REDUCTIONS:
-                walk += reduction_walk(spec.gemm["bm"], spec.nodes[n["in"][0]]["shape"][1], threads)
+                walk += tiles * reduction_walk(spec.gemm["bm"], spec.nodes[n["in"][0]]["shape"][1], threads)
     for node in spec.nodes:  # a reduction spread over the blocks: the last one to arrive first did its own share
         how = node.get("spread")
         if how is not None and how["by"] == "rows":  # its share of the outputs, whole
             walk += reduction_walk(how["rows"], spec.nodes[node["in"][0]]["shape"][1], threads)
         elif how is not None:
             columns = spec.gemm["bn"] if how["by"] == "tile" else math.prod(spec.nodes[node["in"][0]]["shape"][1:])
-            walk += reduction_walk(columns, how["rows"], threads)
+            walk += (tiles if how["by"] == "tile" else 1) * reduction_walk(columns, how["rows"], threads)
     for phase in range(spec.phases):
         shapes = set()
         for node in spec.nodes:
@@ -530,11 +557,23 @@ class _KernelSource:
             f'extern "C" __global__ void __launch_bounds__(XPMLP_THREADS) {spec.name}({self.signature()}) {{',
             "(void)it;",
         ]
-        if any(n["op"] in REDUCTIONS and "phase" in n for n in self.nodes):
+        every = [n for part in spec.parts() for n in part.nodes]
+        if any(n["op"] in REDUCTIONS and "phase" in n for n in every):
             head.append("__shared__ unsigned long long xpmlp_red[XPMLP_THREADS];")
-        if any(n["op"] in _ARG and "phase" in n for n in self.nodes):
+        if any(n["op"] in _ARG and "phase" in n for n in every):
             head.append("__shared__ long long xpmlp_args[XPMLP_THREADS];")
-        if spec.kind == "map":
+        if spec.kind == "chain":  # the stages in order, in this one block
+            if chain_shared_bytes(spec):
+                head.append(f"__shared__ __align__(16) unsigned char xpmlp_chain[{chain_shared_bytes(spec)}];")
+            body = []
+            for j, stage in enumerate(spec.parts()):
+                what, g = _KernelSource(stage), stage.gemm
+                title = f"gemm {g['m']}x{g['k']} @ {g['k']}x{g['n']}, {g['tiles']} tiles" if g else "block"
+                body += [f"// stage {stage.name}: {title}", "{"]
+                body += ["  " + line for line in (what.chained_gemm() if g else what.phases())] + ["}"]
+                if j < len(spec.parts()) - 1 and (g is None or g["tail"]):  # (a tile loop ends at a barrier)
+                    body.append("__syncthreads();  // the next stage reads what this one stored")
+        elif spec.kind == "map":
             first = "blockIdx.x * (long long)XPMLP_THREADS + threadIdx.x"
             body = self.stores(0, first, "gridDim.x * (long long)XPMLP_THREADS")
         elif spec.kind == "block" and spec.spread:  # its blocks share the first reductions, the last runs the phases
@@ -565,6 +604,21 @@ class _KernelSource:
         ]
         return lines + self.gemm_epilogue()
 
+    def chained_gemm(self) -> list[str]:
+        """A chain's stage: this block computes every tile of the product in turn (the whole of K), each tile's
+        epilogue after it, then the stage's tail."""
+        g = self.spec.gemm
+        tile = [
+            f"const long long row0 = (long long)(tile / {g['tiles_n']}) * {g['bm']};",
+            f"const long long col0 = (long long)(tile % {g['tiles_n']}) * {g['bn']};",
+            f"const long long k_begin = 0, k_end = {g['k']};",
+            *self.gemm_main_loop(),
+            *self.gemm_epilogue(),
+            "__syncthreads();  // the next tile reuses the shared memory",
+        ]
+        lines = [f"for (int tile = 0; tile < {g['tiles']}; ++tile) {{", *("  " + line for line in tile), "}"]
+        return lines + (self.phases() if g["tail"] else [])
+
     def gemm_main_loop(self) -> list[str]:
         """The block's tile summed into ``c_tile`` (shared): register micro-tiles over double-buffered operand tiles.
 
@@ -576,7 +630,7 @@ class _KernelSource:
         """
         g = self.spec.gemm
         product = self.nodes[g["node"]]
-        bm, bn, bk = g["bm"], g["bn"], g["bk"]
+        bm, bn, bk, chained = g["bm"], g["bn"], g["bk"], g.get("chained")
         ctype, zero = CTYPES[product["dtype"]], _literal(0, product["dtype"])
         lines = [
             f"constexpr int micro = {(bm // MICRO) * (bn // MICRO)};  // micro-tiles of {MICRO}x{MICRO} in the tile",
@@ -588,7 +642,15 @@ class _KernelSource:
             f"constexpr int a_values = {bk} * a_stride, b_values = {bk} * b_stride;",
             "constexpr int operands = 2 * (a_values + b_values);  // two buffers of each operand's tile",
             f"constexpr int partials = (groups > 1 ? groups / 2 : 1) * {bm * bn};  // the k-groups' hand-over",
-            f"__shared__ __align__(16) {ctype} gemm_shared[operands > partials ? operands : partials];",
+            *(
+                [
+                    f"static_assert((operands > partials ? operands : partials) * sizeof({ctype}) <= "
+                    'sizeof(xpmlp_chain), "the chain\'s shared memory holds this tile");',
+                    f"{ctype}* const gemm_shared = reinterpret_cast<{ctype}*>(xpmlp_chain);",
+                ]
+                if chained
+                else [f"__shared__ __align__(16) {ctype} gemm_shared[operands > partials ? operands : partials];"]
+            ),
             "const int lane = threadIdx.x % lanes, group = threadIdx.x / lanes;",
             f"{ctype} acc[per][{MICRO}][{MICRO}];",
             "#pragma unroll",
@@ -636,6 +698,7 @@ class _KernelSource:
             "int buffer = 0;",
             *puts,
             "__syncthreads();",
+            *(["#pragma unroll 1  // a chain's stage: its k-steps a loop, one copy of them"] if chained else []),
             f"for (long long k0 = k_begin; k0 < k_end; k0 += {bk}) {{",
             f"  const bool more = k0 + {bk} < k_end;",
             "  if (more) {",
@@ -673,7 +736,10 @@ class _KernelSource:
             "#pragma unroll",
             "for (int u = 0; u < per; ++u) {",
             "  const int m = lane + u * lanes;",
-            f"  for (int i = 0; i < {MICRO}; ++i) for (int j = 0; j < {MICRO}; ++j) {{",
+            "  #pragma unroll",
+            f"  for (int i = 0; i < {MICRO}; ++i)",
+            "  #pragma unroll",
+            f"  for (int j = 0; j < {MICRO}; ++j) {{",
         ]
         lines += [
             "// the k-groups' partial tiles, summed in a fixed tree (the operand tiles' memory is free now)",
@@ -728,8 +794,8 @@ class _KernelSource:
             f"  if (r < {m} && c < {n}) {destination} = c_tile[el];",
             "}",
         ]
-        counters = f"p{g.get('counters')}"
-        if splits > 1 or g["tail"]:
+        counters, chained = f"p{g.get('counters')}", g.get("chained")
+        if (splits > 1 or g["tail"]) and not chained:
             lines.append("__shared__ int last_block;")
         if splits > 1:  # the last block of a tile to arrive sums its chunks, in order
             lines += [
@@ -762,7 +828,7 @@ class _KernelSource:
         partials = self.partial_reductions("tile") + self.row_phases()
         if partials:  # the spread reductions' rows of this tile, the tail's work along them
             lines += ["__syncthreads();", *partials]
-        if g["tail"]:  # the last tile to finish runs the tail
+        if g["tail"] and not chained:  # the last tile to finish runs the tail (a chain's block: after every tile)
             lines += [
                 *_arrive(f"{counters} + {tiles}", tiles),
                 f"if (threadIdx.x == 0) {counters}[{tiles}] = 0;",

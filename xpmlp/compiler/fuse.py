@@ -14,6 +14,12 @@ run (:func:`run_kernel`) are made:
     A tail without a product: one thread block, phases separated by barriers.
 ``map``
     Elementwise work too large for one block, over many blocks, without reductions.
+``chain``
+    Consecutive GEMM (and block) kernels run as the *stages* of one kernel of one thread block, each
+    product in tiles large enough to hold it (:func:`chain_shape`), a barrier between the stages: where
+    a product is so small that one block's multiply-adds in series (:func:`main_loop_madds`) take less
+    time than the replay of a kernel of its own (``CHAIN_MADDS``). Its stages are the kernels the rules
+    below make, unchanged but for their tiles; ``$XPMLP_CHAIN=0`` keeps them kernels of their own.
 
 The rules: every product starts a kernel; an elementwise operation or reduction joins the
 latest kernel that comes after its inputs and suits it: a reduction any tail, elementwise work
@@ -49,13 +55,19 @@ from .program import ELEMENTWISE, INDEX_OPS, REDUCTIONS, Program, Straight, flat
 from .trace import Tracer
 
 __all__ = [
+    "CHAIN_ENV_VAR",
     "FUSE_ENV_VAR",
     "GEMM_SHAPE",
     "THREADS",
     "GemmShape",
     "KernelSpec",
     "Plan",
+    "chain_shape",
+    "chaining_enabled",
     "fusion_enabled",
+    "gemm_shared_values",
+    "k_groups",
+    "main_loop_madds",
     "make_plan",
     "run_kernel",
     "run_plan",
@@ -63,6 +75,8 @@ __all__ = [
 
 #: ``$XPMLP_FUSE=0`` turns fusion off (one operation a kernel), for debugging; ``1`` (the default) on.
 FUSE_ENV_VAR = "XPMLP_FUSE"
+#: ``$XPMLP_CHAIN=0`` keeps every product a kernel of its own; ``1`` (the default) chains the small ones.
+CHAIN_ENV_VAR = "XPMLP_CHAIN"
 
 #: Threads per block of every kernel.
 THREADS = 512
@@ -75,6 +89,17 @@ SPREAD = {"sum", "mean", "max", "min"}
 #: The most elements an operation of a one-block tail may have: one multiprocessor moves about 100–200 GB/s,
 #: so a tail that touches much more than 100 kB is better spread over many blocks as a kernel of its own.
 TAIL_MAX = 1 << 14
+#: The most multiply-adds a thread of a chain may do in series for one product: 16 warps of a block share a
+#: multiprocessor's 4 schedulers, so 512 take about 4 × 512 cycles (1.2 µs at 1.75 GHz), less than the
+#: replay of the kernel the product would otherwise be (1–3 µs, the H100 run of 2026-11-24).
+CHAIN_MADDS = 512
+#: A chain's products are cut into tiles of at most this many bytes (its shared memory holds one at a time,
+#: under the 48 KiB a kernel may declare statically) and ``CHAIN_TILE_K`` deep steps.
+CHAIN_TILE_BYTES = 1 << 15
+CHAIN_TILE_K = 16
+#: The types a chain computes in: its one kernel's registers serve every stage (at 512 threads a thread has at most
+#: 128), and ptxas spilled float64 chains of 3 and 9 stages.
+CHAIN_DTYPES = {"float32"}
 
 
 def reduction_walk(outputs: int, count: int, threads: int = THREADS) -> int:
@@ -112,9 +137,16 @@ class KernelSpec:
     phases: int
     gemm: dict | None = None
     spread: dict | None = None  # a block kernel over several blocks: {"blocks": …, "counters": param}
+    stages: list[KernelSpec] | None = None  # a chain's: gemm and block specs over the chain's params
+
+    def parts(self) -> list[KernelSpec]:
+        """The specs whose nodes this kernel runs: a chain's stages, else itself."""
+        return self.stages if self.stages is not None else [self]
 
     def grid(self, threads: int = THREADS) -> int:
         """Thread blocks to launch."""
+        if self.kind == "chain":
+            return 1
         if self.kind == "gemm":
             return self.gemm["tiles"] * self.gemm["splits"]
         if self.kind == "block":
@@ -132,6 +164,7 @@ class KernelSpec:
             "phases": self.phases,
             "gemm": self.gemm,
             "spread": self.spread,
+            **({"stages": [stage.description() for stage in self.stages]} if self.stages is not None else {}),
         }
 
 
@@ -189,6 +222,10 @@ class Plan:
         """Every kernel once (a loop's body once)."""
         return [k for s in self.segments for k in (s.kernels if isinstance(s, LoopPlan) else s)]
 
+    def parts(self) -> list[KernelSpec]:
+        """Every spec whose nodes a kernel runs: the kernels, a chain's stages in its place."""
+        return [part for kernel in self.kernels() for part in kernel.parts()]
+
 
 def _is_compute(node: Tracer) -> bool:
     return node.op in ELEMENTWISE or node.op in REDUCTIONS or node.op == "matmul"
@@ -206,6 +243,44 @@ class GemmShape(NamedTuple):
 
 #: The shape the planner gives every product unless told otherwise.
 GEMM_SHAPE = GemmShape()
+
+
+def k_groups(bm: int, bn: int, bk: int, threads: int = THREADS) -> tuple[int, int, int]:
+    """How cuda.py's GEMM main loop shares a ``bm`` × ``bn`` tile ``bk`` deep among ``threads``: its ``micro``
+    4 × 4 micro-tiles, ``lanes`` threads a k-group (``micro / lanes`` micro-tiles each), ``groups`` k-groups."""
+    micro = (bm // 4) * (bn // 4)
+    lanes = 1 << min(threads, micro).bit_length() - 1
+    return micro, lanes, min(1 << (threads // lanes).bit_length() - 1, bk)
+
+
+def gemm_shared_values(bm: int, bn: int, bk: int, threads: int = THREADS) -> int:
+    """The values of a GEMM block's shared memory: two buffers of each operand's tile (rows padded by 4), or the
+    k-groups' partial tiles summed in a tree, whichever is larger (cuda.py's layout)."""
+    _, _, groups = k_groups(bm, bn, bk, threads)
+    return max(2 * bk * (bm + 4 + bn + 4), max(groups // 2, 1) * bm * bn)
+
+
+def chain_shape(m: int, n: int, dtype: Any) -> GemmShape:
+    """The tiles of an ``m`` × ``n`` product in a chain: powers of two (whole micro-tiles for every thread
+    count), as large as the product while the block's shared memory stays within ``CHAIN_TILE_BYTES`` (the
+    longer side halved first), one block."""
+    size = host.dtype(dtype).itemsize
+    rows, cols = max(4, 1 << (m - 1).bit_length()), max(4, 1 << (n - 1).bit_length())
+    while gemm_shared_values(rows, cols, CHAIN_TILE_K) * size > CHAIN_TILE_BYTES and max(rows, cols) > 4:
+        if rows >= cols:
+            rows //= 2
+        else:
+            cols //= 2
+    return GemmShape(rows, cols, CHAIN_TILE_K, 1)
+
+
+def main_loop_madds(gemm: dict, threads: int = THREADS) -> int:
+    """The multiply-adds one thread of a GEMM kernel does in series in its main loops (cuda.py's): its share of
+    each step of its chunk of K, for every tile its block computes (all of them in a chain)."""
+    micro, lanes, groups = k_groups(gemm["bm"], gemm["bn"], gemm["bk"], threads)
+    steps = -(-gemm["chunk"] // gemm["bk"])
+    tiles = gemm["tiles"] if gemm.get("chained") else 1
+    return tiles * steps * (gemm["bk"] // groups) * (micro // lanes) * 16
 
 
 def gemm_geometry(m: int, n: int, k: int, shape: GemmShape = GEMM_SHAPE) -> dict:
@@ -258,19 +333,28 @@ class _LoopStart(NamedTuple):
     inits: list[Tracer]
 
 
-def fusion_enabled() -> bool:
-    """Whether ``$XPMLP_FUSE`` leaves fusion on: unset or ``1``; ``0`` turns it off; anything else is a ValueError."""
-    value = os.environ.get(FUSE_ENV_VAR, "").strip() or "1"
+def _switch(variable: str, meaning: str) -> bool:
+    value = os.environ.get(variable, "").strip() or "1"
     if value not in {"0", "1"}:
-        raise ValueError(
-            f"${FUSE_ENV_VAR}={os.environ[FUSE_ENV_VAR]!r}: use 1 (fuse, the default) or 0 (one operation a kernel)"
-        )
+        raise ValueError(f"${variable}={os.environ[variable]!r}: use {meaning}")
     return value == "1"
 
 
+def fusion_enabled() -> bool:
+    """Whether ``$XPMLP_FUSE`` leaves fusion on: unset or ``1``; ``0`` turns it off; anything else is a ValueError."""
+    return _switch(FUSE_ENV_VAR, "1 (fuse, the default) or 0 (one operation a kernel)")
+
+
+def chaining_enabled() -> bool:
+    """Whether ``$XPMLP_CHAIN`` leaves chains on: unset or ``1``; ``0`` turns them off; else a ValueError."""
+    return _switch(CHAIN_ENV_VAR, "1 (chain small products into one kernel, the default) or 0 (a kernel each)")
+
+
 class _Planner:
-    def __init__(self, program: Program, tail_max: int, fuse: bool, gemm_shape: GemmShape) -> None:
+    def __init__(self, program: Program, tail_max: int, fuse: bool, gemm_shape: GemmShape, chain: bool) -> None:
         self.program, self.tail_max, self.fuse, self.gemm_shape = program, tail_max, fuse, gemm_shape
+        self.chain = chain and fuse
+        self.shapes: dict[_KernelGroup, GemmShape] = {}  # a chain's products' tiles
         self.buffers: list[Buffer] = []
         self.location: dict[Tracer, Slot] = {}
         self.kernel_of: dict[Tracer, _KernelGroup] = {}
@@ -298,7 +382,7 @@ class _Planner:
         plans: list[list[KernelSpec] | LoopPlan] = []
         specs_made = 0
         for segment, group in zip(segments, kernels, strict=True):
-            specs = [self.spec(k, f"k{specs_made + i}") for i, k in enumerate(group)]
+            specs = [self.chain_spec(k, f"k{specs_made + i}") for i, k in enumerate(self.chains(group))]
             specs_made += len(specs)
             if segment.loop is not None:
                 segment.loop.kernels = specs
@@ -469,6 +553,62 @@ class _Planner:
             if node.op in ELEMENTWISE and node not in kernel.tile and largest.get(node, 0) >= 2 * node.size
         ]
 
+    # -- chains
+    def chains(self, kernels: list[_KernelGroup]) -> list[list[_KernelGroup]]:
+        """``kernels`` in runs: each run of two or more that may chain (:meth:`chainable`) one chain, the rest
+        alone; a chain's products get their tiles (:func:`chain_shape`)."""
+        runs: list[list[_KernelGroup]] = []
+        for kernel in kernels:
+            fits = self.chain and self.chainable(kernel)
+            if fits and runs and runs[-1][-1] in self.shapes:
+                runs[-1].append(kernel)
+            else:
+                runs.append([kernel])
+            if fits:
+                self.shapes[kernel] = self.chain_tiles(kernel)
+        for run in runs:
+            if len(run) == 1:  # nothing to chain with: a kernel of its own, with the planner's tiles
+                self.shapes.pop(run[0], None)
+        return runs
+
+    def chain_tiles(self, kernel: _KernelGroup) -> GemmShape:
+        if kernel.kind != "gemm":
+            return GemmShape(blocks=1)
+        product = kernel.nodes[0]
+        return chain_shape(product.shape[0], product.shape[1], product.dtype)
+
+    def chainable(self, kernel: _KernelGroup) -> bool:
+        """A one-block kernel, or a GEMM whose product one block computes in ``CHAIN_MADDS`` multiply-adds a thread,
+        computing in one of ``CHAIN_DTYPES``."""
+        if kernel.kind == "block":
+            return True
+        if kernel.kind != "gemm" or kernel.nodes[0].dtype.name not in CHAIN_DTYPES:
+            return False
+        m, n = kernel.nodes[0].shape
+        k = kernel.nodes[0].inputs[0].shape[1]
+        geometry = gemm_geometry(m, n, k, self.chain_tiles(kernel))
+        return main_loop_madds({**geometry, "chained": True}) <= CHAIN_MADDS
+
+    def chain_spec(self, run: list[_KernelGroup], name: str) -> KernelSpec:
+        """The kernel of ``run``: a kernel's spec, or a chain's whose stages share one list of params."""
+        if len(run) == 1:
+            return self.spec(run[0], name)
+        stages = [self.spec(kernel, f"{name}s{j}") for j, kernel in enumerate(run)]
+        params: list[Param] = []
+        where: dict[Slot, int] = {}
+        for stage in stages:
+            for p in stage.params:
+                if p.slot not in where:
+                    where[p.slot] = len(params)
+                    params.append(Param(p.slot, p.shape, p.dtype, p.mode))
+                elif p.mode != "r":  # written by this stage, read by an earlier one: a written buffer
+                    params[where[p.slot]].mode = p.mode
+        for stage in stages:
+            remap = [where[p.slot] for p in stage.params]
+            _renumber(stage, remap)
+            stage.params = params
+        return KernelSpec(name, "chain", params, [], 1, stages=stages)
+
     # -- specs
     def spec(self, kernel: _KernelGroup, name: str) -> KernelSpec:
         own = set(kernel.nodes)
@@ -505,9 +645,12 @@ class _Planner:
             return local[node]
 
         gemm = None
+        chained = kernel in self.shapes
         if kernel.kind == "gemm":
             product = kernel.nodes[0]
-            gemm = gemm_geometry(product.shape[0], product.shape[1], product.inputs[0].shape[1], self.gemm_shape)
+            gemm = gemm_geometry(product.shape[0], product.shape[1], product.inputs[0].shape[1], self.shape(kernel))
+            if chained:
+                gemm["chained"] = True  # one block computes every tile, the tail follows after a barrier
         for node in kernel.nodes:
             visit(node)
         rows = self.row_local(kernel)
@@ -542,13 +685,13 @@ class _Planner:
             if gemm["splits"] > 1:
                 partials = self.buffer((gemm["splits"] * gemm["m"] * gemm["n"],), product.dtype, "partials")
                 gemm["partials"] = param(("buffer", partials), self.buffers[partials].shape, product.dtype, "p")
-            if gemm["splits"] > 1 or tail:
+            if (gemm["splits"] > 1 or tail) and not chained:
                 zeros = host.zeros(gemm["tiles"] + 1, host.uint32)
                 counters = self.buffer(zeros.shape, zeros.dtype, "counters", zeros)
                 gemm["counters"] = param(("buffer", counters), zeros.shape, zeros.dtype, "n")
             gemm["tail"] = tail
         spread = None
-        blocks = gemm["tiles"] * gemm["splits"] if gemm else GEMM_BLOCKS
+        blocks = 1 if chained else gemm["tiles"] * gemm["splits"] if gemm else GEMM_BLOCKS
         for node in kernel.nodes:
             how = self.spreading(kernel, node, phase[local[node]], blocks)
             if how is not None:
@@ -569,7 +712,7 @@ class _Planner:
         """The work of a GEMM's tail that each tile can do for its own rows: where a tile holds whole rows of the
         product, the elementwise operations and the reductions along a row (a softmax, a row's loss) that read
         the kernel's own values only at their own row (the product, its tile work, each other)."""
-        if kernel.kind != "gemm" or kernel.nodes[0].shape[1] > self.gemm_shape.tile_n or not self.fuse:
+        if kernel.kind != "gemm" or kernel.nodes[0].shape[1] > self.shape(kernel).tile_n or not self.fuse:
             return set()
         own, m, rows = set(kernel.nodes), kernel.nodes[0].shape[0], set()
         for node in kernel.nodes[1:]:
@@ -620,7 +763,7 @@ class _Planner:
         if node.op not in SPREAD:
             return None
         if kernel.kind == "gemm" and source.shape == product.shape and (source is product or source in kernel.tile):
-            per, share = self.gemm_shape.tile_m, self.gemm_shape.tile_n  # a tile's columns, as cuda.py reduces them
+            per, share = self.shape(kernel).tile_m, self.shape(kernel).tile_n  # a tile's, as cuda.py reduces them
             how = {"by": "tile", "ranges": -(-rows // per), "rows": per}
         elif self.reads_results(kernel, source):
             return None
@@ -629,6 +772,10 @@ class _Planner:
             how = {"by": "grid", "ranges": -(-rows // per), "rows": per}
         spread = reduction_walk(share, per) + reduction_walk(cols, how["ranges"])
         return how if how["ranges"] > 1 and spread < reduction_walk(cols, rows) else None
+
+    def shape(self, kernel: _KernelGroup) -> GemmShape:
+        """The tiles of ``kernel``'s product: a chain's own, else the planner's."""
+        return self.shapes.get(kernel, self.gemm_shape)
 
     def reads_results(self, kernel: _KernelGroup, node: Tracer) -> bool:
         """Whether evaluating ``node`` reads something ``kernel`` computes other than elementwise work on loads
@@ -644,6 +791,19 @@ class _Planner:
             if node in own or node.op in INDEX_OPS:
                 stack += node.inputs
         return False
+
+
+def _renumber(spec: KernelSpec, remap: Sequence[int]) -> None:
+    """Point ``spec``'s param indices (loads, stores, a GEMM's and a spread's buffers) at ``remap``'s."""
+    for node in spec.nodes:
+        for key in ("param", "store"):
+            if key in node:
+                node[key] = remap[node[key]]
+        if "partials" in node.get("spread", {}):
+            node["spread"]["partials"] = remap[node["spread"]["partials"]]
+    for key in ("partials", "counters"):
+        if spec.gemm is not None and key in spec.gemm:
+            spec.gemm[key] = remap[spec.gemm[key]]
 
 
 def _copy(node: Tracer) -> Tracer:
@@ -677,10 +837,17 @@ def _use_counts(program: Program) -> dict[Tracer, int]:
 
 
 def make_plan(
-    program: Program, tail_max: int = TAIL_MAX, fuse: bool | None = None, gemm_shape: GemmShape = GEMM_SHAPE
+    program: Program,
+    tail_max: int = TAIL_MAX,
+    fuse: bool | None = None,
+    gemm_shape: GemmShape = GEMM_SHAPE,
+    chain: bool | None = None,
 ) -> Plan:
-    """``program`` grouped into kernels (see the module's docstring); ``fuse`` None: :func:`fusion_enabled`."""
-    return _Planner(program, tail_max, fusion_enabled() if fuse is None else fuse, gemm_shape).plan()
+    """``program`` grouped into kernels (see the module's docstring); ``fuse`` None: :func:`fusion_enabled`,
+    ``chain`` None: :func:`chaining_enabled` (chains need fusion)."""
+    fuse = fusion_enabled() if fuse is None else fuse
+    chain = chaining_enabled() if chain is None else chain
+    return _Planner(program, tail_max, fuse, gemm_shape, chain).plan()
 
 
 # ---------------------------------------------------------------- running a plan with NumPy
@@ -692,6 +859,8 @@ def run_kernel(description: dict, arrays: Sequence[host.ndarray], it: int = 0) -
     Each stored node is written into its param's array; the GEMM's partial sums and counters
     are the device's business and stay untouched.
     """
+    for stage in description.get("stages", ()):  # a chain: its stages in order, on the same arrays
+        run_kernel(stage, arrays, it)
     values: list[Any] = []
     for node in description["nodes"]:
         op = node["op"]
