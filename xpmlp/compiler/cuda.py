@@ -16,9 +16,9 @@ stores the values other kernels read and computes its reductions (consecutive th
 consecutive outputs, groups of threads over the reduced elements, then a fixed-order tree in
 shared memory). Nothing is atomic but the arrival counters, so every result is reproducible.
 
-A chain's stages run one after another in its one block, a barrier between them: each product tile by tile
-(the same main loop and epilogue, over every tile), then its tail; the values that pass between stages go
-through memory, as between kernels. Its stages share one shared-memory array, sized for the largest tile.
+A chain's stages run one after another in its one block, a barrier between them: each product as one tile
+(the same main loop and epilogue), then its tail; the values that pass between stages go through memory, as
+between kernels. Its stages share one shared-memory array, sized for the largest tile.
 
 Every pointer parameter is ``__restrict__``: :meth:`~xpmlp.compiler.fuse.Plan.bind` refuses a launch
 that would bind one buffer to two of them. The source compiles with NVRTC (``cupy.RawModule``) and
@@ -150,28 +150,27 @@ def longest_walk(spec: KernelSpec, threads: int = THREADS) -> int:
     series (each phase's store loops and reductions one after another, phases one after another). A map kernel and a
     GEMM without a tail have none (0); a one-block column reduction of 1000 rows, a thread a column, walks 1000.
     A reduction spread over the blocks counts the last block's share of the rows, then its walk over the partials.
-    A chain walks each stage's, and a stage's tile phases for every tile.
+    A chain walks each stage's.
     """
     if spec.kind == "chain":
         return sum(longest_walk(stage, threads) for stage in spec.parts())
     if spec.kind == "map" or (spec.kind == "gemm" and not spec.gemm["tail"] and not _has_rows(spec)):
         return 0
-    tiles = spec.gemm["tiles"] if spec.gemm and spec.gemm.get("chained") else 1  # one block walks every tile's
     walk = 0
     rows = [n for n in spec.nodes if n.get("rows")]  # a tile's phases along its rows
     for phase in sorted({n["phase"] for n in rows}):
         shapes = {tuple(n["shape"]) for n in rows if n["phase"] == phase and n["op"] in ELEMENTWISE and "store" in n}
-        walk += tiles * sum(-(-spec.gemm["bm"] * math.prod(shape[1:]) // threads) for shape in shapes)
+        walk += sum(-(-spec.gemm["bm"] * math.prod(shape[1:]) // threads) for shape in shapes)
         for n in rows:
             if n["phase"] == phase and n["op"] in REDUCTIONS:
-                walk += tiles * reduction_walk(spec.gemm["bm"], spec.nodes[n["in"][0]]["shape"][1], threads)
+                walk += reduction_walk(spec.gemm["bm"], spec.nodes[n["in"][0]]["shape"][1], threads)
     for node in spec.nodes:  # a reduction spread over the blocks: the last one to arrive first did its own share
         how = node.get("spread")
         if how is not None and how["by"] == "rows":  # its share of the outputs, whole
             walk += reduction_walk(how["rows"], spec.nodes[node["in"][0]]["shape"][1], threads)
         elif how is not None:
             columns = spec.gemm["bn"] if how["by"] == "tile" else math.prod(spec.nodes[node["in"][0]]["shape"][1:])
-            walk += (tiles if how["by"] == "tile" else 1) * reduction_walk(columns, how["rows"], threads)
+            walk += reduction_walk(columns, how["rows"], threads)
     for phase in range(spec.phases):
         shapes = set()
         for node in spec.nodes:
@@ -571,7 +570,7 @@ class _KernelSource:
                 title = f"gemm {g['m']}x{g['k']} @ {g['k']}x{g['n']}, {g['tiles']} tiles" if g else "block"
                 body += [f"// stage {stage.name}: {title}", "{"]
                 body += ["  " + line for line in (what.chained_gemm() if g else what.phases())] + ["}"]
-                if j < len(spec.parts()) - 1 and (g is None or g["tail"]):  # (a tile loop ends at a barrier)
+                if j < len(spec.parts()) - 1 and (g is None or g["tail"]):  # (a tile ends at a barrier)
                     body.append("__syncthreads();  // the next stage reads what this one stored")
         elif spec.kind == "map":
             first = "blockIdx.x * (long long)XPMLP_THREADS + threadIdx.x"
@@ -605,18 +604,17 @@ class _KernelSource:
         return lines + self.gemm_epilogue()
 
     def chained_gemm(self) -> list[str]:
-        """A chain's stage: this block computes every tile of the product in turn (the whole of K), each tile's
-        epilogue after it, then the stage's tail."""
+        """A chain's stage: this block computes the product's one tile (the whole of K) and its epilogue, then,
+        after a barrier, the stage's tail."""
         g = self.spec.gemm
-        tile = [
-            f"const long long row0 = (long long)(tile / {g['tiles_n']}) * {g['bm']};",
-            f"const long long col0 = (long long)(tile % {g['tiles_n']}) * {g['bn']};",
-            f"const long long k_begin = 0, k_end = {g['k']};",
+        lines = [
+            "const int tile = 0, split = 0;",
+            "(void)tile; (void)split;",
+            "const long long row0 = 0, col0 = 0, k_begin = 0, " + f"k_end = {g['k']};",
             *self.gemm_main_loop(),
             *self.gemm_epilogue(),
-            "__syncthreads();  // the next tile reuses the shared memory",
+            "__syncthreads();  // the tail and the next stage read what the tile stored",
         ]
-        lines = [f"for (int tile = 0; tile < {g['tiles']}; ++tile) {{", *("  " + line for line in tile), "}"]
         return lines + (self.phases() if g["tail"] else [])
 
     def gemm_main_loop(self) -> list[str]:

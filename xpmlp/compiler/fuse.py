@@ -16,7 +16,7 @@ run (:func:`run_kernel`) are made:
     Elementwise work too large for one block, over many blocks, without reductions.
 ``chain``
     Consecutive GEMM (and block) kernels run as the *stages* of one kernel of one thread block, each
-    product in tiles large enough to hold it (:func:`chain_shape`), a barrier between the stages: where
+    product in one tile that holds it whole (:func:`chain_shape`), a barrier between the stages: where
     a product is so small that one block's multiply-adds in series (:func:`main_loop_madds`) take less
     time than the replay of a kernel of its own (``CHAIN_MADDS``). Its stages are the kernels the rules
     below make, unchanged but for their tiles; ``$XPMLP_CHAIN=0`` keeps them kernels of their own.
@@ -93,8 +93,8 @@ TAIL_MAX = 1 << 14
 #: multiprocessor's 4 schedulers, so 512 take about 4 × 512 cycles (1.2 µs at 1.75 GHz), less than the
 #: replay of the kernel the product would otherwise be (1–3 µs, the H100 run of 2026-11-24).
 CHAIN_MADDS = 512
-#: A chain's products are cut into tiles of at most this many bytes (its shared memory holds one at a time,
-#: under the 48 KiB a kernel may declare statically) and ``CHAIN_TILE_K`` deep steps.
+#: A chain's product is one tile whose shared memory takes at most this many bytes (under the 48 KiB a kernel
+#: may declare statically), in ``CHAIN_TILE_K`` deep steps.
 CHAIN_TILE_BYTES = 1 << 15
 CHAIN_TILE_K = 16
 #: The types a chain computes in: its one kernel's registers serve every stage (at 512 threads a thread has at most
@@ -260,27 +260,21 @@ def gemm_shared_values(bm: int, bn: int, bk: int, threads: int = THREADS) -> int
     return max(2 * bk * (bm + 4 + bn + 4), max(groups // 2, 1) * bm * bn)
 
 
-def chain_shape(m: int, n: int, dtype: Any) -> GemmShape:
-    """The tiles of an ``m`` × ``n`` product in a chain: powers of two (whole micro-tiles for every thread
-    count), as large as the product while the block's shared memory stays within ``CHAIN_TILE_BYTES`` (the
-    longer side halved first), one block."""
-    size = host.dtype(dtype).itemsize
+def chain_shape(m: int, n: int, dtype: Any) -> GemmShape | None:
+    """The one tile of an ``m`` × ``n`` product in a chain: powers of two (whole micro-tiles for every thread
+    count) at least as large as the product; None where its shared memory would exceed ``CHAIN_TILE_BYTES``."""
     rows, cols = max(4, 1 << (m - 1).bit_length()), max(4, 1 << (n - 1).bit_length())
-    while gemm_shared_values(rows, cols, CHAIN_TILE_K) * size > CHAIN_TILE_BYTES and max(rows, cols) > 4:
-        if rows >= cols:
-            rows //= 2
-        else:
-            cols //= 2
+    if gemm_shared_values(rows, cols, CHAIN_TILE_K) * host.dtype(dtype).itemsize > CHAIN_TILE_BYTES:
+        return None
     return GemmShape(rows, cols, CHAIN_TILE_K, 1)
 
 
 def main_loop_madds(gemm: dict, threads: int = THREADS) -> int:
-    """The multiply-adds one thread of a GEMM kernel does in series in its main loops (cuda.py's): its share of
-    each step of its chunk of K, for every tile its block computes (all of them in a chain)."""
+    """The multiply-adds one thread of a GEMM kernel does in series in its main loop (cuda.py's): its share of
+    each step of its block's chunk of K."""
     micro, lanes, groups = k_groups(gemm["bm"], gemm["bn"], gemm["bk"], threads)
     steps = -(-gemm["chunk"] // gemm["bk"])
-    tiles = gemm["tiles"] if gemm.get("chained") else 1
-    return tiles * steps * (gemm["bk"] // groups) * (micro // lanes) * 16
+    return steps * (gemm["bk"] // groups) * (micro // lanes) * 16
 
 
 def gemm_geometry(m: int, n: int, k: int, shape: GemmShape = GEMM_SHAPE) -> dict:
@@ -556,7 +550,7 @@ class _Planner:
     # -- chains
     def chains(self, kernels: list[_KernelGroup]) -> list[list[_KernelGroup]]:
         """``kernels`` in runs: each run of two or more that may chain (:meth:`chainable`) one chain, the rest
-        alone; a chain's products get their tiles (:func:`chain_shape`)."""
+        alone; a chain's products get their tile (:func:`chain_shape`)."""
         runs: list[list[_KernelGroup]] = []
         for kernel in kernels:
             fits = self.chain and self.chainable(kernel)
@@ -571,23 +565,22 @@ class _Planner:
                 self.shapes.pop(run[0], None)
         return runs
 
-    def chain_tiles(self, kernel: _KernelGroup) -> GemmShape:
+    def chain_tiles(self, kernel: _KernelGroup) -> GemmShape | None:
         if kernel.kind != "gemm":
             return GemmShape(blocks=1)
         product = kernel.nodes[0]
         return chain_shape(product.shape[0], product.shape[1], product.dtype)
 
     def chainable(self, kernel: _KernelGroup) -> bool:
-        """A one-block kernel, or a GEMM whose product one block computes in ``CHAIN_MADDS`` multiply-adds a thread,
-        computing in one of ``CHAIN_DTYPES``."""
+        """A one-block kernel, or a GEMM in one of ``CHAIN_DTYPES`` whose product one tile of one block holds and
+        computes in ``CHAIN_MADDS`` multiply-adds a thread."""
         if kernel.kind == "block":
             return True
-        if kernel.kind != "gemm" or kernel.nodes[0].dtype.name not in CHAIN_DTYPES:
+        tile = self.chain_tiles(kernel) if kernel.kind == "gemm" else None
+        if tile is None or kernel.nodes[0].dtype.name not in CHAIN_DTYPES:
             return False
         m, n = kernel.nodes[0].shape
-        k = kernel.nodes[0].inputs[0].shape[1]
-        geometry = gemm_geometry(m, n, k, self.chain_tiles(kernel))
-        return main_loop_madds({**geometry, "chained": True}) <= CHAIN_MADDS
+        return main_loop_madds(gemm_geometry(m, n, kernel.nodes[0].inputs[0].shape[1], tile)) <= CHAIN_MADDS
 
     def chain_spec(self, run: list[_KernelGroup], name: str) -> KernelSpec:
         """The kernel of ``run``: a kernel's spec, or a chain's whose stages share one list of params."""
@@ -650,7 +643,7 @@ class _Planner:
             product = kernel.nodes[0]
             gemm = gemm_geometry(product.shape[0], product.shape[1], product.inputs[0].shape[1], self.shape(kernel))
             if chained:
-                gemm["chained"] = True  # one block computes every tile, the tail follows after a barrier
+                gemm["chained"] = True  # one block computes the one tile, the tail follows after a barrier
         for node in kernel.nodes:
             visit(node)
         rows = self.row_local(kernel)
