@@ -4,8 +4,8 @@
    (random ones where MNIST is absent: the time depends on the shapes only), batch 100 and
    1000: ``fit``'s compiled epoch (one CUDA graph on CuPy) compiled once, then ``--replays``
    epochs, each timed with the backend's ``timed`` (CUDA events on CuPy), each with its own
-   permutation as ``fit`` draws it; at batch 100 also with ``$XPMLP_CHAIN=0`` (no chain: the
-   small products as kernels of their own), to tell which is faster.
+   permutation as ``fit`` draws it; at batch 100 also with ``$XPMLP_CHAIN=0`` (no chain and no
+   bundle: every product a kernel of its own), to tell which is faster.
 2. Equality: float64, 1,050 images in batches of 100 (a partial last batch), two epochs
    compiled and two eager, the state carried: every leaf of the final state and the epochs'
    [loss, errors] sums within 1e-12 relative (above rounding noise, 1e-15·√size, as the
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         row = time_epochs(args.backend, batch_size, split, args.replays, chain)
         report["timings"].append(row)
         write(args.out, report)
-        print(f"batch {batch_size}{'' if chain else ' (no chain)'}: epoch {row['median_ms']} ms median, "
+        print(f"batch {batch_size}{'' if chain else ' (XPMLP_CHAIN=0)'}: epoch {row['median_ms']} ms median, "
               f"{row['min_ms']} ms min of {args.replays} (compile {row['compile_s']} s; "
               f"{row['kernels_per_step']} kernels a step)", flush=True)  # fmt: skip
     report["equality"] = []

@@ -20,6 +20,7 @@ nvcc comes with the CUDA toolkit; cuobjdump too, else from the nvidia-cuda-cuobj
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -269,20 +270,22 @@ class Row:
 
 
 def stage_kernels(specs: list[KernelSpec]) -> list[KernelSpec]:
-    """Each stage of the chains among ``specs`` as a kernel of its own (a chain of one stage, named
-    ``<chain>_s<j>``), so that each stage's main loop can be read alone."""
+    """Each part of the chains and bundles among ``specs`` as a kernel of its own, named ``<kernel>_s<j>`` (a
+    chain's stage as a chain of one, a bundle's kernel as itself), so that each main loop can be read alone."""
     return [
-        KernelSpec(f"{spec.name}_s{j}", "chain", spec.params, [], 1, stages=[stage])
-        for spec in specs
+        KernelSpec(f"{spec.name}_s{j}", "chain", spec.params, [], 1, stages=[part])
         if spec.kind == "chain"
-        for j, stage in enumerate(spec.parts())
+        else dataclasses.replace(part, name=f"{spec.name}_s{j}")
+        for spec in specs
+        if spec.kind in {"chain", "bundle"}
+        for j, part in enumerate(spec.parts())
     ]
 
 
 def report(configs: list[step_kernels.Config], compiler: str = "nvcc") -> list[Row]:
     """One row per kernel of each configuration's training step (the epoch loop's body), in launch order, a chain's
-    stages after it (kind "stage": its main loop read alone); ``compiler``: nvcc, or nvrtc (what CuPy runs; spills
-    are then the kernel's local memory)."""
+    stages and a bundle's kernels after it (kind "part": each main loop read alone); ``compiler``: nvcc, or nvrtc
+    (what CuPy runs; spills are then the kernel's local memory)."""
     rows = []
     for config in configs:
         step = step_kernels.step_kernels(config)
@@ -291,12 +294,12 @@ def report(configs: list[step_kernels.Config], compiler: str = "nvcc") -> list[R
         functions, resources = analyse(module_source([*step_kernels.plan(config).kernels(), *stages]), compiler)
         for spec in [u for s in step for u in [s, *(t for t in stages if t.name.startswith(f"{s.name}_s"))]]:
             loop, res = main_loop(functions[spec.name]), resources[spec.name]
-            g = spec.parts()[0].gemm if id(spec) in alone else spec.gemm
+            g = spec.parts()[0].gemm
             shape = f"{g['m']}×{g['n']}×{g['k']}" + (f" /{g['splits']}" if g["splits"] > 1 else "") if g else ""
             ratio = loop.fmas_per_shared_load if loop else None
             counts = (loop.fmas, loop.shared_loads, loop.global_loads) if loop else (0, 0, 0)
             spills = res.spill_stores + res.spill_loads
-            kind = "stage" if id(spec) in alone else spec.kind
+            kind = "part" if id(spec) in alone else spec.kind
             rows.append(Row(config.label, spec.name, kind, shape, ratio, loop is None or loop.looped, *counts,
                             res.registers, res.shared_bytes, res.stack_bytes, spills))  # fmt: skip
     return rows

@@ -109,8 +109,8 @@ def configs(networks: tuple[str, ...] = ("hw1", "default")) -> list[Config]:
 
 def _summary(spec: KernelSpec) -> str:
     """What a kernel does, in a few words: its kind, the product's shape, its reductions (a chain: its stages')."""
-    if spec.kind == "chain":
-        return f"chain of {len(spec.parts())}: " + "; ".join(_summary(stage) for stage in spec.parts())
+    if spec.kind in {"chain", "bundle"}:
+        return f"{spec.kind} of {len(spec.parts())}: " + "; ".join(_summary(part) for part in spec.parts())
     reductions = [n for n in spec.nodes if n["op"] in {"sum", "mean", "max", "min", "argmax", "argmin"}]
     what = spec.kind
     if spec.kind == "gemm":

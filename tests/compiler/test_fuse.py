@@ -75,13 +75,14 @@ def chained_madds(kernel):
 def test_the_small_products_of_the_hw1_step_run_in_one_chain(bn):
     """At batch 100 the six products from the third layer's forward to its backward (100×64 @ 64×32 …
     100×32 @ 32×64) each take one block at most ``CHAIN_MADDS`` multiply-adds a thread: they run as one kernel
-    of one block, and the step is 7 kernels. The others would take more (or K = 784) and stay kernels of their own."""
+    of one block. The others would take more (or K = 784) and stay kernels of their own; the second layer's weight
+    gradient and the delta it passes back share a launch (a bundle), so the step is 6 kernels."""
     train, _, _ = dataset(n_train=300)
     program, args, expected = traced_epoch(hw1("float32", bn), train, 100)
     plan, unchained = make_plan(program), make_plan(program, chain=False)
     step = plan.segments[0].kernels
-    assert [k.kind for k in step] == ["gemm", "gemm", "chain", "gemm", "gemm", "gemm", "map"]
-    assert plan.kernels_per_step == 7
+    assert [k.kind for k in step] == ["gemm", "gemm", "chain", "bundle", "gemm", "map"]
+    assert plan.kernels_per_step == 6
     chain = step[2]
     alone = unchained.segments[0].kernels
     assert chain.grid() == 1 and [s.gemm["m"] for s in chain.parts()] == [k.gemm["m"] for k in alone[2:8]]
@@ -96,7 +97,7 @@ def test_float64_products_are_not_chained():
     """A chain's one kernel holds every stage's registers: in float64 ptxas spilled them (``CHAIN_DTYPES``)."""
     train, _, _ = dataset(n_train=300)
     program, _, _ = traced_epoch(hw1("float64"), train, 100)
-    assert make_plan(program).kernels_per_step == 12
+    assert make_plan(program).kernels_per_step == 9  # the three bundles only
     assert "chain" not in {k.kind for k in make_plan(program).kernels()}
 
 
@@ -119,21 +120,37 @@ def test_the_environment_switches_chains(monkeypatch, value, chained):
     program, _, _ = traced_epoch(hw1("float32"), train, 100)
     monkeypatch.setenv(CHAIN_ENV_VAR, value)
     assert chaining_enabled() is chained
-    assert make_plan(program).kernels_per_step == (7 if chained else 12)
+    assert make_plan(program).kernels_per_step == (6 if chained else 12)
     assert make_plan(program, fuse=False).kernels_per_step > 12  # chains need fusion
     monkeypatch.setenv(CHAIN_ENV_VAR, "no")
     with pytest.raises(ValueError, match=r"\$XPMLP_CHAIN='no'.*1 .*or 0"):
         make_plan(program)
 
 
-@pytest.mark.parametrize("bn, kernels", [(1, 16), (0, 12)])
+@pytest.mark.parametrize("bn, kernels", [(1, 13), (0, 9)])
 def test_at_batch_1000_the_step_stays_under_20_kernels(bn, kernels):
-    """Bias and activation of 1000×64 outputs run tile by tile in the product's blocks, not in one block."""
+    """Bias and activation of 1000×64 outputs run tile by tile in the product's blocks, not in one block; no
+    product is small enough to chain, three pairs share launches (16 and 12 kernels without)."""
     train, _, _ = dataset(n_train=2000)
     program, args, expected = traced_epoch(hw1(bn=bn), train, 1000)
     plan = make_plan(program)
     assert plan.kernels_per_step == kernels <= 20
+    assert make_plan(program, chain=False).kernels_per_step == {13: 16, 9: 12}[kernels]
     assert_close(run_plan(plan, args), expected, 1e-12)
+
+
+def test_a_weight_gradient_and_the_delta_it_passes_back_share_a_launch():
+    """Layer 2's ``a1ᵀ δ2`` and ``δ2 W2ᵀ`` (with BN's backward) read only what earlier kernels computed: one launch,
+    the first kernel's blocks then the second's, each as if alone (its own counters, split-K and tail)."""
+    train, _, _ = dataset(n_train=300)
+    program, _, _ = traced_epoch(hw1("float32"), train, 100)
+    (bundle,) = [k for k in make_plan(program).segments[0].kernels if k.kind == "bundle"]
+    weight_gradient, delta = bundle.parts()
+    assert (weight_gradient.gemm["m"], weight_gradient.gemm["n"], delta.gemm["m"], delta.gemm["n"]) == (64, 64, 100, 64)
+    assert bundle.grid() == weight_gradient.grid() + delta.grid() == 8 + 8
+    assert weight_gradient.gemm["counters"] != delta.gemm["counters"]
+    written = {n["store"] for n in weight_gradient.nodes if "store" in n}
+    assert not written & {n["param"] for n in delta.nodes if n["op"] == "load"}
 
 
 def test_a_hidden_layer_without_batchnorm_needs_no_last_block():

@@ -1,5 +1,5 @@
 """What the GPU would run: the GEMM kernels' SASS, compiled by nvcc for sm_90 and read by tools/sass_report.py.
-A chain's stages are read one at a time (each compiled as a chain of one stage).
+A chain's stages and a bundle's kernels are read one at a time (each compiled alone).
 
 A shared-memory load in a GEMM's main loop must feed at least 4 multiply-adds (register micro-tiles,
 vector loads), for every product of the HW1 step: forward, the transposed products of the backward pass,
@@ -40,15 +40,16 @@ def step_kernels(dtype, bn, n, batch_size):
 
 @pytest.fixture(scope="module")
 def gemms():
-    """Every GEMM, chain and chain stage of the step's configurations: (name, main loop, resources, kind)."""
+    """Every GEMM, chain, bundle and part of them of the step's configurations: (name, main loop, resources, kind)."""
     specs, kinds = [], {}
     for dtype in ("float32", "float64"):
         for bn in (1, 0):
             for n, batch_size in ((300, 100), (250, 100), (2000, 1000)):
                 step = step_kernels(dtype, bn, n, batch_size)
-                kernels, stages = [s for s in step if s.kind in {"gemm", "chain"}], sass_report.stage_kernels(step)
-                kinds |= {s.name: s.kind for s in kernels} | {s.name: "stage" for s in stages}
-                specs += kernels + stages
+                kernels = [s for s in step if s.kind in {"gemm", "chain", "bundle"}]
+                parts = sass_report.stage_kernels(step)
+                kinds |= {s.name: s.kind for s in kernels} | {s.name: "stage" if s.stages else s.kind for s in parts}
+                specs += kernels + parts
     functions, resources = sass_report.analyse(module_source(specs))
     assert set(functions) == {spec.name for spec in specs}
     return [(name, sass_report.main_loop(code), resources[name], kinds[name]) for name, code in functions.items()]

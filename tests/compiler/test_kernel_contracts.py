@@ -62,6 +62,15 @@ def reads(body: str, param: int) -> list[str]:
     return found
 
 
+def launched(plan):
+    """Each kernel's body with the specs it runs side by side: a bundle's kernels each (what other blocks of the
+    same part wrote), a chain or a kernel as itself."""
+    for kernel in plan.kernels():
+        body = kernels_of(module_source([kernel]))[kernel.name]
+        for spec in kernel.parts() if kernel.kind == "bundle" else [kernel]:
+            yield body, spec
+
+
 def plans():
     out = [epoch_plan()[0]]
     for function, arrays in [GEMMS[0][1:]]:
@@ -87,10 +96,9 @@ def test_what_other_blocks_wrote_is_read_past_the_l1():
     computed: every read of them is ``__ldcg``."""
     checked = set()
     for plan in plans():
-        for spec in plan.kernels():
+        for body, spec in launched(plan):
             if spec.kind == "chain":  # one block: what it reads, its own threads stored before a barrier
                 continue
-            body = kernels_of(module_source([spec]))[spec.name]
             shared = {k for k, p in enumerate(spec.params) if p.mode in "cp"}
             shared |= {n["store"] for n in spec.nodes if "store" in n and (n.get("rows") or n.get("spread"))}
             for k in shared:
@@ -150,11 +158,10 @@ def test_every_arrival_counter_lies_in_the_counters_buffer():
     constant offset within the counters it is given (a counter past the end would count in another buffer)."""
     checked = 0
     for plan in plans():
-        for spec in plan.kernels():
+        for body, spec in launched(plan):
             counters = spec.gemm.get("counters") if spec.kind == "gemm" else (spec.spread or {}).get("counters")
             if counters is None:
                 continue
-            body = kernels_of(module_source([spec]))[spec.name]
             size = spec.params[counters].shape[0]
             offsets = [int(n or 0) for n in re.findall(rf"atomicAdd\(p{counters}(?: \+ (\d+))?,", body)]
             offsets += [int(n) for n in re.findall(rf"\bp{counters}\[(\d+)\] = 0;", body)]
@@ -172,7 +179,7 @@ def test_a_tiles_reductions_and_row_phases_begin_at_a_barrier():
     tile_partials = row_phases = 0
     for plan in plans():
         for spec in plan.kernels():
-            if spec.kind not in {"gemm", "chain"}:
+            if spec.kind not in {"gemm", "chain", "bundle"}:
                 continue
             lines = [line.strip() for line in kernels_of(module_source([spec]))[spec.name].splitlines()]
             stores = [i for i, line in enumerate(lines) if "(tile / " in line and line.endswith("= red[c];")]

@@ -202,9 +202,9 @@ ptxas info    : Used 12 registers, used 0 barriers, 372 bytes cmem[0]
 def test_every_gemm_of_the_hw1_step_has_a_main_loop_in_the_report():
     config = step_kernels.Config()
     rows = sass_report.report([config])
-    assert [r.kernel for r in rows if r.kind != "stage"] == [spec.name for spec in step_kernels.step_kernels(config)]
-    assert [r.kernel for r in rows if r.kind == "stage"] == [f"k2_s{j}" for j in range(6)]  # the chain's, one by one
-    gemms = [r for r in rows if r.kind in {"gemm", "stage"}]
+    assert [r.kernel for r in rows if r.kind != "part"] == [spec.name for spec in step_kernels.step_kernels(config)]
+    assert [r.kernel for r in rows if r.kind == "part"] == [*(f"k2_s{j}" for j in range(6)), "k3_s0", "k3_s1"]
+    gemms = [r for r in rows if r.kind in {"gemm", "part"}]
     assert gemms and all(r.fmas_per_shared_load is not None and r.registers > 0 for r in gemms)
     assert "| hw1+bn-float32-b100-n250 | k0 | gemm |" in sass_report.markdown(rows)
 

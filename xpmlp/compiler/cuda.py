@@ -128,11 +128,13 @@ def _has_rows(spec: KernelSpec) -> bool:
 
 
 def serial_madds(spec: KernelSpec, threads: int = THREADS) -> int:
-    """The multiply-adds one thread of ``spec`` does in series in its GEMM main loops (a chain's: every stage's)."""
-    return sum(main_loop_madds(part.gemm, threads) for part in spec.parts() if part.kind == "gemm")
+    """The multiply-adds one thread of ``spec`` does in series in its GEMM main loops (a chain's: every stage's; a
+    bundle's: its longest kernel's, which run side by side)."""
+    madds = [main_loop_madds(part.gemm, threads) for part in spec.parts() if part.kind == "gemm"]
+    return max(madds, default=0) if spec.kind == "bundle" else sum(madds)
 
 
-def chain_shared_bytes(spec: KernelSpec, threads: int = THREADS) -> int:
+def chain_shared_bytes(spec: KernelSpec, threads: int = THREADS) -> int:  # a chain's or a bundle's
     """The bytes of shared memory a chain's stages share: the most any GEMM of it needs (gemm_shared_values)."""
     return max(
         (
@@ -150,10 +152,12 @@ def longest_walk(spec: KernelSpec, threads: int = THREADS) -> int:
     series (each phase's store loops and reductions one after another, phases one after another). A map kernel and a
     GEMM without a tail have none (0); a one-block column reduction of 1000 rows, a thread a column, walks 1000.
     A reduction spread over the blocks counts the last block's share of the rows, then its walk over the partials.
-    A chain walks each stage's.
+    A chain walks each stage's, a bundle its longest kernel's.
     """
     if spec.kind == "chain":
         return sum(longest_walk(stage, threads) for stage in spec.parts())
+    if spec.kind == "bundle":  # its kernels side by side
+        return max(longest_walk(part, threads) for part in spec.parts())
     if spec.kind == "map" or (spec.kind == "gemm" and not spec.gemm["tail"] and not _has_rows(spec)):
         return 0
     walk = 0
@@ -205,11 +209,12 @@ class _Scope:
 
 
 class _KernelSource:
-    """The source of one kernel."""
+    """The source of one kernel, or of one part of a chain or a bundle: ``block`` its block's number among those of
+    its part, ``shared`` whether its GEMM uses the kernel's one shared array (``xpmlp_chain``) its parts share."""
 
-    def __init__(self, spec: KernelSpec) -> None:
+    def __init__(self, spec: KernelSpec, block: str = "blockIdx.x", shared: bool = False) -> None:
         self.spec, self.nodes, self.counter = spec, spec.nodes, 0
-        self.params = spec.params
+        self.params, self.block, self.shared = spec.params, block, shared
 
     def fresh(self, prefix: str = "v") -> str:
         self.counter += 1
@@ -452,7 +457,7 @@ class _KernelSource:
             rows, cols, per = (shape[0] if shape else 1), math.prod(shape[1:]), how["rows"]
             scope = _Scope()
             if by == "rows":  # each block a range of the outputs, whole
-                first = f"(long long)blockIdx.x * {per}"
+                first = f"(long long){self.block} * {per}"
                 x = self.operand(node["in"][0], [f"({first} + o)", "t"], shape, ctype, scope)
                 rows_left = f"({rows} - {first} < {per} ? {rows} - {first} : {per})"
                 result = "args[c]" if node["op"] in _ARG else "red[c]"
@@ -460,10 +465,10 @@ class _KernelSource:
                     result = f"red[c] / {_literal(cols, node['dtype'])}"
                 store = f"p{node['store']}[{first} + o]"
                 body = self.reduce(node, ctype, per, cols, scope.lines, x, store, result, rows_left)
-                lines += [f"if (blockIdx.x < {how['ranges']}) {{", *("  " + line for line in body), "}"]
+                lines += [f"if ({self.block} < {how['ranges']}) {{", *("  " + line for line in body), "}"]
                 continue
             if by == "grid":
-                first, part, column, outputs = f"(long long)blockIdx.x * {per}", "blockIdx.x", "o", cols
+                first, part, column, outputs = f"(long long){self.block} * {per}", self.block, "o", cols
                 columns = cols
             else:
                 g = self.spec.gemm
@@ -561,12 +566,25 @@ class _KernelSource:
             head.append("__shared__ unsigned long long xpmlp_red[XPMLP_THREADS];")
         if any(n["op"] in _ARG and "phase" in n for n in every):
             head.append("__shared__ long long xpmlp_args[XPMLP_THREADS];")
-        if spec.kind == "chain":  # the stages in order, in this one block
-            if chain_shared_bytes(spec):
-                head.append(f"__shared__ __align__(16) unsigned char xpmlp_chain[{chain_shared_bytes(spec)}];")
+        if spec.kind in {"chain", "bundle"} and chain_shared_bytes(spec):
+            head.append(f"__shared__ __align__(16) unsigned char xpmlp_chain[{chain_shared_bytes(spec)}];")
+        if spec.kind == "bundle":  # each kernel its own range of the blocks, as if launched alone
+            body, first = [], 0
+            for j, part in enumerate(spec.parts()):
+                g = part.gemm
+                title = f"gemm {g['m']}x{g['k']} @ {g['k']}x{g['n']}, blocks {first} to {first + part.grid() - 1}"
+                inner = _KernelSource(part, f"(blockIdx.x - {first})" if first else "blockIdx.x", True).gemm()
+                last = j == len(spec.parts()) - 1
+                body += [
+                    f"// {part.name}: {title}",
+                    ("" if j == 0 else "else ") + ("{" if last else f"if (blockIdx.x < {first + part.grid()}) {{"),
+                ]
+                body += ["  " + line for line in inner] + ["}"]
+                first += part.grid()
+        elif spec.kind == "chain":  # the stages in order, in this one block
             body = []
             for j, stage in enumerate(spec.parts()):
-                what, g = _KernelSource(stage), stage.gemm
+                what, g = _KernelSource(stage, shared=True), stage.gemm
                 title = f"gemm {g['m']}x{g['k']} @ {g['k']}x{g['n']}, {g['tiles']} tiles" if g else "block"
                 body += [f"// stage {stage.name}: {title}", "{"]
                 body += ["  " + line for line in (what.chained_gemm() if g else what.phases())] + ["}"]
@@ -592,7 +610,7 @@ class _KernelSource:
         g = self.spec.gemm
         bm, bn = g["bm"], g["bn"]
         lines = [
-            f"const int tile = blockIdx.x % {g['tiles']}, split = blockIdx.x / {g['tiles']};",
+            f"const int tile = {self.block} % {g['tiles']}, split = {self.block} / {g['tiles']};",
             f"const long long row0 = (long long)(tile / {g['tiles_n']}) * {bm};",
             f"const long long col0 = (long long)(tile % {g['tiles_n']}) * {bn};",
             f"const long long k_begin = (long long)split * {g['chunk']};",
@@ -646,7 +664,7 @@ class _KernelSource:
                     'sizeof(xpmlp_chain), "the chain\'s shared memory holds this tile");',
                     f"{ctype}* const gemm_shared = reinterpret_cast<{ctype}*>(xpmlp_chain);",
                 ]
-                if chained
+                if self.shared
                 else [f"__shared__ __align__(16) {ctype} gemm_shared[operands > partials ? operands : partials];"]
             ),
             "const int lane = threadIdx.x % lanes, group = threadIdx.x / lanes;",

@@ -20,6 +20,10 @@ run (:func:`run_kernel`) are made:
     a product is so small that one block's multiply-adds in series (:func:`main_loop_madds`) take less
     time than the replay of a kernel of its own (``CHAIN_MADDS``). Its stages are the kernels the rules
     below make, unchanged but for their tiles; ``$XPMLP_CHAIN=0`` keeps them kernels of their own.
+``bundle``
+    Consecutive GEMM kernels of which none reads what an earlier one computes (a layer's weight gradient and
+    the delta it passes back), side by side in one launch: each its own range of the thread blocks, as if
+    launched alone. Nothing runs longer; a launch fewer. ``$XPMLP_CHAIN=0`` keeps them apart too.
 
 The rules: every product starts a kernel; an elementwise operation or reduction joins the
 latest kernel that comes after its inputs and suits it: a reduction any tail, elementwise work
@@ -137,16 +141,18 @@ class KernelSpec:
     phases: int
     gemm: dict | None = None
     spread: dict | None = None  # a block kernel over several blocks: {"blocks": …, "counters": param}
-    stages: list[KernelSpec] | None = None  # a chain's: gemm and block specs over the chain's params
+    stages: list[KernelSpec] | None = None  # a chain's or a bundle's parts, over its params
 
     def parts(self) -> list[KernelSpec]:
-        """The specs whose nodes this kernel runs: a chain's stages, else itself."""
+        """The specs whose nodes this kernel runs: a chain's stages or a bundle's kernels, else itself."""
         return self.stages if self.stages is not None else [self]
 
     def grid(self, threads: int = THREADS) -> int:
-        """Thread blocks to launch."""
+        """Thread blocks to launch (a bundle: its kernels' one after another)."""
         if self.kind == "chain":
             return 1
+        if self.kind == "bundle":
+            return sum(part.grid(threads) for part in self.parts())
         if self.kind == "gemm":
             return self.gemm["tiles"] * self.gemm["splits"]
         if self.kind == "block":
@@ -376,7 +382,8 @@ class _Planner:
         plans: list[list[KernelSpec] | LoopPlan] = []
         specs_made = 0
         for segment, group in zip(segments, kernels, strict=True):
-            specs = [self.chain_spec(k, f"k{specs_made + i}") for i, k in enumerate(self.chains(group))]
+            runs = self.bundles(self.chains(group))
+            specs = [self.joint_spec(kind, run, f"k{specs_made + i}") for i, (kind, run) in enumerate(runs)]
             specs_made += len(specs)
             if segment.loop is not None:
                 segment.loop.kernels = specs
@@ -582,9 +589,36 @@ class _Planner:
         m, n = kernel.nodes[0].shape
         return main_loop_madds(gemm_geometry(m, n, kernel.nodes[0].inputs[0].shape[1], tile)) <= CHAIN_MADDS
 
-    def chain_spec(self, run: list[_KernelGroup], name: str) -> KernelSpec:
-        """The kernel of ``run``: a kernel's spec, or a chain's whose stages share one list of params."""
-        if len(run) == 1:
+    # -- bundles
+    def bundles(self, runs: list[list[_KernelGroup]]) -> list[tuple[str, list[_KernelGroup]]]:
+        """``runs`` (chains and kernels alone) as launches: a chain ("chain"); consecutive GEMM kernels of which
+        none reads what an earlier one of them computes, side by side ("bundle"); the rest alone ("kernel")."""
+        out: list[tuple[str, list[_KernelGroup]]] = []
+        for run in runs:
+            kernel = run[0]
+            if len(run) > 1:
+                out.append(("chain", run))
+            elif (
+                self.chain
+                and kernel.kind == "gemm"
+                and out
+                and out[-1][0] != "chain"
+                and self.apart(out[-1][1], kernel)
+            ):
+                out[-1] = ("bundle", [*out[-1][1], kernel])
+            else:
+                out.append(("kernel", run))
+        return out
+
+    def apart(self, earlier: list[_KernelGroup], kernel: _KernelGroup) -> bool:
+        """Whether ``kernel`` may run beside ``earlier``'s GEMMs: it reads nothing they compute."""
+        if any(k.kind != "gemm" for k in earlier):
+            return False
+        return not any(self.kernel_of.get(b) in earlier for node in kernel.nodes for b in _bases(node.inputs))
+
+    def joint_spec(self, kind: str, run: list[_KernelGroup], name: str) -> KernelSpec:
+        """The kernel of ``run``: a kernel's spec, or a chain's or a bundle's whose parts share one list of params."""
+        if kind == "kernel":
             return self.spec(run[0], name)
         stages = [self.spec(kernel, f"{name}s{j}") for j, kernel in enumerate(run)]
         params: list[Param] = []
@@ -600,7 +634,7 @@ class _Planner:
             remap = [where[p.slot] for p in stage.params]
             _renumber(stage, remap)
             stage.params = params
-        return KernelSpec(name, "chain", params, [], 1, stages=stages)
+        return KernelSpec(name, kind, params, [], 1, stages=stages)
 
     # -- specs
     def spec(self, kernel: _KernelGroup, name: str) -> KernelSpec:
