@@ -192,3 +192,39 @@ def test_a_tiles_reductions_and_row_phases_begin_at_a_barrier():
                     assert lines[i - 1] == "__syncthreads();", (spec.name, line)
                     row_phases += 1
     assert tile_partials and row_phases >= 2
+
+
+def written_params(spec) -> set[int]:
+    """The params a kernel (or a part of one) writes: its stores, its partial sums and its arrival counters."""
+    out = {n["store"] for n in spec.nodes if n.get("store") is not None}
+    out |= {n["spread"]["partials"] for n in spec.nodes if "partials" in n.get("spread", {})}
+    out |= {spec.gemm[key] for key in ("partials", "counters") if spec.gemm and key in spec.gemm}
+    return out | ({spec.spread["counters"]} if spec.spread else set())
+
+
+def test_no_kernel_reads_through_a_const_pointer_what_it_writes_nor_a_bundles_part_what_another_touches():
+    """A ``const __restrict__`` param may be read through the non-coherent cache: none of a chain's or a bundle's
+    parts writes one. A bundle's parts run at once: none writes a buffer another part reads or writes, in either
+    set of the loop's carries (iterations 0 and 1: carry_in and carry_out swap buffers)."""
+    train, _, _ = dataset(n_train=250)
+    program, _, _ = traced_epoch(hw1("float32"), train, 100)
+    plan = make_plan(program)
+    kinds = set()
+    for segment in plan.segments:
+        loop = segment if not isinstance(segment, list) else None
+        for kernel in loop.kernels if loop else segment:
+            kinds.add(kernel.kind)
+            for part in kernel.parts():
+                assert all(kernel.params[k].mode != "r" for k in written_params(part)), (kernel.name, part.name)
+            if kernel.kind != "bundle":
+                continue
+            for it in range(2) if loop else [0]:
+                bound = plan.bind(kernel, it)
+                touched = []
+                for part in kernel.parts():
+                    loads = {bound[n["param"]] for n in part.nodes if n["op"] == "load"}
+                    touched.append((loads, {bound[k] for k in written_params(part)}))
+                for i, (_, writes_i) in enumerate(touched):  # every ordered pair: both ways
+                    for j, (reads_j, writes_j) in enumerate(touched):
+                        assert i == j or not writes_i & (reads_j | writes_j), (kernel.name, it, i, j)
+    assert {"chain", "bundle"} <= kinds
