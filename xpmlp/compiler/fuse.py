@@ -624,12 +624,10 @@ class _Planner:
         params: list[Param] = []
         where: dict[Slot, int] = {}
         for stage in stages:
-            for p in stage.params:
+            for p in stage.params:  # (a value is computed before it is read: its writer's mode comes first)
                 if p.slot not in where:
                     where[p.slot] = len(params)
                     params.append(Param(p.slot, p.shape, p.dtype, p.mode))
-                elif p.mode != "r":  # written by this stage, read by an earlier one: a written buffer
-                    params[where[p.slot]].mode = p.mode
         for stage in stages:
             remap = [where[p.slot] for p in stage.params]
             _renumber(stage, remap)
@@ -831,6 +829,8 @@ def _renumber(spec: KernelSpec, remap: Sequence[int]) -> None:
     for key in ("partials", "counters"):
         if spec.gemm is not None and key in spec.gemm:
             spec.gemm[key] = remap[spec.gemm[key]]
+    if spec.spread is not None:
+        spec.spread["counters"] = remap[spec.spread["counters"]]
 
 
 def _copy(node: Tracer) -> Tracer:
