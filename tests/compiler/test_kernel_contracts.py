@@ -4,7 +4,7 @@ The GPU's memory model cannot show on the CPU (the emulation runs a launch's blo
 hand-overs between blocks are checked in the source's shape: each block fences its writes before it counts its
 arrival, the last block fences again before it reads, and every read of what other blocks wrote goes past the
 L1 (``__ldcg``), each arrival counter lies within its buffer, a tile's reductions and row phases begin at a
-barrier. That only the last block to arrive goes on is checked by behaviour: a launch short of its last
+barrier, and no barrier lies under a condition that differs between a block's threads. That only the last block to arrive goes on is checked by behaviour: a launch short of its last
 block leaves the results unwritten. float32 modules hold no double literal (a double in a float32 kernel runs
 at 1/64 of the rate on an H100).
 """
@@ -12,6 +12,8 @@ at 1/64 of the rate on an H100).
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,9 @@ from support.cuda_host import COMPILER, HostModule
 from support.epochs import traced_epoch
 from support.models import dataset, hw1
 from support.products import GEMMS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import step_kernels
 
 needs_gxx = pytest.mark.skipif(COMPILER is None, reason="g++ is not installed")
 
@@ -228,3 +233,53 @@ def test_no_kernel_reads_through_a_const_pointer_what_it_writes_nor_a_bundles_pa
                     for j, (reads_j, writes_j) in enumerate(touched):
                         assert i == j or not writes_i & (reads_j | writes_j), (kernel.name, it, i, j)
     assert {"chain", "bundle"} <= kinds
+
+
+#: A name's declaration or assignment: its value (what decides whether it differs between a block's threads).
+ASSIGNED = re.compile(r"\b(\w+)\s*=(?!=)\s*([^;,]*)")
+
+
+def divergent_barriers(body: str) -> list[str]:
+    """The ``__syncthreads()`` of ``body`` under a condition or loop that differs between a block's threads: one that
+    reads ``threadIdx`` or a name computed from it (found to a fixpoint over the body's assignments)."""
+    lines = [line.strip() for line in body.splitlines() if not line.strip().startswith(("//", "#"))]
+    tainted = {"threadIdx"}
+    while True:
+        more = {
+            name for line in lines for name, value in ASSIGNED.findall(line) if set(re.findall(r"\w+", value)) & tainted
+        }
+        if more <= tainted:
+            break
+        tainted |= more
+    found, headers, last_if = [], [], ""
+    for line in lines:
+        if line.startswith("__syncthreads"):
+            found += [header for header in headers if set(re.findall(r"\w+", header)) & tainted][-1:]
+        opens, closes = line.count("{"), line.count("}")
+        ending = line.endswith("{")  # a block opens on this line: its header (an else inherits its if's condition)
+        for _ in range(min(closes if ending else closes - opens, len(headers))):
+            last_if = headers.pop()
+        if ending:
+            headers.append(line + (" " + last_if if line.lstrip("} ").startswith("else") else ""))
+    return found
+
+
+def test_every_barrier_is_met_by_every_thread_of_the_block():
+    """A ``__syncthreads`` under a condition that differs between a block's threads is undefined on a GPU (a hang or
+    worse); in a bundle the branches on ``blockIdx`` are the block's own, and a non-last block's ``return`` is whole."""
+    barriers = 0
+    for config in (
+        step_kernels.Config(),
+        step_kernels.Config(batch_size=1000, n=2500),
+        step_kernels.Config(dtype="float64"),
+    ):
+        for name, body in kernels_of(step_kernels.source(config)).items():
+            assert divergent_barriers(body) == [], (config.label, name, divergent_barriers(body)[:2])
+            barriers += body.count("__syncthreads();")
+    assert barriers > 300
+    planted = "if (threadIdx.x < 7) {\n  __syncthreads();\n}\n"
+    assert divergent_barriers(planted) and divergent_barriers(
+        "const int g = threadIdx.x / 4;\n" + planted.replace("threadIdx.x", "g")
+    )
+    assert divergent_barriers("if (c < 3) {\n} else {\n  __syncthreads();\n}\nconst int c = threadIdx.x;")
+    assert not divergent_barriers("if (blockIdx.x < 8) {\n  __syncthreads();\n}\n")
