@@ -4,9 +4,9 @@ The GPU's memory model cannot show on the CPU (the emulation runs a launch's blo
 hand-overs between blocks are checked in the source's shape: each block fences its writes before it counts its
 arrival, the last block fences again before it reads, and every read of what other blocks wrote goes past the
 L1 (``__ldcg``), each arrival counter lies within its buffer, a tile's reductions and row phases begin at a
-barrier, and no barrier lies under a condition that differs between a block's threads. That only the last block to arrive goes on is checked by behaviour: a launch short of its last
-block leaves the results unwritten. float32 modules hold no double literal (a double in a float32 kernel runs
-at 1/64 of the rate on an H100).
+barrier, and no barrier lies under a condition that differs between a block's threads. That only the last
+block to arrive goes on is checked by behaviour: a launch short of its last block leaves the results unwritten.
+float32 modules hold no double literal (a double in a float32 kernel runs at 1/64 of the rate on an H100).
 """
 
 from __future__ import annotations
