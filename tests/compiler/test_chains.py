@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from xpmlp.compiler.cuda import longest_walk
 from xpmlp.compiler.fuse import make_plan
 from xpmlp.compiler.trace import TRACE_NAMESPACE, trace
 
@@ -43,3 +44,22 @@ def test_the_hw1_epoch_with_its_chain_trains_as_numpy_with_64_threads_a_block():
     plan = make_plan(program)
     assert sorted(len(k.parts()) for k in plan.kernels() if k.kind == "chain") == [6, 9]
     assert_close(run_plan_on_host(plan, args, threads=64), expected, 1e-5)
+
+
+def column_mean_projected(xp, x, b, c):
+    return (xp.reshape(xp.mean(x, axis=0), (1, 512)) @ b) @ c
+
+
+def test_a_block_kernel_spread_over_blocks_is_no_stage_of_a_chain():
+    """A chain's stages run in its one block: a column mean of 1000 rows that a kernel of its own spreads over 31
+    blocks (a thread walks 33 rows, then 31 rows of partials: 64) stays that kernel, where in the chain one thread
+    would walk all 1000 rows; the two small products after it chain."""
+    arrays = [np.random.default_rng(9).standard_normal(s, np.float32) for s in ((1000, 512), (512, 4), (4, 3))]
+    plan = make_plan(trace(lambda *a: column_mean_projected(TRACE_NAMESPACE, *a), arrays))
+    block, chain = plan.kernels()
+    assert (block.kind, block.grid(), longest_walk(block)) == ("block", 31, 33 + 31)
+    assert chain.kind == "chain" and [s.kind for s in chain.parts()] == ["gemm", "gemm"]
+    want = column_mean_projected(np, *(a.astype(np.float64) for a in arrays))
+    np.testing.assert_allclose(
+        run_plan_on_host(plan, arrays, threads=64), want, rtol=1e-5, atol=1e-5 * np.abs(want).max()
+    )

@@ -578,16 +578,25 @@ class _Planner:
         return chain_shape(product.shape[0], product.shape[1], product.dtype)
 
     def chainable(self, kernel: _KernelGroup) -> bool:
-        """A one-block kernel, or a GEMM whose product one block computes in ``CHAIN_MADDS`` multiply-adds a thread,
-        computing in one of ``CHAIN_DTYPES``."""
-        if kernel.kind == "block":
-            return True
+        """A one-block kernel (a block kernel that on its own spreads no reduction over blocks), or a GEMM whose
+        product one block computes in ``CHAIN_MADDS`` multiply-adds a thread, computing in one of ``CHAIN_DTYPES``."""
+        if kernel.kind == "block":  # one block of its own: none of its reductions spread over blocks
+            return not self.spreads(kernel)
         if kernel.kind != "gemm" or kernel.nodes[0].dtype.name not in CHAIN_DTYPES:
             return False
         m, n = kernel.nodes[0].shape
         k = kernel.nodes[0].inputs[0].shape[1]
         geometry = gemm_geometry(m, n, k, self.chain_tiles(kernel))
         return main_loop_madds({**geometry, "chained": True}) <= CHAIN_MADDS
+
+    def spreads(self, kernel: _KernelGroup) -> bool:
+        """Whether a block kernel of its own would spread a reduction over blocks (:meth:`spreading`, with the
+        phases :meth:`spec` gives its nodes)."""
+        own, phase = set(kernel.nodes), {}
+        for node in kernel.nodes:
+            bases = [b for b in _bases(node.inputs) if b in own]
+            phase[node] = max((phase[b] + (b.op in REDUCTIONS or b in self.computed_once) for b in bases), default=0)
+        return any(self.spreading(kernel, node, phase[node], GEMM_BLOCKS) is not None for node in kernel.nodes)
 
     def chain_spec(self, run: list[_KernelGroup], name: str) -> KernelSpec:
         """The kernel of ``run``: a kernel's spec, or a chain's whose stages share one list of params."""
