@@ -11,6 +11,8 @@ C = ["test_kernel_contracts.py", "test_emulated_cases.py", "test_cuda_codegen.py
 F = ["test_fuse.py", "test_emulated_cases.py", "test_kernel_contracts.py", "test_cuda_codegen.py"]
 T = ["test_trace.py", "test_emulated_cases.py", "test_cuda_codegen.py"]
 G = ["test_driver_contracts.py", "test_cupy_compile.py"]  # the fake GPU
+CF = ["test_chains.py", "test_fuse.py", "test_kernel_contracts.py", "test_emulated_cases.py"]  # chains: planned
+CC = ["test_chains.py", "test_cuda_codegen.py", "test_kernel_contracts.py", "test_emulated_cases.py"]  # generated
 
 COMPILER_MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     # cuda.py: reductions
@@ -130,4 +132,63 @@ COMPILER_MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("cm-cupy-implicit-host", "backend/cupy.py", "return x.get()", "return numpy.asarray(x)", G),
     ("cm-cupy-synchronize-nothing", "backend/cupy.py",
      "self._module.cuda.get_current_stream().synchronize()", "pass", G),
+    # fuse.py: chains
+    ("cm-chain-madds-strict", "compiler/fuse.py",
+     "return main_loop_madds({**geometry, \"chained\": True}) <= CHAIN_MADDS",
+     "return main_loop_madds({**geometry, \"chained\": True}) < CHAIN_MADDS", CF),
+    ("cm-chain-blocks-unchainable", "compiler/fuse.py", "            return not self.spreads(kernel)",
+     "            return False", CF),
+    ("cm-chain-spread-block-chained", "compiler/fuse.py", "            return not self.spreads(kernel)",
+     "            return True", CF),
+    ("cm-chain-merged-mode-inverted", "compiler/fuse.py", "elif p.mode != \"r\":  # written by this stage",
+     "elif p.mode == \"r\":  # written by this stage", CF),
+    ("cm-chain-renumber-no-store", "compiler/fuse.py",
+     "        for key in (\"param\", \"store\"):\n            if key in node:",
+     "        for key in (\"param\",):\n            if key in node:", CF),
+    ("cm-chain-renumber-no-spread-partials", "compiler/fuse.py",
+     "            node[\"spread\"][\"partials\"] = remap[node[\"spread\"][\"partials\"]]", "            pass", CF),
+    ("cm-chain-run-joins-any", "compiler/fuse.py", "if fits and runs and runs[-1][-1] in self.shapes:",
+     "if fits and runs:", CF),
+    ("cm-chain-lone-keeps-tiles", "compiler/fuse.py", "                self.shapes.pop(run[0], None)",
+     "                pass", CF),
+    ("cm-chain-shape-ties-halve-cols", "compiler/fuse.py", "        if rows >= cols:\n            rows //= 2",
+     "        if rows > cols:\n            rows //= 2", CF),
+    ("cm-chain-shape-limit-min", "compiler/fuse.py", "CHAIN_TILE_BYTES and max(rows, cols) > 4:",
+     "CHAIN_TILE_BYTES and min(rows, cols) > 4:", CF),
+    ("cm-chain-shape-rows-below-four", "compiler/fuse.py", "rows, cols = max(4, 1 << (m - 1).bit_length()), max(4,",
+     "rows, cols = 1 << (m - 1).bit_length(), max(4,", CF),
+    ("cm-chain-madds-one-tile", "compiler/fuse.py",
+     "tiles = gemm[\"tiles\"] if gemm.get(\"chained\") else 1\n    return", "tiles = 1\n    return", CF),
+    ("cm-chain-madds-no-kgroups", "compiler/fuse.py", "(gemm[\"bk\"] // groups) * (micro // lanes) * 16",
+     "gemm[\"bk\"] * (micro // lanes) * 16", CF),
+    ("cm-chain-counters-kept", "compiler/fuse.py", "if (gemm[\"splits\"] > 1 or tail) and not chained:",
+     "if gemm[\"splits\"] > 1 or tail:", CF),
+    ("cm-chain-block-stage-many-blocks", "compiler/fuse.py", "blocks = 1 if chained else gemm[\"tiles\"]",
+     "blocks = gemm[\"tiles\"]", CF),
+    ("cm-chain-plan-parts-kernels", "compiler/fuse.py", "for kernel in self.kernels() for part in kernel.parts()]",
+     "for kernel in self.kernels() for part in [kernel]]", CF),
+    # cuda.py: chains
+    ("cm-chain-serial-madds-chain-zero", "compiler/cuda.py",
+     "main_loop_madds(part.gemm, threads) for part in spec.parts() if",
+     "main_loop_madds(part.gemm, threads) for part in [spec] if", CC),
+    ("cm-chain-shared-bytes-values", "compiler/cuda.py",
+     "            * host.dtype(p.nodes[p.gemm[\"node\"]][\"dtype\"]).itemsize\n", "", CC),
+    ("cm-chain-walk-longest-stage", "compiler/cuda.py",
+     "return sum(longest_walk(stage, threads) for stage in spec.parts())",
+     "return max(longest_walk(stage, threads) for stage in spec.parts())", CC),
+    ("cm-chain-walk-one-tile", "compiler/cuda.py",
+     "tiles = spec.gemm[\"tiles\"] if spec.gemm and spec.gemm.get(\"chained\") else 1  #", "tiles = 1  #", CC),
+    ("cm-chain-no-barrier-after-tail", "compiler/cuda.py",
+     "if j < len(spec.parts()) - 1 and (g is None or g[\"tail\"]):", "if j < len(spec.parts()) - 1 and g is None:", CC),
+    ("cm-chain-no-barrier-before-last", "compiler/cuda.py",
+     "if j < len(spec.parts()) - 1 and (g is None", "if j < len(spec.parts()) - 2 and (g is None", CC),
+    ("cm-chain-last-tile-skipped", "compiler/cuda.py", "for (int tile = 0; tile < {g['tiles']}; ++tile) {{",
+     "for (int tile = 0; tile < {g['tiles']} - 1; ++tile) {{", CC),
+    ("cm-chain-k-end-chunk", "compiler/cuda.py", "f\"const long long k_begin = 0, k_end = {g['k']};\",",
+     "f\"const long long k_begin = 0, k_end = {g['chunk']};\",", CC),
+    ("cm-chain-no-barrier-between-tiles", "compiler/cuda.py",
+     "            \"__syncthreads();  // the next tile reuses the shared memory\",\n", "", CC),
+    # equivalent: the unroll pragma changes the code's size, not what it computes
+    ("cm-chain-k-steps-unrolled", "compiler/cuda.py",
+     "*([\"#pragma unroll 1  // a chain's stage: its k-steps a loop, one copy of them\"] if chained else []),", "", CC),
 ]  # fmt: skip
