@@ -358,6 +358,8 @@ EQUIVALENT: dict[str, str] = {
     "cm-fuse-spread-any-phase": "what passes the later checks (a product, its tile work, loads) is of phase 0",
     "cm-fuse-grid-reads-tile": "tile work that reads the product is refused through the product; other tile work "
     "is recomputed from its loads by whoever reads it",
+    "cm-chain-k-steps-unrolled": "the pragma only lets nvcc copy a chain stage's k-step loop: the same multiply-adds "
+    "in the same order, a larger kernel",
 }
 
 OPTIONAL = {"backend/jax.py": "jax", "backend/torch.py": "torch"}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from xpmlp import ReLU, Tanh
+from xpmlp.compiler.cuda import longest_walk, serial_madds
 from xpmlp.compiler.fuse import (
     CHAIN_ENV_VAR,
     CHAIN_MADDS,
@@ -151,6 +152,8 @@ def test_a_weight_gradient_and_the_delta_it_passes_back_share_a_launch():
     assert weight_gradient.gemm["counters"] != delta.gemm["counters"]
     written = {n["store"] for n in weight_gradient.nodes if "store" in n}
     assert not written & {n["param"] for n in delta.nodes if n["op"] == "load"}
+    walks, madds = [longest_walk(p) for p in bundle.parts()], [serial_madds(p) for p in bundle.parts()]
+    assert (longest_walk(bundle), serial_madds(bundle)) == (max(walks), max(madds)) != (sum(walks), sum(madds))
 
 
 def test_a_hidden_layer_without_batchnorm_needs_no_last_block():

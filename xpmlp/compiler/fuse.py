@@ -579,15 +579,25 @@ class _Planner:
         return chain_shape(product.shape[0], product.shape[1], product.dtype)
 
     def chainable(self, kernel: _KernelGroup) -> bool:
-        """A one-block kernel, or a GEMM in one of ``CHAIN_DTYPES`` whose product one tile of one block holds and
-        computes in ``CHAIN_MADDS`` multiply-adds a thread."""
-        if kernel.kind == "block":
-            return True
+        """A one-block kernel (a block kernel that on its own spreads no reduction over blocks), or a GEMM in one of
+        ``CHAIN_DTYPES`` whose product one tile of one block holds and computes in ``CHAIN_MADDS`` multiply-adds a
+        thread."""
+        if kernel.kind == "block":  # one block of its own: none of its reductions spread over blocks
+            return not self.spreads(kernel)
         tile = self.chain_tiles(kernel) if kernel.kind == "gemm" else None
         if tile is None or kernel.nodes[0].dtype.name not in CHAIN_DTYPES:
             return False
         m, n = kernel.nodes[0].shape
         return main_loop_madds(gemm_geometry(m, n, kernel.nodes[0].inputs[0].shape[1], tile)) <= CHAIN_MADDS
+
+    def spreads(self, kernel: _KernelGroup) -> bool:
+        """Whether a block kernel of its own would spread a reduction over blocks (:meth:`spreading`, with the
+        phases :meth:`spec` gives its nodes)."""
+        own, phase = set(kernel.nodes), {}
+        for node in kernel.nodes:
+            bases = [b for b in _bases(node.inputs) if b in own]
+            phase[node] = max((phase[b] + (b.op in REDUCTIONS or b in self.computed_once) for b in bases), default=0)
+        return any(self.spreading(kernel, node, phase[node], GEMM_BLOCKS) is not None for node in kernel.nodes)
 
     # -- bundles
     def bundles(self, runs: list[list[_KernelGroup]]) -> list[tuple[str, list[_KernelGroup]]]:
