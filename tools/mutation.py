@@ -360,6 +360,8 @@ EQUIVALENT: dict[str, str] = {
     "is recomputed from its loads by whoever reads it",
     "cm-chain-k-steps-unrolled": "the pragma only lets nvcc copy a chain stage's k-step loop: the same multiply-adds "
     "in the same order, a larger kernel",
+    "cm-chain-block-stage-many-blocks": "a chained product is one tile of one split (tiles × splits = 1), and a block "
+    "kernel chains only where it spreads nothing over GEMM_BLOCKS: either way a stage's reductions stay its block's",
 }
 
 OPTIONAL = {"backend/jax.py": "jax", "backend/torch.py": "torch"}
