@@ -18,7 +18,8 @@ shared memory). Nothing is atomic but the arrival counters, so every result is r
 
 A chain's stages run one after another in its one block, a barrier between them: each product as one tile
 (the same main loop and epilogue), then its tail; the values that pass between stages go through memory, as
-between kernels. Its stages share one shared-memory array, sized for the largest tile.
+between kernels. A bundle's kernels run side by side, each on its own range of the blocks as if launched alone.
+The parts of a chain or a bundle share one shared-memory array, sized for the largest tile.
 
 Every pointer parameter is ``__restrict__``: :meth:`~xpmlp.compiler.fuse.Plan.bind` refuses a launch
 that would bind one buffer to two of them. The source compiles with NVRTC (``cupy.RawModule``) and
@@ -37,7 +38,7 @@ from ..backend import host
 from .fuse import THREADS, KernelSpec, gemm_shared_values, main_loop_madds, reduction_walk
 from .program import ELEMENTWISE, INDEX_OPS, REDUCTIONS
 
-__all__ = ["CTYPES", "PRELUDE", "chain_shared_bytes", "descriptions", "kernel_source", "longest_walk", "module_source",
+__all__ = ["CTYPES", "PRELUDE", "descriptions", "kernel_source", "longest_walk", "module_source", "parts_shared_bytes",
            "serial_madds"]  # fmt: skip
 
 CTYPES = {
@@ -134,8 +135,9 @@ def serial_madds(spec: KernelSpec, threads: int = THREADS) -> int:
     return max(madds, default=0) if spec.kind == "bundle" else sum(madds)
 
 
-def chain_shared_bytes(spec: KernelSpec, threads: int = THREADS) -> int:  # a chain's or a bundle's
-    """The bytes of shared memory a chain's stages share: the most any GEMM of it needs (gemm_shared_values)."""
+def parts_shared_bytes(spec: KernelSpec, threads: int = THREADS) -> int:
+    """The bytes of the shared array a chain's stages or a bundle's kernels share: the most any of their GEMMs needs
+    (gemm_shared_values)."""
     return max(
         (
             gemm_shared_values(p.gemm["bm"], p.gemm["bn"], p.gemm["bk"], threads)
@@ -210,7 +212,7 @@ class _Scope:
 
 class _KernelSource:
     """The source of one kernel, or of one part of a chain or a bundle: ``block`` its block's number among those of
-    its part, ``shared`` whether its GEMM uses the kernel's one shared array (``xpmlp_chain``) its parts share."""
+    its part, ``shared`` whether its GEMM uses the kernel's one shared array (``xpmlp_parts``) its parts share."""
 
     def __init__(self, spec: KernelSpec, block: str = "blockIdx.x", shared: bool = False) -> None:
         self.spec, self.nodes, self.counter = spec, spec.nodes, 0
@@ -566,8 +568,8 @@ class _KernelSource:
             head.append("__shared__ unsigned long long xpmlp_red[XPMLP_THREADS];")
         if any(n["op"] in _ARG and "phase" in n for n in every):
             head.append("__shared__ long long xpmlp_args[XPMLP_THREADS];")
-        if spec.kind in {"chain", "bundle"} and chain_shared_bytes(spec):
-            head.append(f"__shared__ __align__(16) unsigned char xpmlp_chain[{chain_shared_bytes(spec)}];")
+        if spec.kind in {"chain", "bundle"} and parts_shared_bytes(spec):
+            head.append(f"__shared__ __align__(16) unsigned char xpmlp_parts[{parts_shared_bytes(spec)}];")
         if spec.kind == "bundle":  # each kernel its own range of the blocks, as if launched alone
             body, first = [], 0
             for j, part in enumerate(spec.parts()):
@@ -661,8 +663,8 @@ class _KernelSource:
             *(
                 [
                     f"static_assert((operands > partials ? operands : partials) * sizeof({ctype}) <= "
-                    'sizeof(xpmlp_chain), "the chain\'s shared memory holds this tile");',
-                    f"{ctype}* const gemm_shared = reinterpret_cast<{ctype}*>(xpmlp_chain);",
+                    'sizeof(xpmlp_parts), "the shared array of the kernel\'s parts holds this tile");',
+                    f"{ctype}* const gemm_shared = reinterpret_cast<{ctype}*>(xpmlp_parts);",
                 ]
                 if self.shared
                 else [f"__shared__ __align__(16) {ctype} gemm_shared[operands > partials ? operands : partials];"]
@@ -844,7 +846,7 @@ class _KernelSource:
         partials = self.partial_reductions("tile") + self.row_phases()
         if partials:  # the spread reductions' rows of this tile, the tail's work along them
             lines += ["__syncthreads();", *partials]
-        if g["tail"] and not chained:  # the last tile to finish runs the tail (a chain's block: after every tile)
+        if g["tail"] and not chained:  # the last tile to finish runs the tail (a chain's block: after its tile)
             lines += [
                 *_arrive(f"{counters} + {tiles}", tiles),
                 f"if (threadIdx.x == 0) {counters}[{tiles}] = 0;",
