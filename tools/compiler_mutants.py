@@ -88,8 +88,8 @@ COMPILER_MUTANTS: list[tuple[str, str, str, str, list[str]]] = [
      "term if d <= 1 or stride * n >= math.prod(shape)", C),
     # fuse.py
     ("cm-fuse-phase-through-reshape", "compiler/fuse.py",
-     "                for base in _bases(node.inputs):\n                    if base in own:\n",
-     "                for base in node.inputs:\n                    if base in own:\n", F),
+     "bases = [] if node.op == \"matmul\" else [b for b in _bases(node.inputs) if b in own]",
+     "bases = [] if node.op == \"matmul\" else [b for b in node.inputs if b in own]", F),
     ("cm-fuse-tile-spread-rows", "compiler/fuse.py",
      "per, share = self.shape(kernel).tile_m, self.shape(kernel).tile_n",
      "per, share = self.shape(kernel).tile_n, self.shape(kernel).tile_n", F),

@@ -591,13 +591,18 @@ class _Planner:
         return main_loop_madds(gemm_geometry(m, n, kernel.nodes[0].inputs[0].shape[1], tile)) <= CHAIN_MADDS
 
     def spreads(self, kernel: _KernelGroup) -> bool:
-        """Whether a block kernel of its own would spread a reduction over blocks (:meth:`spreading`, with the
-        phases :meth:`spec` gives its nodes)."""
+        """Whether a block kernel of its own would spread a reduction over blocks (:meth:`spreading`)."""
+        phase = self.phases(kernel)
+        return any(self.spreading(kernel, node, phase[node], GEMM_BLOCKS) is not None for node in kernel.nodes)
+
+    def phases(self, kernel: _KernelGroup) -> dict[Tracer, int]:
+        """Each node's phase in ``kernel``: a reduction's result, or a value computed once, is there for the phases
+        after its own; a product is of phase 0."""
         own, phase = set(kernel.nodes), {}
         for node in kernel.nodes:
-            bases = [b for b in _bases(node.inputs) if b in own]
+            bases = [] if node.op == "matmul" else [b for b in _bases(node.inputs) if b in own]
             phase[node] = max((phase[b] + (b.op in REDUCTIONS or b in self.computed_once) for b in bases), default=0)
-        return any(self.spreading(kernel, node, phase[node], GEMM_BLOCKS) is not None for node in kernel.nodes)
+        return phase
 
     # -- bundles
     def bundles(self, runs: list[list[_KernelGroup]]) -> list[tuple[str, list[_KernelGroup]]]:
@@ -690,15 +695,10 @@ class _Planner:
             visit(node)
         rows = self.row_local(kernel)
         # phases: a reduction's result is there for the phases after its own
-        phase: dict[int, int] = {}
+        phase_of, phase = self.phases(kernel), {}
         for node in kernel.nodes:
             entry = nodes[local[node]]
-            p = 0
-            if node.op != "matmul":
-                for base in _bases(node.inputs):
-                    if base in own:
-                        p = max(p, phase[local[base]] + (base.op in REDUCTIONS or base in self.computed_once))
-            phase[local[node]] = entry["phase"] = p
+            phase[local[node]] = entry["phase"] = phase_of[node]
             if node in kernel.tile:
                 entry["tile"] = True
             elif node in rows:
