@@ -288,18 +288,18 @@ def report(configs: list[step_kernels.Config], compiler: str = "nvcc") -> list[R
     (what CuPy runs; spills are then the kernel's local memory)."""
     rows = []
     for config in configs:
-        step = step_kernels.step_kernels(config)
-        stages = stage_kernels(step)
-        alone = {id(t) for t in stages}
-        functions, resources = analyse(module_source([*step_kernels.plan(config).kernels(), *stages]), compiler)
-        for spec in [u for s in step for u in [s, *(t for t in stages if t.name.startswith(f"{s.name}_s"))]]:
+        units = []  # each kernel of the step, then its parts alone
+        for spec in step_kernels.step_kernels(config):
+            units += [(spec, spec.kind), *((part, "part") for part in stage_kernels([spec]))]
+        parts = [u for u, kind in units if kind == "part"]
+        functions, resources = analyse(module_source([*step_kernels.plan(config).kernels(), *parts]), compiler)
+        for spec, kind in units:
             loop, res = main_loop(functions[spec.name]), resources[spec.name]
             g = spec.parts()[0].gemm
             shape = f"{g['m']}×{g['n']}×{g['k']}" + (f" /{g['splits']}" if g["splits"] > 1 else "") if g else ""
             ratio = loop.fmas_per_shared_load if loop else None
             counts = (loop.fmas, loop.shared_loads, loop.global_loads) if loop else (0, 0, 0)
             spills = res.spill_stores + res.spill_loads
-            kind = "part" if id(spec) in alone else spec.kind
             rows.append(Row(config.label, spec.name, kind, shape, ratio, loop is None or loop.looped, *counts,
                             res.registers, res.shared_bytes, res.stack_bytes, spills))  # fmt: skip
     return rows
