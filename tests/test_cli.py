@@ -884,3 +884,24 @@ def test_a_closed_stderr_does_not_stop_the_run(tmp_path, data):
                           stdout=subprocess.DEVNULL, timeout=300)  # fmt: skip
     assert done.returncode == 0
     assert len(xpmlp.load_checkpoint(tmp_path / "model.npz")[1]["history"]["train_loss"]) == 1
+
+
+def test_an_import_error_after_a_ctrl_c_at_start_up_is_the_ctrl_c():
+    """NumPy's C extension turns a KeyboardInterrupt raised inside its import (of ``datetime``) into an ImportError
+    with no trace of it (a CI run of the gc-callback test above once printed that traceback): after a SIGINT, an
+    ImportError in the start-up's imports is the Ctrl-C; without one it stays an ImportError; SIGINT's handler is
+    the one it was."""
+    from xpmlp.cli import starting
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt), starting():
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                raise ImportError('PyCapsule_Import could not import module "datetime"') from None
+        with pytest.raises(ImportError, match="no such module"), starting():
+            raise ImportError("no such module")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

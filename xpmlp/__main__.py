@@ -11,11 +11,12 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import main as train  # which imports the rest inside its own Ctrl-C guard
 
         return train(argv[1:], prog="xpmlp train")
-    from .cli import interrupt_again  # (xpmlp.cli imports nothing more)
+    from .cli import interrupt_again, starting  # (xpmlp.cli imports nothing more)
 
     sys.unraisablehook = interrupt_again  # a Ctrl-C in a gc callback is not lost
     try:  # all of it: info imports NumPy, JAX and PyTorch to report on them
-        return info(argv)
+        with starting():
+            return info(argv)
     except KeyboardInterrupt:
         print(f"\n{'xpmlp info' if argv[:1] == ['info'] else 'xpmlp'}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -22,6 +22,35 @@ def interrupted_while_starting(prog: str, terminated: bool = False) -> NoReturn:
     raise SystemExit(143 if terminated else 130) from None
 
 
+class starting:
+    """The start-up's imports under a Ctrl-C: a KeyboardInterrupt, and an ImportError raised after a SIGINT came
+    (a C extension may turn the KeyboardInterrupt raised inside its own import into one: NumPy's does, as it
+    imports ``datetime``), leave as a KeyboardInterrupt. SIGINT's handler is the one it was, and again afterwards."""
+
+    def __enter__(self) -> None:
+        import signal  # (loaded long before)
+
+        self.came, self.previous = False, signal.getsignal(signal.SIGINT)
+        self.installed = callable(self.previous)
+        if self.installed:
+            try:
+                signal.signal(signal.SIGINT, self.note)
+            except ValueError:  # not the main thread: signals go elsewhere
+                self.installed = False
+
+    def note(self, signum: int, frame: Any) -> None:
+        self.came = True
+        self.previous(signum, frame)
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, traceback: Any) -> None:
+        if self.installed:
+            import signal
+
+            signal.signal(signal.SIGINT, self.previous)
+        if kind is not None and issubclass(kind, ImportError) and self.came:
+            raise KeyboardInterrupt from exc
+
+
 def interrupt_again(unraisable: Any) -> None:
     """``sys.unraisablehook`` for train.py and ``xpmlp info``: a Ctrl-C that Python could only print (raised in
     a gc callback or a ``__del__``: JAX's gc callback, as JAX is imported, is where one often lands) is sent
@@ -48,7 +77,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     prog = prog or (os.path.basename(sys.argv[0]) if argv is None and sys.argv[0] else "train.py")
     sys.unraisablehook = interrupt_again
     try:
-        from .command import run  # NumPy and xpmlp's modules: most of the start-up
+        with starting():
+            from .command import run  # NumPy and xpmlp's modules: most of the start-up
     except KeyboardInterrupt:
         interrupted_while_starting(prog)
     try:
